@@ -1,0 +1,28 @@
+# Two entry points: `make demo` and `make test`. Both create .venv on first use.
+# torch is installed first from the pinned CPU-capable release so that pip does
+# not pull a multi-GB CUDA build on CPU machines; a GPU box that already has
+# torch in .venv keeps it.
+PY ?= python3
+VENV := .venv
+STAMP := $(VENV)/.midprobe-installed
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
+	$(VENV)/bin/python -c "import torch" 2>/dev/null || $(VENV)/bin/pip install -q torch==2.13.0
+	$(VENV)/bin/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+.PHONY: venv demo test test-slow bench
+venv: $(STAMP)
+
+demo: $(STAMP)
+	WANDB_MODE=$${WANDB_MODE:-offline} $(VENV)/bin/midprobe demo $(ARGS)
+
+test: $(STAMP)
+	WANDB_MODE=offline $(VENV)/bin/python -m pytest -q $(ARGS)
+
+test-slow: $(STAMP)
+	WANDB_MODE=offline $(VENV)/bin/python -m pytest -q -m slow $(ARGS)
+
+bench: $(STAMP)
+	$(VENV)/bin/midprobe bench $(ARGS)

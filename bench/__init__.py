@@ -1,0 +1,1 @@
+"""The benchmark suite: ratios against peers measured in the same run."""

@@ -1,0 +1,1 @@
+"""Corpus sources, datatrove curation, the toy world and Megatron tokenization."""

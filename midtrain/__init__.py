@@ -1,0 +1,1 @@
+"""Continued pretraining of Llama-style models on megatron-core."""

@@ -1,0 +1,1 @@
+"""Sweeps, the run store, executors, ranking, reports and the midprobe CLI."""

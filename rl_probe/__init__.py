@@ -1,0 +1,1 @@
+"""The fixed GRPO zero-RL probe: specs, reward, embedded and verl engines."""
