@@ -1,0 +1,164 @@
+"""HF `LlamaForCausalLM` <-> megatron-core `GPTModel` (local spec) weights.
+
+Layout differences (verified against transformers' Llama):
+- megatron fuses q/k/v into `linear_qkv`, interleaved per KV group:
+  [q heads of group 0, k_0, v_0, q heads of group 1, k_1, v_1, ...];
+- megatron fuses gate and up projections into `linear_fc1` as [gate; up];
+- RoPE needs no permutation: HF's rotate_half equals megatron's
+  non-interleaved rotary embedding.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from midtrain.spec import ModelSpec
+
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
+    "chat_template.jinja",
+)
+
+# Per-layer names that map one-to-one.
+_LAYER_RENAMES = {
+    "input_layernorm.weight": "input_layernorm.weight",
+    "self_attn.o_proj.weight": "self_attention.linear_proj.weight",
+    "post_attention_layernorm.weight": "pre_mlp_layernorm.weight",
+    "mlp.down_proj.weight": "mlp.linear_fc2.weight",
+}
+
+
+def hf_to_megatron(hf: dict[str, torch.Tensor], spec: ModelSpec) -> dict[str, torch.Tensor]:
+    """Map an HF Llama state dict to GPTModel parameter names and layouts."""
+    groups, d, h = spec.num_kv_heads, spec.head_dim, spec.hidden_size
+    q_per_group = spec.num_attention_heads // groups
+    mc = {
+        "embedding.word_embeddings.weight": hf["model.embed_tokens.weight"],
+        "decoder.final_layernorm.weight": hf["model.norm.weight"],
+    }
+    if not spec.tie_embeddings:
+        mc["output_layer.weight"] = hf["lm_head.weight"]
+    for i in range(spec.num_layers):
+        src, dst = f"model.layers.{i}.", f"decoder.layers.{i}."
+        for hf_name, mc_name in _LAYER_RENAMES.items():
+            mc[dst + mc_name] = hf[src + hf_name]
+        q = hf[src + "self_attn.q_proj.weight"].view(groups, q_per_group * d, h)
+        k = hf[src + "self_attn.k_proj.weight"].view(groups, d, h)
+        v = hf[src + "self_attn.v_proj.weight"].view(groups, d, h)
+        mc[dst + "self_attention.linear_qkv.weight"] = torch.cat([q, k, v], dim=1).reshape(-1, h)
+        mc[dst + "mlp.linear_fc1.weight"] = torch.cat(
+            [hf[src + "mlp.gate_proj.weight"], hf[src + "mlp.up_proj.weight"]], dim=0
+        )
+    return {k: v.detach().clone().contiguous() for k, v in mc.items()}
+
+
+def megatron_to_hf(mc: dict[str, torch.Tensor], spec: ModelSpec) -> dict[str, torch.Tensor]:
+    """Inverse of `hf_to_megatron`; a tied model gets no `lm_head.weight` (HF ties on load)."""
+    groups, d, h = spec.num_kv_heads, spec.head_dim, spec.hidden_size
+    q_per_group = spec.num_attention_heads // groups
+    hf = {
+        "model.embed_tokens.weight": mc["embedding.word_embeddings.weight"],
+        "model.norm.weight": mc["decoder.final_layernorm.weight"],
+    }
+    if not spec.tie_embeddings:
+        hf["lm_head.weight"] = mc["output_layer.weight"]
+    for i in range(spec.num_layers):
+        src, dst = f"decoder.layers.{i}.", f"model.layers.{i}."
+        for hf_name, mc_name in _LAYER_RENAMES.items():
+            hf[dst + hf_name] = mc[src + mc_name]
+        qkv = mc[src + "self_attention.linear_qkv.weight"].view(groups, (q_per_group + 2) * d, h)
+        q, k, v = torch.split(qkv, [q_per_group * d, d, d], dim=1)
+        hf[dst + "self_attn.q_proj.weight"] = q.reshape(-1, h)
+        hf[dst + "self_attn.k_proj.weight"] = k.reshape(-1, h)
+        hf[dst + "self_attn.v_proj.weight"] = v.reshape(-1, h)
+        gate, up = torch.chunk(mc[src + "mlp.linear_fc1.weight"], 2, dim=0)
+        hf[dst + "mlp.gate_proj.weight"] = gate
+        hf[dst + "mlp.up_proj.weight"] = up
+    return {k: v.detach().clone().contiguous() for k, v in hf.items()}
+
+
+def megatron_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A GPTModel's parameters by name (without megatron's `_extra_state` entries)."""
+    return {k: v for k, v in model.state_dict().items() if not k.endswith("._extra_state")}
+
+
+def load_megatron_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Copy `weights` into a GPTModel; every parameter must be covered exactly."""
+    result = model.load_state_dict(weights, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("._extra_state")]
+    if missing or result.unexpected_keys:
+        raise ValueError(f"weights do not fit the model: missing {missing}, "
+                         f"unexpected {result.unexpected_keys}")
+
+
+def read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
+    """Load a local HF checkpoint's tensors (single or sharded safetensors, or a .bin)."""
+    hf_dir = Path(hf_dir)
+    index = hf_dir / "model.safetensors.index.json"
+    if index.exists():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        weights = {}
+        for shard in shards:
+            weights.update(load_file(hf_dir / shard))
+        return weights
+    if (hf_dir / "model.safetensors").exists():
+        return load_file(hf_dir / "model.safetensors")
+    if (hf_dir / "pytorch_model.bin").exists():
+        return torch.load(hf_dir / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"{hf_dir}: no model.safetensors[.index.json] or pytorch_model.bin")
+
+
+def import_hf(hf_dir: str | Path) -> tuple[ModelSpec, dict[str, torch.Tensor]]:
+    """The spec and megatron-layout weights of a local HF Llama directory."""
+    spec = ModelSpec.from_hf_config(hf_dir)
+    return spec, hf_to_megatron(read_hf_weights(Path(hf_dir)), spec)
+
+
+def _special_token_ids(tokenizer_dir: Path) -> dict[str, int | None]:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    return {
+        "bos_token_id": tok.bos_token_id,
+        "eos_token_id": tok.eos_token_id,
+        "pad_token_id": tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+    }
+
+
+def export_hf(model_or_weights, spec: ModelSpec, tokenizer_dir: str | Path | None,
+              out_dir: str | Path) -> Path:
+    """Write an HF Llama directory (config.json, model.safetensors, tokenizer files).
+
+    `model_or_weights` is a GPTModel or its megatron-layout state dict. The
+    directory is assembled beside `out_dir` and renamed into place, so a reader
+    never sees a half-written export.
+    """
+    out_dir = Path(out_dir)
+    weights = (model_or_weights if isinstance(model_or_weights, dict)
+               else megatron_weights(model_or_weights))
+    staging = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    token_ids = {}
+    if tokenizer_dir is not None:
+        tokenizer_dir = Path(tokenizer_dir)
+        for name in TOKENIZER_FILES:
+            if (tokenizer_dir / name).exists():
+                shutil.copy2(tokenizer_dir / name, staging / name)
+        token_ids = _special_token_ids(tokenizer_dir)
+    (staging / "config.json").write_text(json.dumps(spec.to_hf_config(**token_ids), indent=2))
+    (staging / "generation_config.json").write_text(json.dumps(
+        {k: v for k, v in token_ids.items() if v is not None}, indent=2))
+    save_file(megatron_to_hf(weights, spec), staging / "model.safetensors",
+              metadata={"format": "pt"})
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(staging, out_dir)
+    return out_dir
