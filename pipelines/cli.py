@@ -1,0 +1,201 @@
+"""The ``midprobe`` command line.
+
+Exit codes: 0 success, 1 a stage failed, 2 bad input. Errors are one line on
+stderr naming the file or field and what is wrong (``validate`` lists all).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipelines.errors import InputError, StageFailed
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Rank mid-training recipes by how well their checkpoints take to RL.")
+console = Console(stderr=True, highlight=False)
+
+WorkspaceOpt = typer.Option(None, "--workspace", "-w", help="workspace directory (default: the sweep's)")
+
+
+def _workspace(sweep_workspace: str | None, override: Optional[Path]) -> Path:
+    return Path(override or sweep_workspace or "./midprobe-runs").expanduser().resolve()
+
+
+@app.command()
+def validate(sweep: Path = typer.Argument(..., help="sweep YAML file")) -> None:
+    """Check a sweep file; list every error with its field path."""
+    from pipelines.sweep import validate_sweep
+
+    errors = validate_sweep(sweep)
+    if errors:
+        for line in errors:
+            typer.echo(f"{sweep}: {line}", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"{sweep}: ok")
+
+
+@app.command()
+def plan(sweep: Path = typer.Argument(..., help="sweep YAML file"), workspace: Optional[Path] = WorkspaceOpt) -> None:
+    """Show the stage DAG and what the run store already has."""
+    from pipelines.plan import build_plan
+    from pipelines.store import RunStore
+    from pipelines.sweep import load_sweep
+
+    spec = load_sweep(sweep)
+    the_plan = build_plan(spec, sweep)
+    store = RunStore(_workspace(spec.workspace, workspace))
+    table = Table(title=f"sweep {spec.name}: {len(the_plan.runs())} stage runs", title_justify="left")
+    for col in ("stage run", "key", "inputs", "state"):
+        table.add_column(col)
+    for run in the_plan.runs():
+        state = "[green]cached[/]" if run.stage == "external" or store.is_done(run) else \
+            ("[yellow]partial[/]" if store.partial_path(run).exists() else "to run")
+        inputs = ", ".join(dep.label or dep.ref for dep in run.inputs.values() if dep.stage != "external")
+        table.add_row(run.label or run.stage, run.key[:10], inputs, state)
+    Console().print(table)
+
+
+def _run_sweep(sweep_path: Path, workspace: Optional[Path], executor: Optional[str],
+               parallel: Optional[int]) -> tuple:
+    from pipelines.execute import run_plan
+    from pipelines.plan import build_plan
+    from pipelines.store import RunStore
+    from pipelines.sweep import load_sweep
+
+    spec = load_sweep(sweep_path)
+    overrides = {k: v for k, v in (("type", executor), ("parallel", parallel)) if v is not None}
+    exec_cfg = spec.executor.model_copy(update=overrides)
+    store = RunStore(_workspace(spec.workspace, workspace))
+    the_plan = build_plan(spec, sweep_path)
+    started = time.time()
+    outcome = run_plan(the_plan, store, console, exec_cfg)
+    reused = sum(outcome.values())
+    console.print(f"[bold]{len(outcome)} stage runs: {reused} reused, {len(outcome) - reused} run "
+                  f"in {time.time() - started:.0f}s[/]")
+    return spec, store
+
+
+def _write_report(spec, store) -> Path:
+    from pipelines.report import build, write
+    from pipelines.results import collect
+
+    results = collect(store, spec.name)
+    title = spec.report.title or f"midprobe · {spec.name}"
+    doc, _ = build(results, title, samples=spec.report.bootstrap_samples,
+                   confidence=spec.report.confidence, n_rollouts=spec.report.sample_rollouts)
+    _, page = write(doc, store.workspace / "reports" / spec.name, title)
+    return page
+
+
+@app.command()
+def run(sweep: Path = typer.Argument(..., help="sweep YAML file"), workspace: Optional[Path] = WorkspaceOpt,
+        executor: Optional[str] = typer.Option(None, help="local | slurm | ray (default: the sweep's)"),
+        parallel: Optional[int] = typer.Option(None, help="stage runs at once")) -> None:
+    """Run a sweep (reusing finished stage runs) and write its report."""
+    spec, store = _run_sweep(sweep, workspace, executor, parallel)
+    typer.echo(_write_report(spec, store))
+
+
+@app.command()
+def demo(preset: str = typer.Option("default", help="default (≈15 min on 2 cores) or smoke (tests)"),
+         workspace: Optional[Path] = WorkspaceOpt) -> None:
+    """Run the bundled toy-world sweep end to end and print the report's path."""
+    from pipelines.sweep import bundled_sweep
+
+    sweep_path = bundled_sweep({"default": "toy", "smoke": "toy-smoke"}.get(preset, preset))
+    spec, store = _run_sweep(sweep_path, workspace, None, None)
+    typer.echo(_write_report(spec, store))
+
+
+@app.command()
+def report(sweep: Path = typer.Argument(..., help="sweep YAML file"), workspace: Optional[Path] = WorkspaceOpt) -> None:
+    """(Re)write the comparison report of a sweep from the run store."""
+    from pipelines.store import RunStore
+    from pipelines.sweep import load_sweep
+
+    spec = load_sweep(sweep)
+    typer.echo(_write_report(spec, RunStore(_workspace(spec.workspace, workspace))))
+
+
+@app.command()
+def status(workspace: Path = typer.Option(Path("./midprobe-runs"), "--workspace", "-w"),
+           sweep: Optional[str] = typer.Option(None, help="only this sweep's stage runs")) -> None:
+    """Table of stage runs in a workspace: running, done, failed."""
+    from pipelines.store import RunStore
+
+    if not (workspace / "index.sqlite").is_file():
+        raise InputError(f"{workspace}: not a midprobe workspace (no index.sqlite)")
+    store = RunStore(workspace)
+    store.reconcile()
+    sql = ("SELECT r.* FROM runs r WHERE r.stage != 'external'" if not sweep else
+           "SELECT DISTINCT r.* FROM runs r JOIN sweep_members m ON r.stage=m.stage AND r.key=m.key "
+           "WHERE m.sweep=? AND r.stage != 'external'")
+    rows = store.query(sql + " ORDER BY started IS NULL, started", (sweep,) if sweep else ())
+    colors = {"done": "green", "running": "cyan", "failed": "red", "interrupted": "yellow"}
+    table = Table(title=f"{store.workspace}", title_justify="left")
+    for col in ("stage", "key", "label", "status", "wall s", "CPU s", "error"):
+        table.add_column(col)
+    for r in rows:
+        wall = f"{r['finished'] - r['started']:.0f}" if r["finished"] and r["started"] else \
+            (f"{time.time() - r['started']:.0f}…" if r["status"] == "running" and r["started"] else "")
+        table.add_row(r["stage"], r["key"][:10], r["label"] or "",
+                      f"[{colors.get(r['status'], 'white')}]{r['status']}[/]", wall,
+                      f"{r['cpu_seconds']:.0f}" if r["cpu_seconds"] else "", (r["error"] or "")[:60])
+    Console().print(table)
+
+
+@app.command()
+def specs() -> None:
+    """List the shipped probe specs with their content hashes."""
+    from rl_probe.spec import PROBE_SPECS
+
+    table = Table(title="probe specs", title_justify="left")
+    for col in ("name", "engine", "hash", "steps", "prompts × group", "lr", "max response"):
+        table.add_column(col)
+    for spec in PROBE_SPECS.values():
+        table.add_row(spec.name, spec.engine, spec.content_hash(), str(spec.steps),
+                      f"{spec.prompts_per_step} × {spec.group_size}", f"{spec.lr:g}",
+                      str(spec.max_response_length))
+    Console().print(table)
+
+
+@app.command()
+def bench(only: Optional[list[str]] = typer.Option(None, "--only", help="run only these benchmarks")) -> None:
+    """Run the benchmark suite; one line per benchmark with the ratio against its peer."""
+    from bench.suite import run_suite
+
+    run_suite(only)
+
+
+def main() -> None:
+    os.environ.setdefault("WANDB_MODE", "offline")
+    try:
+        app(standalone_mode=False)
+    except (InputError, StageFailed) as exc:
+        typer.echo(f"midprobe: {str(exc).splitlines()[0]}", err=True)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""Executing a plan: a DAG scheduler over futures, with local, Slurm and Ray backends.
+
+Each stage run executes through ``execute_stage_run`` — a top-level, picklable
+function — in a worker process (local), a Slurm job (submitit) or a Ray task.
+All of them write to the same workspace layout and the same SQLite index, so
+the orchestrator only ever looks at the run store to decide what is left.
+"""
+
+from __future__ import annotations
+
+import abc
+import concurrent.futures as cf
+import json
+import multiprocessing
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from pipelines.errors import StageFailed
+from pipelines.plan import Plan
+from pipelines.stages import STAGES, THREADED
+from pipelines.store import RunStore, StageRun
+from pipelines.sweep import ExecutorSection
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How a stage run executes; not part of its key (same result anywhere)."""
+
+    workspace: str
+    sweep: str
+    threads: int = 1
+    curation_executor: dict | None = None
+
+
+def artifact_path(store: RunStore, run: StageRun) -> Path:
+    return Path(run.config["path"]) if run.stage == "external" else store.path(run)
+
+
+def execute_stage_run(run: StageRun, runtime: Runtime) -> tuple[str, bool]:
+    """Run one stage run to completion in this process (or reuse it). Picklable entry point."""
+    store = RunStore(Path(runtime.workspace))
+    if run.stage == "external":
+        def work(out: Path) -> None:
+            (out / "source.json").write_text(json.dumps(run.config, indent=2))
+        path, reused = store.execute(run, work)
+        return str(path), reused
+
+    inputs = {role: artifact_path(store, dep) for role, dep in run.inputs.items()}
+    missing = [dep.label or dep.ref for dep in run.inputs.values()
+               if dep.stage != "external" and not store.is_done(dep)]
+    if missing:
+        raise StageFailed(f"{run.label}: inputs not finished: {', '.join(missing)}")
+
+    def work(out: Path) -> None:
+        import torch
+
+        from pipelines.tracking import StageTracker
+
+        torch.set_num_threads(runtime.threads)
+        os.environ.setdefault("OMP_NUM_THREADS", str(runtime.threads))
+        with StageTracker(store, run, runtime.sweep) as tracker:
+            kwargs = {"threads": runtime.threads} if run.stage in THREADED else {}
+            if run.stage == "curate":
+                kwargs["executor"] = runtime.curation_executor
+            STAGES[run.stage](run, inputs, out, tracker.log, **kwargs)
+
+    path, reused = store.execute(run, work, seed=run.config.get("seed"))
+    return str(path), reused
+
+
+class _Backend(abc.ABC):
+    @abc.abstractmethod
+    def submit(self, run: StageRun, runtime: Runtime) -> cf.Future:
+        """Start ``execute_stage_run(run, runtime)`` somewhere; a future of its result."""
+
+    def close(self) -> None:
+        pass
+
+
+class LocalBackend(_Backend):
+    def __init__(self, parallel: int):
+        # spawn: torch and megatron keep threads and process groups that do not survive fork
+        self.pool = cf.ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn"))
+
+    def submit(self, run, runtime):
+        return self.pool.submit(execute_stage_run, run, runtime)
+
+    def close(self):
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class SlurmBackend(_Backend):
+    """One Slurm job per stage run, through submitit; the orchestrator waits on a thread."""
+
+    def __init__(self, workspace: Path, slurm: dict, parallel: int):
+        import submitit
+
+        self.executor = submitit.AutoExecutor(folder=workspace / "slurm" / "%j", cluster="slurm")
+        self.executor.update_parameters(**slurm_parameters(slurm))
+        self.waiters = cf.ThreadPoolExecutor(max(parallel, 8))
+
+    def submit(self, run, runtime):
+        job = self.executor.submit(execute_stage_run, run, runtime)
+        return self.waiters.submit(job.result)
+
+    def close(self):
+        self.waiters.shutdown(wait=False)
+
+
+def slurm_parameters(slurm: dict) -> dict:
+    """submitit parameters for one stage run; user keys (partition, gpus, time...) win."""
+    return {"slurm_job_name": "midprobe", "timeout_min": 24 * 60, "cpus_per_task": 2,
+            "nodes": 1, "tasks_per_node": 1, **slurm}
+
+
+class RayBackend(_Backend):
+    def __init__(self, address: str, parallel: int, threads: int):
+        import ray
+
+        if not ray.is_initialized():
+            if address == "local":  # a private instance: never attach to someone else's cluster
+                ray.init(address="local", num_cpus=parallel * threads, include_dashboard=False,
+                         log_to_driver=False)
+            else:
+                ray.init(address=address)
+        self.remote = ray.remote(num_cpus=threads, max_retries=0)(execute_stage_run)
+
+    def submit(self, run, runtime):
+        return self.remote.remote(run, runtime).future()
+
+
+def make_backend(cfg: ExecutorSection, workspace: Path) -> _Backend:
+    if cfg.type == "slurm":
+        return SlurmBackend(workspace, cfg.slurm, cfg.parallel)
+    if cfg.type == "ray":
+        return RayBackend(cfg.ray_address, cfg.parallel, cfg.threads_per_run)
+    return LocalBackend(cfg.parallel)
+
+
+def run_plan(plan: Plan, store: RunStore, console: Console, executor: ExecutorSection | None = None
+             ) -> dict[str, bool]:
+    """Execute every stage run of the plan; returns ref -> reused-from-store."""
+    cfg = executor or plan.sweep.executor
+    runtime = Runtime(workspace=str(store.workspace), sweep=plan.sweep.name,
+                      threads=cfg.threads_per_run,
+                      curation_executor=plan.sweep.curation_executor or None)
+    store.reconcile()
+    runs = plan.runs()
+    for run in runs:
+        for role in plan.roles.get(run, [{}]):
+            store.register(plan.sweep.name, run, role)
+
+    outcome: dict[str, bool] = {}
+    failed: dict[str, str] = {}
+    for run in runs:  # externals and finished runs need no worker
+        if run.stage == "external" or store.is_done(run):
+            execute_stage_run(run, runtime)
+            outcome[run.ref] = True
+    reused = len(outcome)
+    if reused:
+        console.print(f"[dim]reusing {reused} finished stage run(s) from {store.workspace}[/]")
+
+    backend = None
+    running: dict[cf.Future, tuple[StageRun, float]] = {}
+    try:
+        while True:
+            blocked = blocked_refs(failed, runs)
+            in_flight = {run.ref for run, _ in running.values()}
+            ready = [r for r in runs if r.ref not in outcome and r.ref not in failed
+                     and r.ref not in blocked and r.ref not in in_flight
+                     and all(d.ref in outcome for d in r.inputs.values())]
+            for run in ready:
+                backend = backend or make_backend(cfg, store.workspace)
+                console.print(f"[cyan]▶[/] {run.label}  [dim]{run.ref}[/]")
+                running[backend.submit(run, runtime)] = (run, time.time())
+            if not running:
+                break
+            done, _ = cf.wait(list(running), return_when=cf.FIRST_COMPLETED)
+            for future in done:
+                run, started = running.pop(future)
+                try:
+                    _, was_reused = future.result()
+                except Exception as exc:  # a failed stage run fails its dependants, not the sweep
+                    failed[run.ref] = f"{type(exc).__name__}: {exc}"
+                    console.print(f"[red]✗[/] {run.label}: {failed[run.ref]}")
+                    continue
+                outcome[run.ref] = was_reused
+                note = "reused (finished by another process)" if was_reused else f"{time.time() - started:.0f}s"
+                console.print(f"[green]✓[/] {run.label}  [dim]{note}[/]")
+    finally:
+        if backend:
+            backend.close()
+    if failed:
+        skipped = len(runs) - len(outcome) - len(failed)
+        raise StageFailed(f"{len(failed)} stage run(s) failed, {skipped} skipped; first: "
+                          + next(iter(failed.values())))
+    return outcome
+
+
+def blocked_refs(failed: dict[str, str], runs: list[StageRun]) -> set[str]:
+    """Runs that can never start because something upstream failed."""
+    blocked: set[str] = set()
+    for run in runs:  # runs are topologically ordered, so one pass suffices
+        if any(d.ref in failed or d.ref in blocked for d in run.inputs.values()):
+            blocked.add(run.ref)
+    return blocked

@@ -1,0 +1,161 @@
+"""From a sweep to the stage DAG: every stage run keyed by its config and inputs.
+
+Shared work is shared by construction: two recipes with the same stable
+stage produce the same StageRun (same config, same inputs, same key), so the
+store trains it once and both decay branches fork from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipelines.store import StageRun
+from pipelines.sweep import StageMix, Sweep, resolve_path
+
+BASE_RECIPE = "base"  # the pseudo-recipe "no mid-training" used as the report's reference
+
+
+def fingerprint(path: Path) -> str:
+    """Content fingerprint of a user file or directory (large files by size and mtime)."""
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        stat = file.stat()
+        digest.update(str(file.relative_to(path.parent if path.is_file() else path)).encode())
+        if stat.st_size <= 4 << 20:
+            digest.update(file.read_bytes())
+        else:
+            digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def external(path: Path, label: str) -> StageRun:
+    """A user-provided artifact (HF model, tokenizer, file) as a node of the DAG."""
+    return StageRun("external", {"path": str(path), "fingerprint": fingerprint(path)}, label=label)
+
+
+@dataclass
+class Plan:
+    sweep: Sweep
+    source: Path
+    problems: StageRun
+    tokenizer: StageRun
+    curate: dict[str, StageRun]
+    base: StageRun
+    midtrain: dict[str, list[StageRun]]  # recipe -> [stable, decay?]
+    probes: dict[tuple[str, int], StageRun]  # (recipe, seed) -> probe run
+    roles: dict[StageRun, list[dict]] = field(default_factory=dict)
+
+    def runs(self) -> list[StageRun]:
+        """Every stage run, dependencies first, each once."""
+        ordered: list[StageRun] = []
+        seen: set[str] = set()
+
+        def visit(run: StageRun) -> None:
+            if run.ref in seen:
+                return
+            for dep in run.inputs.values():
+                visit(dep)
+            seen.add(run.ref)
+            ordered.append(run)
+
+        for run in self.probes.values():
+            visit(run)
+        return ordered
+
+    def final_checkpoint(self, recipe: str) -> StageRun:
+        return self.base if recipe == BASE_RECIPE else self.midtrain[recipe][-1]
+
+
+def _blend_inputs(mix: StageMix, curate: dict[str, StageRun]) -> dict[str, StageRun]:
+    return {f"corpus:{name}": curate[name] for name in sorted(mix.mix)}
+
+
+def build_plan(sweep: Sweep, source: Path) -> Plan:
+    here = source.parent
+    probe_cfg = sweep.probe
+
+    def problem_source(problem_set) -> dict:
+        cfg = problem_set.model_dump()
+        if problem_set.path:
+            path = resolve_path(problem_set.path, here)
+            cfg.update(path=str(path), fingerprint=fingerprint(path))
+        return cfg
+
+    problems = StageRun("problems", {"toy_world": sweep.toy_world,
+                                     "train_set": problem_source(probe_cfg.train_set),
+                                     "eval_set": problem_source(probe_cfg.eval_set)},
+                        label="probe/eval problems")
+
+    if sweep.tokenizer.path:
+        tokenizer = external(resolve_path(sweep.tokenizer.path, here), "tokenizer")
+    elif sweep.base.hf_path and not sweep.tokenizer.train_on:
+        tokenizer = external(resolve_path(sweep.base.hf_path, here), "tokenizer (base model's)")
+    else:
+        tokenizer = StageRun("tokenizer", {
+            "vocab_size": sweep.tokenizer.vocab_size, "toy_world": sweep.toy_world,
+            "corpora": {name: sweep.corpora[name] for name in sorted(sweep.tokenizer.train_on)},
+        }, label="tokenizer")
+
+    benchmarks = [external(resolve_path(b, here), f"benchmark {b}") for b in probe_cfg.benchmarks]
+    curate = {}
+    for name, corpus in sweep.corpora.items():
+        inputs = {"tokenizer": tokenizer, "problems": problems}
+        inputs.update({f"benchmark:{i}": b for i, b in enumerate(benchmarks)})
+        curate[name] = StageRun("curate", {"corpus": name, "source": corpus,
+                                           "toy_world": sweep.toy_world},
+                                inputs, label=f"curate {name}")
+
+    if sweep.base.hf_path:
+        base = external(resolve_path(sweep.base.hf_path, here), "base model")
+    else:
+        pretrain = sweep.base.pretrain
+        base = StageRun("midtrain", {
+            "phase": "pretrain", "model_preset": sweep.base.preset, "settings": sweep.midtrain,
+            "tokens": pretrain.tokens, "lr": pretrain.lr, "mix": pretrain.mix,
+        }, {"tokenizer": tokenizer, **_blend_inputs(pretrain, curate)}, label=f"pretrain base ({sweep.base.preset})")
+
+    midtrain: dict[str, list[StageRun]] = {}
+    for rname, recipe in sweep.recipes.items():
+        stable = StageRun("midtrain", {
+            "phase": "stable" if recipe.decay else "full", "settings": sweep.midtrain,
+            "tokens": recipe.stable.tokens, "lr": recipe.stable.lr, "mix": recipe.stable.mix,
+        }, {"init": base, "tokenizer": tokenizer, **_blend_inputs(recipe.stable, curate)},
+            label=f"midtrain {rname} stable")
+        stages = [stable]
+        if recipe.decay:
+            stages.append(StageRun("midtrain", {
+                "phase": "decay", "settings": sweep.midtrain, "tokens": recipe.decay.tokens,
+                "lr": recipe.decay.lr, "mix": recipe.decay.mix,
+            }, {"init": stable, "tokenizer": tokenizer, **_blend_inputs(recipe.decay, curate)},
+                label=f"midtrain {rname} decay"))
+        midtrain[rname] = stages
+
+    from rl_probe.spec import get_probe_spec
+
+    spec = get_probe_spec(probe_cfg.spec)
+    recipes = ([BASE_RECIPE] if probe_cfg.include_base else []) + list(sweep.recipes)
+    plan = Plan(sweep, source, problems, tokenizer, curate, base, midtrain, {})
+    for recipe in recipes:
+        for seed in probe_cfg.seeds:
+            plan.probes[(recipe, seed)] = StageRun(
+                "probe", {"spec": spec.name, "spec_hash": spec.content_hash(), "seed": seed},
+                {"checkpoint": plan.final_checkpoint(recipe), "problems": problems},
+                label=f"probe {recipe} seed {seed}")
+
+    def role(run: StageRun, **info) -> None:
+        plan.roles.setdefault(run, []).append(info)
+
+    role(problems, kind="problems")
+    role(tokenizer, kind="tokenizer")
+    for name, run in curate.items():
+        role(run, kind="curate", corpus=name)
+    role(base, kind="base")
+    for rname, stages in midtrain.items():
+        for stage in stages:
+            role(stage, kind="midtrain", recipe=rname, phase=stage.config["phase"])
+    for (recipe, seed), run in plan.probes.items():
+        role(run, kind="probe", recipe=recipe, seed=seed)
+    return plan

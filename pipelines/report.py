@@ -1,0 +1,454 @@
+"""The recipe comparison report: a self-contained HTML file and a Markdown summary.
+
+Every number comes from ``pipelines.results`` (the run store), and the report
+ends with the stage runs it read, so each figure traces to a workspace dir.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from pipelines.failures import FAILURE_MODES  # noqa: E402
+from pipelines.ranking import SCORES, Ranking, rank, spearman  # noqa: E402
+from pipelines.results import SweepResults, recipe_cost_hours  # noqa: E402
+
+PROBE_CURVES = [
+    ("critic/score/mean", "training reward"),
+    ("response_length/mean", "response length (tokens)"),
+    ("response_length/clip_ratio", "clip ratio (hit length limit)"),
+    ("behaviour/repetition_ratio", "repetition ratio"),
+    ("behaviour/format_error_ratio", "format-error ratio"),
+    ("probe/uniform_group_ratio", "uniform-reward groups"),
+]
+
+
+@dataclass
+class Figure:
+    name: str
+    caption: str
+    png: bytes
+
+
+@dataclass
+class Doc:
+    """The report as a list of blocks rendered twice: to Markdown and to HTML."""
+
+    blocks: list[tuple[str, object]] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
+
+    def heading(self, text: str, level: int = 2) -> None:
+        self.blocks.append(("h", (level, text)))
+
+    def para(self, text: str) -> None:
+        self.blocks.append(("p", text))
+
+    def table(self, header: list[str], rows: list[list[str]]) -> None:
+        self.blocks.append(("table", (header, rows)))
+
+    def figure(self, fig: Figure) -> None:
+        self.figures.append(fig)
+        self.blocks.append(("figure", fig))
+
+    def samples(self, items: list[dict]) -> None:
+        self.blocks.append(("samples", items))
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}f}"
+
+
+def _colors(recipes: list[str]) -> dict[str, tuple]:
+    cmap = plt.get_cmap("tab10")
+    return {r: cmap(i % 10) for i, r in enumerate(recipes)}
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _style(ax, title: str, xlabel: str = "probe step") -> None:
+    ax.set_title(title, fontsize=10, loc="left")
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.tick_params(labelsize=8)
+    ax.grid(alpha=0.25)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+
+
+def _band(ax, curves: list[tuple[list[int], list[float]]], color, label: str) -> None:
+    """Mean over seeds with a min–max band, on the steps all seeds share."""
+    steps = sorted(set.intersection(*(set(s) for s, _ in curves)))
+    if not steps:
+        return
+    values = np.array([[dict(zip(s, v))[t] for t in steps] for s, v in curves])
+    ax.plot(steps, values.mean(0), color=color, label=label, lw=1.8)
+    if len(curves) > 1:
+        ax.fill_between(steps, values.min(0), values.max(0), color=color, alpha=0.18, lw=0)
+
+
+def _accuracy_figure(results: SweepResults, colors) -> Figure:
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    for recipe in colors:
+        runs = [r for r in results.probes if r.recipe == recipe]
+        _band(ax, [(r.eval_steps, list(r.accuracy)) for r in runs], colors[recipe],
+              f"{recipe} (n={len(runs)})")
+    _style(ax, "Held-out accuracy during the probe (mean over seeds, band = min–max)")
+    ax.set_ylabel("accuracy", fontsize=8)
+    ax.legend(fontsize=8, frameon=False, loc="center left", bbox_to_anchor=(1, 0.5))
+    return Figure("accuracy", "Held-out accuracy per recipe over probe steps.", _png(fig))
+
+
+def _curves_figure(results: SweepResults, colors) -> Figure:
+    fig, axes = plt.subplots(2, 3, figsize=(11, 5.4))
+    for ax, (metric, title) in zip(axes.flat, PROBE_CURVES):
+        for recipe in colors:
+            curves = [tuple(zip(*r.metrics[metric])) for r in results.probes
+                      if r.recipe == recipe and metric in r.metrics]
+            if curves:
+                _band(ax, [(list(s), list(v)) for s, v in curves], colors[recipe], recipe)
+        _style(ax, title)
+    axes.flat[0].legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return Figure("probe_curves", "Probe training curves per recipe (band = min–max over seeds).", _png(fig))
+
+
+def _passk_figure(results: SweepResults, colors) -> Figure | None:
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    drawn = False
+    for recipe in colors:
+        profiles = [r.profile.get("pass_at_k", {}) for r in results.probes if r.recipe == recipe]
+        profiles = [p for p in profiles if p]
+        if not profiles:
+            continue
+        ks = sorted(int(k) for k in profiles[0])
+        ax.plot(ks, [np.mean([p[str(k)] for p in profiles]) for k in ks], marker="o", ms=3,
+                color=colors[recipe], label=recipe)
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xscale("log", base=2)
+    _style(ax, "Step-0 pass@k on the probe problems", "k")
+    ax.legend(fontsize=7, frameon=False)
+    return Figure("pass_at_k", "Unbiased pass@k of each checkpoint before RL.", _png(fig))
+
+
+def _loss_figure(results: SweepResults) -> Figure | None:
+    runs = [m for m in [results.base, *results.midtrain] if m and "train/loss" in m.metrics]
+    if not runs:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 3.2))
+    cmap = plt.get_cmap("tab10")
+    for i, info in enumerate(runs):
+        steps, loss = zip(*info.metrics["train/loss"])
+        tokens = dict(info.metrics.get("train/tokens", []))
+        x = [tokens.get(s, s) for s in steps]
+        ax.plot(x, loss, lw=1.2, color=cmap(i % 10), label=_stage_name(info))
+    _style(ax, "Training loss", "tokens")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1, 0.5))
+    return Figure("training_loss", "Training loss of the base and every mid-training stage.", _png(fig))
+
+
+def _stage_name(info) -> str:
+    if info.role.get("kind") == "base":
+        return "base pretraining"
+    return f"{'/'.join(info.role['recipes'])} · {info.role.get('phase', '')}"
+
+
+def _last(series: list[tuple[int, float]] | None) -> float | None:
+    return series[-1][1] if series else None
+
+
+def build(results: SweepResults, title: str, score: str = "auc_gain", samples: int = 2000,
+          confidence: float = 0.95, n_rollouts: int = 3) -> tuple[Doc, Ranking]:
+    ranking = rank(results.probes, score=score, samples=samples, confidence=confidence)
+    order = [r.recipe for r in ranking.recipes]
+    colors = _colors(order)
+    doc = Doc()
+    doc.heading(title, 1)
+    spec_hash = results.probes[0].spec_hash
+    spec_name = results.probe_info[results.probes[0].key].manifest["config"]["spec"]
+    seeds = sorted({r.seed for r in results.probes})
+    best, worst = ranking.recipes[0], ranking.recipes[-1]
+    point, lo, hi = ranking.difference_ci(best.recipe, worst.recipe)
+    doc.para(f"Sweep **{results.sweep}** · probe spec **{spec_name}** (hash `{spec_hash}`) · "
+             f"seeds {', '.join(map(str, seeds))} · generated {time.strftime('%Y-%m-%d %H:%M')}")
+    runner_up = ranking.recipes[1].recipe if len(ranking.recipes) > 1 else None
+    verdict = f"**{best.recipe}** ranks first by {score} = {best.score:+.3f} " \
+              f"[{best.ci_low:+.3f}, {best.ci_high:+.3f}]"
+    if runner_up:
+        verdict += (f"; it beats {runner_up} in {ranking.beats[(best.recipe, runner_up)]:.0%} of bootstrap "
+                    f"replicates. Best − worst ({worst.recipe}) = {point:+.3f}, "
+                    f"{confidence:.0%} CI [{lo:+.3f}, {hi:+.3f}]"
+                    + (" — excludes 0." if lo > 0 else " — includes 0: not separated."))
+    doc.para(verdict)
+
+    doc.heading("Ranking")
+    doc.para(f"Score: {SCORES[score]}. Confidence intervals: {confidence:.0%} bootstrap over seeds "
+             f"and eval problems ({samples} replicates). Cost: CPU-hours of the recipe's "
+             "mid-training stages plus its probes.")
+    modes_by_recipe = {r: sorted({m for p in results.probes if p.recipe == r for m in p.failure_modes})
+                       for r in order}
+    rows = []
+    for i, r in enumerate(ranking.recipes):
+        nxt = ranking.recipes[i + 1].recipe if i + 1 < len(ranking.recipes) else None
+        runs = [p for p in results.probes if p.recipe == r.recipe]
+        flagged = [f"{m} ({sum(m in p.failure_modes for p in runs)}/{len(runs)})"
+                   for m in modes_by_recipe[r.recipe]]
+        rows.append([str(i + 1), r.recipe, f"{r.score:+.3f}", f"[{r.ci_low:+.3f}, {r.ci_high:+.3f}]",
+                     _fmt(r.step0_acc), _fmt(r.final_acc),
+                     f"{ranking.beats[(r.recipe, nxt)]:.0%}" if nxt else "–",
+                     ", ".join(flagged) or "none", f"{recipe_cost_hours(results, r.recipe):.3f}",
+                     str(r.seeds)])
+    doc.table(["#", "recipe", score, f"{confidence:.0%} CI", "step-0 acc", "final acc",
+               "P(beats next)", "failure modes", "CPU-h", "seeds"], rows)
+
+    doc.heading("Probe")
+    doc.figure(_accuracy_figure(results, colors))
+    doc.figure(_curves_figure(results, colors))
+    passk = _passk_figure(results, colors)
+    if passk:
+        doc.figure(passk)
+    doc.heading("Diagnostics", 3)
+    diag = []
+    for recipe in order:
+        runs = [p for p in results.probes if p.recipe == recipe]
+        uniform = [np.mean([v for s, v in p.metrics.get("probe/uniform_group_ratio", []) if s <= 10])
+                   for p in runs if p.metrics.get("probe/uniform_group_ratio")]
+        pass8 = [p.profile.get("pass_at_k", {}).get("8") for p in runs]
+        pass8 = [v for v in pass8 if v is not None]
+        final = np.array([p.accuracy[-1] for p in runs])
+        n_problems = runs[0].correct.shape[1]
+        se = math.sqrt(max(final.mean() * (1 - final.mean()), 1e-12) / (n_problems * len(runs)))
+        diag.append([recipe, _fmt(np.mean(pass8) if pass8 else None),
+                     _fmt(np.mean(uniform) if uniform else None),
+                     f"{final.mean():.3f} ± {se:.3f}", str(n_problems)])
+    doc.table(["recipe", "step-0 pass@8 (probe set)", "uniform groups, steps ≤ 10",
+               "final held-out acc ± SE", "eval problems"], diag)
+    doc.para("Failure modes: " + "; ".join(f"**{k}** — {v}" for k, v in FAILURE_MODES.items()) + ".")
+
+    _cheap_signals(doc, results, ranking)
+    _data_section(doc, results)
+    _training_section(doc, results)
+
+    if n_rollouts:
+        doc.heading("Sample rollouts")
+        for recipe in order:
+            run = min((p for p in results.probes if p.recipe == recipe), key=lambda p: p.seed)
+            info = results.probe_info[run.key]
+            for step in (run.eval_steps[0], run.eval_steps[-1]):
+                path = info.path / "rollouts" / f"step_{step}.jsonl"
+                rows_ = [json.loads(line) for line in path.read_text().splitlines()[:n_rollouts]]
+                doc.samples([{"title": f"{recipe} · seed {run.seed} · step {step}", **row} for row in rows_])
+
+    doc.heading("Provenance")
+    doc.para("Every number above is read from these stage runs (workspace-relative directories).")
+    prov = [[p.recipe, str(p.seed), f"probe/{p.key}"] for p in results.probes]
+    prov += [[", ".join(m.role["recipes"]) or "base", m.role.get("phase", ""), f"midtrain/{m.key}"]
+             for m in results.midtrain]
+    if results.base:
+        prov.append(["base", "pretrain", results.base.ref])
+    prov += [[name, "curation", info.ref] for name, info in results.curation.items()]
+    doc.table(["recipe / corpus", "seed / phase", "stage run"], prov)
+    return doc, ranking
+
+
+def _cheap_signals(doc: Doc, results: SweepResults, ranking: Ranking) -> None:
+    recipes = [r.recipe for r in ranking.recipes]
+    outcome = {r.recipe: r.score for r in ranking.recipes}
+    signals: dict[str, dict[str, float]] = {}
+    for recipe in recipes:
+        runs = [p for p in results.probes if p.recipe == recipe]
+        for k in ("1", "8", "64"):
+            vals = [p.profile.get("pass_at_k", {}).get(k) for p in runs]
+            if all(v is not None for v in vals):
+                signals.setdefault(f"pass@{k}", {})[recipe] = float(np.mean(vals))
+        fewshot = [p.profile.get("fewshot_acc") for p in runs]
+        if all(v is not None for v in fewshot):
+            signals.setdefault("few-shot acc", {})[recipe] = float(np.mean(fewshot))
+        signals.setdefault("step-0 held-out acc", {})[recipe] = float(np.mean([p.accuracy[0] for p in runs]))
+        stages = results.midtrain_for(recipe) or ([results.base] if results.base else [])
+        if stages:
+            val = [v[-1][1] for n, v in stages[-1].metrics.items() if n.startswith("val/") and n.endswith("/loss")]
+            if val:
+                signals.setdefault("−val loss", {})[recipe] = -float(np.mean(val))
+    doc.heading("Cheap signals")
+    doc.para("Spearman rank correlation between signals measured before RL and the probe outcome "
+             f"({ranking.score_name}) across recipes: which cheap signal predicts RL-amenability here.")
+    rows = []
+    for name, values in signals.items():
+        common = [r for r in recipes if r in values]
+        rho = spearman([values[r] for r in common], [outcome[r] for r in common]) if len(common) > 2 else float("nan")
+        rows.append([name, _fmt(rho, 2)] + [_fmt(values.get(r)) for r in recipes])
+    doc.table(["signal", "ρ vs outcome"] + recipes, rows)
+
+
+def _data_section(doc: Doc, results: SweepResults) -> None:
+    if not results.curation:
+        return
+    doc.heading("Data")
+    rows = []
+    for name, info in sorted(results.curation.items()):
+        c = info.read_json("curation.json")
+        dropped = c.get("dropped", {})
+        top = ", ".join(f"{k} {v}" for k, v in sorted(dropped.items(), key=lambda kv: -kv[1])[:3])
+        contaminated = sum(c.get("contaminated", {}).values()) if c.get("contaminated") else 0
+        docs_in, docs_out = c.get("docs_in"), c.get("docs_out")
+        kept = f"{docs_out / docs_in:.1%}" if docs_in else "–"
+        rows.append([name, str(docs_in), str(docs_out), kept, top or "–", str(contaminated),
+                     f"{c.get('tokens', 0):,}"])
+    doc.table(["corpus", "docs in", "docs out", "kept", "top drop reasons", "contaminated", "tokens"], rows)
+    mix_rows = []
+    for info in results.midtrain:
+        cfg = info.manifest["config"]
+        parts = []
+        for corpus, weight in sorted(cfg["mix"].items()):
+            available = results.curation[corpus].read_json("curation.json").get("tokens", 0) if corpus in results.curation else 0
+            epochs = cfg["tokens"] * weight / available if available else float("nan")
+            parts.append(f"{corpus} {weight:.0%} ({epochs:.1f} ep)")
+        mix_rows.append([_stage_name(info), f"{cfg['tokens']:,}", "; ".join(parts)])
+    doc.heading("Token mix", 3)
+    doc.table(["stage", "tokens", "mix (epochs of the curated corpus)"], mix_rows)
+
+
+def _training_section(doc: Doc, results: SweepResults) -> None:
+    fig = _loss_figure(results)
+    if not fig:
+        return
+    doc.heading("Training")
+    doc.figure(fig)
+    corpora = sorted({n.split("/")[1] for m in [results.base, *results.midtrain] if m
+                      for n in m.metrics if n.startswith("val/") and n.endswith("/loss")})
+    rows = []
+    for info in [results.base, *results.midtrain]:
+        if info:
+            rows.append([_stage_name(info), _fmt(_last(info.metrics.get("train/loss")))]
+                        + [_fmt(_last(info.metrics.get(f"val/{c}/loss"))) for c in corpora])
+    doc.table(["stage", "final train loss"] + [f"val {c}" for c in corpora], rows)
+
+
+# -- rendering ----------------------------------------------------------------
+
+def to_markdown(doc: Doc, figure_dir: str) -> str:
+    out = []
+    for kind, value in doc.blocks:
+        if kind == "h":
+            level, text = value
+            out.append(f"{'#' * level} {text}\n")
+        elif kind == "p":
+            out.append(f"{value}\n")
+        elif kind == "table":
+            header, rows = value
+            out.append("| " + " | ".join(header) + " |")
+            out.append("|" + "---|" * len(header))
+            out.extend("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows)
+            out.append("")
+        elif kind == "figure":
+            out.append(f"![{value.caption}]({figure_dir}/{value.name}.png)\n")
+        elif kind == "samples":
+            for s in value:
+                out.append(f"**{s['title']}** — reward {s.get('reward')}, correct {s.get('acc')}\n")
+                out.append("```\n" + s.get("prompt", "") + s.get("response", "")[:600] + "\n```\n")
+    return "\n".join(out)
+
+
+_CSS = """
+body{font:15px/1.5 -apple-system,BlinkMacSystemFont,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;
+ color:#1d2330;max-width:1120px;margin:32px auto;padding:0 24px;background:#fbfbfd}
+h1{font-size:26px;margin:0 0 6px} h2{font-size:19px;margin:34px 0 10px;padding-bottom:4px;
+ border-bottom:1px solid #e3e6ee} h3{font-size:15px;margin:22px 0 8px;color:#444}
+p{margin:8px 0} code{background:#eef0f5;padding:1px 5px;border-radius:4px;font-size:13px}
+table{border-collapse:collapse;margin:10px 0 16px;font-size:13px;background:#fff;
+ box-shadow:0 1px 2px rgba(0,0,0,.06);border-radius:6px;overflow:hidden}
+th{background:#f0f2f7;text-align:left;font-weight:600}
+th,td{padding:6px 10px;border-bottom:1px solid #edf0f5;vertical-align:top}
+tr:last-child td{border-bottom:none} td.num{text-align:right;font-variant-numeric:tabular-nums}
+figure{margin:12px 0 20px;background:#fff;padding:10px;border-radius:6px;
+ box-shadow:0 1px 2px rgba(0,0,0,.06)} figure img{max-width:100%}
+figcaption{font-size:12px;color:#667;margin-top:4px}
+.sample{background:#fff;border-left:3px solid #8aa4d6;padding:8px 12px;margin:8px 0;
+ border-radius:4px;font-size:13px} .sample pre{white-space:pre-wrap;margin:6px 0 0;
+ font:12px/1.45 ui-monospace,SFMono-Regular,Menlo,monospace;max-height:220px;overflow:auto}
+.good{border-left-color:#3c9a5f} .bad{border-left-color:#c8553d}
+.verdict{background:#eef5ff;border-radius:6px;padding:10px 14px}
+"""
+
+
+def _inline(text: str) -> str:
+    text = html.escape(text)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+
+def to_html(doc: Doc, title: str) -> str:
+    body = []
+    paragraphs = 0
+    for kind, value in doc.blocks:
+        if kind == "h":
+            level, text = value
+            body.append(f"<h{level}>{html.escape(text)}</h{level}>")
+        elif kind == "p":
+            paragraphs += 1
+            cls = ' class="verdict"' if paragraphs == 2 else ""
+            body.append(f"<p{cls}>{_inline(value)}</p>")
+        elif kind == "table":
+            header, rows = value
+            head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+            cells = "".join(
+                "<tr>" + "".join(
+                    f'<td class="num">{html.escape(c)}</td>' if _numeric(c) else f"<td>{_inline(c)}</td>"
+                    for c in row) + "</tr>" for row in rows)
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{cells}</tbody></table>")
+        elif kind == "figure":
+            data = base64.b64encode(value.png).decode()
+            body.append(f'<figure><img alt="{html.escape(value.caption)}" src="data:image/png;base64,{data}">'
+                        f"<figcaption>{html.escape(value.caption)}</figcaption></figure>")
+        elif kind == "samples":
+            for s in value:
+                cls = "good" if s.get("acc") else "bad"
+                body.append(f'<div class="sample {cls}"><b>{html.escape(s["title"])}</b> · reward '
+                            f'{s.get("reward")} · correct {s.get("acc")}<pre><span style="color:#778">'
+                            f'{html.escape(s.get("prompt", ""))}</span>{html.escape(s.get("response", "")[:1500])}'
+                            "</pre></div>")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>")
+
+
+def _numeric(cell: str) -> bool:
+    return bool(cell) and cell.replace(".", "").replace("-", "").replace("+", "").replace(",", "") \
+        .replace("%", "").replace("–", "").strip().isdigit()
+
+
+def write(doc: Doc, out_dir: Path, title: str) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig_dir = out_dir / "figures"
+    fig_dir.mkdir(exist_ok=True)
+    for fig in doc.figures:
+        (fig_dir / f"{fig.name}.png").write_bytes(fig.png)
+    md, page = out_dir / "report.md", out_dir / "report.html"
+    # write-then-rename so a reader never sees half a report
+    for path, text in ((md, to_markdown(doc, "figures")), (page, to_html(doc, title))):
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    return md, page

@@ -1,0 +1,124 @@
+"""What each stage run does: the glue from a StageRun's config to a stage package.
+
+Every function here gets the run, the resolved paths of its inputs, its
+private working directory and a metrics callback. It translates the sweep's
+resolved config into the stage package's typed config and calls it; the
+stage packages do the work and know nothing of the run store.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Callable
+
+from pipelines.store import StageRun
+
+Metrics = Callable[[int, dict], None]
+
+
+def _problems(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metrics) -> None:
+    from data_recipes.toyworld import ToyWorld, ToyWorldConfig, write_problems
+
+    world = ToyWorld(ToyWorldConfig(**run.config["toy_world"]))
+    for name in ("train", "eval"):
+        cfg = run.config[f"{name}_set"]
+        if cfg["path"]:
+            shutil.copyfile(cfg["path"], out / f"{name}.jsonl")
+        else:
+            problems = world.problems(cfg["toy_split"], cfg["n"], difficulty=cfg["difficulty"])
+            write_problems(problems, out / f"{name}.jsonl")
+
+
+def _tokenizer(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metrics) -> None:
+    from data_recipes.curate import CorpusConfig, iter_source_texts
+    from data_recipes.tokenizer import train_tokenizer
+
+    toy_world = run.config["toy_world"]
+
+    def texts():
+        for corpus in run.config["corpora"].values():
+            yield from iter_source_texts(CorpusConfig(**corpus), toy_world=toy_world)
+
+    train_tokenizer(texts(), run.config["vocab_size"], out)
+
+
+def _curate(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metrics,
+            executor: dict | None = None) -> None:
+    from data_recipes.curate import CorpusConfig, ExecutorConfig, curate_corpus
+
+    benchmarks = [inputs["problems"] / "train.jsonl", inputs["problems"] / "eval.jsonl"]
+    benchmarks += [path for role, path in sorted(inputs.items()) if role.startswith("benchmark:")]
+    curate_corpus(CorpusConfig(**run.config["source"]), name=run.config["corpus"],
+                  toy_world=run.config["toy_world"], tokenizer_dir=inputs["tokenizer"],
+                  decontaminate_against=benchmarks, out_dir=out,
+                  executor=ExecutorConfig(**(executor or {})))
+
+
+def _midtrain(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metrics,
+              threads: int = 1) -> None:
+    from midtrain.spec import MODEL_PRESETS, ModelSpec
+    from midtrain.train import BlendPart, TrainConfig, train
+
+    cfg = run.config
+    settings = dict(cfg["settings"])
+    if cfg["lr"] is not None:
+        settings["lr"] = cfg["lr"]
+    settings.update(tokens=cfg["tokens"], threads=threads,
+                    schedule=_phase_schedule(cfg["phase"], settings.get("schedule")))
+    train_cfg = TrainConfig(**settings)
+    blend = []
+    for name, weight in sorted(cfg["mix"].items()):
+        corpus_dir = inputs[f"corpus:{name}"]
+        curation = json.loads((corpus_dir / "curation.json").read_text())
+        blend.append(BlendPart(name=name, weight=weight,
+                               prefixes=[str(corpus_dir / p) for p in curation["prefixes"]]))
+    init = inputs.get("init")
+    if init is None:
+        model = MODEL_PRESETS[cfg["model_preset"]].model_copy(
+            update={"vocab_size": _vocab_size(inputs["tokenizer"])})
+    else:
+        model = ModelSpec.from_hf_config(checkpoint_dir(init))
+    train(model, train_cfg, blend, out_dir=out, init=init, tokenizer_dir=inputs["tokenizer"],
+          on_metrics=on_metrics)
+
+
+def _phase_schedule(phase: str, configured: str | None) -> str:
+    """Stable stages hold the LR constant so decay branches can fork from them."""
+    return {"stable": "constant", "decay": "linear-decay"}.get(phase, configured or "wsd")
+
+
+def _vocab_size(tokenizer_dir: Path) -> int:
+    from transformers import AutoTokenizer
+
+    return len(AutoTokenizer.from_pretrained(tokenizer_dir))
+
+
+def checkpoint_dir(path: Path) -> Path:
+    """The HF directory of a checkpoint input: a midtrain run's export, or an HF dir itself."""
+    return path / "hf" if (path / "hf" / "config.json").is_file() else path
+
+
+def _probe(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metrics,
+           threads: int = 1) -> None:
+    from rl_probe.embedded import run_probe
+    from rl_probe.spec import get_probe_spec
+
+    spec = get_probe_spec(run.config["spec"])
+    if spec.content_hash() != run.config["spec_hash"]:
+        raise RuntimeError(f"probe spec '{spec.name}' changed since this run was planned")
+    run_probe(checkpoint_dir(inputs["checkpoint"]), spec, inputs["problems"] / "train.jsonl",
+              inputs["problems"] / "eval.jsonl", seed=run.config["seed"], out_dir=out,
+              on_metrics=on_metrics)
+
+
+STAGES: dict[str, Callable] = {
+    "problems": _problems,
+    "tokenizer": _tokenizer,
+    "curate": _curate,
+    "midtrain": _midtrain,
+    "probe": _probe,
+}
+# Stages that take the run's thread budget; curation takes the executor config.
+THREADED = {"midtrain", "probe"}

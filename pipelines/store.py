@@ -1,0 +1,260 @@
+"""The run store: content-keyed stage runs published by atomic rename, indexed in SQLite.
+
+A stage run lives in ``<workspace>/<stage>/<key>/`` once finished. While it
+works it lives in ``<stage>/.<key>.partial/``, which is also where it resumes
+after a crash: nothing with a ``.partial`` suffix is ever read as finished,
+and the final rename is atomic on POSIX file systems. One process at a time
+works on a stage run (an ``flock`` per key), so two ``midprobe run`` processes
+on one workspace never train the same thing twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import shutil
+import socket
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+MANIFEST = "manifest.json"
+METRICS_FILE = "metrics.jsonl"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    stage TEXT NOT NULL, key TEXT NOT NULL, status TEXT NOT NULL,
+    label TEXT, config TEXT, inputs TEXT, host TEXT, pid INTEGER,
+    started REAL, finished REAL, cpu_seconds REAL, error TEXT,
+    PRIMARY KEY (stage, key));
+CREATE TABLE IF NOT EXISTS metrics (
+    stage TEXT NOT NULL, key TEXT NOT NULL, step INTEGER NOT NULL,
+    name TEXT NOT NULL, value REAL,
+    PRIMARY KEY (stage, key, step, name));
+CREATE TABLE IF NOT EXISTS sweep_members (
+    sweep TEXT NOT NULL, stage TEXT NOT NULL, key TEXT NOT NULL, role TEXT NOT NULL,
+    PRIMARY KEY (sweep, stage, key, role));
+"""
+
+_VERSIONED_PACKAGES = ("midprobe", "torch", "megatron-core", "datatrove", "verl",
+                       "transformers", "math-verify")
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """Hash of a JSON-able object that ignores dict order."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+@dataclass(frozen=True)
+class StageRun:
+    """One node of the stage DAG: what to run, on what, and where it lands.
+
+    ``config`` is the resolved configuration; ``inputs`` maps an input role to
+    the upstream StageRun it consumes. The key hashes both, so a changed
+    input changes exactly its dependants' keys.
+    """
+
+    stage: str
+    config: dict
+    inputs: dict[str, "StageRun"] = field(default_factory=dict)
+    label: str = ""
+
+    @property
+    def key(self) -> str:
+        return stable_hash({"stage": self.stage, "config": self.config,
+                            "inputs": {role: run.key for role, run in sorted(self.inputs.items())}})
+
+    @property
+    def ref(self) -> str:
+        return f"{self.stage}/{self.key}"
+
+    def __hash__(self) -> int:
+        return hash(self.ref)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StageRun) and self.ref == other.ref
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for name in _VERSIONED_PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    return versions
+
+
+class RunStore:
+    def __init__(self, workspace: Path):
+        self.workspace = Path(workspace).resolve()
+        self.workspace.mkdir(parents=True, exist_ok=True)
+        (self.workspace / "locks").mkdir(exist_ok=True)
+        self.db_path = self.workspace / "index.sqlite"
+        with self._db() as db:
+            db.executescript(_SCHEMA)
+
+    # -- SQLite -------------------------------------------------------------
+    @contextlib.contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.db_path, timeout=60)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA busy_timeout=60000")
+        try:
+            with db:
+                yield db
+        finally:
+            db.close()
+
+    def query(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
+        with self._db() as db:
+            db.row_factory = sqlite3.Row
+            return db.execute(sql, params).fetchall()
+
+    # -- paths --------------------------------------------------------------
+    def path(self, run: StageRun) -> Path:
+        return self.workspace / run.stage / run.key
+
+    def partial_path(self, run: StageRun) -> Path:
+        return self.workspace / run.stage / f".{run.key}.partial"
+
+    def is_done(self, run: StageRun) -> bool:
+        return (self.path(run) / MANIFEST).is_file()
+
+    def manifest(self, run: StageRun) -> dict:
+        return json.loads((self.path(run) / MANIFEST).read_text())
+
+    # -- membership (which runs a sweep uses, and as what) -------------------
+    def register(self, sweep: str, run: StageRun, role: dict) -> None:
+        with self._db() as db:
+            db.execute("INSERT OR IGNORE INTO runs(stage, key, status, label, config, inputs) "
+                       "VALUES (?,?,?,?,?,?)",
+                       (run.stage, run.key, "pending", run.label, json.dumps(run.config),
+                        json.dumps({r: i.ref for r, i in run.inputs.items()})))
+            db.execute("INSERT OR IGNORE INTO sweep_members VALUES (?,?,?,?)",
+                       (sweep, run.stage, run.key, json.dumps(role, sort_keys=True)))
+
+    def members(self, sweep: str, stage: str | None = None) -> list[tuple[str, str, dict]]:
+        sql = "SELECT stage, key, role FROM sweep_members WHERE sweep=?"
+        params: tuple = (sweep,)
+        if stage:
+            sql, params = sql + " AND stage=?", (sweep, stage)
+        return [(r["stage"], r["key"], json.loads(r["role"])) for r in self.query(sql, params)]
+
+    def _set_status(self, run: StageRun, status: str, **fields: Any) -> None:
+        cols = ", ".join(f"{k}=?" for k in fields)
+        with self._db() as db:
+            db.execute("INSERT OR IGNORE INTO runs(stage, key, status, label, config, inputs) "
+                       "VALUES (?,?,?,?,?,?)",
+                       (run.stage, run.key, status, run.label, json.dumps(run.config),
+                        json.dumps({r: i.ref for r, i in run.inputs.items()})))
+            db.execute(f"UPDATE runs SET status=?{', ' + cols if cols else ''} WHERE stage=? AND key=?",
+                       (status, *fields.values(), run.stage, run.key))
+
+    def record_metrics(self, run: StageRun, step: int, metrics: dict[str, float]) -> None:
+        rows = [(run.stage, run.key, int(step), name, float(value))
+                for name, value in metrics.items() if isinstance(value, (int, float))]
+        with self._db() as db:
+            db.executemany("INSERT OR REPLACE INTO metrics VALUES (?,?,?,?,?)", rows)
+
+    def metrics(self, stage: str, key: str) -> dict[str, list[tuple[int, float]]]:
+        series: dict[str, list[tuple[int, float]]] = {}
+        for row in self.query("SELECT step, name, value FROM metrics WHERE stage=? AND key=? "
+                              "ORDER BY step", (stage, key)):
+            series.setdefault(row["name"], []).append((row["step"], row["value"]))
+        return series
+
+    # -- execution ----------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, run: StageRun) -> Iterator[None]:
+        with open(self.workspace / "locks" / f"{run.stage}-{run.key}.lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def execute(self, run: StageRun, work, *, seed: int | None = None) -> tuple[Path, bool]:
+        """Run ``work(partial_dir)`` unless the run is already published.
+
+        Returns the published path and whether it was reused from the store.
+        ``work`` may find a partial directory left by a crashed attempt and
+        resume from it; on failure the partial directory is kept for that.
+        """
+        if self.is_done(run):
+            return self.path(run), True
+        with self.lock(run):
+            if self.is_done(run):  # another process finished it while we waited
+                return self.path(run), True
+            partial = self.partial_path(run)
+            partial.mkdir(parents=True, exist_ok=True)
+            started, cpu0 = time.time(), _cpu_seconds()
+            self._set_status(run, "running", host=socket.gethostname(), pid=os.getpid(),
+                             started=started, error=None)
+            try:
+                work(partial)
+            except BaseException as exc:
+                self._set_status(run, "failed", finished=time.time(), error=f"{type(exc).__name__}: {exc}")
+                raise
+            cpu_seconds = _cpu_seconds() - cpu0
+            manifest = {
+                "stage": run.stage, "key": run.key, "label": run.label, "config": run.config,
+                "inputs": {role: inp.ref for role, inp in run.inputs.items()},
+                "versions": library_versions(), "seed": seed, "host": socket.gethostname(),
+                "platform": platform.platform(), "started": started, "finished": time.time(),
+                "wall_seconds": time.time() - started, "cpu_seconds": cpu_seconds,
+            }
+            (partial / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+            final = self.path(run)
+            if final.exists():  # a directory without manifest: debris of an older layout
+                shutil.rmtree(final)
+            os.rename(partial, final)
+            self.ingest_metrics(run)
+            self._set_status(run, "done", finished=manifest["finished"], cpu_seconds=cpu_seconds)
+            return final, False
+
+    def ingest_metrics(self, run: StageRun) -> None:
+        """Copy a published run's metrics.jsonl into the index (idempotent)."""
+        path = self.path(run) / METRICS_FILE
+        if not path.is_file():
+            return
+        with self._db() as db:
+            for line in path.read_text().splitlines():
+                if not line.strip():
+                    continue
+                record = json.loads(line)
+                db.executemany("INSERT OR REPLACE INTO metrics VALUES (?,?,?,?,?)",
+                               [(run.stage, run.key, int(record["step"]), name, float(value))
+                                for name, value in record["data"].items()
+                                if isinstance(value, (int, float))])
+
+    def reconcile(self) -> None:
+        """Mark runs whose process died without a word (kill -9) as interrupted."""
+        for row in self.query("SELECT stage, key, host, pid FROM runs WHERE status='running'"):
+            alive = row["host"] == socket.gethostname() and row["pid"] and _pid_alive(row["pid"])
+            if not alive:
+                with self._db() as db:
+                    db.execute("UPDATE runs SET status='interrupted' WHERE stage=? AND key=? "
+                               "AND status='running'", (row["stage"], row["key"]))
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (datatrove workers, torch)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

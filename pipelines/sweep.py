@@ -1,0 +1,254 @@
+"""The sweep file: one YAML that declares a whole recipe comparison.
+
+The schema is pydantic. Sections that belong to a stage package (corpora,
+toy world, mid-training settings, probe spec) are validated by that package's
+own config model, so there is one definition of each field; this module adds
+the cross-references (a mix names a known corpus, weights sum to 1, ...) and
+turns every problem into a line ``<field.path>: <what is wrong>``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipelines.errors import InputError
+
+BUNDLED_SWEEPS = Path(__file__).parent / "sweeps"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StageMix(_Strict):
+    """One mid-training stage of a recipe: a token budget and a corpus mix."""
+
+    tokens: int = Field(gt=0)
+    mix: dict[str, float]
+    lr: float | None = Field(default=None, gt=0, description="overrides midtrain.lr for this stage")
+
+    @field_validator("mix")
+    @classmethod
+    def _weights(cls, mix: dict[str, float]) -> dict[str, float]:
+        if not mix:
+            raise ValueError("needs at least one corpus")
+        if any(w < 0 for w in mix.values()):
+            raise ValueError("weights must be non-negative")
+        total = sum(mix.values())
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"weights must sum to 1, got {total:g}")
+        return {name: w for name, w in mix.items() if w > 0}
+
+
+class Recipe(_Strict):
+    description: str = ""
+    stable: StageMix
+    decay: StageMix | None = None
+
+
+class BaseModelSection(_Strict):
+    """The model every recipe starts from: a toy preset pretrained here, or an HF Llama."""
+
+    preset: str | None = None
+    hf_path: str | None = None
+    pretrain: StageMix | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "BaseModelSection":
+        if (self.preset is None) == (self.hf_path is None):
+            raise ValueError("give exactly one of base.preset (a toy model pretrained here) "
+                             "or base.hf_path (a local HF Llama directory)")
+        if self.preset and self.pretrain is None:
+            raise ValueError("a preset base needs base.pretrain (tokens and mix) to be pretrained")
+        return self
+
+
+class TokenizerSection(_Strict):
+    path: str | None = Field(default=None, description="an HF tokenizer directory; default: the base's")
+    vocab_size: int = Field(default=512, gt=16)
+    train_on: list[str] = Field(default_factory=list, description="corpora to train a BPE on")
+
+
+class ProblemSet(_Strict):
+    """Probe or eval problems: toy-world problems or a local JSONL file."""
+
+    toy_split: Literal["train", "probe", "eval"] | None = None
+    n: int = Field(default=256, gt=0)
+    difficulty: list[int] | None = None
+    path: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ProblemSet":
+        if (self.toy_split is None) == (self.path is None):
+            raise ValueError("give exactly one of toy_split or path")
+        return self
+
+
+class ProbeSection(_Strict):
+    spec: str
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    train_set: ProblemSet
+    eval_set: ProblemSet
+    benchmarks: list[str] = Field(default_factory=list,
+                                  description="extra JSONL benchmark files to decontaminate against")
+    include_base: bool = Field(default=True, description="also probe the base without mid-training")
+
+
+class ReportSection(_Strict):
+    title: str | None = None
+    bootstrap_samples: int = Field(default=2000, gt=99)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    sample_rollouts: int = Field(default=3, ge=0)
+
+
+class ExecutorSection(_Strict):
+    type: Literal["local", "slurm", "ray"] = "local"
+    parallel: int = Field(default=2, gt=0, description="stage runs at once (local, ray)")
+    threads_per_run: int = Field(default=1, gt=0)
+    slurm: dict[str, Any] = Field(default_factory=dict, description="submitit Slurm parameters")
+    ray_address: str = Field(default="local", description="'local' starts a private Ray instance")
+
+
+class Sweep(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    workspace: str = "./midprobe-runs"
+    toy_world: dict[str, Any] = Field(default_factory=dict)
+    tokenizer: TokenizerSection = Field(default_factory=TokenizerSection)
+    base: BaseModelSection
+    corpora: dict[str, dict[str, Any]]
+    curation_executor: dict[str, Any] = Field(default_factory=dict)
+    recipes: dict[str, Recipe] = Field(min_length=1)
+    midtrain: dict[str, Any] = Field(default_factory=dict)
+    probe: ProbeSection
+    report: ReportSection = Field(default_factory=ReportSection)
+    executor: ExecutorSection = Field(default_factory=ExecutorSection)
+
+
+# -- loading and validation --------------------------------------------------
+
+def _loc(parts: tuple) -> str:
+    return ".".join(str(p) for p in parts) or "<root>"
+
+
+def _pydantic_errors(exc: ValidationError, prefix: tuple = ()) -> list[str]:
+    lines = []
+    for err in exc.errors():
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{_loc(prefix + tuple(err['loc']))}: {msg}")
+    return lines
+
+
+def _check_section(model: type[BaseModel], data: dict, prefix: tuple, errors: list[str],
+                   **fixed: Any) -> None:
+    try:
+        model.model_validate({**data, **fixed})
+    except ValidationError as exc:
+        errors.extend(_pydantic_errors(exc, prefix))
+
+
+def cross_check(sweep: Sweep, source: Path) -> list[str]:
+    """Checks that need more than one section, or a stage package's config model."""
+    from data_recipes.curate import CorpusConfig, ExecutorConfig
+    from data_recipes.toyworld import ToyWorldConfig
+    from midtrain.spec import MODEL_PRESETS
+    from midtrain.train import TrainConfig
+    from rl_probe.spec import PROBE_SPECS
+
+    errors: list[str] = []
+    here = source.parent
+    _check_section(ToyWorldConfig, sweep.toy_world, ("toy_world",), errors)
+    _check_section(ExecutorConfig, sweep.curation_executor, ("curation_executor",), errors)
+    _check_section(TrainConfig, sweep.midtrain, ("midtrain",), errors, tokens=1)
+    for name, corpus in sweep.corpora.items():
+        _check_section(CorpusConfig, corpus, ("corpora", name), errors)
+
+    stages = [(("base", "pretrain"), sweep.base.pretrain)] if sweep.base.pretrain else []
+    for rname, recipe in sweep.recipes.items():
+        stages.append((("recipes", rname, "stable"), recipe.stable))
+        if recipe.decay:
+            stages.append((("recipes", rname, "decay"), recipe.decay))
+    for loc, stage in stages:
+        for corpus in stage.mix:
+            if corpus not in sweep.corpora:
+                errors.append(f"{_loc(loc + ('mix',))}: unknown corpus '{corpus}' "
+                              f"(known: {', '.join(sorted(sweep.corpora))})")
+    for corpus in sweep.tokenizer.train_on:
+        if corpus not in sweep.corpora:
+            errors.append(f"tokenizer.train_on: unknown corpus '{corpus}'")
+
+    if sweep.base.preset and sweep.base.preset not in MODEL_PRESETS:
+        errors.append(f"base.preset: unknown model preset '{sweep.base.preset}' "
+                      f"(known: {', '.join(sorted(MODEL_PRESETS))})")
+    if sweep.base.hf_path:
+        path = resolve_path(sweep.base.hf_path, here)
+        if not (path / "config.json").is_file():
+            errors.append(f"base.hf_path: no HF model directory at {path} (config.json missing)")
+    if sweep.base.preset and not sweep.tokenizer.path and not sweep.tokenizer.train_on:
+        errors.append("tokenizer: a preset base needs tokenizer.path or tokenizer.train_on")
+    if sweep.tokenizer.path and not (resolve_path(sweep.tokenizer.path, here) / "tokenizer.json").is_file():
+        errors.append(f"tokenizer.path: no tokenizer.json in {resolve_path(sweep.tokenizer.path, here)}")
+
+    if sweep.probe.spec not in PROBE_SPECS:
+        errors.append(f"probe.spec: unknown probe spec '{sweep.probe.spec}' "
+                      f"(known: {', '.join(sorted(PROBE_SPECS))})")
+    for field_name in ("train_set", "eval_set"):
+        problem_set = getattr(sweep.probe, field_name)
+        if problem_set.path and not resolve_path(problem_set.path, here).is_file():
+            errors.append(f"probe.{field_name}.path: file not found: {problem_set.path}")
+    for i, bench in enumerate(sweep.probe.benchmarks):
+        if not resolve_path(bench, here).is_file():
+            errors.append(f"probe.benchmarks.{i}: file not found: {bench}")
+    return errors
+
+
+def resolve_path(value: str, base_dir: Path) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (base_dir / path).resolve()
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Load and fully validate a sweep; raise InputError listing every problem."""
+    errors = validate_sweep(path)
+    if errors:
+        more = f" (+{len(errors) - 1} more: midprobe validate {path})" if len(errors) > 1 else ""
+        raise InputError(f"{path}: {errors[0]}{more}")
+    return _parse(Path(path))[0]
+
+
+def validate_sweep(path: str | Path) -> list[str]:
+    path = Path(path)
+    sweep, errors = _parse(path)
+    if sweep is not None:
+        errors = cross_check(sweep, path)
+    return errors
+
+
+def _parse(path: Path) -> tuple[Sweep | None, list[str]]:
+    if not path.is_file():
+        raise InputError(f"{path}: sweep file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise InputError(f"{path}:{where} not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: a sweep file must be a YAML mapping")
+    try:
+        return Sweep.model_validate(data), []
+    except ValidationError as exc:
+        return None, _pydantic_errors(exc)
+
+
+def bundled_sweep(name: str) -> Path:
+    path = BUNDLED_SWEEPS / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(p.stem for p in sorted(BUNDLED_SWEEPS.glob("*.yaml")))
+        raise InputError(f"no bundled sweep '{name}' (known: {known})")
+    return path

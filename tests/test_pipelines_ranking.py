@@ -1,0 +1,80 @@
+"""Ranking statistics and failure-mode rules on constructed probe runs."""
+
+import numpy as np
+import pytest
+
+from pipelines.failures import classify
+from pipelines.ranking import ProbeRun, decision_accuracy, rank, run_scores, spearman
+
+
+def _run(recipe, seed, acc_by_step, n=200, spec="h1", rng=None):
+    rng = rng or np.random.default_rng(seed)
+    correct = np.array([(rng.random(n) < a).astype(float) for a in acc_by_step])
+    return ProbeRun(recipe, seed, f"{recipe}{seed}", spec, list(range(0, 5 * len(acc_by_step), 5)),
+                    correct, [str(i) for i in range(n)])
+
+
+def test_run_scores_by_hand():
+    correct = np.array([[0, 0, 1, 1], [1, 1, 1, 0], [1, 1, 1, 1]], dtype=float)  # acc .5 .75 1
+    assert run_scores(correct, "final_acc") == pytest.approx(1.0)
+    assert run_scores(correct, "final_gain") == pytest.approx(0.5)
+    assert run_scores(correct, "auc_gain") == pytest.approx((0.25 + 0.5) / 2)
+
+
+def test_separated_recipes_get_an_interval_excluding_zero():
+    runs = [_run("good", s, [0.2, 0.4, 0.6]) for s in range(3)]
+    runs += [_run("bad", s + 10, [0.2, 0.2, 0.2]) for s in range(3)]
+    ranking = rank(runs, samples=500)
+    assert [r.recipe for r in ranking.recipes] == ["good", "bad"]
+    point, lo, hi = ranking.difference_ci("good", "bad")
+    assert lo > 0 and point > 0.2
+    assert ranking.beats[("good", "bad")] > 0.99
+    best = ranking.recipes[0]
+    assert best.ci_low <= best.score <= best.ci_high
+
+
+def test_identical_recipes_are_not_separated():
+    runs = [_run("a", s, [0.3, 0.35]) for s in range(3)] + [_run("b", s + 5, [0.3, 0.35]) for s in range(3)]
+    ranking = rank(runs, samples=500)
+    _, lo, hi = ranking.difference_ci("a", "b")
+    assert lo < 0 < hi
+
+
+def test_refuses_to_mix_probe_specs():
+    with pytest.raises(ValueError, match="different probe specs"):
+        rank([_run("a", 0, [0.1, 0.2], spec="x"), _run("b", 0, [0.1, 0.2], spec="y")])
+
+
+def test_spearman_and_decision_accuracy():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert decision_accuracy({"a": 3, "b": 2, "c": 1}, {"a": 30, "b": 20, "c": 10}) == 1.0
+    assert decision_accuracy({"a": 3, "b": 2, "c": 1}, {"a": 10, "b": 20, "c": 30}) == 0.0
+    assert decision_accuracy({"a": 1, "b": 2, "c": 3}, {"a": 2, "b": 1, "c": 3}) == pytest.approx(2 / 3)
+
+
+def _series(values):
+    return [(i, float(v)) for i, v in enumerate(values)]
+
+
+def test_failure_modes():
+    steps = 20
+    repeat = {"behaviour/repetition_ratio": _series(np.linspace(0.1, 0.9, steps)),
+              "response_length/clip_ratio": _series(np.linspace(0.0, 0.8, steps))}
+    assert classify(repeat, np.array([0.1, 0.1])) == ["repetition"]
+
+    collapse = {"response_length/mean": _series(np.r_[np.full(10, 40.0), np.full(10, 8.0)])}
+    assert classify(collapse, np.array([0.1, 0.1])) == ["length-collapse"]
+
+    reward = {"critic/score/mean": _series(np.r_[np.linspace(-0.5, 0.6, 12), np.full(8, -0.4)])}
+    assert classify(reward, np.array([0.1, 0.1])) == ["reward-collapse"]
+
+    hacking = {"behaviour/format_error_ratio": _series(np.linspace(0.8, 0.0, steps))}
+    assert classify(hacking, np.array([0.10, 0.10])) == ["format-hacking"]
+    assert classify(hacking, np.array([0.10, 0.40])) == []  # format learned and accuracy rose
+
+    healthy = {"critic/score/mean": _series(np.linspace(-0.2, 0.7, steps)),
+               "response_length/mean": _series(np.full(steps, 30.0)),
+               "behaviour/repetition_ratio": _series(np.zeros(steps)),
+               "response_length/clip_ratio": _series(np.zeros(steps))}
+    assert classify(healthy, np.array([0.2, 0.5])) == []
