@@ -84,14 +84,19 @@ def _run_sweep(sweep_path: Path, workspace: Optional[Path], executor: Optional[s
 
 
 def _write_report(spec, store) -> Path:
+    return _write_report_named(spec.name, store, spec.report.title or f"midprobe · {spec.name}",
+                               spec.report)
+
+
+def _write_report_named(name: str, store, title: str, options=None) -> Path:
     from pipelines.report import build, write
     from pipelines.results import collect
+    from pipelines.sweep import ReportSection
 
-    results = collect(store, spec.name)
-    title = spec.report.title or f"midprobe · {spec.name}"
-    doc, _ = build(results, title, samples=spec.report.bootstrap_samples,
-                   confidence=spec.report.confidence, n_rollouts=spec.report.sample_rollouts)
-    _, page = write(doc, store.workspace / "reports" / spec.name, title)
+    options = options or ReportSection()
+    doc, _ = build(collect(store, name), title, samples=options.bootstrap_samples,
+                   confidence=options.confidence, n_rollouts=options.sample_rollouts)
+    _, page = write(doc, store.workspace / "reports" / name, title)
     return page
 
 
@@ -113,6 +118,68 @@ def demo(preset: str = typer.Option("default", help="default (≈15 min on 2 cor
     sweep_path = bundled_sweep({"default": "toy", "smoke": "toy-smoke"}.get(preset, preset))
     spec, store = _run_sweep(sweep_path, workspace, None, None)
     typer.echo(_write_report(spec, store))
+
+
+def _checkpoint_dirs(patterns: list[str]) -> dict[str, Path]:
+    """HF checkpoint directories from paths or globs, labelled by their names."""
+    import glob
+
+    dirs = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(os.path.expanduser(pattern))) or [pattern]
+        for match in matches:
+            path = Path(match).resolve()
+            if (path / "hf" / "config.json").is_file():  # a midprobe midtrain run directory
+                path = path / "hf"
+            if not (path / "config.json").is_file():
+                raise InputError(f"{match}: not an HF checkpoint directory (config.json missing)")
+            dirs.append(path)
+    labels: dict[str, Path] = {}
+    for path in dirs:
+        label = path.name if path.name != "hf" else path.parent.name
+        if label in labels:
+            label = f"{path.parent.name}/{label}"
+        labels[label] = path
+    return labels
+
+
+@app.command()
+def probe(checkpoints: list[str] = typer.Argument(..., help="HF checkpoint directories or globs"),
+          spec: str = typer.Option("toy-cpu-v1", help="probe spec name (midprobe specs)"),
+          seeds: str = typer.Option("0", help="comma-separated probe seeds"),
+          train_set: Optional[Path] = typer.Option(None, help="JSONL of RL problems {id,question,answer}"),
+          eval_set: Optional[Path] = typer.Option(None, help="JSONL of held-out problems"),
+          toy: bool = typer.Option(False, help="use the toy world's probe/eval problems"),
+          name: Optional[str] = typer.Option(None, help="name of this checkpoint sweep job"),
+          parallel: int = typer.Option(2, help="probe runs at once"),
+          workspace: Path = typer.Option(Path("./midprobe-runs"), "--workspace", "-w")) -> None:
+    """Probe HF checkpoints made anywhere (a checkpoint sweep job); no sweep file needed."""
+    from pipelines.execute import run_plan
+    from pipelines.plan import build_checkpoint_plan
+    from pipelines.store import RunStore, stable_hash
+    from pipelines.sweep import ExecutorSection, ProblemSet
+    from rl_probe.spec import PROBE_SPECS
+
+    if spec not in PROBE_SPECS:
+        raise InputError(f"--spec: unknown probe spec '{spec}' (known: {', '.join(sorted(PROBE_SPECS))})")
+    if toy == bool(train_set or eval_set) or (not toy and not (train_set and eval_set)):
+        raise InputError("give --train-set and --eval-set (JSONL problem files), or --toy")
+    for option, path in (("--train-set", train_set), ("--eval-set", eval_set)):
+        if path and not path.is_file():
+            raise InputError(f"{option}: file not found: {path}")
+    try:
+        seed_list = [int(s) for s in seeds.split(",")]
+    except ValueError:
+        raise InputError(f"--seeds: expected comma-separated integers, got '{seeds}'") from None
+    dirs = _checkpoint_dirs(checkpoints)
+    sets = ((ProblemSet(toy_split="probe", n=512, difficulty=[2, 3]), ProblemSet(toy_split="eval", n=128, difficulty=[2, 3]))
+            if toy else (ProblemSet(path=str(train_set.resolve())), ProblemSet(path=str(eval_set.resolve()))))
+    job = name or f"probe-{stable_hash(sorted(str(p) for p in dirs.values()), 8)}"
+    the_plan = build_checkpoint_plan(job, dirs, PROBE_SPECS[spec], seed_list, *sets,
+                                     executor=ExecutorSection(parallel=parallel))
+    store = RunStore(workspace.resolve())
+    run_plan(the_plan, store, console)
+    typer.echo(_write_report_named(job, store, f"midprobe · checkpoints · {job}"))
 
 
 @app.command()

@@ -144,15 +144,14 @@ def make_backend(cfg: ExecutorSection, workspace: Path) -> _Backend:
 def run_plan(plan: Plan, store: RunStore, console: Console, executor: ExecutorSection | None = None
              ) -> dict[str, bool]:
     """Execute every stage run of the plan; returns ref -> reused-from-store."""
-    cfg = executor or plan.sweep.executor
-    runtime = Runtime(workspace=str(store.workspace), sweep=plan.sweep.name,
-                      threads=cfg.threads_per_run,
-                      curation_executor=plan.sweep.curation_executor or None)
+    cfg = executor or plan.executor
+    runtime = Runtime(workspace=str(store.workspace), sweep=plan.name, threads=cfg.threads_per_run,
+                      curation_executor=plan.curation_executor or None)
     store.reconcile()
     runs = plan.runs()
     for run in runs:
         for role in plan.roles.get(run, [{}]):
-            store.register(plan.sweep.name, run, role)
+            store.register(plan.name, run, role)
 
     outcome: dict[str, bool] = {}
     failed: dict[str, str] = {}

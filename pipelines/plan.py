@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines.store import StageRun
-from pipelines.sweep import StageMix, Sweep, resolve_path
+from pipelines.sweep import ExecutorSection, ProblemSet, StageMix, Sweep, resolve_path
 
 BASE_RECIPE = "base"  # the pseudo-recipe "no mid-training" used as the report's reference
 
@@ -38,15 +38,19 @@ def external(path: Path, label: str) -> StageRun:
 
 @dataclass
 class Plan:
-    sweep: Sweep
-    source: Path
+    """The stage DAG of one sweep (or of a checkpoint sweep job, which has only probes)."""
+
+    name: str
+    executor: ExecutorSection
     problems: StageRun
-    tokenizer: StageRun
-    curate: dict[str, StageRun]
-    base: StageRun
-    midtrain: dict[str, list[StageRun]]  # recipe -> [stable, decay?]
     probes: dict[tuple[str, int], StageRun]  # (recipe, seed) -> probe run
+    curation_executor: dict = field(default_factory=dict)
+    base: StageRun | None = None
+    midtrain: dict[str, list[StageRun]] = field(default_factory=dict)  # recipe -> [stable, decay?]
     roles: dict[StageRun, list[dict]] = field(default_factory=dict)
+
+    def role(self, run: StageRun, **info) -> None:
+        self.roles.setdefault(run, []).append(info)
 
     def runs(self) -> list[StageRun]:
         """Every stage run, dependencies first, each once."""
@@ -68,6 +72,14 @@ class Plan:
     def final_checkpoint(self, recipe: str) -> StageRun:
         return self.base if recipe == BASE_RECIPE else self.midtrain[recipe][-1]
 
+    def add_probes(self, recipe: str, checkpoint: StageRun, spec, seeds: list[int]) -> None:
+        for seed in seeds:
+            run = StageRun("probe", {"spec": spec.name, "spec_hash": spec.content_hash(), "seed": seed},
+                           {"checkpoint": checkpoint, "problems": self.problems},
+                           label=f"probe {recipe} seed {seed}")
+            self.probes[(recipe, seed)] = run
+            self.role(run, kind="probe", recipe=recipe, seed=seed)
+
 
 def _blend_inputs(mix: StageMix, curate: dict[str, StageRun]) -> dict[str, StageRun]:
     return {f"corpus:{name}": curate[name] for name in sorted(mix.mix)}
@@ -76,18 +88,7 @@ def _blend_inputs(mix: StageMix, curate: dict[str, StageRun]) -> dict[str, Stage
 def build_plan(sweep: Sweep, source: Path) -> Plan:
     here = source.parent
     probe_cfg = sweep.probe
-
-    def problem_source(problem_set) -> dict:
-        cfg = problem_set.model_dump()
-        if problem_set.path:
-            path = resolve_path(problem_set.path, here)
-            cfg.update(path=str(path), fingerprint=fingerprint(path))
-        return cfg
-
-    problems = StageRun("problems", {"toy_world": sweep.toy_world,
-                                     "train_set": problem_source(probe_cfg.train_set),
-                                     "eval_set": problem_source(probe_cfg.eval_set)},
-                        label="probe/eval problems")
+    problems = problems_run(sweep.toy_world, probe_cfg.train_set, probe_cfg.eval_set, here)
 
     if sweep.tokenizer.path:
         tokenizer = external(resolve_path(sweep.tokenizer.path, here), "tokenizer")
@@ -135,27 +136,40 @@ def build_plan(sweep: Sweep, source: Path) -> Plan:
 
     from rl_probe.spec import get_probe_spec
 
-    spec = get_probe_spec(probe_cfg.spec)
-    recipes = ([BASE_RECIPE] if probe_cfg.include_base else []) + list(sweep.recipes)
-    plan = Plan(sweep, source, problems, tokenizer, curate, base, midtrain, {})
-    for recipe in recipes:
-        for seed in probe_cfg.seeds:
-            plan.probes[(recipe, seed)] = StageRun(
-                "probe", {"spec": spec.name, "spec_hash": spec.content_hash(), "seed": seed},
-                {"checkpoint": plan.final_checkpoint(recipe), "problems": problems},
-                label=f"probe {recipe} seed {seed}")
-
-    def role(run: StageRun, **info) -> None:
-        plan.roles.setdefault(run, []).append(info)
-
-    role(problems, kind="problems")
-    role(tokenizer, kind="tokenizer")
+    plan = Plan(sweep.name, sweep.executor, problems, {}, sweep.curation_executor, base, midtrain)
+    plan.role(problems, kind="problems")
+    plan.role(tokenizer, kind="tokenizer")
     for name, run in curate.items():
-        role(run, kind="curate", corpus=name)
-    role(base, kind="base")
+        plan.role(run, kind="curate", corpus=name)
+    plan.role(base, kind="base")
     for rname, stages in midtrain.items():
         for stage in stages:
-            role(stage, kind="midtrain", recipe=rname, phase=stage.config["phase"])
-    for (recipe, seed), run in plan.probes.items():
-        role(run, kind="probe", recipe=recipe, seed=seed)
+            plan.role(stage, kind="midtrain", recipe=rname, phase=stage.config["phase"])
+    spec = get_probe_spec(probe_cfg.spec)
+    for recipe in ([BASE_RECIPE] if probe_cfg.include_base else []) + list(sweep.recipes):
+        plan.add_probes(recipe, plan.final_checkpoint(recipe), spec, probe_cfg.seeds)
+    return plan
+
+
+def problems_run(toy_world: dict, train_set: ProblemSet, eval_set: ProblemSet, here: Path) -> StageRun:
+    """The probe's train/eval problems; user files enter the key by content fingerprint."""
+    def source(problem_set: ProblemSet) -> dict:
+        cfg = problem_set.model_dump()
+        if problem_set.path:
+            path = resolve_path(problem_set.path, here)
+            cfg.update(path=str(path), fingerprint=fingerprint(path))
+        return cfg
+
+    return StageRun("problems", {"toy_world": toy_world, "train_set": source(train_set),
+                                 "eval_set": source(eval_set)}, label="probe/eval problems")
+
+
+def build_checkpoint_plan(name: str, checkpoints: dict[str, Path], spec, seeds: list[int],
+                          train_set: ProblemSet, eval_set: ProblemSet, executor: ExecutorSection,
+                          toy_world: dict | None = None) -> Plan:
+    """A checkpoint sweep job: probe HF checkpoints made anywhere, no sweep file needed."""
+    plan = Plan(name, executor, problems_run(toy_world or {}, train_set, eval_set, Path.cwd()), {})
+    plan.role(plan.problems, kind="problems")
+    for label, path in checkpoints.items():
+        plan.add_probes(label, external(path, f"checkpoint {label}"), spec, seeds)
     return plan

@@ -26,8 +26,12 @@ def _problems(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Met
         cfg = run.config[f"{name}_set"]
         if cfg["path"]:
             shutil.copyfile(cfg["path"], out / f"{name}.jsonl")
-        else:
-            problems = world.problems(cfg["toy_split"], cfg["n"], difficulty=cfg["difficulty"])
+        else:  # an equal share of the problems at each requested difficulty
+            levels = cfg["difficulty"] or [None]
+            problems = []
+            for i, level in enumerate(levels):
+                n = cfg["n"] // len(levels) + (i < cfg["n"] % len(levels))
+                problems += world.problems(cfg["toy_split"], n, difficulty=level)
             write_problems(problems, out / f"{name}.jsonl")
 
 
