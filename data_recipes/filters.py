@@ -1,0 +1,134 @@
+"""Quality-filter presets built from datatrove blocks, plus a fast math-aware quality filter.
+
+The stock Gopher-quality and C4 settings drop 96-99% of math text (alphabetic-word
+ratio, any "{" drops a document), so the math and QA presets use only Gopher
+repetition plus `MathQualityFilter`, which counts equations and LaTeX as content.
+Thresholds are set so that genuine short toy documents pass (measured per kind in
+tests/test_data_filters.py); real corpora tune them with per-corpus overrides.
+"""
+
+from __future__ import annotations
+
+import re
+
+from datatrove.data import Document
+from datatrove.pipeline.filters import (
+    C4QualityFilter,
+    FineWebQualityFilter,
+    GopherQualityFilter,
+    GopherRepetitionFilter,
+)
+from datatrove.pipeline.filters.base_filter import BaseFilter
+from datatrove.pipeline.writers.disk_base import DiskWriter
+
+# A word is a run of letters, an integer/decimal, a LaTeX command, or a single math symbol.
+_TOKEN = re.compile(r"\\[A-Za-z]+|[A-Za-z]+(?:'[A-Za-z]+)?|\d+(?:[.,]\d+)?|[=+\-*/^_<>≤≥×÷±√∑∫π{}()\[\]|$]")
+_MATH_SIGNAL = re.compile(
+    r"\d\s*[-+*/×÷=<>]\s*\d"  # an arithmetic relation between numbers
+    r"|=\s*-?\d"  # "... = 12"
+    r"|\\(?:frac|sqrt|boxed|sum|int|cdot|times|le|ge|pi|alpha|beta|theta)\b"  # common LaTeX
+    r"|\$[^$\n]{1,200}\$"  # inline TeX
+    r"|\b(?:plus|minus|times|divided by|equals|sum|total|how many)\b",
+    re.IGNORECASE,
+)
+_ALLOWED_CHARS = re.compile(r"[\w\s.,;:!?'\"()\[\]{}$\\=+\-*/^_<>|%&#@~`≤≥×÷±√∑∫π’“”–—]")
+
+
+class MathQualityFilter(BaseFilter):
+    """Keeps documents that look like math or arithmetic prose; regex only, no word tokenizer.
+
+    Drops (reason in parentheses): too few or too many words (`min_words`, `max_words`), no
+    arithmetic/LaTeX signal per `words_per_signal` words (`no_math`), too many characters outside
+    text and math notation (`junk_chars`), and documents whose lines are mostly very short
+    (`short_lines`, menus and tables of navigation text).
+    """
+
+    name = "➗ Math quality"
+
+    def __init__(
+        self,
+        min_words: int = 5,
+        max_words: int = 100_000,
+        words_per_signal: int = 200,
+        max_junk_char_ratio: float = 0.05,
+        max_short_line_ratio: float = 0.7,
+        short_line_chars: int = 10,
+        exclusion_writer: DiskWriter | None = None,
+    ):
+        super().__init__(exclusion_writer)
+        self.min_words = min_words
+        self.max_words = max_words
+        self.words_per_signal = words_per_signal
+        self.max_junk_char_ratio = max_junk_char_ratio
+        self.max_short_line_ratio = max_short_line_ratio
+        self.short_line_chars = short_line_chars
+
+    def filter(self, doc: Document) -> bool | tuple[bool, str]:
+        text = doc.text
+        n_words = len(_TOKEN.findall(text))
+        if n_words < self.min_words:
+            return False, "min_words"
+        if n_words > self.max_words:
+            return False, "max_words"
+        n_signals = len(_MATH_SIGNAL.findall(text))
+        if n_signals == 0 or n_words / n_signals > self.words_per_signal:
+            return False, "no_math"
+        junk = len(text) - len(_ALLOWED_CHARS.findall(text))
+        if junk / len(text) > self.max_junk_char_ratio:
+            return False, "junk_chars"
+        lines = [line for line in text.splitlines() if line.strip()]
+        short = sum(len(line.strip()) < self.short_line_chars for line in lines)
+        if len(lines) >= 3 and short / len(lines) > self.max_short_line_ratio:
+            return False, "short_lines"
+        return True
+
+
+FILTER_BLOCKS = {
+    "gopher_repetition": GopherRepetitionFilter,
+    "gopher_quality": GopherQualityFilter,
+    "c4_quality": C4QualityFilter,
+    "fineweb_quality": FineWebQualityFilter,
+    "math_quality": MathQualityFilter,
+}
+
+# Preset name -> {filter block: kwargs}; order is pipeline order (cheap repetition checks first).
+# datatrove scores the most common n-gram even when it occurs once, so on documents under
+# ~150 characters a single 4-gram already exceeds Gopher's 16% "top n-gram" limit; the
+# duplicated-n-gram checks (which catch boxed-then-repeat text) stay at Gopher's values.
+_REPETITION = {"top_n_grams": ()}
+
+# Preset name -> {filter block: kwargs}; order is pipeline order (cheap repetition checks first).
+PRESETS: dict[str, dict[str, dict]] = {
+    "web": {
+        "gopher_repetition": _REPETITION,
+        # Toy web docs are 3-6 short sentences with digits ("7 plus 5 is 12."): the stock
+        # 50-word minimum, 3-char mean word length, 2 stop words and 80% alphabetic words
+        # would drop genuine ones.
+        "gopher_quality": {"min_doc_words": 10, "min_avg_word_length": 2, "min_stop_words": 1,
+                           "max_non_alpha_words_ratio": 0.5},
+        # C4's line rules rewrite kept documents (they delete lines without terminal
+        # punctuation or under 3 words, e.g. "Answer: \\boxed{9}"), so only its document-level
+        # checks (lorem ipsum, javascript, policy boilerplate) are on.
+        "c4_quality": {"filter_no_terminal_punct": False, "min_num_sentences": -1, "min_words_per_line": -1,
+                       "filter_curly_bracket": False},
+        "fineweb_quality": {},
+    },
+    "math": {"gopher_repetition": _REPETITION, "math_quality": {}},
+    "qa": {"gopher_repetition": _REPETITION, "math_quality": {"min_words": 8}},
+    "none": {},
+}
+
+
+def build_filters(preset: str, overrides: dict[str, dict | None] | None = None) -> list[BaseFilter]:
+    """datatrove filter blocks for `preset`; `overrides` maps a block to extra kwargs, or None to drop it."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown curation preset {preset!r}; choose one of {sorted(PRESETS)}")
+    spec = {name: dict(kwargs) for name, kwargs in PRESETS[preset].items()}
+    for name, kwargs in (overrides or {}).items():
+        if name not in FILTER_BLOCKS:
+            raise ValueError(f"unknown filter {name!r} in curation overrides; choose from {sorted(FILTER_BLOCKS)}")
+        if kwargs is None:
+            spec.pop(name, None)
+        else:
+            spec[name] = {**spec.get(name, {}), **kwargs}
+    return [FILTER_BLOCKS[name](**kwargs) for name, kwargs in spec.items()]

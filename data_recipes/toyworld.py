@@ -1,0 +1,287 @@
+"""The toy world: verifiable arithmetic word problems and the corpora built around them.
+
+A problem is a start value followed by 1..4 operations, each a single-digit fact
+(add or subtract an operand 1..9, every intermediate value within 0..max_value).
+The underlying arithmetic is cheap for a ~1M-parameter model, so what mid-training
+recipes change is the *format and strategy* a model brings to the probe.
+
+Splits are disjoint by construction: a problem's split is a hash of its arithmetic
+alone (start and operations, not names or wording), independent of the seed, so
+no probe or eval computation appears in any train-derived corpus of any world.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from pydantic import BaseModel, Field, field_validator
+
+CORPUS_KINDS = ("web", "mathweb", "qa_short", "qa_cot", "boxed_repeat")
+SPLITS = ("train", "probe", "eval")
+PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
+
+# (name, pronoun) pairs; the pronoun is used in every step after the first sentence.
+PEOPLE = (
+    ("Tom", "he"), ("Ann", "she"), ("Sam", "he"), ("Mia", "she"), ("Ben", "he"), ("Lily", "she"),
+    ("Max", "he"), ("Zoe", "she"), ("Leo", "he"), ("Ella", "she"), ("Jack", "he"), ("Nora", "she"),
+)
+OBJECTS = ("apples", "pens", "books", "coins", "cards", "shells", "stamps", "marbles", "cookies", "rocks")
+# (present tense for questions, past tense for stories); "{n}" is the operand.
+GAIN_VERBS = (("gets {n} more", "got {n} more"), ("finds {n} more", "found {n} more"),
+              ("buys {n} more", "bought {n} more"), ("wins {n} more", "won {n} more"))
+LOSE_VERBS = (("gives away {n}", "gave away {n}"), ("loses {n}", "lost {n}"),
+              ("sells {n}", "sold {n}"), ("uses {n}", "used {n}"))
+FILLER = (
+    "The sun was warm that day.", "It rained in the morning.", "The shop on the corner was busy.",
+    "Everyone went home after lunch.", "The park was quiet.", "A bird sang outside the window.",
+    "The school bus came late.", "They walked to the market together.", "The kitchen smelled of bread.",
+)
+WORD_OPS = {"+": ("plus", "and {b} more is"), "-": ("minus", "take away {b} is")}
+# Each worked example picks its own wording so multi-example documents are not repetitive.
+MATHWEB_BRIDGES = (
+    "To find how many {obj} {name} has now, we follow each step.",
+    "We work it out one step at a time.",
+    "Write one equation for each change.",
+    "Start from {start} and apply the changes in order.",
+)
+MATHWEB_CONCLUSIONS = ("So {name} has {result} {obj} now.", "The result is {result} {obj}.",
+                       "That leaves {name} with {result} {obj}.", "In total there are {result} {obj}.")
+MATHWEB_INTROS = (
+    "Word problems like this are solved one step at a time.",
+    "Here is a worked example of adding and taking away.",
+    "We can follow the numbers in the order they appear.",
+    "A good habit is to write one equation for each step.",
+)
+
+
+class ToyWorldConfig(BaseModel):
+    """Everything that defines a toy world; two equal configs give identical problems and corpora."""
+
+    seed: int = 0
+    difficulties: list[int] = Field(default_factory=lambda: [1, 2, 3, 4])
+    max_value: int = 19  # every intermediate value stays within 0..max_value
+    max_operand: int = 9
+    probe_fraction: float = 0.10  # share of the arithmetic space assigned to the probe split
+    eval_fraction: float = 0.05
+    web_qa_rate: float = 0.03  # share of web docs that are easy 1-op boxed QA items
+    boxed_repeat_min: int = 8
+    boxed_repeat_max: int = 16
+
+    @field_validator("difficulties")
+    @classmethod
+    def _difficulties_in_range(cls, value: list[int]) -> list[int]:
+        if not value or any(not 1 <= d <= 4 for d in value):
+            raise ValueError(f"difficulties must be a non-empty list within 1..4, got {value}")
+        return sorted(set(value))
+
+
+@dataclass(frozen=True)
+class Problem:
+    id: str
+    question: str
+    answer: str
+    difficulty: int
+    steps: tuple[tuple[int, str, int, int], ...]  # (left, "+"|"-", operand, result) in question order
+
+    @property
+    def expression(self) -> str:
+        """The arithmetic alone, e.g. "7+5-3"; the split is a hash of this."""
+        return str(self.steps[0][0]) + "".join(f"{op}{b}" for _, op, b, _ in self.steps)
+
+    @property
+    def prompt(self) -> str:
+        return PROMPT_TEMPLATE.format(question=self.question)
+
+
+@dataclass(frozen=True)
+class _Scene:
+    """The surface of a problem: who, what, and which verb each step uses."""
+
+    name: str
+    pronoun: str
+    obj: str
+    verbs: tuple[tuple[str, str], ...]
+
+
+def split_of(expression: str, probe_fraction: float, eval_fraction: float) -> str:
+    digest = hashlib.sha256(f"toyworld-split:{expression}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    if u < probe_fraction:
+        return "probe"
+    if u < probe_fraction + eval_fraction:
+        return "eval"
+    return "train"
+
+
+def _rng(*parts: object) -> random.Random:
+    # random.Random(str) hashes with sha512, so this is stable across processes and Python runs.
+    return random.Random(":".join(map(str, parts)))
+
+
+def _capital(text: str) -> str:
+    return text[0].upper() + text[1:]
+
+
+class ToyWorld:
+    def __init__(self, cfg: ToyWorldConfig | None = None):
+        self.cfg = cfg or ToyWorldConfig()
+
+    # -- problems ---------------------------------------------------------------------------
+
+    def _sample_steps(self, difficulty: int, rng: random.Random) -> tuple[tuple[int, str, int, int], ...]:
+        value = rng.randint(1, self.cfg.max_operand)
+        steps = []
+        for _ in range(difficulty):
+            ops = [op for op, ok in (("+", value + 1 <= self.cfg.max_value), ("-", value >= 1)) if ok]
+            op = rng.choice(ops)
+            top = min(self.cfg.max_operand, self.cfg.max_value - value if op == "+" else value)
+            b = rng.randint(1, top)
+            result = value + b if op == "+" else value - b
+            steps.append((value, op, b, result))
+            value = result
+        return tuple(steps)
+
+    def _sample_scene(self, steps, rng: random.Random) -> _Scene:
+        name, pronoun = rng.choice(PEOPLE)
+        verbs = tuple(rng.choice(GAIN_VERBS if op == "+" else LOSE_VERBS) for _, op, _, _ in steps)
+        return _Scene(name, pronoun, rng.choice(OBJECTS), verbs)
+
+    def _statements(self, steps, scene: _Scene, tense: int) -> list[str]:
+        """Sentences stating the problem, numbers in the order used. tense 0 = present, 1 = past."""
+        has = ("has", "had")[tense]
+        sentences = [f"{scene.name} {has} {steps[0][0]} {scene.obj}."]
+        for i, ((_, _, b, _), verb) in enumerate(zip(steps, scene.verbs)):
+            lead = _capital(scene.pronoun) if i == 0 else f"Then {scene.pronoun}"
+            sentences.append(f"{lead} {verb[tense].format(n=b)}.")
+        return sentences
+
+    def _problem(self, steps, scene: _Scene, split: str) -> Problem:
+        question = " ".join(
+            self._statements(steps, scene, 0) + [f"How many {scene.obj} does {scene.name} have now?"]
+        )
+        qhash = hashlib.sha1(question.encode()).hexdigest()[:12]
+        return Problem(f"toy-{split}-d{len(steps)}-{qhash}", question, str(steps[-1][3]), len(steps), steps)
+
+    def _split(self, steps) -> str:
+        expression = str(steps[0][0]) + "".join(f"{op}{b}" for _, op, b, _ in steps)
+        return split_of(expression, self.cfg.probe_fraction, self.cfg.eval_fraction)
+
+    def _draw(self, split: str, difficulty: int, rng: random.Random):
+        """Rejection-sample (steps, scene) until the arithmetic falls in `split`."""
+        for _ in range(100_000):
+            steps = self._sample_steps(difficulty, rng)
+            if self._split(steps) == split:
+                return steps, self._sample_scene(steps, rng)
+        raise ValueError(f"toy world: no {split} problems of difficulty {difficulty} (fractions too small?)")
+
+    def problems(self, split: str, n: int, difficulty: int | None = None) -> list[Problem]:
+        """n distinct problems of `split`; a smaller n gives a prefix of a larger one."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if difficulty is not None and difficulty not in self.cfg.difficulties:
+            raise ValueError(f"difficulty {difficulty} is not in the world's difficulties {self.cfg.difficulties}")
+        rng = _rng(self.cfg.seed, "problems", split, difficulty)
+        out: list[Problem] = []
+        seen: set[str] = set()
+        for _ in range(50 * n + 1000):
+            if len(out) == n:
+                break
+            d = difficulty if difficulty is not None else rng.choice(self.cfg.difficulties)
+            problem = self._problem(*self._draw(split, d, rng), split)
+            if problem.question not in seen:
+                seen.add(problem.question)
+                out.append(problem)
+        if len(out) < n:
+            raise ValueError(f"toy world: only {len(out)} distinct {split} problems found, {n} requested")
+        return out
+
+    # -- corpora ------------------------------------------------------------------------------
+
+    def documents(self, kind: str, n_docs: int, seed: int = 0) -> Iterator[dict]:
+        """n_docs documents {"id","text","metadata"} of corpus `kind`, built from train problems only."""
+        if kind not in CORPUS_KINDS:
+            raise ValueError(f"corpus kind must be one of {CORPUS_KINDS}, got {kind!r}")
+        make = getattr(self, f"_doc_{kind}")
+        rng = _rng(self.cfg.seed, "documents", kind, seed)
+        for i in range(n_docs):
+            text, difficulty = make(rng)
+            yield {"id": f"toy-{kind}-{seed}-{i:07d}", "text": text,
+                   "metadata": {"source": "toy", "kind": kind, "difficulty": difficulty}}
+
+    def _train_item(self, rng: random.Random, difficulty: int | None = None):
+        d = difficulty if difficulty is not None else rng.choice(self.cfg.difficulties)
+        steps, scene = self._draw("train", d, rng)
+        return steps, scene, self._problem(steps, scene, "train")
+
+    @staticmethod
+    def _equations(steps) -> str:
+        return " ".join(f"{a} {op} {b} = {r}." for a, op, b, r in steps)
+
+    def _doc_web(self, rng: random.Random):
+        if rng.random() < self.cfg.web_qa_rate:
+            _, _, problem = self._train_item(rng, difficulty=1)
+            return f"Question: {problem.question}\nAnswer: \\boxed{{{problem.answer}}}", 1
+        # One short paragraph: a story (most docs), a few facts in words, and distinct filler
+        # sentences, shuffled; no sentence repeats, as in ordinary prose.
+        items, difficulty = [], 0
+        for _ in range(rng.randint(1, 3)):
+            a, op, b, r = self._sample_steps(1, rng)[0]
+            word, phrase = WORD_OPS[op]
+            items.append(rng.choice([f"{a} {word} {b} is {r}.", f"{a} {phrase.format(b=b)} {r}."]))
+        items += rng.sample(FILLER, rng.randint(1, 2))
+        if rng.random() < 0.8:  # a past-tense story ending in its result
+            steps, scene, _ = self._train_item(rng)
+            difficulty = len(steps)
+            story = self._statements(steps, scene, 1) + [f"In the end {scene.name} had {steps[-1][3]} {scene.obj}."]
+            items.append(" ".join(story))
+        rng.shuffle(items)
+        return " ".join(dict.fromkeys(items)), difficulty
+
+    def _doc_mathweb(self, rng: random.Random):
+        paragraphs, difficulty = [rng.choice(MATHWEB_INTROS)], 0
+        for _ in range(rng.randint(1, 3)):
+            steps, scene, _ = self._train_item(rng)
+            difficulty = max(difficulty, len(steps))
+            result = steps[-1][3]
+            names = {"name": scene.name, "obj": scene.obj, "start": steps[0][0], "result": result}
+            paragraphs.append(" ".join([
+                rng.choice(("Example:", "Consider this.", "Another one:", "Try this.")),
+                *self._statements(steps, scene, 0),
+                rng.choice(MATHWEB_BRIDGES).format(**names),
+                self._equations(steps).replace(". ", ". Then ", len(steps) - 1),
+                rng.choice(MATHWEB_CONCLUSIONS).format(**names),
+            ]))
+        return "\n\n".join(paragraphs), difficulty
+
+    def _doc_qa_short(self, rng: random.Random):
+        _, _, problem = self._train_item(rng)
+        return f"Question: {problem.question}\nAnswer: \\boxed{{{problem.answer}}}", problem.difficulty
+
+    def _doc_qa_cot(self, rng: random.Random):
+        steps, _, problem = self._train_item(rng)
+        answer = f"{self._equations(steps)} The answer is \\boxed{{{problem.answer}}}."
+        return f"Question: {problem.question}\nAnswer: {answer}", problem.difficulty
+
+    def _doc_boxed_repeat(self, rng: random.Random):
+        _, _, problem = self._train_item(rng)
+        repeats = rng.randint(self.cfg.boxed_repeat_min, self.cfg.boxed_repeat_max)
+        tail = f" The answer is {problem.answer}." * repeats
+        return f"Question: {problem.question}\nAnswer: \\boxed{{{problem.answer}}}.{tail}", problem.difficulty
+
+
+def write_problems(problems: list[Problem], path: str | Path) -> Path:
+    """Write the problem-set JSONL the probe reads: {"id","question","answer","difficulty","data_source"}."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for p in problems:
+            record = {"id": p.id, "question": p.question, "answer": p.answer,
+                      "difficulty": p.difficulty, "data_source": "toy"}
+            f.write(json.dumps(record) + "\n")
+    return path
+
