@@ -1,0 +1,514 @@
+"""The embedded probe engine: GRPO on one CPU / GPU process, built on verl's core_algos.
+
+Our part is the loop, the sampler and the bookkeeping; the advantage, policy
+loss, loss aggregation, KL, entropy and data metrics are verl's own
+functions, so the numbers mean what they mean in a verl run.
+
+Every random stream is seeded from (seed, step, purpose): prompt choice,
+rollouts, evaluation and the profile. A resumed run therefore needs only
+the policy, optimizer and step from `state/` to continue bit for bit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from verl import DataProto
+from verl.trainer.ppo.core_algos import agg_loss, get_adv_estimator_fn, get_policy_loss_fn, kl_penalty
+from verl.trainer.ppo.metric_utils import compute_data_metrics
+
+from rl_probe.reward import RewardResult, boxed_first, has_reflection, score, warm_up_verifier
+from rl_probe.sampler import Rollout, sample, teacher_forced
+from rl_probe.spec import ProbeSpec
+
+GENERATION_BATCH = 128  # sequences per sampler call in evaluation and profiling
+FEWSHOT_STOP = "\nQuestion:"  # a base model continues with the next few-shot example
+
+MetricsCallback = Callable[[int, dict], None]
+
+
+def run_probe(
+    checkpoint: Path,
+    spec: ProbeSpec,
+    train_set: Path,
+    eval_set: Path,
+    seed: int,
+    out_dir: Path,
+    on_metrics: MetricsCallback | None = None,
+) -> dict:
+    """Run (or resume) the probe of one HF checkpoint; returns the summary written to summary.json."""
+    if spec.engine != "embedded":
+        raise ValueError(f"probe spec {spec.name!r} is for the {spec.engine!r} engine, not 'embedded'")
+    out_dir = Path(out_dir)
+    (out_dir / "rollouts").mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    reference = _frozen_copy(checkpoint) if spec.kl_coef > 0 else None
+    prompter = Prompter(tokenizer, spec)
+    train = [p for p in load_problems(train_set) if prompter.fits(p)]
+    evals = load_problems(eval_set)
+    if len(train) < spec.prompts_per_step:
+        raise ValueError(f"{train_set}: {len(train)} usable problems, the spec needs {spec.prompts_per_step} per step")
+    warm_up_verifier()
+
+    state = CheckpointState(out_dir / "state", spec, seed)
+    start_step = state.restore(model, optimizer)
+    log = MetricsLog(out_dir / "metrics.jsonl", keep_through_step=start_step, on_metrics=on_metrics)
+    timings: dict[str, float] = defaultdict(float)
+
+    if start_step == 0:
+        t0 = time.time()
+        profile = base_profile(model, prompter, train, evals, spec, seed)
+        _write_json(out_dir / "profile.json", profile)
+        timings["profile_s"] += time.time() - t0
+        t0 = time.time()
+        log.write(0, evaluate(model, prompter, evals, spec, seed, 0, out_dir))
+        timings["eval_s"] += time.time() - t0
+
+    actor_config = _actor_config(spec)
+    for step in range(start_step + 1, spec.steps + 1):
+        t0 = time.time()
+        metrics = grpo_step(model, reference, optimizer, prompter, train, spec, seed, step, actor_config)
+        timings["train_s"] += time.time() - t0
+        if step % spec.eval_every == 0 or step == spec.steps:
+            t0 = time.time()
+            metrics.update(evaluate(model, prompter, evals, spec, seed, step, out_dir))
+            timings["eval_s"] += time.time() - t0
+        log.write(step, metrics)
+        if step % spec.checkpoint_every == 0 or step == spec.steps:
+            state.save(step, model, optimizer)
+    timings["total_s"] = time.time() - started
+
+    summary = _summary(spec, seed, checkpoint, out_dir, timings)
+    _write_json(out_dir / "summary.json", summary)
+    return summary
+
+
+# ---------------------------------------------------------------- problems and prompts
+
+
+def load_problems(path: Path) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+class Prompter:
+    """Renders the spec's template and tokenizes it as verl's rollout sees it (BOS only if the tokenizer has one)."""
+
+    def __init__(self, tokenizer, spec: ProbeSpec) -> None:
+        self.tokenizer = tokenizer
+        self.spec = spec
+        self.eos_id = tokenizer.eos_token_id
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
+
+    def encode(self, text: str) -> list[int]:
+        bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
+        return bos + self.tokenizer.encode(text, add_special_tokens=False)
+
+    def prompt(self, problem: dict) -> str:
+        return self.spec.render_prompt(problem["question"])
+
+    def fits(self, problem: dict) -> bool:
+        return len(self.encode(self.prompt(problem))) <= self.spec.max_prompt_length
+
+    def decode(self, rollout: Rollout) -> list[str]:
+        return [
+            self.tokenizer.decode(ids[mask], skip_special_tokens=True)
+            for ids, mask in zip(rollout.response_ids, rollout.response_mask)
+        ]
+
+
+def _stream_seed(seed: int, step: int, purpose: str) -> int:
+    digest = hashlib.sha256(f"{seed}/{step}/{purpose}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def _generator(seed: int, step: int, purpose: str) -> torch.Generator:
+    return torch.Generator().manual_seed(_stream_seed(seed, step, purpose))
+
+
+# ---------------------------------------------------------------- GRPO step
+
+
+def _actor_config(spec: ProbeSpec):
+    # The fields verl's policy loss reads from ActorConfig; global_batch_info
+    # stays empty because one process aggregates over its whole mini-batch.
+    return OmegaConf.create(
+        {
+            "clip_ratio": spec.clip_ratio_low,
+            "clip_ratio_low": spec.clip_ratio_low,
+            "clip_ratio_high": spec.clip_ratio_high,
+            "clip_ratio_c": spec.clip_ratio_c,
+            "global_batch_info": {},
+        }
+    )
+
+
+def grpo_step(model, reference, optimizer, prompter: Prompter, train: list[dict], spec: ProbeSpec,
+              seed: int, step: int, actor_config) -> dict:
+    t0 = time.time()
+    rng = np.random.default_rng(_stream_seed(seed, step, "prompts"))
+    problems = [train[i] for i in rng.choice(len(train), spec.prompts_per_step, replace=False)]
+    grouped = [p for p in problems for _ in range(spec.group_size)]
+    max_new = spec.response_length_at(step)
+    rollout = sample(
+        model,
+        [prompter.encode(prompter.prompt(p)) for p in grouped],
+        max_new_tokens=max_new,
+        eos_id=prompter.eos_id,
+        pad_id=prompter.pad_id,
+        temperature=spec.temperature,
+        top_p=spec.top_p,
+        generator=_generator(seed, step, "rollout"),
+    )
+    texts = prompter.decode(rollout)
+    results = [score(text, p["answer"], spec.reward_variant) for text, p in zip(texts, grouped)]
+    t_gen = time.time() - t0
+
+    mask = rollout.response_mask
+    lengths = rollout.response_lengths
+    token_scores = torch.zeros(mask.shape)
+    token_scores[torch.arange(len(results)), lengths - 1] = torch.tensor([r.score for r in results])
+    uids = np.array([f"{step}/{p['id']}" for p in grouped], dtype=object)
+    advantages, returns = get_adv_estimator_fn(spec.adv_estimator)(
+        token_level_rewards=token_scores, response_mask=mask, index=uids,
+        norm_adv_by_std_in_grpo=spec.norm_adv_by_std,
+    )
+    with torch.no_grad():
+        old_log_probs, _ = teacher_forced(model, rollout.prompt_ids, rollout.prompt_mask,
+                                          rollout.response_ids, mask, spec.temperature)
+        ref_log_probs = None
+        if reference is not None:
+            ref_log_probs, _ = teacher_forced(reference, rollout.prompt_ids, rollout.prompt_mask,
+                                              rollout.response_ids, mask, spec.temperature)
+
+    t1 = time.time()
+    update = _update(model, optimizer, spec, actor_config, rollout, old_log_probs, ref_log_probs, advantages)
+    t_update = time.time() - t1
+
+    metrics = compute_data_metrics(_as_data_proto(rollout, token_scores, advantages, returns, max_new), use_critic=False)
+    metrics.update(update)
+    metrics.update(behaviour_metrics(texts, results, lengths, spec.group_size))
+    n_tokens = int(mask.sum() + rollout.prompt_mask.sum())
+    metrics.update({
+        "training/global_step": step,
+        "timing_s/gen": t_gen,
+        "timing_s/update_actor": t_update,
+        "timing_s/step": time.time() - t0,
+        "perf/total_num_tokens": n_tokens,
+        "perf/throughput": n_tokens / (time.time() - t0),
+    })
+    return metrics
+
+
+def _update(model, optimizer, spec: ProbeSpec, actor_config, rollout: Rollout, old_log_probs, ref_log_probs,
+            advantages) -> dict:
+    """ppo_epochs passes over mini-batches of whole groups, as verl's actor does (no shuffling)."""
+    policy_loss_fn = get_policy_loss_fn(spec.policy_loss)
+    rows_per_mini_batch = spec.mini_batch_prompts * spec.group_size
+    collected = defaultdict(list)
+    for _ in range(spec.ppo_epochs):
+        for start in range(0, len(advantages), rows_per_mini_batch):
+            rows = slice(start, start + rows_per_mini_batch)
+            mask = rollout.response_mask[rows]
+            log_probs, entropy = teacher_forced(model, rollout.prompt_ids[rows], rollout.prompt_mask[rows],
+                                                rollout.response_ids[rows], mask, spec.temperature)
+            pg_loss, pg_metrics = policy_loss_fn(
+                old_log_prob=old_log_probs[rows], log_prob=log_probs, advantages=advantages[rows],
+                response_mask=mask, loss_agg_mode=spec.loss_agg_mode, config=actor_config,
+            )
+            entropy_loss = agg_loss(loss_mat=entropy, loss_mask=mask, loss_agg_mode=spec.loss_agg_mode)
+            loss = pg_loss - spec.entropy_coeff * entropy_loss
+            if ref_log_probs is not None:
+                kld = kl_penalty(logprob=log_probs, ref_logprob=ref_log_probs[rows], kl_penalty=spec.kl_type)
+                kl_loss = agg_loss(loss_mat=kld, loss_mask=mask, loss_agg_mode=spec.loss_agg_mode)
+                loss = loss + spec.kl_coef * kl_loss
+                collected["actor/kl_loss"].append(kl_loss.item())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
+            if torch.isfinite(grad_norm):  # verl skips the step on a non-finite gradient
+                optimizer.step()
+            for name, value in pg_metrics.items():
+                collected[name].append(value)
+            collected["actor/pg_loss"].append(pg_loss.item())
+            collected["actor/entropy"].append(entropy_loss.item())
+            collected["actor/grad_norm"].append(grad_norm.item())
+            collected["actor/loss"].append(loss.item())
+    metrics = {name: float(np.mean(values)) for name, values in collected.items()}
+    metrics["actor/lr"] = optimizer.param_groups[0]["lr"]
+    if ref_log_probs is not None:
+        metrics["actor/kl_coef"] = spec.kl_coef
+    return metrics
+
+
+def _as_data_proto(rollout: Rollout, token_scores, advantages, returns, max_new: int) -> DataProto:
+    """The batch layout verl's compute_data_metrics reads; responses padded to the length limit for clip_ratio."""
+    def pad(t: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pad(t, (0, max_new - t.shape[1]))
+
+    response_mask = pad(rollout.response_mask.long())
+    return DataProto.from_dict(tensors={
+        "prompts": rollout.prompt_ids,
+        "responses": pad(rollout.response_ids),
+        "attention_mask": torch.cat([rollout.prompt_mask.long(), response_mask], dim=-1),
+        "response_mask": response_mask,
+        "token_level_scores": pad(token_scores),
+        "token_level_rewards": pad(token_scores),
+        "advantages": pad(advantages),
+        "returns": pad(returns),
+    })
+
+
+def behaviour_metrics(texts: list[str], results: list[RewardResult], lengths: torch.Tensor, group_size: int) -> dict:
+    lengths = lengths.float().numpy()
+    acc = np.array([r.acc for r in results])
+    scores = np.array([r.score for r in results]).reshape(-1, group_size)
+    metrics = {
+        "behaviour/repetition_ratio": float(np.mean([r.repeated for r in results])),
+        "behaviour/boxed_first_ratio": float(np.mean([boxed_first(t) for t in texts])),
+        "behaviour/format_error_ratio": float(np.mean([not r.format_ok for r in results])),
+        "behaviour/reflection_rate": float(np.mean([has_reflection(t) for t in texts])),
+        "behaviour/accuracy": float(acc.mean()),
+        "probe/uniform_group_ratio": float(np.mean(scores.std(axis=1) == 0)),
+    }
+    # absent rather than NaN when no response is correct (or none wrong)
+    if acc.any():
+        metrics["behaviour/correct_length_mean"] = float(lengths[acc].mean())
+    if (~acc).any():
+        metrics["behaviour/wrong_length_mean"] = float(lengths[~acc].mean())
+    return metrics
+
+
+def _frozen_copy(checkpoint: Path):
+    reference = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    reference.requires_grad_(False)
+    return reference
+
+
+# ---------------------------------------------------------------- evaluation and profile
+
+
+def generate(model, prompter: Prompter, prompts: list[list[int]], *, max_new_tokens: int, temperature: float,
+             generator: torch.Generator) -> tuple[list[str], list[int], list[bool]]:
+    """Texts, token lengths and EOS flags for many prompts, in sampler batches."""
+    texts, lengths, finished = [], [], []
+    for start in range(0, len(prompts), GENERATION_BATCH):
+        rollout = sample(model, prompts[start : start + GENERATION_BATCH], max_new_tokens=max_new_tokens,
+                         eos_id=prompter.eos_id, pad_id=prompter.pad_id, temperature=temperature,
+                         top_p=prompter.spec.top_p, generator=generator)
+        texts += prompter.decode(rollout)
+        lengths += rollout.response_lengths.tolist()
+        finished += rollout.finished.tolist()
+    return texts, lengths, finished
+
+
+def evaluate(model, prompter: Prompter, problems: list[dict], spec: ProbeSpec, seed: int, step: int,
+             out_dir: Path) -> dict:
+    """val-core/<data_source>/{acc,reward}/mean@N on the eval set; writes rollouts/step_<N>.jsonl."""
+    n = spec.eval_samples
+    repeated = [p for p in problems for _ in range(n)]
+    prompt_texts = [prompter.prompt(p) for p in repeated]
+    texts, lengths, finished = generate(
+        model, prompter, [prompter.encode(t) for t in prompt_texts], max_new_tokens=spec.response_length_at(step),
+        temperature=spec.eval_temperature, generator=_generator(seed, step, "eval"),
+    )
+    by_source = defaultdict(lambda: defaultdict(list))
+    rows = []
+    for problem, prompt, text, length, done in zip(repeated, prompt_texts, texts, lengths, finished):
+        result = score(text, problem["answer"], spec.reward_variant)
+        source = problem["data_source"]
+        by_source[source]["acc"].append(float(result.acc))
+        by_source[source]["reward"].append(result.score)
+        by_source[source]["response_length"].append(length)
+        rows.append({"step": step, "id": problem["id"], "data_source": source, "prompt": prompt, "response": text,
+                     "reward": result.score, "acc": result.acc, "pred": result.pred, "length": length,
+                     "finished": done})
+    _write_jsonl(out_dir / "rollouts" / f"step_{step}.jsonl", rows)
+    metrics = {}
+    for source, values in sorted(by_source.items()):
+        metrics[f"val-core/{source}/acc/mean@{n}"] = float(np.mean(values["acc"]))
+        metrics[f"val-core/{source}/reward/mean@{n}"] = float(np.mean(values["reward"]))
+        metrics[f"val-aux/{source}/response_length/mean@{n}"] = float(np.mean(values["response_length"]))
+    return metrics
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct (Chen et al. 2021): 1 - C(n-c, k) / C(n, k)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def base_profile(model, prompter: Prompter, train: list[dict], evals: list[dict], spec: ProbeSpec,
+                 seed: int) -> dict:
+    """Step-0 profile: pass@k on probe (train-split) problems and greedy few-shot accuracy on the eval split."""
+    rng = np.random.default_rng(_stream_seed(seed, 0, "profile"))
+    chosen = [train[i] for i in rng.choice(len(train), min(spec.profile_problems, len(train)), replace=False)]
+    n = spec.passk_samples
+    repeated = [p for p in chosen for _ in range(n)]
+    texts, _, _ = generate(model, prompter, [prompter.encode(prompter.prompt(p)) for p in repeated],
+                           max_new_tokens=spec.response_length_at(0), temperature=spec.temperature,
+                           generator=_generator(seed, 0, "passk"))
+    correct = np.array([score(t, p["answer"], spec.reward_variant).acc for t, p in zip(texts, repeated)])
+    correct_per_problem = correct.reshape(len(chosen), n).sum(axis=1)
+    passk = {str(k): float(np.mean([pass_at_k(n, int(c), k) for c in correct_per_problem]))
+             for k in spec.passk_ks}
+    return {
+        "spec": spec.name,
+        "spec_hash": spec.content_hash(),
+        "pass_at_k": passk,
+        "pass_at_k_problems": len(chosen),
+        "pass_at_k_samples": n,
+        "fewshot": fewshot_accuracy(model, prompter, train, evals, spec, seed),
+    }
+
+
+def fewshot_accuracy(model, prompter: Prompter, train: list[dict], evals: list[dict], spec: ProbeSpec,
+                     seed: int) -> dict:
+    """Greedy accuracy with fewshot_k worked examples (template + boxed answer) from the train split."""
+    rng = np.random.default_rng(_stream_seed(seed, 0, "fewshot"))
+    limit = getattr(model.config, "max_position_embeddings", None) or 1 << 30
+    max_new = spec.response_length_at(0)
+    prompts = []
+    for problem in evals:
+        shots = [train[i] for i in rng.choice(len(train), min(spec.fewshot_k, len(train)), replace=False)]
+        while True:  # drop examples until the prompt and the answer fit the model's context
+            text = "".join(f"{prompter.prompt(s)} \\boxed{{{s['answer']}}}\n\n" for s in shots) + prompter.prompt(problem)
+            ids = prompter.encode(text)
+            if len(ids) + max_new <= limit or not shots:
+                break
+            shots = shots[:-1]
+        prompts.append(ids)
+    texts, _, _ = generate(model, prompter, prompts, max_new_tokens=max_new, temperature=0.0,
+                           generator=_generator(seed, 0, "fewshot-decode"))
+    by_source = defaultdict(list)
+    for problem, text in zip(evals, texts):
+        answer = text.split(FEWSHOT_STOP, 1)[0]
+        by_source[problem["data_source"]].append(float(score(answer, problem["answer"], spec.reward_variant).acc))
+    return {
+        "k": spec.fewshot_k,
+        "acc": float(np.mean([a for values in by_source.values() for a in values])) if evals else 0.0,
+        "acc_by_source": {s: float(np.mean(v)) for s, v in sorted(by_source.items())},
+    }
+
+
+# ---------------------------------------------------------------- state, logs, summary
+
+
+class CheckpointState:
+    """Policy + optimizer + step under state/step_<N>.pt, written to a temp file and renamed into place."""
+
+    def __init__(self, state_dir: Path, spec: ProbeSpec, seed: int) -> None:
+        self.dir = state_dir
+        self.spec_hash = spec.content_hash()
+        self.seed = seed
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def _checkpoints(self) -> list[Path]:
+        return sorted(self.dir.glob("step_*.pt"))
+
+    def restore(self, model, optimizer) -> int:
+        checkpoints = self._checkpoints()
+        if not checkpoints:
+            return 0
+        state = torch.load(checkpoints[-1], weights_only=False)
+        if state["spec_hash"] != self.spec_hash or state["seed"] != self.seed:
+            raise ValueError(f"{self.dir} holds a probe with another spec or seed; use a fresh out_dir")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        return state["step"]
+
+    def save(self, step: int, model, optimizer) -> None:
+        final = self.dir / f"step_{step:06d}.pt"
+        tmp = self.dir / f".{final.name}.tmp"
+        torch.save({"step": step, "spec_hash": self.spec_hash, "seed": self.seed,
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict()}, tmp)
+        os.replace(tmp, final)
+        for older in self._checkpoints():
+            if older != final:
+                older.unlink()
+
+
+class MetricsLog:
+    """metrics.jsonl in verl's file-logger format; on resume, drops lines logged after the checkpoint."""
+
+    def __init__(self, path: Path, keep_through_step: int, on_metrics: MetricsCallback | None) -> None:
+        self.path = path
+        self.on_metrics = on_metrics
+        kept = [r for r in read_metrics(path) if r["step"] <= keep_through_step] if keep_through_step else []
+        tmp = path.with_suffix(".jsonl.tmp")
+        _write_jsonl(tmp, kept)
+        os.replace(tmp, path)
+
+    def write(self, step: int, data: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, "data": data}) + "\n")
+        if self.on_metrics is not None:
+            self.on_metrics(step, data)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """Lines of a verl-format metrics file; a torn last line (killed writer) is skipped."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def _summary(spec: ProbeSpec, seed: int, checkpoint: Path, out_dir: Path, timings: dict) -> dict:
+    rows = read_metrics(out_dir / "metrics.jsonl")
+    evals = {r["step"]: {k: v for k, v in r["data"].items() if k.startswith("val-core/")} for r in rows}
+    evals = {step: values for step, values in evals.items() if values}
+    final_step = max(evals)
+    train_steps = [r for r in rows if r["step"] > 0]
+    profile = json.loads((out_dir / "profile.json").read_text())
+    return {
+        "spec": spec.name,
+        "spec_version": spec.version,
+        "spec_hash": spec.content_hash(),
+        "engine": "embedded",
+        "seed": seed,
+        "checkpoint": str(checkpoint),
+        "steps": spec.steps,
+        "final_step": final_step,
+        "final": evals[final_step],
+        "initial": evals.get(0, {}),
+        "evals": {str(step): values for step, values in sorted(evals.items())},
+        "final_train_score": train_steps[-1]["data"]["critic/score/mean"] if train_steps else None,
+        "base_pass_at_k": profile["pass_at_k"],
+        "base_fewshot_acc": profile["fewshot"]["acc"],
+        "timings": {
+            **{k: round(v, 3) for k, v in timings.items()},
+            "mean_step_s": float(np.mean([r["data"]["timing_s/step"] for r in train_steps])) if train_steps else 0.0,
+        },
+    }
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
