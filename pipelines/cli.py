@@ -21,6 +21,8 @@ from pipelines.errors import InputError, StageFailed
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Rank mid-training recipes by how well their checkpoints take to RL.")
 console = Console(stderr=True, highlight=False)
+# tables go to stdout; wide enough to stay readable when piped into a file or CI log
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 WorkspaceOpt = typer.Option(None, "--workspace", "-w", help="workspace directory (default: the sweep's)")
 
@@ -60,7 +62,7 @@ def plan(sweep: Path = typer.Argument(..., help="sweep YAML file"), workspace: O
             ("[yellow]partial[/]" if store.partial_path(run).exists() else "to run")
         inputs = ", ".join(dep.label or dep.ref for dep in run.inputs.values() if dep.stage != "external")
         table.add_row(run.label or run.stage, run.key[:10], inputs, state)
-    Console().print(table)
+    out.print(table)
 
 
 def _run_sweep(sweep_path: Path, workspace: Optional[Path], executor: Optional[str],
@@ -94,7 +96,7 @@ def _write_report_named(name: str, store, title: str, options=None) -> Path:
     from pipelines.sweep import ReportSection
 
     options = options or ReportSection()
-    doc, _ = build(collect(store, name), title, samples=options.bootstrap_samples,
+    doc, _ = build(collect(store, name), title, score=options.score, samples=options.bootstrap_samples,
                    confidence=options.confidence, n_rollouts=options.sample_rollouts)
     _, page = write(doc, store.workspace / "reports" / name, title)
     return page
@@ -182,6 +184,38 @@ def probe(checkpoints: list[str] = typer.Argument(..., help="HF checkpoint direc
     typer.echo(_write_report_named(job, store, f"midprobe · checkpoints · {job}"))
 
 
+@app.command("validate-probe")
+def validate_probe(sweep: Path = typer.Argument(..., help="sweep YAML file"),
+                   multiplier: int = typer.Option(4, help="target runs are this many times longer"),
+                   target_seeds: str = typer.Option("1000,1001", help="seeds of the long-run target probes"),
+                   workspace: Optional[Path] = WorkspaceOpt) -> None:
+    """Decision accuracy of the short probe's ranking against a long-run target ranking."""
+    from pipelines.decision import measure, save, target_plan
+    from pipelines.execute import run_plan
+    from pipelines.store import RunStore
+    from pipelines.sweep import load_sweep
+
+    spec = load_sweep(sweep)
+    if multiplier < 2:
+        raise InputError("--multiplier: the target must be at least 2x the probe's steps")
+    try:
+        seeds = [int(s) for s in target_seeds.split(",")]
+    except ValueError:
+        raise InputError(f"--target-seeds: expected comma-separated integers, got '{target_seeds}'") from None
+    store = RunStore(_workspace(spec.workspace, workspace))
+    short, target = target_plan(spec, sweep, multiplier, seeds)
+    run_plan(short, store, console)
+    run_plan(target, store, console)
+    result = measure(store, spec.name, spec.report.score, spec.report.bootstrap_samples, spec.report.confidence)
+    save(result, store.workspace / "reports" / spec.name / "decision_accuracy.json")
+    typer.echo(f"short probe order ({result.short_steps} steps, seeds {result.short_seeds}): "
+               + " > ".join(result.short_order))
+    typer.echo(f"target order ({result.target_steps} steps, seeds {result.target_seeds}): "
+               + " > ".join(result.target_order))
+    typer.echo(f"decision accuracy: {result.value:.2f} over {result.pairs} recipe pairs "
+               f"({spec.report.confidence:.0%} CI {result.ci_low:.2f}–{result.ci_high:.2f}, score {result.score})")
+
+
 @app.command()
 def report(sweep: Path = typer.Argument(..., help="sweep YAML file"), workspace: Optional[Path] = WorkspaceOpt) -> None:
     """(Re)write the comparison report of a sweep from the run store."""
@@ -216,7 +250,7 @@ def status(workspace: Path = typer.Option(Path("./midprobe-runs"), "--workspace"
         table.add_row(r["stage"], r["key"][:10], r["label"] or "",
                       f"[{colors.get(r['status'], 'white')}]{r['status']}[/]", wall,
                       f"{r['cpu_seconds']:.0f}" if r["cpu_seconds"] else "", (r["error"] or "")[:60])
-    Console().print(table)
+    out.print(table)
 
 
 @app.command()
@@ -231,7 +265,7 @@ def specs() -> None:
         table.add_row(spec.name, spec.engine, spec.content_hash(), str(spec.steps),
                       f"{spec.prompts_per_step} × {spec.group_size}", f"{spec.lr:g}",
                       str(spec.max_response_length))
-    Console().print(table)
+    out.print(table)
 
 
 @app.command()

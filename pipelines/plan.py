@@ -74,7 +74,8 @@ class Plan:
 
     def add_probes(self, recipe: str, checkpoint: StageRun, spec, seeds: list[int]) -> None:
         for seed in seeds:
-            run = StageRun("probe", {"spec": spec.name, "spec_hash": spec.content_hash(), "seed": seed},
+            run = StageRun("probe", {"spec": spec.model_dump(mode="json"), "spec_hash": spec.content_hash(),
+                                     "seed": seed},
                            {"checkpoint": checkpoint, "problems": self.problems},
                            label=f"probe {recipe} seed {seed}")
             self.probes[(recipe, seed)] = run

@@ -187,7 +187,7 @@ def build(results: SweepResults, title: str, score: str = "auc_gain", samples: i
     doc = Doc()
     doc.heading(title, 1)
     spec_hash = results.probes[0].spec_hash
-    spec_name = results.probe_info[results.probes[0].key].manifest["config"]["spec"]
+    spec_name = results.probe_info[results.probes[0].key].manifest["config"]["spec"]["name"]
     seeds = sorted({r.seed for r in results.probes})
     best, worst = ranking.recipes[0], ranking.recipes[-1]
     point, lo, hi = ranking.difference_ci(best.recipe, worst.recipe)

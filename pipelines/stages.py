@@ -107,11 +107,11 @@ def checkpoint_dir(path: Path) -> Path:
 def _probe(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metrics,
            threads: int = 1) -> None:
     from rl_probe.embedded import run_probe
-    from rl_probe.spec import get_probe_spec
+    from rl_probe.spec import ProbeSpec
 
-    spec = get_probe_spec(run.config["spec"])
-    if spec.content_hash() != run.config["spec_hash"]:
-        raise RuntimeError(f"probe spec '{spec.name}' changed since this run was planned")
+    spec = ProbeSpec.model_validate(run.config["spec"])
+    if spec.content_hash() != run.config["spec_hash"]:  # the spec class itself changed meaning
+        raise RuntimeError(f"probe spec '{spec.name}' no longer hashes to {run.config['spec_hash']}")
     run_probe(checkpoint_dir(inputs["checkpoint"]), spec, inputs["problems"] / "train.jsonl",
               inputs["problems"] / "eval.jsonl", seed=run.config["seed"], out_dir=out,
               on_metrics=on_metrics)

@@ -1,0 +1,102 @@
+"""Sweep schema errors, plan structure, and the CLI's bad-input contract."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines.plan import build_plan
+from pipelines.sweep import bundled_sweep, load_sweep, validate_sweep
+
+TOY_SMOKE = bundled_sweep("toy-smoke")
+
+
+def _write(tmp_path: Path, mutate) -> Path:
+    data = yaml.safe_load(TOY_SMOKE.read_text())
+    mutate(data)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_bundled_sweeps_are_valid():
+    for name in ("toy", "toy-smoke"):
+        assert validate_sweep(bundled_sweep(name)) == []
+
+
+def test_every_error_is_listed_with_its_field_path(tmp_path):
+    def mutate(d):
+        d["recipes"]["qa_cot"]["decay"]["mix"] = {"web": 0.2, "qa_cot": 0.7}
+        d["recipes"]["control"]["stable"]["mix"] = {"nope": 1.0}
+        d["recipes"]["qa_short"]["decay"]["tokenz"] = 5
+        d["probe"]["spec"] = "no-such-spec"
+        d["base"]["preset"] = "toy-huge"
+
+    errors = validate_sweep(_write(tmp_path, mutate))
+    assert "recipes.qa_cot.decay.mix: weights must sum to 1, got 0.9" in errors
+    assert "recipes.qa_short.decay.tokenz: unknown key" in errors
+    # schema errors stop before cross-checks; fix the schema error and the rest appear
+    def mutate2(d):
+        mutate(d)
+        del d["recipes"]["qa_short"]["decay"]["tokenz"]
+        d["recipes"]["qa_cot"]["decay"]["mix"] = {"web": 0.3, "qa_cot": 0.7}
+
+    errors = validate_sweep(_write(tmp_path, mutate2))
+    assert any(e.startswith("recipes.control.stable.mix: unknown corpus 'nope'") for e in errors)
+    assert any(e.startswith("probe.spec: unknown probe spec 'no-such-spec'") for e in errors)
+    assert any(e.startswith("base.preset: unknown model preset 'toy-huge'") for e in errors)
+
+
+def test_missing_base_model_path(tmp_path):
+    def mutate(d):
+        d["base"] = {"hf_path": str(tmp_path / "missing-llama")}
+        d["tokenizer"] = {"path": str(tmp_path / "missing-llama")}
+
+    errors = validate_sweep(_write(tmp_path, mutate))
+    assert any(e.startswith("base.hf_path: no HF model directory") for e in errors)
+
+
+def test_shared_stable_stage_is_one_run_and_changes_propagate(tmp_path):
+    sweep = load_sweep(TOY_SMOKE)
+    plan = build_plan(sweep, TOY_SMOKE)
+    stables = {plan.midtrain[r][0].key for r in plan.midtrain}
+    decays = {plan.midtrain[r][1].key for r in plan.midtrain}
+    assert len(stables) == 1 and len(decays) == 3
+    assert plan.midtrain["qa_cot"][1].inputs["init"] is plan.midtrain["qa_cot"][0]
+
+    changed = _write(tmp_path, lambda d: d["corpora"]["qa_short"]["source"].update(docs=801))
+    plan2 = build_plan(load_sweep(changed), changed)
+    assert plan2.midtrain["qa_cot"][1].key == plan.midtrain["qa_cot"][1].key
+    assert plan2.midtrain["qa_short"][1].key != plan.midtrain["qa_short"][1].key
+    assert plan2.base.key == plan.base.key
+    assert plan2.probes[("qa_short", 0)].key != plan.probes[("qa_short", 0)].key
+    assert plan2.probes[("control", 0)].key == plan.probes[("control", 0)].key
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=120)
+
+
+@pytest.mark.parametrize("case", ["missing", "unknown_key", "bad_weights", "missing_base", "bad_yaml"])
+def test_bad_input_is_one_line_exit_2_and_nothing_done(tmp_path, case):
+    workspace = tmp_path / "ws"
+    if case == "missing":
+        path = tmp_path / "nope.yaml"
+    elif case == "bad_yaml":
+        path = tmp_path / "sweep.yaml"
+        path.write_text("name: [unclosed\n")
+    else:
+        path = _write(tmp_path, {
+            "unknown_key": lambda d: d.update(colour="red"),
+            "bad_weights": lambda d: d["recipes"]["qa_cot"]["decay"].update(mix={"web": 0.5, "qa_cot": 0.4}),
+            "missing_base": lambda d: d.update(base={"hf_path": "/no/such/llama"}),
+        }[case])
+    result = _cli("run", str(path), "--workspace", str(workspace))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert str(path) in lines[0]
+    assert not any(workspace.glob("*/*/manifest.json"))
