@@ -1,0 +1,300 @@
+"""Continued pretraining of a Llama-style megatron-core GPTModel on a weighted blend.
+
+Run it from a script with an `if __name__ == "__main__":` guard: megatron's
+dist_checkpointing starts a spawn-context process that re-imports `__main__`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from midtrain import checkpoint
+from midtrain.convert import export_hf, import_hf, load_megatron_weights
+from midtrain.data import BlendPart, build_blend, collate
+from midtrain.model import build_gpt_model, init_distributed, seed_all
+from midtrain.schedule import Schedule, learning_rate
+from midtrain.spec import ModelSpec
+
+MetricsCallback = Callable[[int, dict], None]
+
+
+class TrainConfig(BaseModel):
+    """One mid-training stage. Token counts are converted to whole optimizer steps."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tokens: int = Field(gt=0, description="training token budget")
+    seq_length: int = Field(256, gt=0)
+    micro_batch_size: int = Field(8, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    min_lr: float = Field(1e-4, ge=0)
+    schedule: Schedule = "cosine"
+    decay_fraction: float = Field(0.2, gt=0, le=1, description="wsd: share of steps decaying")
+    warmup_tokens: int = Field(0, ge=0)
+    weight_decay: float = Field(0.1, ge=0)
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    clip_grad: float = Field(1.0, ge=0, description="max global grad norm; 0 disables clipping")
+    checkpoint_every_tokens: int | None = Field(
+        None, gt=0, description="None: only the final checkpoint")
+    export_hf_checkpoints: bool = Field(
+        True, description="also export each checkpoint to hf_checkpoints/<tokens>/")
+    eval_every_steps: int = Field(50, gt=0)
+    eval_tokens: int = Field(16384, gt=0, description="validation tokens per blend part")
+    valid_percent: float = Field(2.0, gt=0, lt=50, description="documents held out per prefix")
+    seed: int = 1234
+    threads: int = Field(1, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr {self.min_lr} exceeds lr {self.lr}")
+        return self
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss or gradient became NaN/inf; the last good checkpoint is kept."""
+
+
+def _resolve_init(init: Path) -> tuple[str, Path]:
+    """('hf', dir) for an HF model, ('megatron', checkpoint dir) for a midtrain run or
+    a converted checkpoint."""
+    init = Path(init)
+    if (init / "config.json").exists():
+        return "hf", init
+    if (init / checkpoint.SPEC_FILE).exists():
+        return "megatron", init
+    if (init / "state").is_dir():
+        latest = checkpoint.latest_checkpoint(init / "state")
+        if latest is None:
+            raise FileNotFoundError(f"init {init}: no complete checkpoint in {init / 'state'}")
+        return "megatron", latest
+    raise FileNotFoundError(f"init {init} is neither an HF model dir nor a midtrain checkpoint")
+
+
+def _check_same_shape(spec: ModelSpec, found: ModelSpec, where: Path) -> None:
+    ignore = {"init_std", "max_position_embeddings"}
+    if spec.model_dump(exclude=ignore) != found.model_dump(exclude=ignore):
+        raise ValueError(f"init {where} has shape {found}, but the stage trains {spec}")
+
+
+def _eos_id(tokenizer_dir: Path) -> int:
+    from transformers import AutoTokenizer
+
+    eos = AutoTokenizer.from_pretrained(str(tokenizer_dir)).eos_token_id
+    if eos is None:
+        raise ValueError(f"tokenizer {tokenizer_dir} has no EOS token")
+    return eos
+
+
+def _make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    # Norm gains (1-D) are not decayed, matrices and embeddings are.
+    params = list(model.parameters())
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                             eps=cfg.adam_eps, foreach=True)
+
+
+def _all_reduce_mean_grads(params: list[torch.nn.Parameter], world: int) -> None:
+    grads = [p.grad for p in params]
+    flat = torch._utils._flatten_dense_tensors(grads)
+    torch.distributed.all_reduce(flat)
+    flat.div_(world)
+    for g, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+        g.copy_(synced)
+
+
+def _micro_loss(model, tokens, labels, loss_mask) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of masked per-token losses, number of loss tokens) for one micro batch."""
+    per_token = model(tokens, None, None, labels=labels)  # [b, s]
+    mask = loss_mask.to(per_token.dtype)
+    return (per_token * mask).sum(), mask.sum()
+
+
+@torch.no_grad()
+def _evaluate(model, valid: dict, cfg: TrainConfig, rank: int, world: int) -> dict[str, float]:
+    model.eval()
+    out = {}
+    for name, dataset in valid.items():
+        totals = torch.zeros(2, dtype=torch.float64)
+        for start in range(rank * cfg.micro_batch_size, len(dataset),
+                           world * cfg.micro_batch_size):
+            idx = range(start, min(start + cfg.micro_batch_size, len(dataset)))
+            loss_sum, count = _micro_loss(model, *collate([dataset[i] for i in idx]))
+            totals += torch.stack([loss_sum.double(), count.double()])
+        if world > 1:
+            torch.distributed.all_reduce(totals)
+        out[f"val/{name}/loss"] = (totals[0] / totals[1]).item()
+    model.train()
+    return out
+
+
+class _MetricsLog:
+    """metrics.jsonl in verl's file-logger shape; rank 0 writes, others only call back."""
+
+    def __init__(self, path: Path, enabled: bool, on_metrics: MetricsCallback | None):
+        self.path, self.enabled, self.on_metrics = path, enabled, on_metrics
+
+    def truncate_after(self, step: int) -> None:
+        """Drop lines past a resumed checkpoint; they will be logged again."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def log(self, step: int, data: dict) -> None:
+        if self.enabled:
+            with self.path.open("a") as f:
+                f.write(json.dumps({"step": step, "data": data}) + "\n")
+        if self.on_metrics is not None:
+            self.on_metrics(step, data)
+
+
+def train(model: ModelSpec, cfg: TrainConfig, blend: list[BlendPart], out_dir: str | Path,
+          init: str | Path | None, tokenizer_dir: str | Path,
+          on_metrics: MetricsCallback | None = None) -> dict:
+    """Train `model` on `blend` for `cfg.tokens`, resuming from `out_dir/state` if present.
+
+    `init`: None (random init), an HF Llama dir (weights only), or a previous
+    midtrain out_dir / checkpoint dir (weights and optimizer: a decay branch
+    continuing a stable stage). Returns the summary written to summary.json.
+    """
+    wall_start = time.perf_counter()
+    torch.set_num_threads(cfg.threads)
+    out_dir, tokenizer_dir = Path(out_dir), Path(tokenizer_dir)
+    state_dir = out_dir / "state"
+    rank, world = init_distributed()
+    if rank == 0:
+        state_dir.mkdir(parents=True, exist_ok=True)
+
+    global_batch = cfg.micro_batch_size * cfg.grad_accum * world
+    tokens_per_step = global_batch * cfg.seq_length
+    total_steps = math.ceil(cfg.tokens / tokens_per_step)
+    warmup_steps = round(cfg.warmup_tokens / tokens_per_step)
+    ckpt_every = (max(1, round(cfg.checkpoint_every_tokens / tokens_per_step))
+                  if cfg.checkpoint_every_tokens else total_steps)
+
+    seed_all(cfg.seed)
+    gpt = build_gpt_model(model)
+    optimizer = _make_optimizer(gpt, cfg)
+    params = list(gpt.parameters())
+    data = build_blend(
+        blend, seq_length=cfg.seq_length, train_samples=total_steps * global_batch,
+        valid_samples=math.ceil(cfg.eval_tokens / cfg.seq_length),
+        valid_percent=cfg.valid_percent, seed=cfg.seed, vocab_size=model.vocab_size,
+        eod=_eos_id(tokenizer_dir),
+    )
+    metrics = _MetricsLog(out_dir / "metrics.jsonl", rank == 0, on_metrics)
+
+    start_step, resumed_from, last_train = 0, None, {}
+    latest = checkpoint.latest_checkpoint(state_dir)
+    if latest is not None:
+        _check_same_shape(model, checkpoint.read_spec(latest), latest)
+        saved = checkpoint.load_checkpoint(latest, gpt, optimizer)
+        checkpoint.restore_rng(saved["rng"])
+        start_step = resumed_from = saved["train_state"]["step"]
+        last_train = saved["train_state"]["last_train"]
+        metrics.truncate_after(start_step)
+    elif init is not None:
+        kind, source = _resolve_init(Path(init))
+        if kind == "hf":
+            found, weights = import_hf(source)
+            _check_same_shape(model, found, source)
+            load_megatron_weights(gpt, weights)
+        else:
+            _check_same_shape(model, checkpoint.read_spec(source), source)
+            with_optimizer = checkpoint.has_optimizer_state(source)
+            checkpoint.load_checkpoint(source, gpt, optimizer if with_optimizer else None)
+
+    def save(step: int, last_train: dict) -> None:
+        checkpoint.save_checkpoint(state_dir, step, gpt, model, optimizer,
+                                   {"step": step, "tokens": step * tokens_per_step,
+                                    "last_train": last_train})
+        if cfg.export_hf_checkpoints and rank == 0:
+            export_hf(gpt, model, tokenizer_dir,
+                      out_dir / "hf_checkpoints" / str(step * tokens_per_step))
+
+    gpt.train()
+    last_val, train_seconds = {}, 0.0
+    for step in range(start_step, total_steps):
+        step_start = time.perf_counter()
+        lr = learning_rate(step, total_steps=total_steps, warmup_steps=warmup_steps, lr=cfg.lr,
+                           min_lr=cfg.min_lr, schedule=cfg.schedule,
+                           decay_fraction=cfg.decay_fraction)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        first = step * global_batch + rank * cfg.micro_batch_size * cfg.grad_accum
+        micro_batches = [
+            collate([data.train[first + m * cfg.micro_batch_size + i]
+                     for i in range(cfg.micro_batch_size)])
+            for m in range(cfg.grad_accum)
+        ]
+        loss_tokens = sum(mask.sum() for _, _, mask in micro_batches).float()
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        for tokens, labels, loss_mask in micro_batches:
+            micro_sum, _ = _micro_loss(gpt, tokens, labels, loss_mask)
+            (micro_sum / loss_tokens).backward()
+            loss_sum += micro_sum.detach().double()
+        stats = torch.stack([loss_sum, loss_tokens.double()])
+        if world > 1:
+            _all_reduce_mean_grads(params, world)
+            torch.distributed.all_reduce(stats)
+        loss = (stats[0] / stats[1]).item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            params, cfg.clip_grad if cfg.clip_grad > 0 else float("inf")).item()
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            raise TrainingDivergedError(
+                f"training diverged at step {step + 1}: loss {loss}, grad norm {grad_norm}; "
+                f"last good checkpoint: {checkpoint.latest_checkpoint(state_dir)}")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        elapsed = time.perf_counter() - step_start
+        train_seconds += elapsed
+
+        done = step + 1
+        last_train = {"train/loss": loss, "train/lr": lr, "train/tokens": done * tokens_per_step,
+                      "train/grad_norm": grad_norm, "perf/tokens_per_s": tokens_per_step / elapsed}
+        record = dict(last_train)
+        if done % cfg.eval_every_steps == 0 or done == total_steps:
+            last_val = _evaluate(gpt, data.valid, cfg, rank, world)
+            record.update(last_val)
+        metrics.log(done, record)
+        if done % ckpt_every == 0 or done == total_steps:
+            save(done, last_train)
+
+    if start_step == total_steps and not last_val:  # resumed after the final checkpoint
+        last_val = _evaluate(gpt, data.valid, cfg, rank, world)
+    summary = {
+        "steps": total_steps,
+        "tokens": total_steps * tokens_per_step,
+        "tokens_per_step": tokens_per_step,
+        "world_size": world,
+        "resumed_from_step": resumed_from,
+        "final": {**last_train, **last_val},
+        "wall_time_s": time.perf_counter() - wall_start,
+        "train_tokens_per_s": ((total_steps - start_step) * tokens_per_step / train_seconds
+                               if train_seconds else None),
+        "model": model.model_dump(),
+        "num_parameters": model.num_parameters(),
+        "config": cfg.model_dump(),
+        "blend": [part.model_dump() for part in blend],
+        "init": str(init) if init is not None else None,
+    }
+    if rank == 0:
+        export_hf(gpt, model, tokenizer_dir, out_dir / "hf")
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    torch.distributed.barrier()
+    return summary

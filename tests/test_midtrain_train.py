@@ -1,0 +1,168 @@
+"""midtrain.train on tiny synthetic Megatron corpora: learning, blending, resume, fork, NaN."""
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+from safetensors.torch import load_file
+
+from midtrain.checkpoint import latest_checkpoint
+from midtrain.data import BlendPart, build_blend
+from midtrain.model import init_distributed
+from midtrain.spec import preset
+from midtrain.train import TrainConfig, TrainingDivergedError, train
+
+VOCAB = 64
+
+
+@pytest.fixture(scope="module", autouse=True)
+def megatron_env():
+    torch.set_num_threads(1)
+    init_distributed()
+
+
+def write_corpus(prefix: str, n_docs: int, stride: int, seed: int) -> str:
+    """Documents are arithmetic progressions of token ids (learnable) ending in EOS (0)."""
+    rng = np.random.default_rng(seed)
+    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=np.int32)
+    for _ in range(n_docs):
+        start, length = rng.integers(1, VOCAB), rng.integers(30, 120)
+        doc = (start + stride * np.arange(length)) % (VOCAB - 1) + 1
+        builder.add_item(torch.from_numpy(np.append(doc, 0).astype(np.int32)))
+        builder.end_document()
+    builder.finalize(prefix + ".idx")
+    return prefix
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    root = tmp_path_factory.mktemp("corpus")
+    vocab = {"<|endoftext|>": 0, **{f"t{i}": i for i in range(1, VOCAB)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>").save_pretrained(
+        root / "tok")
+    blend = [
+        BlendPart(name="ones", prefixes=[write_corpus(str(root / "ones"), 300, 1, 0)],
+                  weight=0.3),
+        BlendPart(name="threes", prefixes=[write_corpus(str(root / "threes_a"), 200, 3, 1),
+                                           write_corpus(str(root / "threes_b"), 100, 3, 2)],
+                  weight=0.7),
+    ]
+    return root / "tok", blend
+
+
+SPEC = preset("toy-xs", vocab_size=VOCAB)
+
+
+def config(**overrides) -> TrainConfig:
+    base = dict(tokens=512 * 24, seq_length=64, micro_batch_size=4, grad_accum=2, lr=3e-3,
+                min_lr=3e-4, warmup_tokens=512 * 4, eval_every_steps=12, eval_tokens=512,
+                export_hf_checkpoints=False)
+    return TrainConfig(**{**base, **overrides})
+
+
+def read_metrics(out_dir):
+    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_training_lowers_loss_and_writes_artifacts(corpus, tmp_path):
+    tokenizer, blend = corpus
+    seen = []
+    summary = train(SPEC, config(export_hf_checkpoints=True, checkpoint_every_tokens=512 * 12),
+                    blend, tmp_path, None, tokenizer, on_metrics=lambda s, d: seen.append(s))
+    metrics = read_metrics(tmp_path)
+    assert [m["step"] for m in metrics] == seen == list(range(1, 25))
+    assert metrics[-1]["data"]["train/loss"] < metrics[0]["data"]["train/loss"] - 1.0
+    for key in ("train/loss", "train/lr", "train/tokens", "train/grad_norm",
+                "perf/tokens_per_s", "val/ones/loss", "val/threes/loss"):
+        assert key in metrics[-1]["data"]
+    assert metrics[11]["data"]["val/ones/loss"] > summary["final"]["val/ones/loss"]
+    assert summary["tokens"] == 24 * 512 and summary["steps"] == 24
+    assert json.loads((tmp_path / "summary.json").read_text())["final"] == summary["final"]
+    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == [
+        "step_00000012", "step_00000024"]
+    assert sorted(p.name for p in (tmp_path / "hf_checkpoints").iterdir()) == ["12288", "6144"]
+    assert (tmp_path / "hf" / "model.safetensors").exists()
+    assert (tmp_path / "hf" / "tokenizer.json").exists()
+
+
+def test_blend_share_matches_weights(corpus):
+    _, blend = corpus
+    data = build_blend(blend, seq_length=64, train_samples=5000, valid_samples=8,
+                       valid_percent=2.0, seed=7, vocab_size=VOCAB, eod=0)
+    parts = Counter(data.part_of_dataset[int(data.train[i]["dataset_id"])]
+                    for i in range(len(data.train)))
+    assert abs(parts[0] / len(data.train) - 0.3) < 0.02
+    assert abs(parts[1] / len(data.train) - 0.7) < 0.02
+    assert set(data.valid) == {"ones", "threes"}
+
+
+class Crash(Exception):
+    pass
+
+
+def test_resume_after_crash_is_bitwise_identical(corpus, tmp_path):
+    tokenizer, blend = corpus
+    cfg = config(checkpoint_every_tokens=512 * 8)
+    train(SPEC, cfg, blend, tmp_path / "straight", None, tokenizer)
+
+    def crash_after_step_11(step, _):
+        if step == 11:
+            raise Crash()
+
+    with pytest.raises(Crash):
+        train(SPEC, cfg, blend, tmp_path / "resumed", None, tokenizer,
+              on_metrics=crash_after_step_11)
+    assert latest_checkpoint(tmp_path / "resumed" / "state").name == "step_00000008"
+    summary = train(SPEC, cfg, blend, tmp_path / "resumed", None, tokenizer)
+    assert summary["resumed_from_step"] == 8
+
+    straight = load_file(tmp_path / "straight" / "hf" / "model.safetensors")
+    resumed = load_file(tmp_path / "resumed" / "hf" / "model.safetensors")
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+    def losses(name):
+        return [(m["step"], m["data"]["train/loss"]) for m in read_metrics(tmp_path / name)]
+    assert losses("resumed") == losses("straight")
+
+
+def test_decay_branch_forks_stable_run_and_hf_init(corpus, tmp_path):
+    tokenizer, blend = corpus
+    stable = train(SPEC, config(schedule="constant"), blend, tmp_path / "stable", None,
+                   tokenizer)
+    branch_cfg = config(schedule="linear-decay", warmup_tokens=0, tokens=512 * 6)
+    train(SPEC, branch_cfg, blend[:1], tmp_path / "branch", tmp_path / "stable", tokenizer)
+    branch = read_metrics(tmp_path / "branch")
+    assert branch[0]["data"]["train/lr"] == pytest.approx(3e-3)
+    assert branch[-1]["data"]["train/lr"] == pytest.approx(3e-4)
+    # Forked weights: the first branch step already has the stable run's low loss.
+    assert branch[0]["data"]["train/loss"] < stable["final"]["train/loss"] + 0.3
+
+    train(SPEC, branch_cfg, blend[:1], tmp_path / "from_hf", tmp_path / "stable" / "hf",
+          tokenizer)
+    from_hf = read_metrics(tmp_path / "from_hf")
+    # Same weights, fresh AdamW moments instead of the stable run's.
+    assert from_hf[0]["data"]["train/loss"] == pytest.approx(branch[0]["data"]["train/loss"])
+    assert from_hf[0]["data"]["train/grad_norm"] == pytest.approx(
+        branch[0]["data"]["train/grad_norm"])
+    assert from_hf[1]["data"]["train/loss"] != branch[1]["data"]["train/loss"]
+
+
+def test_non_finite_loss_names_the_step_and_keeps_last_checkpoint(corpus, tmp_path):
+    tokenizer, blend = corpus
+    cfg = config(lr=1e4, min_lr=1e4, schedule="constant", warmup_tokens=0, clip_grad=0.0,
+                 checkpoint_every_tokens=512)
+    with pytest.raises(TrainingDivergedError) as err:
+        train(SPEC, cfg, blend, tmp_path, None, tokenizer)
+    last_logged = read_metrics(tmp_path)[-1]["step"]
+    assert f"at step {last_logged + 1}:" in str(err.value)
+    assert latest_checkpoint(tmp_path / "state").name == f"step_{last_logged:08d}"
+    assert f"step_{last_logged:08d}" in str(err.value)
