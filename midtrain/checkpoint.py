@@ -32,6 +32,19 @@ def latest_checkpoint(state_dir: Path) -> Path | None:
     return steps[-1] if steps else None
 
 
+def resolve_checkpoint(path: Path) -> Path:
+    """`path` itself if it is a checkpoint, else the latest one under `path/state`
+    (a midtrain out_dir or a converted HF model)."""
+    path = Path(path)
+    if (path / SPEC_FILE).exists():
+        return path
+    latest = latest_checkpoint(path / "state") if (path / "state").is_dir() else None
+    if latest is None:
+        raise FileNotFoundError(f"{path}: not a midtrain checkpoint and no complete "
+                                f"checkpoint under {path / 'state'}")
+    return latest
+
+
 def read_spec(ckpt_dir: Path) -> ModelSpec:
     return ModelSpec.model_validate_json((Path(ckpt_dir) / SPEC_FILE).read_text())
 

@@ -162,3 +162,32 @@ def export_hf(model_or_weights, spec: ModelSpec, tokenizer_dir: str | Path | Non
         shutil.rmtree(out_dir)
     os.replace(staging, out_dir)
     return out_dir
+
+
+def hf_to_megatron_checkpoint(hf_dir: str | Path, out_dir: str | Path) -> Path:
+    """Convert an HF Llama dir into a weights-only megatron checkpoint at
+    `out_dir/state/step_00000000` (laid out like a midtrain run, so
+    `train(init=out_dir)` and `megatron_checkpoint_to_hf(out_dir)` accept it)."""
+    from midtrain.checkpoint import save_checkpoint
+    from midtrain.model import build_gpt_model, init_distributed
+
+    spec, weights = import_hf(hf_dir)
+    init_distributed()
+    model = build_gpt_model(spec)
+    load_megatron_weights(model, weights)
+    return save_checkpoint(Path(out_dir) / "state", 0, model, spec, None,
+                           {"step": 0, "tokens": 0, "converted_from": str(hf_dir)})
+
+
+def megatron_checkpoint_to_hf(checkpoint_or_run: str | Path, out_dir: str | Path,
+                              tokenizer_dir: str | Path | None) -> Path:
+    """Export a midtrain checkpoint (or a run's latest one) as an HF Llama dir."""
+    from midtrain.checkpoint import load_checkpoint, read_spec, resolve_checkpoint
+    from midtrain.model import build_gpt_model, init_distributed
+
+    ckpt = resolve_checkpoint(Path(checkpoint_or_run))
+    spec = read_spec(ckpt)
+    init_distributed()
+    model = build_gpt_model(spec)
+    load_checkpoint(ckpt, model, None)
+    return export_hf(model, spec, tokenizer_dir, out_dir)

@@ -71,14 +71,7 @@ def _resolve_init(init: Path) -> tuple[str, Path]:
     init = Path(init)
     if (init / "config.json").exists():
         return "hf", init
-    if (init / checkpoint.SPEC_FILE).exists():
-        return "megatron", init
-    if (init / "state").is_dir():
-        latest = checkpoint.latest_checkpoint(init / "state")
-        if latest is None:
-            raise FileNotFoundError(f"init {init}: no complete checkpoint in {init / 'state'}")
-        return "megatron", latest
-    raise FileNotFoundError(f"init {init} is neither an HF model dir nor a midtrain checkpoint")
+    return "megatron", checkpoint.resolve_checkpoint(init)
 
 
 def _check_same_shape(spec: ModelSpec, found: ModelSpec, where: Path) -> None:

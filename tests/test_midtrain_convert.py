@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from midtrain.convert import (export_hf, hf_to_megatron, import_hf, load_megatron_weights,
+from midtrain.convert import (export_hf, hf_to_megatron, hf_to_megatron_checkpoint, import_hf,
+                              load_megatron_weights, megatron_checkpoint_to_hf,
                               megatron_to_hf, megatron_weights)
 from midtrain.model import build_gpt_model, init_distributed
 from midtrain.spec import ModelSpec, RopeScaling
@@ -104,3 +105,15 @@ def test_export_loads_with_auto_model_and_generates(tmp_path):
     spec_back, weights_back = import_hf(out)
     assert spec_back == spec
     assert all(torch.equal(weights_back[k], v) for k, v in megatron_weights(mc).items())
+
+
+def test_cli_conversions_round_trip_through_a_megatron_checkpoint(tmp_path):
+    spec = random_spec(**SHAPES["untied-gqa"])
+    hf = random_hf_model(spec, seed=4)
+    hf.save_pretrained(tmp_path / "hf_in")
+    hf_to_megatron_checkpoint(tmp_path / "hf_in", tmp_path / "mc")
+    megatron_checkpoint_to_hf(tmp_path / "mc", tmp_path / "hf_out", tokenizer_dir=None)
+    _, before = import_hf(tmp_path / "hf_in")
+    spec_after, after = import_hf(tmp_path / "hf_out")
+    assert spec_after == spec
+    assert all(torch.equal(before[k], after[k]) for k in before)
