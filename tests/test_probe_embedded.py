@@ -1,0 +1,179 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from rl_probe.embedded import read_metrics, run_probe
+from rl_probe.spec import get_probe_spec
+from test_probe_helpers import make_problems, tiny_checkpoint, write_jsonl
+
+SMOKE = get_probe_spec("toy-smoke-v1")
+VOLATILE = ("timing_s/", "perf/throughput")  # wall-clock, differs between identical runs
+
+REQUIRED_STEP_METRICS = [
+    "critic/score/mean", "critic/advantages/mean", "response_length/mean", "response_length/clip_ratio",
+    "actor/entropy", "actor/pg_loss", "actor/pg_clipfrac", "actor/ppo_kl", "actor/grad_norm", "actor/lr",
+    "behaviour/repetition_ratio", "behaviour/boxed_first_ratio", "behaviour/format_error_ratio",
+    "behaviour/reflection_rate", "behaviour/wrong_length_mean", "probe/uniform_group_ratio",
+]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("probe")
+    checkpoint = tiny_checkpoint(root / "ckpt", sft_steps=40)
+    train = write_jsonl(make_problems(48, seed=11), root / "train.jsonl")
+    evals = write_jsonl(make_problems(6, seed=12, data_source="toy/eval-a")
+                        + make_problems(4, seed=13, data_source="toy/eval-b"), root / "eval.jsonl")
+    return checkpoint, train, evals
+
+
+def _run(inputs, out_dir, seed=0, spec=SMOKE, on_metrics=None):
+    checkpoint, train, evals = inputs
+    return run_probe(checkpoint, spec, train, evals, seed=seed, out_dir=out_dir, on_metrics=on_metrics)
+
+
+def _stable(rows):
+    return [{"step": r["step"], "data": {k: v for k, v in r["data"].items() if not k.startswith(VOLATILE)}}
+            for r in rows]
+
+
+def _final_weights(out_dir: Path):
+    (state,) = sorted((out_dir / "state").glob("step_*.pt"))
+    return torch.load(state, weights_only=False)["model"]
+
+
+def _assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+@pytest.fixture(scope="module")
+def reference_run(inputs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref")
+    seen = []
+    summary = _run(inputs, out, on_metrics=lambda step, m: seen.append((step, m)))
+    return out, summary, seen
+
+
+def test_artifacts_and_metric_names(reference_run):
+    out, summary, seen = reference_run
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(SMOKE.steps + 1))
+    assert [(s, m) for s, m in seen] == [(r["step"], r["data"]) for r in rows]
+    for row in rows[1:]:
+        missing = [name for name in REQUIRED_STEP_METRICS if name not in row["data"]]
+        assert not missing, missing
+    n = SMOKE.eval_samples
+    eval_steps = [0] + [s for s in range(1, SMOKE.steps + 1) if s % SMOKE.eval_every == 0]
+    for step in eval_steps:
+        data = rows[step]["data"]
+        assert {f"val-core/toy/eval-a/acc/mean@{n}", f"val-core/toy/eval-b/acc/mean@{n}"} <= data.keys()
+        lines = (out / "rollouts" / f"step_{step}.jsonl").read_text().splitlines()
+        assert len(lines) == 10 * n
+        assert {"prompt", "response", "reward", "acc"} <= json.loads(lines[0]).keys()
+    profile = json.loads((out / "profile.json").read_text())
+    assert list(profile["pass_at_k"]) == [str(k) for k in SMOKE.passk_ks]
+    passk = list(profile["pass_at_k"].values())
+    assert passk == sorted(passk) and 0 <= passk[0] and passk[-1] <= 1
+    assert set(profile["fewshot"]["acc_by_source"]) == {"toy/eval-a", "toy/eval-b"}
+    assert summary == json.loads((out / "summary.json").read_text())
+    assert summary["spec_hash"] == SMOKE.content_hash() and summary["final_step"] == SMOKE.steps
+    assert summary["base_pass_at_k"] == profile["pass_at_k"]
+    assert set(summary["evals"]) == {str(s) for s in eval_steps}
+    # the GRPO signal is not degenerate on this fixture: some groups disagree, so gradients flow
+    assert any(r["data"]["probe/uniform_group_ratio"] < 1 for r in rows[1:])
+    assert all(r["data"]["actor/grad_norm"] > 0 for r in rows[1:])
+
+
+def test_same_seed_same_run_other_seed_other_run(inputs, reference_run, tmp_path):
+    ref_out, _, _ = reference_run
+    again = _run(inputs, tmp_path / "again")
+    assert _stable(read_metrics(tmp_path / "again" / "metrics.jsonl")) == _stable(read_metrics(ref_out / "metrics.jsonl"))
+    _assert_same_weights(_final_weights(tmp_path / "again"), _final_weights(ref_out))
+    assert again["base_pass_at_k"] == reference_run[1]["base_pass_at_k"]
+    _run(inputs, tmp_path / "other", seed=1)
+    assert _stable(read_metrics(tmp_path / "other" / "metrics.jsonl")) != _stable(read_metrics(ref_out / "metrics.jsonl"))
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_resume_after_crash_is_bitwise_equal(inputs, reference_run, tmp_path):
+    ref_out, ref_summary, _ = reference_run
+
+    def crash_at_step_3(step, metrics):  # step 3 is logged, its checkpoint (every 2) is not
+        if step == 3:
+            raise _Crash
+
+    with pytest.raises(_Crash):
+        _run(inputs, tmp_path, on_metrics=crash_at_step_3)
+    assert [p.name for p in (tmp_path / "state").glob("step_*.pt")] == ["step_000002.pt"]
+    resumed = _run(inputs, tmp_path)
+    assert _stable(read_metrics(tmp_path / "metrics.jsonl")) == _stable(read_metrics(ref_out / "metrics.jsonl"))
+    _assert_same_weights(_final_weights(tmp_path), _final_weights(ref_out))
+    assert resumed["evals"] == ref_summary["evals"]
+
+
+def test_resume_refuses_another_seed(inputs, reference_run, tmp_path):
+    import shutil
+
+    shutil.copytree(reference_run[0], tmp_path / "run")
+    with pytest.raises(ValueError, match="another spec or seed"):
+        _run(inputs, tmp_path / "run", seed=5)
+
+
+def test_kl_entropy_and_epochs_path(inputs, tmp_path):
+    spec = SMOKE.model_copy(update={"kl_coef": 0.1, "entropy_coeff": 0.01, "ppo_epochs": 2, "steps": 2,
+                                    "loss_agg_mode": "seq-mean-token-mean"})
+    _run(inputs, tmp_path, spec=spec)
+    data = read_metrics(tmp_path / "metrics.jsonl")[-1]["data"]
+    assert data["actor/kl_coef"] == 0.1 and data["actor/kl_loss"] >= 0
+    assert data["actor/ppo_kl"] != 0  # second epoch sees an updated policy
+
+
+def test_rejects_a_verl_spec(inputs, tmp_path):
+    with pytest.raises(ValueError, match="engine"):
+        _run(inputs, tmp_path, spec=get_probe_spec("octothinker-v1"))
+
+
+KILL_SCRIPT = """
+import sys, torch
+from pathlib import Path
+torch.set_num_threads(1)
+from rl_probe.embedded import run_probe
+from rl_probe.spec import get_probe_spec
+spec = get_probe_spec("toy-smoke-v1").model_copy(update={"steps": 12, "checkpoint_every": 3})
+ckpt, train, evals, out = map(Path, sys.argv[1:5])
+run_probe(ckpt, spec, train, evals, seed=0, out_dir=out)
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_is_bitwise_equal(inputs, tmp_path):
+    script = tmp_path / "probe.py"
+    script.write_text(KILL_SCRIPT)
+    args = [sys.executable, str(script), *map(str, inputs)]
+    subprocess.run(args + [str(tmp_path / "straight")], check=True, capture_output=True)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(args + [str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list((killed / "state").glob("step_00000[6-9].pt")) and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "summary.json").exists(), "the run finished before it could be killed"
+    subprocess.run(args + [str(killed)], check=True, capture_output=True)
+
+    assert _stable(read_metrics(killed / "metrics.jsonl")) == _stable(read_metrics(tmp_path / "straight" / "metrics.jsonl"))
+    _assert_same_weights(_final_weights(killed), _final_weights(tmp_path / "straight"))

@@ -1,0 +1,69 @@
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
+
+from rl_probe.embedded import behaviour_metrics, pass_at_k
+from rl_probe.reward import score
+from rl_probe.spec import PROBE_SPECS, ProbeSpec, get_probe_spec
+
+
+def test_registered_adv_estimator_is_verls_grpo_and_matches_hand_computation():
+    from verl.trainer.ppo.core_algos import get_adv_estimator_fn
+
+    spec = get_probe_spec("toy-smoke-v1")
+    rewards = [1.0, 0.0, 0.0, 1.0, -1.0, -1.0, -1.0, -1.0]
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 1, 1]] * 2, dtype=torch.float32)
+    lengths = mask.sum(-1).long()
+    token_scores = torch.zeros(mask.shape)
+    token_scores[torch.arange(8), lengths - 1] = torch.tensor(rewards)
+    index = np.array(["a"] * 4 + ["b"] * 4, dtype=object)
+    ours, _ = get_adv_estimator_fn(spec.adv_estimator)(token_level_rewards=token_scores, response_mask=mask,
+                                                       index=index, norm_adv_by_std_in_grpo=spec.norm_adv_by_std)
+    verl, _ = compute_grpo_outcome_advantage(token_scores, mask, index)
+    torch.testing.assert_close(ours, verl)
+    # (r - mean) / (unbiased std + eps), broadcast over the response tokens; a uniform group gets 0
+    group = np.array(rewards[:4])
+    hand = (group - group.mean()) / (group.std(ddof=1) + 1e-6)
+    expected = torch.tensor(np.concatenate([hand, np.zeros(4)]), dtype=torch.float32)[:, None] * mask
+    torch.testing.assert_close(ours, expected)
+    assert abs(hand[0] - math.sqrt(3) / 2) < 1e-5
+
+
+@pytest.mark.parametrize("n, c", [(8, 0), (8, 3), (10, 10), (12, 5), (6, 1)])
+def test_pass_at_k_equals_brute_force_over_subsets(n, c):
+    outcomes = [True] * c + [False] * (n - c)
+    for k in range(1, n + 1):
+        subsets = list(itertools.combinations(outcomes, k))
+        brute = sum(any(s) for s in subsets) / len(subsets)
+        assert pass_at_k(n, c, k) == pytest.approx(brute, abs=1e-12)
+
+
+def test_uniform_group_ratio_and_behaviour_metrics():
+    texts = ["\\boxed{3}", "\\boxed{4}", "no", "Wait, \\boxed{4}", "x", "x", "x", "x"]
+    results = [score(t, "4") for t in texts]
+    metrics = behaviour_metrics(texts, results, torch.tensor([3, 3, 1, 5, 1, 1, 1, 1]), group_size=4)
+    assert metrics["probe/uniform_group_ratio"] == 0.5  # the second group is all -1
+    assert metrics["behaviour/reflection_rate"] == 1 / 8
+    assert metrics["behaviour/boxed_first_ratio"] == 2 / 8
+    assert metrics["behaviour/format_error_ratio"] == 5 / 8
+    assert metrics["behaviour/correct_length_mean"] == 4.0
+
+
+def test_spec_hash_is_stable_and_sensitive():
+    spec = get_probe_spec("toy-cpu-v1")
+    assert spec.content_hash() == ProbeSpec.model_validate(spec.model_dump()).content_hash()
+    assert spec.content_hash() != spec.model_copy(update={"lr": spec.lr * 2}).content_hash()
+    assert len({s.content_hash() for s in PROBE_SPECS.values()}) == len(PROBE_SPECS)
+    octo = get_probe_spec("octothinker-v1")
+    assert (octo.engine, octo.prompts_per_step, octo.group_size, octo.mini_batch_prompts) == ("verl", 128, 16, 64)
+    assert (octo.temperature, octo.lr, octo.kl_coef, octo.max_response_length) == (1.0, 1e-6, 0.0, 4096)
+    with pytest.raises(ValueError):
+        ProbeSpec(**{**spec.model_dump(), "mini_batch_prompts": 5})
+    with pytest.raises(Exception):
+        spec.lr = 1.0  # frozen
+    scheduled = spec.model_copy(update={"length_schedule": {0: 16, 10: 32}})
+    assert [scheduled.response_length_at(s) for s in (0, 9, 10, 50)] == [16, 16, 32, 32]

@@ -1,0 +1,76 @@
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from rl_probe.sampler import sample, teacher_forced
+from test_probe_helpers import TEMPLATE, make_problems, tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def model_and_prompts(tmp_path_factory):
+    torch.set_num_threads(1)
+    path = tiny_checkpoint(tmp_path_factory.mktemp("ckpt"), sft_steps=40)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    # ragged prompt lengths so that left padding is exercised
+    prompts = [tokenizer.encode(TEMPLATE.format(question=p["question"]) + " " * (i % 3))
+               for i, p in enumerate(make_problems(24, seed=5))]
+    return model, tokenizer, prompts
+
+
+def _sample(model, tokenizer, prompts, seed, **kw):
+    kw = {"max_new_tokens": 16, "temperature": 1.0, **kw}
+    return sample(model, prompts, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
+                  generator=torch.Generator().manual_seed(seed), **kw)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_log_probs_equal_full_forward_of_each_unpadded_sequence(model_and_prompts, temperature):
+    model, tokenizer, prompts = model_and_prompts
+    rollout = _sample(model, tokenizer, prompts, seed=0, temperature=temperature)
+    assert rollout.finished.any() and rollout.response_mask.any()
+    for row, prompt in enumerate(prompts):
+        response = rollout.response_ids[row][rollout.response_mask[row]]
+        ids = torch.tensor(prompt + response.tolist())[None]
+        with torch.no_grad():
+            logits = model(ids).logits[0, len(prompt) - 1 : -1] / temperature
+        expected = torch.log_softmax(logits, -1).gather(-1, response[:, None])[:, 0]
+        torch.testing.assert_close(rollout.log_probs[row][rollout.response_mask[row]], expected, atol=1e-4, rtol=0)
+    # the batched training forward agrees too
+    with torch.no_grad():
+        forced, entropy = teacher_forced(model, rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids,
+                                         rollout.response_mask, temperature)
+    torch.testing.assert_close(forced * rollout.response_mask, rollout.log_probs, atol=1e-4, rtol=0)
+    assert (entropy >= 0).all()
+
+
+def test_seeded_sampling_is_deterministic_and_seed_dependent(model_and_prompts):
+    model, tokenizer, prompts = model_and_prompts
+    a, b = (_sample(model, tokenizer, prompts, seed=3) for _ in range(2))
+    c = _sample(model, tokenizer, prompts, seed=4)
+    assert torch.equal(a.response_ids, b.response_ids) and torch.equal(a.log_probs, b.log_probs)
+    assert not torch.equal(a.response_ids, c.response_ids)
+
+
+def test_eos_stops_rows_and_max_length_clips_others(model_and_prompts):
+    model, tokenizer, prompts = model_and_prompts
+    rollout = _sample(model, tokenizer, prompts, seed=1, max_new_tokens=6)
+    eos = tokenizer.eos_token_id
+    lengths = rollout.response_lengths
+    for row in range(len(prompts)):
+        tokens = rollout.response_ids[row][: lengths[row]]
+        if rollout.finished[row]:
+            assert tokens[-1] == eos and (tokens[:-1] != eos).all()
+        else:
+            assert lengths[row] == 6 and (tokens != eos).all()
+    assert (rollout.log_probs[~rollout.response_mask] == 0).all()
+
+
+def test_greedy_matches_argmax_and_top_p_keeps_only_the_nucleus(model_and_prompts):
+    model, tokenizer, prompts = model_and_prompts
+    greedy = _sample(model, tokenizer, prompts[:4], seed=0, temperature=0.0, max_new_tokens=4)
+    again = _sample(model, tokenizer, prompts[:4], seed=9, temperature=0.0, max_new_tokens=4)
+    assert torch.equal(greedy.response_ids, again.response_ids)
+    # top_p so small that only the most likely token survives: sampling equals greedy
+    nucleus = _sample(model, tokenizer, prompts[:4], seed=2, temperature=1.0, top_p=1e-6, max_new_tokens=4)
+    assert torch.equal(nucleus.response_ids, greedy.response_ids)
