@@ -119,8 +119,9 @@ PRESETS: dict[str, dict[str, dict]] = {
 }
 
 
-def build_filters(preset: str, overrides: dict[str, dict | None] | None = None) -> list[BaseFilter]:
-    """datatrove filter blocks for `preset`; `overrides` maps a block to extra kwargs, or None to drop it."""
+def build_filters(preset: str, overrides: dict[str, dict | None] | None = None) -> dict[str, BaseFilter]:
+    """datatrove filter blocks for `preset`, in pipeline order, by name; `overrides` maps a block
+    name to extra kwargs, or to None to drop it."""
     if preset not in PRESETS:
         raise ValueError(f"unknown curation preset {preset!r}; choose one of {sorted(PRESETS)}")
     spec = {name: dict(kwargs) for name, kwargs in PRESETS[preset].items()}
@@ -131,4 +132,4 @@ def build_filters(preset: str, overrides: dict[str, dict | None] | None = None) 
             spec.pop(name, None)
         else:
             spec[name] = {**spec.get(name, {}), **kwargs}
-    return [FILTER_BLOCKS[name](**kwargs) for name, kwargs in spec.items()]
+    return {name: FILTER_BLOCKS[name](**kwargs) for name, kwargs in spec.items()}

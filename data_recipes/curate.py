@@ -1,0 +1,282 @@
+"""Curate one corpus with datatrove: read → filter preset → MinHash dedup → n-gram
+decontamination → Megatron tokenization, all inside `out_dir`.
+
+Layout of out_dir (every stage resumes from datatrove's completion markers):
+    source.jsonl, source_paths.txt   toy documents / the list of input files
+    filtered/        documents kept by the filter preset (JSONL)
+    minhash/         signatures, buckets, the per-rank `.remove` lists
+    decont_index/    `<benchmark>.index.hashes`
+    curated/         the final documents (JSONL), exactly what was tokenized
+    megatron/        `<rank>_tokens.bin/.idx`, one EOS after every document
+    excluded/<step>/ dropped documents with their reason, for auditing
+    logs/<stage>/    datatrove logging dirs: per-task stats, completions, task logs
+    curation.json    prefixes, shard counts, docs_in/out, dropped by step and reason,
+                     contaminated per benchmark, tokens
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from datatrove.executor import LocalPipelineExecutor
+from datatrove.pipeline.decont import NGramsDecontFilter
+from datatrove.pipeline.dedup import MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature
+from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupBuckets
+from datatrove.pipeline.readers import JsonlReader
+from datatrove.pipeline.tokens import MegatronDocumentTokenizer
+from datatrove.pipeline.writers import JsonlWriter
+from datatrove.utils.stats import PipelineStats
+from datatrove.utils.text import TextNormConfig
+from pydantic import BaseModel, ConfigDict, Field
+
+from data_recipes.decont import LocalNGramsIndexer, SimplifiedTextTokenizer, decont_config
+from data_recipes.filters import build_filters
+from data_recipes.sources import Source, ToySource, iter_source_texts, make_reader
+from data_recipes.tokenizer import EOS_TOKEN
+
+__all__ = ["CorpusConfig", "CurationConfig", "ExecutorConfig", "curate_corpus", "iter_source_texts"]
+
+# Toy corpora are curated with the preset written for their kind; boxed_repeat is the
+# deliberately pathological corpus, so no quality filter may remove it.
+TOY_PRESETS = {"web": "web", "mathweb": "math", "qa_short": "qa", "qa_cot": "qa", "boxed_repeat": "none"}
+
+
+class DedupConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True
+    n_grams: int = 5
+    num_buckets: int = 14
+    hashes_per_bucket: int = 8
+
+
+class DecontaminationConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True
+    # 14 words: the shortest toy question, so every probe/eval question is detectable whole,
+    # while partial overlaps between templated toy questions stay rare (measured <0.3% of QA docs;
+    # 12-grams flag ~5%). Real benchmarks are usually decontaminated at 8-13.
+    n_grams: int = 14
+
+
+class CurationConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    preset: Literal["auto", "web", "math", "qa", "none"] = "auto"
+    filters: dict[str, dict[str, Any] | None] = Field(default_factory=dict)  # per-corpus filter overrides
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    decontamination: DecontaminationConfig = Field(default_factory=DecontaminationConfig)
+
+
+class CorpusConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    source: Source = Field(discriminator="type")
+    curation: CurationConfig = Field(default_factory=CurationConfig)
+
+    def preset(self) -> str:
+        if self.curation.preset != "auto":
+            return self.curation.preset
+        return TOY_PRESETS[self.source.kind] if isinstance(self.source, ToySource) else "web"
+
+
+class ExecutorConfig(BaseModel):
+    """Where datatrove runs. slurm / ray options are passed to SlurmPipelineExecutor / RayPipelineExecutor."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["local", "slurm", "ray"] = "local"
+    tasks: int = Field(1, ge=1)
+    workers: int = Field(1, ge=1)
+    slurm: dict[str, Any] = Field(default_factory=dict)  # partition, time, cpus_per_task, sbatch_args, ...
+    ray: dict[str, Any] = Field(default_factory=dict)  # cpus_per_task, mem_per_cpu_gb, ...
+    ray_address: str = "local"  # "local" starts a private Ray; "auto" joins a running cluster
+    poll_seconds: float = 30.0  # how often to check on submitted Slurm jobs
+
+
+class _StageRunner:
+    """Runs one datatrove pipeline per stage on the configured executor and returns its merged stats."""
+
+    def __init__(self, cfg: ExecutorConfig, logs_dir: Path, corpus: str):
+        self.cfg, self.logs_dir, self.corpus = cfg, logs_dir, corpus
+        self.seconds: dict[str, float] = {}
+
+    def run(self, stage: str, pipeline: list, tasks: int) -> PipelineStats:
+        logging_dir = str(self.logs_dir / stage)
+        started = time.monotonic()
+        if self.cfg.type == "local":
+            LocalPipelineExecutor(pipeline, tasks=tasks, workers=min(self.cfg.workers, tasks),
+                                  logging_dir=logging_dir, skip_completed=True).run()
+        elif self.cfg.type == "ray":
+            import ray
+            from datatrove.executor import RayPipelineExecutor
+
+            if not ray.is_initialized():
+                ray.init(address=self.cfg.ray_address, include_dashboard=False)
+            RayPipelineExecutor(pipeline, tasks=tasks, workers=min(self.cfg.workers, tasks),
+                                logging_dir=logging_dir, skip_completed=True, **self.cfg.ray).run()
+        else:
+            from datatrove.executor import SlurmPipelineExecutor
+
+            executor = SlurmPipelineExecutor(pipeline, tasks=tasks, logging_dir=logging_dir, skip_completed=True,
+                                             job_name=f"curate-{self.corpus}-{stage}", **self.cfg.slurm)
+            executor.run()
+            while executor.get_incomplete_ranks():
+                time.sleep(self.cfg.poll_seconds)
+        self.seconds[stage] = round(time.monotonic() - started, 3)
+        return merged_stats(Path(logging_dir))
+
+
+def merged_stats(logging_dir: Path) -> PipelineStats:
+    """Sum of per-task stats files: after a resume, datatrove's own stats.json covers only re-run tasks."""
+    total = PipelineStats()
+    for path in sorted((logging_dir / "stats").glob("*.json")):
+        total += PipelineStats.from_json(json.loads(path.read_text()))
+    return total
+
+
+def _counts(stats) -> dict[str, int]:
+    # Stats JSON round-trips plain counters as ints, per-file counters as dicts, the rest as MetricStats.
+    def total(value):
+        return value["total"] if isinstance(value, dict) else getattr(value, "total", value)
+
+    return {key: int(total(value)) for key, value in stats.stats.items()}
+
+
+def _idx_counts(idx_path: Path) -> tuple[int, int]:
+    """(documents, tokens) from a Megatron MMIDIDX index header, without importing megatron/torch."""
+    with idx_path.open("rb") as f:
+        f.seek(9 + 8 + 1)  # magic, version, dtype code
+        sequences, _ = struct.unpack("<QQ", f.read(16))
+        lengths = np.frombuffer(f.read(4 * sequences), dtype=np.int32)
+    return int(sequences), int(lengths.sum())
+
+
+def _eos_token(tokenizer_json: Path) -> str:
+    config_path = tokenizer_json.parent / "tokenizer_config.json"
+    eos = json.loads(config_path.read_text()).get("eos_token") if config_path.is_file() else None
+    eos = eos.get("content") if isinstance(eos, dict) else eos
+    return eos or EOS_TOKEN
+
+
+def curate_corpus(
+    corpus: CorpusConfig,
+    tokenizer_dir: str | Path,
+    decontaminate_against: list[Path],
+    out_dir: str | Path,
+    executor: ExecutorConfig | None = None,
+    name: str | None = None,
+    toy_world=None,
+) -> dict:
+    """Run the curation pipeline for one corpus; write and return `out_dir/curation.json`.
+
+    `toy_world` (a ToyWorldConfig or dict) is only used by toy sources. Raises ValueError naming
+    the corpus and the step when the corpus ends empty.
+    """
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    executor = executor or ExecutorConfig()
+    name = name or (corpus.source.kind if isinstance(corpus.source, ToySource) else out_dir.name)
+    tokenizer_json = Path(tokenizer_dir).resolve() / "tokenizer.json"
+    if not tokenizer_json.is_file():
+        raise ValueError(f"corpus '{name}': no tokenizer.json in {tokenizer_dir}")
+    cur = corpus.curation
+    preset = corpus.preset()
+    # One instance pickled into every task: MinHash and decontamination must split words identically.
+    ngram_words = SimplifiedTextTokenizer()
+    runner = _StageRunner(executor, out_dir / "logs", name)
+    tasks = 1 if isinstance(corpus.source, ToySource) else executor.tasks  # one toy file feeds one task
+
+    # 1. read + quality filters
+    filters = build_filters(preset, cur.filters)
+    for key, block in filters.items():
+        block.exclusion_writer = JsonlWriter(str(out_dir / "excluded" / key))
+    reader = make_reader(corpus.source, name, out_dir, toy_world)
+    stats = runner.run("filter", [reader, *filters.values(), JsonlWriter(str(out_dir / "filtered"))], tasks)
+    read_counts = _counts(stats.stats[0])
+    docs_in = read_counts.get("documents", 0)
+    steps = [(key, _counts(s)) for key, s in zip(filters, stats.stats[1:])]
+    if docs_in == 0:
+        field = "" if isinstance(corpus.source, ToySource) else f" text field '{corpus.source.text_field}',"
+        raise ValueError(f"corpus '{name}': the source produced no documents ({field} "
+                         f"{read_counts.get('corrupt_lines', 0)} corrupt lines, "
+                         f"{read_counts.get('missing_text', 0)} lines without text)")
+    _fail_if_emptied(name, docs_in, steps)
+
+    # 2. MinHash near-duplicate detection (signatures -> buckets -> clusters)
+    minhash = MinhashConfig(n_grams=cur.dedup.n_grams, num_buckets=cur.dedup.num_buckets,
+                            hashes_per_bucket=cur.dedup.hashes_per_bucket,
+                            # Keep numbers: "7 + 5 = 12" and "7 + 6 = 13" are different documents.
+                            norm_config=TextNormConfig(norm_numbers=False))
+    final_steps: list[tuple[str, Any]] = [("read_filtered", JsonlReader(str(out_dir / "filtered")))]
+    if cur.dedup.enabled:
+        mh = out_dir / "minhash"
+        runner.run("minhash_signatures", [JsonlReader(str(out_dir / "filtered")),
+                                          MinhashDedupSignature(str(mh / "signatures"), minhash, ngram_words)], tasks)
+        runner.run("minhash_buckets", [MinhashDedupBuckets(str(mh / "signatures"), str(mh / "buckets"), config=minhash)],
+                   cur.dedup.num_buckets)
+        runner.run("minhash_clusters", [MinhashDedupCluster(str(mh / "buckets"), str(mh / "remove"), minhash)], 1)
+        final_steps.append(("minhash_dedup", MinhashDedupFilter(
+            str(mh / "remove"), exclusion_writer=JsonlWriter(str(out_dir / "excluded" / "minhash_dedup")))))
+
+    # 3. n-gram decontamination against the probe/eval/benchmark sets
+    index_sizes: dict[str, int] = {}
+    if cur.decontamination.enabled and decontaminate_against:
+        config = decont_config(cur.decontamination.n_grams)
+        index_sizes = LocalNGramsIndexer(config, ngram_words).write_index(
+            [Path(p) for p in decontaminate_against], out_dir / "decont_index")
+        final_steps.append(("decontamination", NGramsDecontFilter(
+            str(out_dir / "decont_index"), config, JsonlWriter(str(out_dir / "excluded" / "decontamination")),
+            ngram_words)))
+
+    # 4. the curated documents, then Megatron .bin/.idx with one EOS per document
+    final_steps.append(("write_curated", JsonlWriter(str(out_dir / "curated"))))
+    final_steps.append(("tokenize", MegatronDocumentTokenizer(
+        str(out_dir / "megatron"), tokenizer_name_or_path=str(tokenizer_json), eos_token=_eos_token(tokenizer_json))))
+    stats = runner.run("dedup_decont_tokenize", [step for _, step in final_steps], tasks)
+    final_counts = [(key, _counts(s)) for (key, _), s in zip(final_steps, stats.stats)]
+    removal_steps = [(k, c) for k, c in final_counts if k in ("minhash_dedup", "decontamination")]
+    steps += removal_steps
+    _fail_if_emptied(name, docs_in, steps)
+
+    shards = []
+    for idx in sorted((out_dir / "megatron").glob("*.idx")):
+        documents, tokens = _idx_counts(idx)
+        if documents:
+            shards.append({"prefix": str(idx.with_suffix("").relative_to(out_dir)), "documents": documents,
+                           "tokens": tokens})
+    summary = {
+        "corpus": name,
+        "source": corpus.source.model_dump(),
+        "preset": preset,
+        "curation": cur.model_dump(),
+        "prefixes": [s["prefix"] for s in shards],
+        "shards": shards,
+        "docs_in": docs_in,
+        "docs_out": sum(s["documents"] for s in shards),
+        "tokens": sum(s["tokens"] for s in shards),
+        "corrupt_lines": read_counts.get("corrupt_lines", 0),
+        "missing_text": read_counts.get("missing_text", 0),
+        "dropped": {key: {"total": c.get("dropped", 0),
+                          **{k.removeprefix("dropped_"): v for k, v in c.items() if k.startswith("dropped_")}}
+                    for key, c in steps},
+        "contaminated": {task: dict(final_counts).get("decontamination", {}).get(f"contaminated_{task}", 0)
+                         for task in index_sizes},
+        "decontamination_index": index_sizes,
+        "seconds": runner.seconds,
+    }
+    tmp = out_dir / "curation.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    tmp.rename(out_dir / "curation.json")
+    return summary
+
+
+def _fail_if_emptied(name: str, docs_in: int, steps: list[tuple[str, dict]]) -> None:
+    for key, counts in steps:
+        if counts.get("total", 0) > 0 and counts.get("forwarded", 0) == 0:
+            reasons = {k.removeprefix("dropped_"): v for k, v in counts.items() if k.startswith("dropped_")}
+            raise ValueError(
+                f"corpus '{name}' is empty after curation: step '{key}' dropped all {counts['total']} remaining "
+                f"documents (of {docs_in} read; reasons {reasons or 'n/a'}); loosen it with "
+                f"curation.filters.{key}, disable it, or use curation preset 'none'")

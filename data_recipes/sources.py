@@ -1,0 +1,126 @@
+"""Corpus sources: the built-in toy world, local JSONL/Parquet files, and HF datasets.
+
+Each source becomes a datatrove reader. Local readers count lines they cannot parse
+(`corrupt_lines`) or that have no text (`missing_text`) in the step stats instead of
+failing, because one bad line in a multi-GB dump must not kill a curation run.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator, Literal, Union
+
+import orjson
+from datatrove.pipeline.readers import HuggingFaceDatasetReader, JsonlReader, ParquetReader
+from pydantic import BaseModel, ConfigDict, Field
+
+from data_recipes.toyworld import CORPUS_KINDS, ToyWorld, ToyWorldConfig
+
+
+class ToySource(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["toy"] = "toy"
+    kind: Literal[CORPUS_KINDS]  # type: ignore[valid-type]
+    docs: int = Field(gt=0)
+    seed: int = 0
+
+
+class JsonlSource(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["jsonl"] = "jsonl"
+    paths: list[str] = Field(min_length=1)  # files or globs (recursive ** allowed)
+    text_field: str = "text"
+    id_field: str = "id"
+
+
+class ParquetSource(JsonlSource):
+    type: Literal["parquet"] = "parquet"
+
+
+class HFSource(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["hf"] = "hf"
+    path: str  # a hub name, a builder such as "json" (with data_files), or a save_to_disk directory
+    split: str = "train"
+    name: str | None = None
+    data_files: list[str] | None = None
+    text_field: str = "text"
+    id_field: str = "id"
+
+
+Source = Union[ToySource, JsonlSource, ParquetSource, HFSource]
+
+
+class CountingJsonlReader(JsonlReader):
+    """JsonlReader that counts unparseable and text-less lines in its stats rather than only logging them."""
+
+    def read_file(self, filepath: str):
+        with self.data_folder.open(filepath, "r", compression=self.compression) as f:
+            for line_no, line in enumerate(f):
+                with self.track_time():
+                    try:
+                        document = self.get_document_from_dict(orjson.loads(line), filepath, line_no)
+                    except (orjson.JSONDecodeError, EOFError, TypeError, AttributeError):
+                        self.stat_update("corrupt_lines")
+                        continue
+                    if document is None:
+                        self.stat_update("missing_text")
+                        continue
+                yield document
+
+
+def expand_paths(patterns: list[str], corpus: str) -> list[str]:
+    files = sorted({p for pattern in patterns for p in glob.glob(os.path.expanduser(pattern), recursive=True)
+                    if os.path.isfile(p)})
+    if not files:
+        raise ValueError(f"corpus '{corpus}': no files match {patterns}")
+    return [os.path.abspath(p) for p in files]
+
+
+def write_toy_documents(source: ToySource, toy_world: ToyWorldConfig | dict | None, path: Path) -> Path:
+    """Materialize toy documents as JSONL (atomically, so a crash never leaves a half file to resume from)."""
+    if path.is_file():
+        return path
+    world = ToyWorld(ToyWorldConfig.model_validate(toy_world or {}))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("wb") as f:
+        for doc in world.documents(source.kind, source.docs, source.seed):
+            f.write(orjson.dumps(doc) + b"\n")
+    tmp.rename(path)
+    return path
+
+
+def make_reader(source: Source, corpus: str, work_dir: Path, toy_world=None):
+    """The datatrove reader for `source`; toy and file sources are read through a paths file in work_dir."""
+    if isinstance(source, HFSource):
+        options = {"split": source.split, "name": source.name, "data_files": source.data_files}
+        is_saved_dataset = Path(source.path).is_dir() and (Path(source.path) / "dataset_info.json").is_file()
+        return HuggingFaceDatasetReader(
+            source.path, dataset_options={k: v for k, v in options.items() if v is not None and not is_saved_dataset},
+            text_key=source.text_field, id_key=source.id_field, load_from_disk=is_saved_dataset,
+        )
+    if isinstance(source, ToySource):
+        files, text_key, id_key = [str(write_toy_documents(source, toy_world, work_dir / "source.jsonl"))], "text", "id"
+    else:
+        files, text_key, id_key = expand_paths(source.paths, corpus), source.text_field, source.id_field
+    # One common root plus a list of relative paths lets globs span several directories.
+    root = os.path.commonpath([os.path.dirname(f) for f in files])
+    paths_file = work_dir / "source_paths.txt"
+    paths_file.write_text("".join(os.path.relpath(f, root) + "\n" for f in files))
+    reader_cls = ParquetReader if isinstance(source, ParquetSource) else CountingJsonlReader
+    return reader_cls(root, paths_file=str(paths_file), text_key=text_key, id_key=id_key)
+
+
+def iter_source_texts(corpus, toy_world: ToyWorldConfig | dict | None = None) -> Iterator[str]:
+    """Raw texts of a corpus's source, uncurated (for training a tokenizer before curation)."""
+    source = corpus.source
+    if isinstance(source, ToySource):
+        world = ToyWorld(ToyWorldConfig.model_validate(toy_world or {}))
+        yield from (doc["text"] for doc in world.documents(source.kind, source.docs, source.seed))
+        return
+    with tempfile.TemporaryDirectory() as work_dir:
+        yield from (doc.text for doc in make_reader(source, "tokenizer", Path(work_dir)).run())
