@@ -1,0 +1,151 @@
+"""curate_corpus end to end on small corpora: Megatron round trip, dedup, decontamination, errors, resume."""
+
+import gzip
+import json
+import random
+import shutil
+
+import pytest
+from transformers import AutoTokenizer
+
+from data_recipes.curate import CorpusConfig, ExecutorConfig, curate_corpus
+from data_recipes.sources import iter_source_texts
+from data_recipes.tokenizer import train_tokenizer
+from data_recipes.toyworld import CORPUS_KINDS, ToyWorld, ToyWorldConfig, write_problems
+
+WORLD = ToyWorldConfig(seed=0)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("curate")
+    world = ToyWorld(WORLD)
+    texts = [d["text"] for kind in CORPUS_KINDS for d in world.documents(kind, 300)]
+    tokenizer = train_tokenizer(texts, 384, root / "tokenizer")
+    probe = write_problems(world.problems("probe", 256), root / "problems" / "probe.jsonl")
+    evals = write_problems(world.problems("eval", 64), root / "problems" / "eval.jsonl")
+    return {"root": root, "world": world, "tokenizer": tokenizer, "benchmarks": [probe, evals]}
+
+
+def _jsonl(folder):
+    return [json.loads(line) for path in sorted(folder.glob("*.jsonl.gz")) for line in gzip.open(path, "rt")]
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def test_toy_corpus_round_trips_through_megatron(env):
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    out = env["root"] / "qa_cot"
+    corpus = CorpusConfig(source={"type": "toy", "kind": "qa_cot", "docs": 600})
+    summary = curate_corpus(corpus, env["tokenizer"], env["benchmarks"], out, ExecutorConfig(), toy_world=WORLD)
+
+    assert summary == json.loads((out / "curation.json").read_text())
+    assert summary["preset"] == "qa" and summary["docs_in"] == 600
+    assert set(summary["contaminated"]) == {"probe", "eval"}
+    assert set(summary["dropped"]) == {"gopher_repetition", "math_quality", "minhash_dedup", "decontamination"}
+    dropped = sum(step["total"] for step in summary["dropped"].values())
+    assert summary["docs_out"] == 600 - dropped > 570
+
+    tok = AutoTokenizer.from_pretrained(env["tokenizer"])
+    curated = _jsonl(out / "curated")
+    decoded, tokens = [], 0
+    for prefix in summary["prefixes"]:
+        dataset = IndexedDataset(str(out / prefix))
+        for i in range(len(dataset)):
+            ids = dataset[i].tolist()
+            assert ids.count(tok.eos_token_id) == 1 and ids[-1] == tok.eos_token_id
+            decoded.append(tok.decode(ids[:-1]))
+            tokens += len(ids)
+    assert decoded == [d["text"] for d in curated]
+    assert summary["docs_out"] == len(decoded) and summary["tokens"] == tokens
+    assert summary["shards"][0]["documents"] == len(decoded)
+
+
+def _near_copy(text: str, rng: random.Random) -> str:
+    words = text.split(" ")
+    i = rng.choice([i for i, w in enumerate(words) if w.isalpha() and len(w) > 3])
+    words[i] = "really"
+    return " ".join(words) + " Thanks for reading."
+
+
+def test_planted_duplicates_and_contamination_are_removed_and_nothing_else(env, tmp_path):
+    rng = random.Random(0)
+    world = env["world"]
+    # mathweb docs with at least two worked examples: long enough that one changed word plus a
+    # footer is a near-duplicate (Jaccard ~0.9), as in real scraped copies
+    docs = [d for d in world.documents("mathweb", 200, seed=5) if d["text"].count("\n\n") >= 2]
+    originals = docs[:30]
+    copies = [{"id": f"copy-{d['id']}", "text": _near_copy(d["text"], rng)} for d in originals]
+    questions = [json.loads(line)["question"] for path in env["benchmarks"] for line in path.open()]
+    probe_qs, eval_qs = questions[:10], questions[-8:]
+    leaks = [{"id": f"leak-{i}", "text": f"Practice set. {q} Work it out carefully, step by step."}
+             for i, q in enumerate(probe_qs + eval_qs)]
+    rows = [{"id": d["id"], "text": d["text"]} for d in docs] + copies + leaks
+    rng.shuffle(rows)
+    rows += ["{broken json", "[1, 2]", json.dumps({"id": "no-text", "body": "x"})]
+    source = _write_jsonl(tmp_path / "mix.jsonl", rows)
+
+    out = tmp_path / "out"
+    corpus = CorpusConfig(source={"type": "jsonl", "paths": [str(tmp_path / "*.jsonl")]},
+                          curation={"preset": "math", "filters": {"math_quality": {"min_words": 3}}})
+    summary = curate_corpus(corpus, env["tokenizer"], env["benchmarks"], out, ExecutorConfig(), name="mix")
+
+    assert summary["corrupt_lines"] == 2 and summary["missing_text"] == 1
+    assert summary["contaminated"] == {"probe": 10, "eval": 8}
+    removed_leaks = {d["id"] for d in _jsonl(out / "excluded" / "decontamination")}
+    assert removed_leaks == {d["id"] for d in leaks}
+    filtered_ids = {d["id"] for d in _jsonl(out / "filtered")}
+    kept_ids = {d["id"] for d in _jsonl(out / "curated")}
+    pair_ids = {d["id"] for d in originals} | {d["id"] for d in copies}
+    for original in originals:
+        pair = {original["id"], f"copy-{original['id']}"} & filtered_ids
+        if len(pair) == 2:  # both passed the quality filters: exactly one must survive dedup
+            assert len(pair & kept_ids) == 1, pair
+    dedup_removed = {d["id"] for d in _jsonl(out / "excluded" / "minhash_dedup")}
+    assert len(dedup_removed) >= 28 and dedup_removed <= pair_ids  # recall, and no false removals
+    assert summary["dropped"]["minhash_dedup"]["total"] == len(dedup_removed)
+
+
+def test_empty_corpus_names_corpus_and_filter(env, tmp_path):
+    prose = [{"id": str(i), "text": f"The garden had {w} flowers near the old stone wall today."}
+             for i, w in enumerate(["red", "blue", "white", "tall", "small", "wild", "pale", "bright"])]
+    _write_jsonl(tmp_path / "prose.jsonl", prose)
+    corpus = CorpusConfig(source={"type": "jsonl", "paths": [str(tmp_path / "prose.jsonl")]},
+                          curation={"preset": "math"})
+    with pytest.raises(ValueError, match=r"corpus 'gardens' is empty after curation: step 'math_quality'.*no_math"):
+        curate_corpus(corpus, env["tokenizer"], [], tmp_path / "out", name="gardens")
+
+    _write_jsonl(tmp_path / "broken.jsonl", ["{oops", "not json"])
+    corpus = CorpusConfig(source={"type": "jsonl", "paths": [str(tmp_path / "broken.jsonl")]})
+    with pytest.raises(ValueError, match=r"corpus 'broken': the source produced no documents.*2 corrupt lines"):
+        curate_corpus(corpus, env["tokenizer"], [], tmp_path / "out2", name="broken")
+    with pytest.raises(ValueError, match=r"corpus 'nothing': no files match"):
+        curate_corpus(CorpusConfig(source={"type": "jsonl", "paths": [str(tmp_path / "none*.jsonl")]}),
+                      env["tokenizer"], [], tmp_path / "out3", name="nothing")
+
+
+def test_resume_after_crash_gives_the_same_result(env, tmp_path):
+    out = tmp_path / "web"
+    corpus = CorpusConfig(source={"type": "toy", "kind": "web", "docs": 300})
+    first = curate_corpus(corpus, env["tokenizer"], env["benchmarks"], out, toy_world=WORLD)
+    assert first["preset"] == "web" and set(first["dropped"]) >= {"gopher_quality", "c4_quality"}
+    # a crash during the last stage: its completion marker and outputs are gone
+    (out / "logs" / "dedup_decont_tokenize" / "completions" / "00000").unlink()
+    shutil.rmtree(out / "megatron")
+    (out / "curation.json").unlink()
+    second = curate_corpus(corpus, env["tokenizer"], env["benchmarks"], out, toy_world=WORLD)
+    strip = lambda s: {k: v for k, v in s.items() if k != "seconds"}  # noqa: E731
+    assert strip(second) == strip(first)
+    assert second["seconds"]["filter"] < first["seconds"]["filter"]  # completed stages are skipped
+
+
+def test_iter_source_texts_matches_source(env, tmp_path):
+    toy = CorpusConfig(source={"type": "toy", "kind": "qa_short", "docs": 5})
+    assert list(iter_source_texts(toy, WORLD)) == [d["text"] for d in env["world"].documents("qa_short", 5)]
+    _write_jsonl(tmp_path / "a.jsonl", [{"body": "one"}, "{bad", {"body": "two"}])
+    local = CorpusConfig(source={"type": "jsonl", "paths": [str(tmp_path / "a.jsonl")], "text_field": "body"})
+    assert list(iter_source_texts(local)) == ["one", "two"]

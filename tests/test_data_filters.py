@@ -1,0 +1,68 @@
+"""Filter presets: measured keep rates on genuine toy docs, LaTeX survives the math preset."""
+
+import pytest
+from datatrove.data import Document
+from datatrove.pipeline.filters import C4QualityFilter, GopherQualityFilter
+
+from data_recipes.curate import TOY_PRESETS
+from data_recipes.filters import MathQualityFilter, build_filters
+from data_recipes.toyworld import CORPUS_KINDS, ToyWorld
+
+LATEX_DOCS = [
+    r"Let $f(x) = \frac{x^2 + 1}{x - 1}$. Then $f'(x) = \frac{x^2 - 2x - 1}{(x-1)^2}$, so the critical "
+    r"points solve $x^2 - 2x - 1 = 0$, that is $x = 1 \pm \sqrt{2}$. Hence the minimum on $x > 1$ is "
+    r"$f(1+\sqrt{2}) = 2 + 2\sqrt{2}$, and the final answer is $\boxed{2 + 2\sqrt{2}}$.",
+    r"We compute $\sum_{k=1}^{n} k = \frac{n(n+1)}{2}$ by pairing terms: the first and last add to "
+    r"$n + 1$, and there are $n/2$ such pairs. For $n = 10$ this gives $55$, which matches adding "
+    r"the numbers one by one: $1 + 2 + \cdots + 10 = 55$.",
+]
+
+
+def _kept(filters, text: str) -> tuple[bool, str | None]:
+    doc = Document(text=text, id="x")
+    for name, block in filters.items():
+        result = block.filter(doc)
+        if result is not True:
+            return False, name
+    return True, None
+
+
+@pytest.mark.parametrize("kind", CORPUS_KINDS)
+def test_toy_presets_keep_genuine_docs(kind):
+    filters = build_filters(TOY_PRESETS[kind])
+    docs = list(ToyWorld().documents(kind, 300, seed=9))
+    keep_rate = sum(_kept(filters, d["text"])[0] for d in docs) / len(docs)
+    assert keep_rate >= 0.95, (kind, keep_rate)
+
+
+def test_repetition_drops_boxed_repeat_under_the_qa_preset():
+    filters = build_filters("qa")
+    docs = list(ToyWorld().documents("boxed_repeat", 100))
+    assert all(_kept(filters, d["text"]) == (False, "gopher_repetition") for d in docs)
+
+
+def test_math_preset_keeps_latex_that_stock_filters_drop():
+    math = build_filters("math")
+    assert all(_kept(math, text)[0] for text in LATEX_DOCS)
+    stock = {"gopher_quality": GopherQualityFilter(min_doc_words=20), "c4_quality": C4QualityFilter()}
+    assert not any(_kept(stock, text)[0] for text in LATEX_DOCS)
+
+
+def test_math_quality_reasons():
+    block = MathQualityFilter()
+    assert block.filter(Document(text="The cat sat on the mat and slept all day long.", id="a")) == (False, "no_math")
+    assert block.filter(Document(text="so 2 + 2", id="b")) == (False, "min_words")
+    junk = "price 3 + 4 = 7 " + "\u2588\u2591\u2592" * 20
+    assert block.filter(Document(text=junk, id="c")) == (False, "junk_chars")
+    menu = "Home\nMenu\nLogin\n1 + 1 = 2\nShop\nCart"
+    assert block.filter(Document(text=menu, id="d")) == (False, "short_lines")
+
+
+def test_overrides_change_and_drop_blocks():
+    filters = build_filters("web", {"c4_quality": None, "math_quality": {"min_words": 2}})
+    assert list(filters) == ["gopher_repetition", "gopher_quality", "fineweb_quality", "math_quality"]
+    assert filters["math_quality"].min_words == 2
+    with pytest.raises(ValueError, match="unknown filter 'bogus'"):
+        build_filters("web", {"bogus": {}})
+    with pytest.raises(ValueError, match="unknown curation preset"):
+        build_filters("strict")
