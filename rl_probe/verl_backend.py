@@ -1,0 +1,305 @@
+"""The verl probe engine: the same probe spec run by verl's trainer on GPU clusters.
+
+What runs here on any machine: the parquet data in verl's format, the Hydra
+config composed from verl's own config directory and checked by verl's
+`validate_config`, the launch command, and the read-back of verl's
+file-logger and rollout dumps into the artifacts the embedded engine
+writes (metrics.jsonl, rollouts/step_<N>.jsonl, summary.json). Only
+`run_probe_verl` needs GPUs (verl's rollout is vLLM / SGLang).
+
+verl's file logger truncates its file when it opens it, so every launch
+attempt logs to its own file under verl_logs/; read-back merges them, a
+later attempt's line for a step replacing an earlier one (verl resumes
+from its own checkpoints under state/ with resume_mode=auto).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import verl
+from omegaconf import DictConfig, OmegaConf
+from transformers import AutoTokenizer
+
+from rl_probe import verl_reward
+from rl_probe.embedded import MetricsCallback, Prompter, behaviour_metrics, load_problems, read_metrics
+from rl_probe.reward import RewardResult, score
+from rl_probe.spec import ProbeSpec
+
+VERL_CONFIG_DIR = Path(verl.__file__).parent / "trainer" / "config"
+REWARD_MODULE = Path(verl_reward.__file__)
+# verl renders prompts with the tokenizer's chat template; a base model has none,
+# so the template passes the single user message through untouched.
+PASS_THROUGH_TEMPLATE = '{% for message in messages %}{{ message["content"] }}{% endfor %}'
+
+
+def chat_template(tokenizer) -> str:
+    """Pass-through chat template; starts with BOS when the tokenizer has one, as our sampler's prompts do."""
+    return ("{{ bos_token }}" if tokenizer.bos_token is not None else "") + PASS_THROUGH_TEMPLATE
+
+
+# ---------------------------------------------------------------- data
+
+
+def verl_rows(problems: list[dict], spec: ProbeSpec, split: str) -> list[dict]:
+    """verl's RL dataset rows: the fully rendered template as the only user message."""
+    return [
+        {
+            "data_source": p["data_source"],
+            "prompt": [{"role": "user", "content": spec.render_prompt(p["question"])}],
+            "ability": "math",
+            "reward_model": {"style": "rule", "ground_truth": str(p["answer"])},
+            "extra_info": {"index": i, "split": split, "id": p["id"], "difficulty": p.get("difficulty")},
+        }
+        for i, p in enumerate(problems)
+    ]
+
+
+def write_parquet(problems: list[dict], spec: ProbeSpec, path: Path, split: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(verl_rows(problems, spec, split)).to_parquet(path, index=False)
+    return path
+
+
+# ---------------------------------------------------------------- config
+
+
+def hydra_overrides(
+    spec: ProbeSpec,
+    *,
+    model_path: Path,
+    train_file: Path,
+    val_file: Path,
+    out_dir: Path,
+    seed: int,
+    tokenizer,
+    attempt: int = 0,
+    n_gpus_per_node: int = 8,
+    nnodes: int = 1,
+    rollout_engine: str = "vllm",
+    rollout_tp: int = 1,
+    micro_batch_per_gpu: int = 4,
+) -> list[str]:
+    """Command-line overrides of verl's ppo_trainer config that make it run this probe spec."""
+    if spec.engine != "verl":
+        raise ValueError(f"probe spec {spec.name!r} is for the {spec.engine!r} engine, not 'verl'")
+    if spec.length_schedule:
+        raise ValueError("verl 0.9.1 has no response-length schedule; use a spec without length_schedule")
+    actor = "actor_rollout_ref.actor"
+    rollout = "actor_rollout_ref.rollout"
+    values = {
+        "algorithm.adv_estimator": spec.adv_estimator,
+        "algorithm.norm_adv_by_std_in_grpo": spec.norm_adv_by_std,
+        "algorithm.use_kl_in_reward": False,
+        "critic.enable": False,
+        "data.train_files": str(train_file),
+        "data.val_files": str(val_file),
+        "data.train_batch_size": spec.prompts_per_step,
+        "data.max_prompt_length": spec.max_prompt_length,
+        "data.max_response_length": spec.max_response_length,
+        # Overlong prompts were dropped when the parquet was written, with the
+        # same tokenization; verl's own filter would run before the custom
+        # chat template is set on its tokenizer and drop every row.
+        "data.filter_overlong_prompts": False,
+        "data.truncation": "error",
+        "data.seed": seed,
+        "actor_rollout_ref.model.path": str(model_path),
+        "actor_rollout_ref.model.custom_chat_template": chat_template(tokenizer),
+        f"{actor}.strategy": "fsdp",
+        f"{actor}.optim.lr": spec.lr,
+        f"{actor}.optim.weight_decay": spec.weight_decay,
+        f"{actor}.grad_clip": spec.grad_clip,
+        f"{actor}.ppo_mini_batch_size": spec.mini_batch_prompts,
+        f"{actor}.ppo_micro_batch_size_per_gpu": micro_batch_per_gpu,
+        f"{actor}.ppo_epochs": spec.ppo_epochs,
+        f"{actor}.use_kl_loss": spec.kl_coef > 0,
+        f"{actor}.kl_loss_coef": spec.kl_coef,
+        f"{actor}.kl_loss_type": spec.kl_type,
+        f"{actor}.entropy_coeff": spec.entropy_coeff,
+        f"{actor}.loss_agg_mode": spec.loss_agg_mode,
+        f"{actor}.policy_loss.loss_mode": spec.policy_loss,
+        f"{actor}.clip_ratio_low": spec.clip_ratio_low,
+        f"{actor}.clip_ratio_high": spec.clip_ratio_high,
+        f"{actor}.clip_ratio_c": spec.clip_ratio_c,
+        f"{actor}.data_loader_seed": seed,
+        f"{rollout}.name": rollout_engine,
+        f"{rollout}.tensor_model_parallel_size": rollout_tp,
+        f"{rollout}.n": spec.group_size,
+        f"{rollout}.temperature": spec.temperature,
+        f"{rollout}.top_p": spec.top_p,
+        f"{rollout}.seed": seed,
+        f"{rollout}.log_prob_micro_batch_size_per_gpu": micro_batch_per_gpu,
+        f"{rollout}.val_kwargs.n": spec.eval_samples,
+        f"{rollout}.val_kwargs.temperature": spec.eval_temperature,
+        f"{rollout}.val_kwargs.do_sample": spec.eval_temperature > 0,
+        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu": micro_batch_per_gpu,
+        "reward.custom_reward_function.path": str(REWARD_MODULE),
+        "reward.custom_reward_function.name": "compute_score",
+        "+reward.custom_reward_function.reward_kwargs.variant": spec.reward_variant,
+        "trainer.total_training_steps": spec.steps,
+        "trainer.test_freq": spec.eval_every,
+        "trainer.save_freq": spec.checkpoint_every,
+        "trainer.val_before_train": True,
+        "trainer.resume_mode": "auto",
+        "trainer.default_local_dir": str(out_dir / "state"),
+        "trainer.rollout_data_dir": str(out_dir / "verl_rollouts"),
+        "trainer.validation_data_dir": str(out_dir / "verl_validation"),
+        "trainer.logger": ["console", "file"],
+        "trainer.project_name": "midprobe",
+        "trainer.experiment_name": f"{spec.name}-{spec.content_hash()}-seed{seed}-attempt{attempt}",
+        "trainer.n_gpus_per_node": n_gpus_per_node,
+        "trainer.nnodes": nnodes,
+    }
+    return [f"{key}={_hydra_value(value)}" for key, value in values.items()]
+
+
+def _hydra_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ",".join(_hydra_value(v) for v in value) + "]"
+    # quoted so that Hydra's override grammar takes braces, quotes and '%' literally
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    """verl's ppo_trainer config with the overrides applied, validated by verl's own checks."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(VERL_CONFIG_DIR), version_base=None):
+        config = compose(config_name="ppo_trainer", overrides=overrides)
+    validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+    return config
+
+
+# ---------------------------------------------------------------- launch
+
+
+@dataclass
+class VerlLaunch:
+    command: list[str]
+    env: dict[str, str]  # additions to the environment
+    config: DictConfig
+    log_path: Path
+
+
+def prepare_verl_probe(checkpoint: Path, spec: ProbeSpec, train_set: Path, eval_set: Path, seed: int,
+                       out_dir: Path, **cluster) -> VerlLaunch:
+    """Write the parquet data and the composed config under out_dir; return the command that runs it.
+
+    `cluster` takes hydra_overrides' keyword options (n_gpus_per_node, nnodes, rollout_engine, ...).
+    """
+    out_dir = Path(out_dir)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    prompter = Prompter(tokenizer, spec)
+    train = [p for p in load_problems(train_set) if prompter.fits(p)]
+    train_file = write_parquet(train, spec, out_dir / "data" / "train.parquet", "train")
+    val_file = write_parquet(load_problems(eval_set), spec, out_dir / "data" / "val.parquet", "val")
+    logs = out_dir / "verl_logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    attempt = len(list(logs.glob("attempt_*.jsonl")))
+    overrides = hydra_overrides(spec, model_path=checkpoint, train_file=train_file, val_file=val_file,
+                                out_dir=out_dir, seed=seed, tokenizer=tokenizer, attempt=attempt, **cluster)
+    config = compose_config(overrides)
+    OmegaConf.save(config, out_dir / "verl_config.yaml")
+    log_path = logs / f"attempt_{attempt:03d}.jsonl"
+    return VerlLaunch(
+        command=[sys.executable, "-m", "verl.trainer.main_ppo", *overrides],
+        env={"VERL_FILE_LOGGER_PATH": str(log_path), "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")},
+        config=config,
+        log_path=log_path,
+    )
+
+
+def run_probe_verl(checkpoint: Path, spec: ProbeSpec, train_set: Path, eval_set: Path, seed: int, out_dir: Path,
+                   on_metrics: MetricsCallback | None = None, **cluster) -> dict:
+    """Run the probe with verl's trainer (GPU machines), then write the embedded engine's artifacts."""
+    launch = prepare_verl_probe(checkpoint, spec, train_set, eval_set, seed, out_dir, **cluster)
+    subprocess.run(launch.command, env={**os.environ, **launch.env}, check=True)
+    return import_verl_run(out_dir, spec, seed, checkpoint, on_metrics)
+
+
+# ---------------------------------------------------------------- read-back
+
+
+def read_verl_logs(out_dir: Path) -> list[dict]:
+    """All launch attempts' file-logger lines, one per step; a later attempt's step replaces an earlier one's."""
+    by_step: dict[int, dict] = {}
+    for log in sorted((Path(out_dir) / "verl_logs").glob("attempt_*.jsonl")):
+        for row in read_metrics(log):
+            by_step[row["step"]] = row["data"]
+    return [{"step": step, "data": by_step[step]} for step in sorted(by_step)]
+
+
+def dump_behaviour(dump_file: Path, tokenizer, spec: ProbeSpec) -> dict:
+    """behaviour/* and probe/* metrics from one verl rollout dump (rows of a group are consecutive)."""
+    rows = read_metrics(dump_file)
+    texts = [r["output"] for r in rows]
+    results = [score(r["output"], str(r["gts"]), spec.reward_variant) for r in rows]
+    lengths = np.array([len(tokenizer.encode(t, add_special_tokens=False)) for t in texts])
+    return behaviour_metrics(texts, results, torch.as_tensor(lengths), spec.group_size)
+
+
+def import_verl_run(out_dir: Path, spec: ProbeSpec, seed: int, checkpoint: Path,
+                    on_metrics: MetricsCallback | None = None) -> dict:
+    """verl's logs and dumps -> metrics.jsonl, rollouts/step_<N>.jsonl and summary.json."""
+    out_dir = Path(out_dir)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    rows = read_verl_logs(out_dir)
+    for row in rows:
+        dump = out_dir / "verl_rollouts" / f"{row['step']}.jsonl"
+        if dump.exists():
+            row["data"].update(dump_behaviour(dump, tokenizer, spec))
+        validation = out_dir / "verl_validation" / f"{row['step']}.jsonl"
+        if validation.exists():
+            _write_rollouts(validation, out_dir / "rollouts" / f"step_{row['step']}.jsonl", row["step"], spec)
+    with open(out_dir / "metrics.jsonl", "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+            if on_metrics is not None:
+                on_metrics(row["step"], row["data"])
+    evals = {r["step"]: {k: v for k, v in r["data"].items() if k.startswith("val-core/")} for r in rows}
+    evals = {step: values for step, values in evals.items() if values}
+    final_step = max(evals) if evals else None
+    summary = {
+        "spec": spec.name,
+        "spec_version": spec.version,
+        "spec_hash": spec.content_hash(),
+        "engine": "verl",
+        "seed": seed,
+        "checkpoint": str(checkpoint),
+        "steps": spec.steps,
+        "final_step": final_step,
+        "final": evals.get(final_step, {}),
+        "initial": evals.get(0, {}),
+        "evals": {str(step): values for step, values in sorted(evals.items())},
+        "final_train_score": next((r["data"]["critic/score/mean"] for r in reversed(rows)
+                                   if "critic/score/mean" in r["data"]), None),
+        "base_pass_at_k": None,  # the step-0 profile is the embedded engine's (run it on one GPU)
+        "base_fewshot_acc": None,
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _write_rollouts(validation_dump: Path, path: Path, step: int, spec: ProbeSpec) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for row in read_metrics(validation_dump):
+            result: RewardResult = score(row["output"], str(row["gts"]), spec.reward_variant)
+            f.write(json.dumps({"step": step, "prompt": row["input"], "response": row["output"],
+                                "reward": row["score"], "acc": result.acc, "pred": result.pred}) + "\n")

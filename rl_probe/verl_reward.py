@@ -1,0 +1,19 @@
+"""verl custom reward function: the probe's reward inside a verl run.
+
+verl loads this file by path (`reward.custom_reward_function.path`) and calls
+`compute_score` once per response with keyword arguments; the spec's reward
+variant arrives through `reward_kwargs`. The extra keys become verl's
+`reward_extra_info`, so validation logs `val-core/<source>/acc/mean@N`.
+"""
+
+from rl_probe.reward import score
+
+
+def compute_score(data_source, solution_str, ground_truth, extra_info=None, variant="default", **kwargs) -> dict:
+    result = score(solution_str, str(ground_truth), variant)
+    return {
+        "score": result.score,
+        "acc": float(result.acc),
+        "format_ok": float(result.format_ok),
+        "repeated": float(result.repeated),
+    }

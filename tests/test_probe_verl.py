@@ -1,0 +1,127 @@
+import json
+import shlex
+
+import pytest
+from transformers import AutoTokenizer
+
+from rl_probe.embedded import Prompter, read_metrics
+from rl_probe.spec import get_probe_spec
+from rl_probe.verl_backend import hydra_overrides, import_verl_run, prepare_verl_probe
+from test_probe_helpers import make_problems, tiny_checkpoint, write_jsonl
+
+OCTO = get_probe_spec("octothinker-v1")
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("verl")
+    checkpoint = tiny_checkpoint(root / "ckpt")
+    train = write_jsonl(make_problems(40, seed=1), root / "train.jsonl")
+    evals = write_jsonl(make_problems(8, seed=2, data_source="toy/eval"), root / "eval.jsonl")
+    launch = prepare_verl_probe(checkpoint, OCTO, train, evals, seed=3, out_dir=root / "out", n_gpus_per_node=1)
+    return root, checkpoint, launch
+
+
+def test_config_composes_from_verls_dir_and_carries_the_spec(prepared):
+    root, _, launch = prepared
+    c = launch.config  # compose_config already ran verl's validate_config on it
+    assert c.algorithm.adv_estimator == "grpo" and c.algorithm.use_kl_in_reward is False
+    assert (c.data.train_batch_size, c.actor_rollout_ref.rollout.n) == (128, 16)
+    assert c.actor_rollout_ref.actor.ppo_mini_batch_size == 64
+    assert c.actor_rollout_ref.actor.optim.lr == 1e-6
+    assert c.actor_rollout_ref.actor.use_kl_loss is False and c.actor_rollout_ref.actor.entropy_coeff == 0
+    assert c.actor_rollout_ref.rollout.temperature == 1.0 and c.data.max_response_length == 4096
+    assert c.trainer.test_freq == 4 and c.trainer.total_training_steps == OCTO.steps
+    assert list(c.trainer.logger) == ["console", "file"]
+    assert c.reward.custom_reward_function.reward_kwargs.variant == "default"
+    assert (root / "out" / "verl_config.yaml").exists()
+    # the launcher passes the same overrides that were composed and validated
+    assert launch.command[1:3] == ["-m", "verl.trainer.main_ppo"]
+    assert launch.env["VERL_FILE_LOGGER_PATH"] == str(launch.log_path)
+    assert all("=" in arg for arg in launch.command[3:])
+    shlex.join(launch.command)  # printable as a shell command
+
+
+def test_rejects_embedded_specs(prepared):
+    root, checkpoint, _ = prepared
+    with pytest.raises(ValueError, match="engine"):
+        hydra_overrides(get_probe_spec("toy-cpu-v1"), model_path=checkpoint, train_file=root, val_file=root,
+                        out_dir=root, seed=0, tokenizer=AutoTokenizer.from_pretrained(checkpoint))
+
+
+def test_parquet_loads_in_rlhf_dataset_and_renders_the_exact_template(prepared):
+    from verl.trainer.ppo.utils import create_rl_dataset
+    from verl.utils.config import omega_conf_to_dataclass
+    from verl.utils.tokenizer.chat_template import apply_chat_template
+    from verl.utils.tokenizer.tokenizer import normalize_token_ids
+
+    _, checkpoint, launch = prepared
+    # the tokenizer verl's v1 trainer builds: HFModelConfig applies custom_chat_template
+    tokenizer = omega_conf_to_dataclass(launch.config.actor_rollout_ref.model).tokenizer
+    dataset = create_rl_dataset(launch.config.data.train_files, launch.config.data, tokenizer, None, is_train=True)
+    problems = make_problems(40, seed=1)
+    assert len(dataset) == len(problems)
+    prompter = Prompter(AutoTokenizer.from_pretrained(checkpoint), OCTO)
+    for i in (0, 7):
+        item = dataset[i]
+        expected = OCTO.template.format(question=problems[i]["question"])
+        assert item["raw_prompt"] == [{"role": "user", "content": expected}]
+        assert item["reward_model"]["ground_truth"] == problems[i]["answer"]
+        assert apply_chat_template(tokenizer, item["raw_prompt"], tokenize=False, add_generation_prompt=True) == expected
+        ids = normalize_token_ids(apply_chat_template(tokenizer, item["raw_prompt"], tokenize=True,
+                                                      add_generation_prompt=True))
+        assert ids == prompter.encode(expected)  # the embedded engine's prompt tokens
+
+
+def test_reward_module_loads_through_verls_loader(prepared):
+    from verl.trainer.ppo.reward import get_custom_reward_fn
+
+    fn = get_custom_reward_fn(prepared[2].config)
+    result = fn(data_source="toy/add", solution_str="so \\boxed{0.5}", ground_truth="\\frac{1}{2}", extra_info={})
+    assert result["score"] == 1.0 and result["acc"] == 1.0
+    assert fn(data_source="toy/add", solution_str="no box", ground_truth="2", extra_info=None)["score"] == -1.0
+
+
+def _write_generations(path, outputs, step):
+    """The rows verl's trainer dumps to rollout_data_dir / validation_data_dir.
+
+    Written by hand: verl's writer (PPOTrainer._write_generations, trainer/ppo/v1/
+    trainer_base.py) is a static method whose module needs the transfer_queue
+    extra, which CPU installs lack.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"input": "q", "output": o, "gts": "4", "score": 0.0, "step": step}) + "\n"
+                            for o in outputs))
+
+
+def test_reads_back_verl_logs_across_attempts(prepared, monkeypatch):
+    from verl.utils.tracking import FileLogger
+
+    root, checkpoint, launch = prepared
+    out = root / "out"
+    monkeypatch.setenv("VERL_FILE_LOGGER_PATH", str(launch.log_path))
+    first = FileLogger("midprobe", "attempt0")
+    first.log({"val-core/toy/eval/acc/mean@1": 0.25}, step=0)
+    first.log({"critic/score/mean": -0.5}, step=1)
+    first.log({"critic/score/mean": -0.4}, step=2)  # lost: the run died before its checkpoint
+    first.finish()
+    monkeypatch.setenv("VERL_FILE_LOGGER_PATH", str(out / "verl_logs" / "attempt_001.jsonl"))
+    second = FileLogger("midprobe", "attempt1")
+    second.log({"critic/score/mean": 0.1, "val-core/toy/eval/acc/mean@1": 0.5}, step=2)
+    second.finish()
+    outputs = ["\\boxed{4}", "\\boxed{5}", "no", "Wait, \\boxed{4}"] + ["x"] * 4
+    _write_generations(out / "verl_rollouts" / "2.jsonl", outputs, step=2)
+    _write_generations(out / "verl_validation" / "2.jsonl", ["\\boxed{4}"], step=2)
+
+    seen = []
+    spec = OCTO.model_copy(update={"group_size": 4})
+    summary = import_verl_run(out, spec, 3, checkpoint, on_metrics=lambda s, m: seen.append(s))
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [0, 1, 2] == seen
+    assert rows[2]["data"]["critic/score/mean"] == 0.1
+    assert rows[2]["data"]["probe/uniform_group_ratio"] == 0.5
+    assert rows[2]["data"]["behaviour/reflection_rate"] == 1 / 8
+    rollout = json.loads((out / "rollouts" / "step_2.jsonl").read_text())
+    assert rollout["acc"] is True and rollout["response"] == "\\boxed{4}"
+    assert summary["final"] == {"val-core/toy/eval/acc/mean@1": 0.5} and summary["engine"] == "verl"
+    assert summary["spec_hash"] == spec.content_hash()
