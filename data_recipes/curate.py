@@ -34,10 +34,11 @@ from datatrove.utils.stats import PipelineStats
 from datatrove.utils.text import TextNormConfig
 from pydantic import BaseModel, ConfigDict, Field
 
-from data_recipes.decont import LocalNGramsIndexer, SimplifiedTextTokenizer, decont_config
+from data_recipes.decont import LocalNGramsIndexer, decont_config
 from data_recipes.filters import build_filters
 from data_recipes.sources import Source, ToySource, iter_source_texts, make_reader
 from data_recipes.tokenizer import EOS_TOKEN
+from data_recipes.words import RegexWordTokenizer
 
 __all__ = ["CorpusConfig", "CurationConfig", "ExecutorConfig", "curate_corpus", "iter_source_texts"]
 
@@ -184,7 +185,7 @@ def curate_corpus(
     cur = corpus.curation
     preset = corpus.preset()
     # One instance pickled into every task: MinHash and decontamination must split words identically.
-    ngram_words = SimplifiedTextTokenizer()
+    ngram_words = RegexWordTokenizer()
     runner = _StageRunner(executor, out_dir / "logs", name)
     tasks = 1 if isinstance(corpus.source, ToySource) else executor.tasks  # one toy file feeds one task
 

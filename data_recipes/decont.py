@@ -21,35 +21,6 @@ from datatrove.utils.word_tokenizers import WordTokenizer
 
 QUESTION_FIELDS = ("question", "problem", "prompt", "query")
 ANSWER_FIELDS = ("answer", "solution", "gold", "target")
-# simplify_text has already lowercased the text and turned punctuation into spaces.
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-
-
-class SimplifiedTextTokenizer(WordTokenizer):
-    """Whitespace word tokenizer for text that went through datatrove's `simplify_text`.
-
-    MinHash and n-gram decontamination tokenize only simplified text (lowercased, punctuation
-    removed, whitespace collapsed), where spaCy's English tokenizer yields the same words as a
-    whitespace split for English at several times the cost.
-    """
-
-    def __init__(self):
-        super().__init__("en")
-
-    def word_tokenize(self, text: str) -> list[str]:
-        return text.split()
-
-    def sent_tokenize(self, text: str) -> list[str]:
-        return [s for s in _SENTENCE_END.split(text) if s.strip()]
-
-    def span_tokenize(self, text: str) -> list[tuple[int, int]]:
-        spans, start = [], 0
-        for sentence in self.sent_tokenize(text):
-            start = text.index(sentence, start)
-            spans.append((start, start + len(sentence)))
-            start += len(sentence)
-        return spans
-
 
 def decont_config(n_grams: int) -> NGramsDecontConfig:
     # Query n-grams on: math benchmarks are mostly question text (datatrove's default found 0 of 40
