@@ -149,9 +149,7 @@ def run_plan(plan: Plan, store: RunStore, console: Console, executor: ExecutorSe
                       curation_executor=plan.curation_executor or None)
     store.reconcile()
     runs = plan.runs()
-    for run in runs:
-        for role in plan.roles.get(run, [{}]):
-            store.register(plan.name, run, role)
+    store.set_members(plan.name, {run: plan.roles.get(run, [{}]) for run in runs})
 
     outcome: dict[str, bool] = {}
     failed: dict[str, str] = {}

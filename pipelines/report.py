@@ -283,7 +283,7 @@ def _cheap_signals(doc: Doc, results: SweepResults, ranking: Ranking) -> None:
             vals = [p.profile.get("pass_at_k", {}).get(k) for p in runs]
             if all(v is not None for v in vals):
                 signals.setdefault(f"pass@{k}", {})[recipe] = float(np.mean(vals))
-        fewshot = [p.profile.get("fewshot_acc") for p in runs]
+        fewshot = [p.profile.get("fewshot", {}).get("acc") for p in runs]
         if all(v is not None for v in fewshot):
             signals.setdefault("few-shot acc", {})[recipe] = float(np.mean(fewshot))
         signals.setdefault("step-0 held-out acc", {})[recipe] = float(np.mean([p.accuracy[0] for p in runs]))
@@ -310,14 +310,15 @@ def _data_section(doc: Doc, results: SweepResults) -> None:
     rows = []
     for name, info in sorted(results.curation.items()):
         c = info.read_json("curation.json")
-        dropped = c.get("dropped", {})
-        top = ", ".join(f"{k} {v}" for k, v in sorted(dropped.items(), key=lambda kv: -kv[1])[:3])
+        top = "; ".join(_drop_summary(step, counts) for step, counts in c.get("dropped", {}).items()
+                        if counts.get("total"))
         contaminated = sum(c.get("contaminated", {}).values()) if c.get("contaminated") else 0
         docs_in, docs_out = c.get("docs_in"), c.get("docs_out")
         kept = f"{docs_out / docs_in:.1%}" if docs_in else "–"
         rows.append([name, str(docs_in), str(docs_out), kept, top or "–", str(contaminated),
                      f"{c.get('tokens', 0):,}"])
-    doc.table(["corpus", "docs in", "docs out", "kept", "top drop reasons", "contaminated", "tokens"], rows)
+    doc.table(["corpus", "docs in", "docs out", "kept", "dropped by step (top reasons)", "contaminated",
+               "tokens"], rows)
     mix_rows = []
     for info in results.midtrain:
         cfg = info.manifest["config"]
@@ -329,6 +330,12 @@ def _data_section(doc: Doc, results: SweepResults) -> None:
         mix_rows.append([_stage_name(info), f"{cfg['tokens']:,}", "; ".join(parts)])
     doc.heading("Token mix", 3)
     doc.table(["stage", "tokens", "mix (epochs of the curated corpus)"], mix_rows)
+
+
+def _drop_summary(step: str, counts: dict) -> str:
+    reasons = sorted(((k, v) for k, v in counts.items() if k != "total"), key=lambda kv: -kv[1])[:2]
+    detail = f" ({', '.join(f'{k} {v}' for k, v in reasons)})" if reasons else ""
+    return f"{step} {counts['total']}{detail}"
 
 
 def _training_section(doc: Doc, results: SweepResults) -> None:

@@ -79,6 +79,10 @@ def _midtrain(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Met
         blend.append(BlendPart(name=name, weight=weight,
                                prefixes=[str(corpus_dir / p) for p in curation["prefixes"]]))
     init = inputs.get("init")
+    if init is not None and cfg["phase"] != "decay":
+        # a new phase from a base model takes its weights only (like mid-training a released
+        # base); a decay branch continues its stable stage, optimizer state included
+        init = checkpoint_dir(init)
     if init is None:
         model = MODEL_PRESETS[cfg["model_preset"]].model_copy(
             update={"vocab_size": _vocab_size(inputs["tokenizer"])})

@@ -131,14 +131,18 @@ class RunStore:
         return json.loads((self.path(run) / MANIFEST).read_text())
 
     # -- membership (which runs a sweep uses, and as what) -------------------
-    def register(self, sweep: str, run: StageRun, role: dict) -> None:
+    def set_members(self, sweep: str, roles: dict[StageRun, list[dict]]) -> None:
+        """Make a sweep's membership exactly this plan (an edited sweep drops its old runs)."""
         with self._db() as db:
-            db.execute("INSERT OR IGNORE INTO runs(stage, key, status, label, config, inputs) "
-                       "VALUES (?,?,?,?,?,?)",
-                       (run.stage, run.key, "pending", run.label, json.dumps(run.config),
-                        json.dumps({r: i.ref for r, i in run.inputs.items()})))
-            db.execute("INSERT OR IGNORE INTO sweep_members VALUES (?,?,?,?)",
-                       (sweep, run.stage, run.key, json.dumps(role, sort_keys=True)))
+            db.execute("DELETE FROM sweep_members WHERE sweep=?", (sweep,))
+            for run, run_roles in roles.items():
+                db.execute("INSERT OR IGNORE INTO runs(stage, key, status, label, config, inputs) "
+                           "VALUES (?,?,?,?,?,?)",
+                           (run.stage, run.key, "pending", run.label, json.dumps(run.config),
+                            json.dumps({r: i.ref for r, i in run.inputs.items()})))
+                db.executemany("INSERT OR IGNORE INTO sweep_members VALUES (?,?,?,?)",
+                               [(sweep, run.stage, run.key, json.dumps(role, sort_keys=True))
+                                for role in run_roles])
 
     def members(self, sweep: str, stage: str | None = None) -> list[tuple[str, str, dict]]:
         sql = "SELECT stage, key, role FROM sweep_members WHERE sweep=?"

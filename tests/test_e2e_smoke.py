@@ -1,0 +1,69 @@
+"""End to end: `midprobe demo --preset smoke` through every real engine, then a cached re-run."""
+
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines.sweep import bundled_sweep
+
+
+def _demo(workspace: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", "demo", "--preset", "smoke",
+                           "--workspace", str(workspace)], capture_output=True, text=True, env=env,
+                          timeout=900)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    workspace = tmp_path_factory.mktemp("smoke")
+    started = time.time()
+    result = _demo(workspace)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return workspace, result, time.time() - started
+
+
+def test_demo_writes_a_report_naming_every_recipe(smoke_run):
+    workspace, result, _ = smoke_run
+    report_path = Path(result.stdout.strip().splitlines()[-1])
+    assert report_path == workspace / "reports" / "toy-smoke" / "report.html"
+    md = (report_path.parent / "report.md").read_text()
+    sweep = yaml.safe_load(bundled_sweep("toy-smoke").read_text())
+    ranking = md.split("## Ranking", 1)[1].split("## Probe", 1)[0]
+    rows = [line for line in ranking.splitlines() if re.match(r"\| \d+ \|", line)]
+    ranked = [row.split("|")[2].strip() for row in rows]
+    assert sorted(ranked) == sorted([*sweep["recipes"], "base"])
+    html = report_path.read_text()
+    assert html.count("data:image/png;base64,") >= 3 and "<table>" in html
+
+
+def test_every_number_traces_to_a_finished_stage_run(smoke_run):
+    workspace, result, _ = smoke_run
+    md = (workspace / "reports" / "toy-smoke" / "report.md").read_text()
+    refs = re.findall(r"\b(probe|midtrain|curate)/([0-9a-f]{16})\b", md)
+    assert refs
+    db = sqlite3.connect(workspace / "index.sqlite")
+    for stage, key in refs:
+        assert (workspace / stage / key / "manifest.json").is_file()
+        assert db.execute("SELECT status FROM runs WHERE stage=? AND key=?", (stage, key)).fetchone() == ("done",)
+    n_probe = db.execute("SELECT COUNT(*) FROM metrics WHERE stage='probe' AND name='critic/score/mean'").fetchone()[0]
+    assert n_probe > 0
+    assert not list(workspace.glob("*/.*.partial"))
+
+
+def test_second_demo_reuses_every_stage(smoke_run):
+    workspace, first, first_seconds = smoke_run
+    started = time.time()
+    again = _demo(workspace)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "reusing" in again.stderr and "▶" not in again.stderr
+    assert time.time() - started < max(60, first_seconds / 3)
+    assert again.stdout.strip().splitlines()[-1] == first.stdout.strip().splitlines()[-1]
