@@ -66,3 +66,12 @@ def test_overrides_change_and_drop_blocks():
         build_filters("web", {"bogus": {}})
     with pytest.raises(ValueError, match="unknown curation preset"):
         build_filters("strict")
+
+
+def test_curation_bench_reports_throughput_and_keep_rates():
+    from data_recipes.bench import bench_curation_throughput
+
+    result = bench_curation_throughput(n_docs=40)
+    assert result["unit"] == "docs/CPU-s" and result["ours"] > 0 and result["peer"] > 0
+    assert result["details"]["keep_rate_math_preset"]["latex"] >= 0.9
+    assert result["details"]["keep_rate_stock"]["latex"] <= 0.1
