@@ -21,6 +21,7 @@ from datatrove.pipeline.filters import (
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.writers.disk_base import DiskWriter
 
+from data_recipes.classifier import LocalFastTextClassifierFilter
 from data_recipes.words import RegexWordTokenizer
 
 # A word is a run of letters, an integer/decimal, a LaTeX command, or a single math symbol.
@@ -86,6 +87,8 @@ class MathQualityFilter(BaseFilter):
 
 
 FILTER_BLOCKS = {
+    # a trained quality classifier, e.g. {"model_url": "math.bin", "keep_labels": [["math", 0.5]]}
+    "fasttext_classifier": LocalFastTextClassifierFilter,
     "gopher_repetition": GopherRepetitionFilter,
     "gopher_quality": GopherQualityFilter,
     "c4_quality": C4QualityFilter,

@@ -75,3 +75,35 @@ def test_curation_bench_reports_throughput_and_keep_rates():
     assert result["unit"] == "docs/CPU-s" and result["ours"] > 0 and result["peer"] > 0
     assert result["details"]["keep_rate_math_preset"]["latex"] >= 0.9
     assert result["details"]["keep_rate_stock"]["latex"] <= 0.1
+
+
+def test_trained_classifier_filters_math_from_prose(tmp_path):
+    import json
+
+    from data_recipes.bench import latex_documents
+    from data_recipes.classifier import train_classifier
+
+    world = ToyWorld()
+    math = latex_documents(150, seed=1) + [d["text"] for d in world.documents("mathweb", 150, seed=1)]
+    prose = [f"{a} walked to the {b} with {c} and talked about the {d} for a while before going home."
+             for a in ("Anna", "The farmer", "My uncle", "A teacher", "Our guide")
+             for b in ("market", "river", "station", "library", "garden", "harbour")
+             for c in ("friends", "a dog", "her sister", "the class", "two neighbours")
+             for d in ("weather", "news", "harvest", "old town", "concert")]
+    prose, unseen_prose = prose[:300], prose[-1]
+    labelled = tmp_path / "labelled.jsonl"
+    labelled.write_text("".join(json.dumps({"text": t, "label": "math"}) + "\n" for t in math)
+                        + "".join(json.dumps({"text": t, "label": "other"}) + "\n" for t in prose))
+    report = train_classifier(labelled, tmp_path / "math.bin")
+    assert report["labels"] == ["math", "other"] and report["holdout_accuracy"] >= 0.95
+    again = train_classifier(labelled, tmp_path / "again.bin")
+    assert (tmp_path / "math.bin").read_bytes() == (tmp_path / "again.bin").read_bytes()
+
+    filters = build_filters("none", {"fasttext_classifier": {"model_url": str(tmp_path / "math.bin"),
+                                                             "keep_labels": [["math", 0.5]]}})
+    assert _kept(filters, latex_documents(1, seed=99)[0])[0]
+    assert not _kept(filters, unseen_prose)[0]
+    missing = build_filters("none", {"fasttext_classifier": {"model_url": str(tmp_path / "nope.bin"),
+                                                             "keep_labels": [["math", 0.5]]}})
+    with pytest.raises(ValueError, match="model not found"):
+        _kept(missing, "x")
