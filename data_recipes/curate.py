@@ -25,8 +25,18 @@ from typing import Any, Literal
 import numpy as np
 from datatrove.executor import LocalPipelineExecutor
 from datatrove.pipeline.decont import NGramsDecontFilter
-from datatrove.pipeline.dedup import MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature
-from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupBuckets
+from datatrove.data import Document
+from datatrove.pipeline.dedup import (
+    ExactDedupConfig,
+    ExactDedupFilter,
+    ExactDedupSignature,
+    ExactFindDedups,
+    MinhashConfig,
+    MinhashDedupBuckets,
+    MinhashDedupCluster,
+    MinhashDedupFilter,
+    MinhashDedupSignature,
+)
 from datatrove.pipeline.readers import JsonlReader
 from datatrove.pipeline.tokens import MegatronDocumentTokenizer
 from datatrove.pipeline.writers import JsonlWriter
@@ -49,7 +59,10 @@ TOY_PRESETS = {"web": "web", "mathweb": "math", "qa_short": "qa", "qa_cot": "qa"
 
 class DedupConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    enabled: bool = True
+    # minhash: near-duplicates (Jaccard of word 5-grams, ~0.75 threshold with 14x8 hashes).
+    # exact: identical text up to whitespace only; for short templated corpora (toy QA), where
+    # distinct problems one word apart can reach MinHash's threshold (measured 0.3-0.9% of docs).
+    method: Literal["minhash", "exact", "none"] = "minhash"
     n_grams: int = 5
     num_buckets: int = 14
     hashes_per_bucket: int = 8
@@ -205,21 +218,12 @@ def curate_corpus(
                          f"{read_counts.get('missing_text', 0)} lines without text)")
     _fail_if_emptied(name, docs_in, steps)
 
-    # 2. MinHash near-duplicate detection (signatures -> buckets -> clusters)
-    minhash = MinhashConfig(n_grams=cur.dedup.n_grams, num_buckets=cur.dedup.num_buckets,
-                            hashes_per_bucket=cur.dedup.hashes_per_bucket,
-                            # Keep numbers: "7 + 5 = 12" and "7 + 6 = 13" are different documents.
-                            norm_config=TextNormConfig(norm_numbers=False))
+    # 2. duplicate detection; the removal happens in the last stage, which re-reads filtered/
     final_steps: list[tuple[str, Any]] = [("read_filtered", JsonlReader(str(out_dir / "filtered")))]
-    if cur.dedup.enabled:
-        mh = out_dir / "minhash"
-        runner.run("minhash_signatures", [JsonlReader(str(out_dir / "filtered")),
-                                          MinhashDedupSignature(str(mh / "signatures"), minhash, ngram_words)], tasks)
-        runner.run("minhash_buckets", [MinhashDedupBuckets(str(mh / "signatures"), str(mh / "buckets"), config=minhash)],
-                   cur.dedup.num_buckets)
-        runner.run("minhash_clusters", [MinhashDedupCluster(str(mh / "buckets"), str(mh / "remove"), minhash)], 1)
-        final_steps.append(("minhash_dedup", MinhashDedupFilter(
-            str(mh / "remove"), exclusion_writer=JsonlWriter(str(out_dir / "excluded" / "minhash_dedup")))))
+    if cur.dedup.method == "minhash":
+        final_steps.append(("minhash_dedup", _find_minhash_duplicates(runner, cur.dedup, out_dir, ngram_words, tasks)))
+    elif cur.dedup.method == "exact":
+        final_steps.append(("exact_dedup", _find_exact_duplicates(runner, out_dir, tasks)))
 
     # 3. n-gram decontamination against the probe/eval/benchmark sets
     index_sizes: dict[str, int] = {}
@@ -237,7 +241,7 @@ def curate_corpus(
         str(out_dir / "megatron"), tokenizer_name_or_path=str(tokenizer_json), eos_token=_eos_token(tokenizer_json))))
     stats = runner.run("dedup_decont_tokenize", [step for _, step in final_steps], tasks)
     final_counts = [(key, _counts(s)) for (key, _), s in zip(final_steps, stats.stats)]
-    removal_steps = [(k, c) for k, c in final_counts if k in ("minhash_dedup", "decontamination")]
+    removal_steps = [(k, c) for k, c in final_counts if k in ("minhash_dedup", "exact_dedup", "decontamination")]
     steps += removal_steps
     _fail_if_emptied(name, docs_in, steps)
 
@@ -271,6 +275,35 @@ def curate_corpus(
     tmp.write_text(json.dumps(summary, indent=2) + "\n")
     tmp.rename(out_dir / "curation.json")
     return summary
+
+
+def _find_minhash_duplicates(runner: _StageRunner, dedup: DedupConfig, out_dir: Path, words, tasks: int):
+    """Signatures -> buckets -> clusters; returns the filter that drops all but one per cluster."""
+    config = MinhashConfig(n_grams=dedup.n_grams, num_buckets=dedup.num_buckets,
+                           hashes_per_bucket=dedup.hashes_per_bucket,
+                           # Keep numbers: "7 + 5 = 12" and "7 + 6 = 13" are different documents.
+                           norm_config=TextNormConfig(norm_numbers=False))
+    mh = out_dir / "minhash"
+    runner.run("minhash_signatures", [JsonlReader(str(out_dir / "filtered")),
+                                      MinhashDedupSignature(str(mh / "signatures"), config, words)], tasks)
+    runner.run("minhash_buckets", [MinhashDedupBuckets(str(mh / "signatures"), str(mh / "buckets"), config=config)],
+               dedup.num_buckets)
+    runner.run("minhash_clusters", [MinhashDedupCluster(str(mh / "buckets"), str(mh / "remove"), config)], 1)
+    return MinhashDedupFilter(str(mh / "remove"), exclusion_writer=JsonlWriter(str(out_dir / "excluded" / "minhash_dedup")))
+
+
+def whitespace_normalized_text(doc: Document) -> str:
+    return " ".join(doc.text.split())
+
+
+def _find_exact_duplicates(runner: _StageRunner, out_dir: Path, tasks: int):
+    """Content hashes -> duplicate lists; returns the filter that keeps the first of each group."""
+    config = ExactDedupConfig(content_getter=whitespace_normalized_text)
+    ex = out_dir / "exact"
+    runner.run("exact_signatures", [JsonlReader(str(out_dir / "filtered")),
+                                    ExactDedupSignature(str(ex / "signatures"), config)], tasks)
+    runner.run("exact_duplicates", [ExactFindDedups(str(ex / "signatures"), str(ex / "duplicates"), config)], 1)
+    return ExactDedupFilter(str(ex / "duplicates"), config, JsonlWriter(str(out_dir / "excluded" / "exact_dedup")))
 
 
 def _fail_if_emptied(name: str, docs_in: int, steps: list[tuple[str, dict]]) -> None:

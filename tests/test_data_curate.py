@@ -149,3 +149,19 @@ def test_iter_source_texts_matches_source(env, tmp_path):
     _write_jsonl(tmp_path / "a.jsonl", [{"body": "one"}, "{bad", {"body": "two"}])
     local = CorpusConfig(source={"type": "jsonl", "paths": [str(tmp_path / "a.jsonl")], "text_field": "body"})
     assert list(iter_source_texts(local)) == ["one", "two"]
+
+
+def test_exact_dedup_removes_only_identical_text(env, tmp_path):
+    docs = [{"id": d["id"], "text": d["text"]} for d in env["world"].documents("qa_cot", 120, seed=8)]
+    unique = {d["text"]: d for d in docs}  # the toy stream may itself repeat a short problem
+    copies = [{"id": f"ws-{d['id']}", "text": d["text"].replace(" ", "  ", 1) + "\n"} for d in docs[:10]]
+    near = [{"id": f"near-{d['id']}", "text": d["text"].replace("Question:", "Question :")} for d in docs[10:20]]
+    _write_jsonl(tmp_path / "qa.jsonl", docs + copies + near)
+    corpus = CorpusConfig(source={"type": "jsonl", "paths": [str(tmp_path / "qa.jsonl")]},
+                          curation={"preset": "none", "dedup": {"method": "exact"}})
+    summary = curate_corpus(corpus, env["tokenizer"], [], tmp_path / "out", name="qa")
+    removed = {d["id"] for d in _jsonl(tmp_path / "out" / "excluded" / "exact_dedup")}
+    assert {c["id"] for c in copies} <= removed
+    assert len(removed) == len(docs) - len(unique) + len(copies)
+    assert summary["dropped"] == {"exact_dedup": {"total": len(removed)}}
+    assert summary["docs_out"] == len(unique) + len(near)
