@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import abc
 import concurrent.futures as cf
+import contextlib
 import json
 import multiprocessing
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from pipelines.errors import StageFailed
 from pipelines.plan import Plan
@@ -34,6 +37,35 @@ class Runtime:
     sweep: str
     threads: int = 1
     curation_executor: dict | None = None
+
+
+STAGE_LOG = "stage.log"
+# metrics shown next to a running stage run in the progress view, first found wins
+PROGRESS_METRICS = ("train/loss", "critic/score/mean")
+
+
+@contextlib.contextmanager
+def captured_output(path: Path):
+    """Send this process's stdout/stderr (loguru, tqdm, C libraries) to the stage's log file.
+
+    The file lives in the run's directory, so it is published with the run and
+    kept beside the partial work when a stage fails.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path, "a") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
 
 
 def artifact_path(store: RunStore, run: StageRun) -> Path:
@@ -62,7 +94,7 @@ def execute_stage_run(run: StageRun, runtime: Runtime) -> tuple[str, bool]:
 
         torch.set_num_threads(runtime.threads)
         os.environ.setdefault("OMP_NUM_THREADS", str(runtime.threads))
-        with StageTracker(store, run, runtime.sweep) as tracker:
+        with captured_output(out / STAGE_LOG), StageTracker(store, run, runtime.sweep) as tracker:
             kwargs = {"threads": runtime.threads} if run.stage in THREADED else {}
             if run.stage == "curate":
                 kwargs["executor"] = runtime.curation_executor
@@ -162,32 +194,41 @@ def run_plan(plan: Plan, store: RunStore, console: Console, executor: ExecutorSe
         console.print(f"[dim]reusing {reused} finished stage run(s) from {store.workspace}[/]")
 
     backend = None
-    running: dict[cf.Future, tuple[StageRun, float]] = {}
+    running: dict[cf.Future, tuple[StageRun, float, int]] = {}
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                        TextColumn("[dim]{task.fields[status]}"), console=console, transient=True)
     try:
-        while True:
-            blocked = blocked_refs(failed, runs)
-            in_flight = {run.ref for run, _ in running.values()}
-            ready = [r for r in runs if r.ref not in outcome and r.ref not in failed
-                     and r.ref not in blocked and r.ref not in in_flight
-                     and all(d.ref in outcome for d in r.inputs.values())]
-            for run in ready:
-                backend = backend or make_backend(cfg, store.workspace)
-                console.print(f"[cyan]▶[/] {run.label}  [dim]{run.ref}[/]")
-                running[backend.submit(run, runtime)] = (run, time.time())
-            if not running:
-                break
-            done, _ = cf.wait(list(running), return_when=cf.FIRST_COMPLETED)
-            for future in done:
-                run, started = running.pop(future)
-                try:
-                    _, was_reused = future.result()
-                except Exception as exc:  # a failed stage run fails its dependants, not the sweep
-                    failed[run.ref] = f"{type(exc).__name__}: {exc}"
-                    console.print(f"[red]✗[/] {run.label}: {failed[run.ref]}")
-                    continue
-                outcome[run.ref] = was_reused
-                note = "reused (finished by another process)" if was_reused else f"{time.time() - started:.0f}s"
-                console.print(f"[green]✓[/] {run.label}  [dim]{note}[/]")
+        with progress:
+            while True:
+                blocked = blocked_refs(failed, runs)
+                in_flight = {run.ref for run, _, _ in running.values()}
+                ready = [r for r in runs if r.ref not in outcome and r.ref not in failed
+                         and r.ref not in blocked and r.ref not in in_flight
+                         and all(d.ref in outcome for d in r.inputs.values())]
+                for run in ready:
+                    backend = backend or make_backend(cfg, store.workspace)
+                    progress.console.print(f"[cyan]▶[/] {run.label}  [dim]{run.ref}[/]")
+                    task = progress.add_task(run.label, status="", total=None)
+                    running[backend.submit(run, runtime)] = (run, time.time(), task)
+                if not running:
+                    break
+                done, _ = cf.wait(list(running), timeout=2, return_when=cf.FIRST_COMPLETED)
+                for run, _, task in running.values():
+                    progress.update(task, status=_latest_metric(store, run))
+                for future in done:
+                    run, started, task = running.pop(future)
+                    progress.remove_task(task)
+                    try:
+                        _, was_reused = future.result()
+                    except Exception as exc:  # a failed stage run fails its dependants, not the sweep
+                        failed[run.ref] = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+                        log = store.partial_path(run) / STAGE_LOG
+                        progress.console.print(f"[red]✗[/] {run.label}: {failed[run.ref]}"
+                                               + (f"  [dim](log: {log})[/]" if log.exists() else ""))
+                        continue
+                    outcome[run.ref] = was_reused
+                    note = "reused (finished by another process)" if was_reused else f"{time.time() - started:.0f}s"
+                    progress.console.print(f"[green]✓[/] {run.label}  [dim]{note}[/]")
     finally:
         if backend:
             backend.close()
@@ -196,6 +237,15 @@ def run_plan(plan: Plan, store: RunStore, console: Console, executor: ExecutorSe
         raise StageFailed(f"{len(failed)} stage run(s) failed, {skipped} skipped; first: "
                           + next(iter(failed.values())))
     return outcome
+
+
+def _latest_metric(store: RunStore, run: StageRun) -> str:
+    rows = store.query("SELECT step, name, value FROM metrics WHERE stage=? AND key=? AND step="
+                       "(SELECT MAX(step) FROM metrics WHERE stage=? AND key=?)",
+                       (run.stage, run.key, run.stage, run.key))
+    values = {r["name"]: r["value"] for r in rows}
+    shown = next((f"{name} {values[name]:.3f}" for name in PROGRESS_METRICS if name in values), "")
+    return f"step {rows[0]['step']} {shown}" if rows else ""
 
 
 def blocked_refs(failed: dict[str, str], runs: list[StageRun]) -> set[str]:

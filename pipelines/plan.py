@@ -65,6 +65,7 @@ class Plan:
             seen.add(run.ref)
             ordered.append(run)
 
+        visit(self.problems)
         for run in self.probes.values():
             visit(run)
         return ordered
