@@ -42,7 +42,7 @@ from datatrove.pipeline.tokens import MegatronDocumentTokenizer
 from datatrove.pipeline.writers import JsonlWriter
 from datatrove.utils.stats import PipelineStats
 from datatrove.utils.text import TextNormConfig
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from data_recipes.decont import LocalNGramsIndexer, decont_config
 from data_recipes.filters import build_filters
@@ -107,6 +107,13 @@ class ExecutorConfig(BaseModel):
     ray: dict[str, Any] = Field(default_factory=dict)  # cpus_per_task, mem_per_cpu_gb, ...
     ray_address: str = "local"  # "local" starts a private Ray; "auto" joins a running cluster
     poll_seconds: float = 30.0  # how often to check on submitted Slurm jobs
+
+    @model_validator(mode="after")
+    def _slurm_needs_partition_and_time(self):
+        missing = [key for key in ("partition", "time") if self.type == "slurm" and key not in self.slurm]
+        if missing:
+            raise ValueError(f"slurm executor needs slurm.{' and slurm.'.join(missing)} (passed to sbatch)")
+        return self
 
 
 class _StageRunner:

@@ -97,8 +97,10 @@ def write_toy_documents(source: ToySource, toy_world: ToyWorldConfig | dict | No
 def make_reader(source: Source, corpus: str, work_dir: Path, toy_world=None):
     """The datatrove reader for `source`; toy and file sources are read through a paths file in work_dir."""
     if isinstance(source, HFSource):
-        options = {"split": source.split, "name": source.name, "data_files": source.data_files}
         is_saved_dataset = Path(source.path).is_dir() and (Path(source.path) / "dataset_info.json").is_file()
+        # cache_dir: `datasets` would otherwise prepare its Arrow cache under ~/.cache, outside work_dir.
+        options = {"split": source.split, "name": source.name, "data_files": source.data_files,
+                   "cache_dir": str(work_dir / "hf_cache")}
         return HuggingFaceDatasetReader(
             source.path, dataset_options={k: v for k, v in options.items() if v is not None and not is_saved_dataset},
             text_key=source.text_field, id_key=source.id_field, load_from_disk=is_saved_dataset,

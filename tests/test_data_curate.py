@@ -165,3 +165,22 @@ def test_exact_dedup_removes_only_identical_text(env, tmp_path):
     assert len(removed) == len(docs) - len(unique) + len(copies)
     assert summary["dropped"] == {"exact_dedup": {"total": len(removed)}}
     assert summary["docs_out"] == len(unique) + len(near)
+
+
+@pytest.mark.parametrize("source_type", ["parquet", "hf"])
+def test_parquet_and_hf_sources(env, tmp_path, source_type):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = [d["text"] for d in env["world"].documents("qa_short", 40, seed=4)]
+    if source_type == "parquet":
+        pq.write_table(pa.table({"body": texts, "key": [f"p{i}" for i in range(40)]}), tmp_path / "part.parquet")
+        source = {"type": "parquet", "paths": [str(tmp_path / "*.parquet")], "text_field": "body", "id_field": "key"}
+    else:
+        _write_jsonl(tmp_path / "hf.jsonl", [{"body": t} for t in texts])
+        source = {"type": "hf", "path": "json", "data_files": [str(tmp_path / "hf.jsonl")], "text_field": "body"}
+    corpus = CorpusConfig(source=source, curation={"preset": "qa", "dedup": {"method": "exact"}})
+    summary = curate_corpus(corpus, env["tokenizer"], [], tmp_path / "out", name=source_type)
+    assert summary["docs_in"] == 40 and summary["preset"] == "qa"
+    assert {d["text"] for d in _jsonl(tmp_path / "out" / "curated")} <= set(texts)
+    assert summary["docs_out"] == len(_jsonl(tmp_path / "out" / "curated")) >= 35
