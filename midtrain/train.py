@@ -89,7 +89,7 @@ def _eos_id(tokenizer_dir: Path) -> int:
     return eos
 
 
-def _make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     # Norm gains (1-D) are not decayed, matrices and embeddings are.
     params = list(model.parameters())
     groups = [
@@ -116,6 +116,22 @@ def _micro_loss(model, tokens, labels, loss_mask) -> tuple[torch.Tensor, torch.T
     return (per_token * mask).sum(), mask.sum()
 
 
+def accumulate_gradients(model, micro_batches: list, params: list, world: int) -> float:
+    """Backward over the micro batches into `.grad` (averaged over data-parallel ranks);
+    returns the mean loss per loss token over the global batch."""
+    loss_tokens = sum(mask.sum() for _, _, mask in micro_batches).float()
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    for tokens, labels, loss_mask in micro_batches:
+        micro_sum, _ = _micro_loss(model, tokens, labels, loss_mask)
+        (micro_sum / loss_tokens).backward()
+        loss_sum += micro_sum.detach().double()
+    stats = torch.stack([loss_sum, loss_tokens.double()])
+    if world > 1:
+        _all_reduce_mean_grads(params, world)
+        torch.distributed.all_reduce(stats)
+    return (stats[0] / stats[1]).item()
+
+
 @torch.no_grad()
 def _evaluate(model, valid: dict, cfg: TrainConfig, rank: int, world: int) -> dict[str, float]:
     model.eval()
@@ -135,7 +151,7 @@ def _evaluate(model, valid: dict, cfg: TrainConfig, rank: int, world: int) -> di
 
 
 class _MetricsLog:
-    """metrics.jsonl in verl's file-logger shape; rank 0 writes, others only call back."""
+    """metrics.jsonl in verl's file-logger shape, written and reported by rank 0 only."""
 
     def __init__(self, path: Path, enabled: bool, on_metrics: MetricsCallback | None):
         self.path, self.enabled, self.on_metrics = path, enabled, on_metrics
@@ -149,9 +165,10 @@ class _MetricsLog:
         self.path.write_text("".join(line + "\n" for line in kept))
 
     def log(self, step: int, data: dict) -> None:
-        if self.enabled:
-            with self.path.open("a") as f:
-                f.write(json.dumps({"step": step, "data": data}) + "\n")
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, "data": data}) + "\n")
         if self.on_metrics is not None:
             self.on_metrics(step, data)
 
@@ -182,7 +199,7 @@ def train(model: ModelSpec, cfg: TrainConfig, blend: list[BlendPart], out_dir: s
 
     seed_all(cfg.seed)
     gpt = build_gpt_model(model)
-    optimizer = _make_optimizer(gpt, cfg)
+    optimizer = make_optimizer(gpt, cfg)
     params = list(gpt.parameters())
     data = build_blend(
         blend, seq_length=cfg.seq_length, train_samples=total_steps * global_batch,
@@ -235,17 +252,7 @@ def train(model: ModelSpec, cfg: TrainConfig, blend: list[BlendPart], out_dir: s
                      for i in range(cfg.micro_batch_size)])
             for m in range(cfg.grad_accum)
         ]
-        loss_tokens = sum(mask.sum() for _, _, mask in micro_batches).float()
-        loss_sum = torch.zeros((), dtype=torch.float64)
-        for tokens, labels, loss_mask in micro_batches:
-            micro_sum, _ = _micro_loss(gpt, tokens, labels, loss_mask)
-            (micro_sum / loss_tokens).backward()
-            loss_sum += micro_sum.detach().double()
-        stats = torch.stack([loss_sum, loss_tokens.double()])
-        if world > 1:
-            _all_reduce_mean_grads(params, world)
-            torch.distributed.all_reduce(stats)
-        loss = (stats[0] / stats[1]).item()
+        loss = accumulate_gradients(gpt, micro_batches, params, world)
         grad_norm = torch.nn.utils.clip_grad_norm_(
             params, cfg.clip_grad if cfg.clip_grad > 0 else float("inf")).item()
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
@@ -291,3 +298,29 @@ def train(model: ModelSpec, cfg: TrainConfig, blend: list[BlendPart], out_dir: s
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     torch.distributed.barrier()
     return summary
+
+
+class TrainJob(BaseModel):
+    """Everything `train` needs, as one JSON file for launchers (torchrun, Slurm)."""
+
+    model: ModelSpec
+    config: TrainConfig
+    blend: list[BlendPart]
+    out_dir: Path
+    init: Path | None = None
+    tokenizer_dir: Path
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`torchrun --nproc_per_node N -m midtrain.train job.json` (or plain `python -m`)."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        raise SystemExit("usage: python -m midtrain.train <job.json>")
+    job = TrainJob.model_validate_json(Path(args[0]).read_text())
+    train(job.model, job.config, job.blend, job.out_dir, job.init, job.tokenizer_dir)
+
+
+if __name__ == "__main__":
+    main()
