@@ -91,13 +91,17 @@ def _write_report(spec, store) -> Path:
 
 
 def _write_report_named(name: str, store, title: str, options=None) -> Path:
+    from pipelines.decision import TARGET_SUFFIX, measure
     from pipelines.report import build, write
     from pipelines.results import collect
     from pipelines.sweep import ReportSection
 
     options = options or ReportSection()
+    decision = None
+    if store.members(name + TARGET_SUFFIX):  # validate-probe has run for this sweep
+        decision = measure(store, name, options.score, options.bootstrap_samples, options.confidence)
     doc, _ = build(collect(store, name), title, score=options.score, samples=options.bootstrap_samples,
-                   confidence=options.confidence, n_rollouts=options.sample_rollouts)
+                   confidence=options.confidence, n_rollouts=options.sample_rollouts, decision=decision)
     _, page = write(doc, store.workspace / "reports" / name, title)
     return page
 
@@ -212,6 +216,7 @@ def validate_probe(sweep: Path = typer.Argument(..., help="sweep YAML file"),
                + " > ".join(result.short_order))
     typer.echo(f"target order ({result.target_steps} steps, seeds {result.target_seeds}): "
                + " > ".join(result.target_order))
+    typer.echo(f"report (with a decision-accuracy section): {_write_report(spec, store)}")
     typer.echo(f"decision accuracy: {result.value:.2f} over {result.pairs} recipe pairs "
                f"({spec.report.confidence:.0%} CI {result.ci_low:.2f}–{result.ci_high:.2f}, score {result.score})")
 

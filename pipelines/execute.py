@@ -205,7 +205,7 @@ def run_plan(plan: Plan, store: RunStore, console: Console, executor: ExecutorSe
                 ready = [r for r in runs if r.ref not in outcome and r.ref not in failed
                          and r.ref not in blocked and r.ref not in in_flight
                          and all(d.ref in outcome for d in r.inputs.values())]
-                for run in ready:
+                for run in ready[:max(0, cfg.parallel - len(running))]:  # bounded parallelism
                     backend = backend or make_backend(cfg, store.workspace)
                     progress.console.print(f"[cyan]▶[/] {run.label}  [dim]{run.ref}[/]")
                     task = progress.add_task(run.label, status="", total=None)

@@ -180,7 +180,7 @@ def _last(series: list[tuple[int, float]] | None) -> float | None:
 
 
 def build(results: SweepResults, title: str, score: str = "auc_gain", samples: int = 2000,
-          confidence: float = 0.95, n_rollouts: int = 3) -> tuple[Doc, Ranking]:
+          confidence: float = 0.95, n_rollouts: int = 3, decision=None) -> tuple[Doc, Ranking]:
     ranking = rank(results.probes, score=score, samples=samples, confidence=confidence)
     order = [r.recipe for r in ranking.recipes]
     colors = _colors(order)
@@ -222,6 +222,15 @@ def build(results: SweepResults, title: str, score: str = "auc_gain", samples: i
                      str(r.seeds)])
     doc.table(["#", "recipe", score, f"{confidence:.0%} CI", "step-0 acc", "final acc",
                "P(beats next)", "failure modes", "CPU-h", "seeds"], rows)
+
+    if decision is not None:
+        doc.heading("Decision accuracy", 3)
+        doc.para(f"Does this short probe rank recipes like a long RL run? Against a target of "
+                 f"{decision.target_steps} steps on seeds {decision.target_seeds} (this probe: "
+                 f"{decision.short_steps} steps, seeds {decision.short_seeds}), the short probe orders "
+                 f"**{decision.value:.0%}** of {decision.pairs} recipe pairs the same way "
+                 f"({confidence:.0%} CI {decision.ci_low:.0%}–{decision.ci_high:.0%}). "
+                 f"Target order: {' > '.join(decision.target_order)}.")
 
     doc.heading("Probe")
     doc.figure(_accuracy_figure(results, colors))
