@@ -7,6 +7,7 @@ stderr naming the file or field and what is wrong (``validate`` lists all).
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -259,6 +260,32 @@ def status(workspace: Path = typer.Option(Path("./midprobe-runs"), "--workspace"
 
 
 @app.command()
+def convert(source: Path = typer.Argument(..., help="an HF Llama directory, or a megatron checkpoint / midtrain run"),
+            out: Path = typer.Argument(..., help="output directory (must not exist)"),
+            to: str = typer.Option(..., "--to", help="megatron | hf"),
+            tokenizer: Optional[Path] = typer.Option(None, help="tokenizer dir copied into an HF export")) -> None:
+    """Convert weights between HF Llama and megatron-core dist checkpoints."""
+    from midtrain.convert import hf_to_megatron_checkpoint, megatron_checkpoint_to_hf
+
+    if to not in ("megatron", "hf"):
+        raise InputError(f"--to: expected 'megatron' or 'hf', got '{to}'")
+    if not source.exists():
+        raise InputError(f"{source}: not found")
+    if out.exists():
+        raise InputError(f"{out}: already exists; conversion never overwrites")
+    if to == "megatron" and not (source / "config.json").is_file():
+        raise InputError(f"{source}: not an HF model directory (config.json missing)")
+    partial = out.parent / f".{out.name}.partial"  # renamed into place only when complete
+    shutil.rmtree(partial, ignore_errors=True)
+    if to == "megatron":
+        written = hf_to_megatron_checkpoint(source, partial)
+    else:
+        written = megatron_checkpoint_to_hf(source, partial, tokenizer_dir=tokenizer)
+    os.rename(partial, out)
+    typer.echo(out / Path(written).resolve().relative_to(partial.resolve()))
+
+
+@app.command()
 def specs() -> None:
     """List the shipped probe specs with their content hashes."""
     from rl_probe.spec import PROBE_SPECS
@@ -284,23 +311,11 @@ def bench(only: Optional[list[str]] = typer.Option(None, "--only", help="run onl
 def main() -> None:
     os.environ.setdefault("WANDB_MODE", "offline")
     try:
-        app(standalone_mode=False)
+        app()  # standalone: click reports usage errors itself (exit 2) and handles Exit/Abort
     except (InputError, StageFailed) as exc:
-        typer.echo(f"midprobe: {str(exc).splitlines()[0]}", err=True)
+        typer.echo(f"midprobe: {str(exc).splitlines()[0]}" if isinstance(exc, StageFailed)
+                   else str(exc).splitlines()[0], err=True)
         sys.exit(exc.exit_code)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        sys.exit(130)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
 
 
 if __name__ == "__main__":
