@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import atexit
 import json
+import os
 import re
 import selectors
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 
@@ -26,8 +29,15 @@ MAX_BOX_CHARS = 1000  # a boxed answer longer than this is treated as unterminat
 MAX_ANSWER_CHARS = 256  # longer answers are not sent to math-verify (they are wrong)
 MAX_REPETITION_CHARS = 32768  # repetition is looked for in the last this-many chars
 MAX_REPETITION_PERIOD = 256  # longest repeated span considered
-VERIFY_TIMEOUT_S = 0.5  # per math-verify call, after the worker is up
+# Per math-verify call: the worker may spend VERIFY_CPU_S of CPU time, and is
+# killed after VERIFY_WALL_S whatever happens. The verdict hangs on CPU time,
+# not wall time, so that a busy machine does not turn right answers into
+# wrong ones (which would make rewards, and runs, depend on machine load).
+VERIFY_CPU_S = 0.5
+VERIFY_WALL_S = 10.0
 WORKER_START_TIMEOUT_S = 60.0
+_POLL_S = 0.02
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 REWARD_VARIANTS = ("default", "wrong-half", "repetition")
 # SimpleRL-Zoo's reflection keywords.
@@ -173,12 +183,18 @@ class _VerifyWorker:
         self._spare: subprocess.Popen | None = None
         atexit.register(self.close)
 
-    def equal(self, pred: str, ground_truth: str, timeout_s: float = VERIFY_TIMEOUT_S) -> bool:
+    def equal(self, pred: str, ground_truth: str) -> bool:
         with self._lock:
             proc = self._ensure_active()
+            cpu_before = _cpu_seconds(proc.pid)
             proc.stdin.write(json.dumps({"pred": pred, "gt": ground_truth}) + "\n")
             proc.stdin.flush()
-            line = _readline(proc, timeout_s)
+            line = None
+            deadline = time.monotonic() + VERIFY_WALL_S
+            while line is None and time.monotonic() < deadline:
+                line = _readline(proc, _POLL_S)
+                if line is None and _cpu_seconds(proc.pid) - cpu_before > VERIFY_CPU_S:
+                    break
             if line is None:  # stuck in parsing or sympy: kill it, the answer counts as wrong
                 _kill(proc)
                 self._active = None
@@ -226,6 +242,15 @@ def _readline(proc: subprocess.Popen, timeout_s: float) -> str | None:
             return None
     line = proc.stdout.readline()
     return line.strip() if line else None
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc (Linux); 0 elsewhere, leaving the wall-clock limit."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
 def _kill(proc: subprocess.Popen) -> None:

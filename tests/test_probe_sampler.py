@@ -74,3 +74,23 @@ def test_greedy_matches_argmax_and_top_p_keeps_only_the_nucleus(model_and_prompt
     # top_p so small that only the most likely token survives: sampling equals greedy
     nucleus = _sample(model, tokenizer, prompts[:4], seed=2, temperature=1.0, top_p=1e-6, max_new_tokens=4)
     assert torch.equal(nucleus.response_ids, greedy.response_ids)
+
+
+@pytest.mark.parametrize("top_p, expected", [(1.0, [0.5, 0.3, 0.15, 0.05]), (0.7, [0.625, 0.375, 0.0, 0.0])])
+def test_token_draws_follow_the_nucleus_distribution(top_p, expected):
+    from rl_probe.sampler import _sample_top_p
+
+    log_probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log().expand(40_000, 4)
+    draws = _sample_top_p(log_probs, top_p, torch.Generator().manual_seed(0))
+    frequencies = torch.bincount(draws, minlength=4).float() / len(draws)
+    torch.testing.assert_close(frequencies, torch.tensor(expected), atol=0.01, rtol=0)
+
+
+def test_rejects_non_llama_models(model_and_prompts):
+    model, tokenizer, prompts = model_and_prompts
+    model.config.model_type = "gpt2"
+    try:
+        with pytest.raises(ValueError, match="Llama"):
+            _sample(model, tokenizer, prompts, seed=0)
+    finally:
+        model.config.model_type = "llama"
