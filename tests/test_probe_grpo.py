@@ -65,5 +65,9 @@ def test_spec_hash_is_stable_and_sensitive():
         ProbeSpec(**{**spec.model_dump(), "mini_batch_prompts": 5})
     with pytest.raises(Exception):
         spec.lr = 1.0  # frozen
-    scheduled = spec.model_copy(update={"length_schedule": {0: 16, 10: 32}})
+    scheduled = ProbeSpec(**{**spec.model_dump(), "length_schedule": {0: 16, 10: 32}})
     assert [scheduled.response_length_at(s) for s in (0, 9, 10, 50)] == [16, 16, 32, 32]
+    # the run store keeps specs as JSON: the hash survives the round trip
+    for s in (spec, scheduled):
+        assert ProbeSpec.model_validate_json(s.model_dump_json()).content_hash() == s.content_hash()
+        assert ProbeSpec.model_validate(s.model_dump(mode="json")).content_hash() == s.content_hash()
