@@ -10,6 +10,10 @@ import torch
 from megatron.core.datasets.blended_megatron_dataset_builder import (
     BlendedMegatronDatasetBuilder,
 )
+from megatron.core.datasets.blended_megatron_dataset_config import (
+    convert_split_vector_to_split_matrix,
+    parse_and_normalize_split,
+)
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -56,14 +60,23 @@ class BlendData:
     valid: dict[str, torch.utils.data.Dataset]  # blend part name -> its validation samples
 
 
-def _token_count(prefix: str) -> int:
+def _token_count(prefix: str, split: str) -> int:
+    """Tokens in `prefix`, after checking that both splits get documents: megatron
+    loops forever building an epoch over an empty document range."""
     # Keep the dataset alive while reading: its index is an mmap that closes on
     # deletion, and numpy views into a closed mmap segfault.
     dataset = IndexedDataset(prefix)
+    n_docs = len(dataset.sequence_lengths)
+    matrix = convert_split_vector_to_split_matrix(parse_and_normalize_split(split))
+    # The document ranges GPTDataset will use (BlendedMegatronDatasetBuilder's rounding).
+    ranges = [round(end * n_docs) - round(beg * n_docs) for beg, end in matrix[:2]]
+    if min(ranges) < 1:
+        raise ValueError(f"{prefix}: {n_docs} documents are too few for the "
+                         f"train/validation split {split}")
     return int(dataset.sequence_lengths.sum())
 
 
-def _flatten(blend: list[BlendPart]) -> tuple[list[str], list[float], list[int]]:
+def _flatten(blend: list[BlendPart], split: str) -> tuple[list[str], list[float], list[int]]:
     """Per-prefix weights: a part's weight spread over its prefixes by token count,
     so a multi-file corpus is sampled like one concatenated file."""
     prefixes, weights, part_index = [], [], []
@@ -72,7 +85,7 @@ def _flatten(blend: list[BlendPart]) -> tuple[list[str], list[float], list[int]]
             for suffix in (".bin", ".idx"):
                 if not Path(prefix + suffix).exists():
                     raise FileNotFoundError(f"blend part {part.name!r}: {prefix + suffix} is missing")
-        tokens = [_token_count(p) for p in part.prefixes]
+        tokens = [_token_count(p, split) for p in part.prefixes]
         if sum(tokens) == 0:
             raise ValueError(f"blend part {part.name!r} has no tokens")
         for prefix, n in zip(part.prefixes, tokens):
@@ -105,16 +118,13 @@ def build_blend(blend: list[BlendPart], *, seq_length: int, train_samples: int,
         )
         return BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, config).build()
 
-    prefixes, weights, part_index = _flatten(blend)
+    prefixes, weights, part_index = _flatten(blend, split)
     train = build(prefixes, weights, [train_samples, 0, 0])[0]
     valid = {}
     for i, part in enumerate(blend):
         own = [k for k, p in enumerate(part_index) if p == i]
         valid[part.name] = build([prefixes[k] for k in own], [weights[k] for k in own],
                                  [0, valid_samples, 0])[1]
-        if len(valid[part.name]) < valid_samples:
-            raise ValueError(f"blend part {part.name!r}: too few documents for a "
-                             f"{valid_percent}% validation split")
     return BlendData(train=train, part_of_dataset=part_index, valid=valid)
 
 

@@ -166,3 +166,11 @@ def test_non_finite_loss_names_the_step_and_keeps_last_checkpoint(corpus, tmp_pa
     assert f"at step {last_logged + 1}:" in str(err.value)
     assert latest_checkpoint(tmp_path / "state").name == f"step_{last_logged:08d}"
     assert f"step_{last_logged:08d}" in str(err.value)
+
+
+def test_corpus_too_small_for_validation_split_is_a_clear_error(tmp_path):
+    part = BlendPart(name="tiny", prefixes=[write_corpus(str(tmp_path / "tiny"), 10, 1, 0)],
+                     weight=1.0)
+    with pytest.raises(ValueError, match="10 documents are too few"):
+        build_blend([part], seq_length=64, train_samples=10, valid_samples=4, valid_percent=2.0,
+                    seed=1, vocab_size=VOCAB, eod=0)
