@@ -1,10 +1,10 @@
-"""Curate one corpus with datatrove: read → filter preset → MinHash dedup → n-gram
+"""Curate one corpus with datatrove: read → filter preset → dedup (MinHash or exact) → n-gram
 decontamination → Megatron tokenization, all inside `out_dir`.
 
 Layout of out_dir (every stage resumes from datatrove's completion markers):
     source.jsonl, source_paths.txt   toy documents / the list of input files
     filtered/        documents kept by the filter preset (JSONL)
-    minhash/         signatures, buckets, the per-rank `.remove` lists
+    minhash/, exact/ duplicate signatures and the per-rank lists of documents to drop
     decont_index/    `<benchmark>.index.hashes`
     curated/         the final documents (JSONL), exactly what was tokenized
     megatron/        `<rank>_tokens.bin/.idx`, one EOS after every document
@@ -16,6 +16,7 @@ Layout of out_dir (every stage resumes from datatrove's completion markers):
 
 from __future__ import annotations
 
+import inspect
 import json
 import struct
 import time
@@ -23,9 +24,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from datatrove.data import Document
 from datatrove.executor import LocalPipelineExecutor
 from datatrove.pipeline.decont import NGramsDecontFilter
-from datatrove.data import Document
 from datatrove.pipeline.dedup import (
     ExactDedupConfig,
     ExactDedupFilter,
@@ -42,10 +43,10 @@ from datatrove.pipeline.tokens import MegatronDocumentTokenizer
 from datatrove.pipeline.writers import JsonlWriter
 from datatrove.utils.stats import PipelineStats
 from datatrove.utils.text import TextNormConfig
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from data_recipes.decont import LocalNGramsIndexer, decont_config
-from data_recipes.filters import build_filters
+from data_recipes.filters import FILTER_BLOCKS, build_filters
 from data_recipes.sources import Source, ToySource, iter_source_texts, make_reader
 from data_recipes.tokenizer import EOS_TOKEN
 from data_recipes.words import RegexWordTokenizer
@@ -83,6 +84,19 @@ class CurationConfig(BaseModel):
     filters: dict[str, dict[str, Any] | None] = Field(default_factory=dict)  # per-corpus filter overrides
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     decontamination: DecontaminationConfig = Field(default_factory=DecontaminationConfig)
+
+    @field_validator("filters")
+    @classmethod
+    def _known_filters_and_arguments(cls, filters: dict) -> dict:
+        """Fail at sweep validation, not hours later inside a curation job."""
+        for name, kwargs in filters.items():
+            if name not in FILTER_BLOCKS:
+                raise ValueError(f"unknown filter '{name}' (known: {', '.join(sorted(FILTER_BLOCKS))})")
+            accepted = inspect.signature(FILTER_BLOCKS[name].__init__).parameters
+            unknown = sorted(set(kwargs or {}) - set(accepted))
+            if unknown:
+                raise ValueError(f"filter '{name}' has no argument(s) {unknown}")
+        return filters
 
 
 class CorpusConfig(BaseModel):

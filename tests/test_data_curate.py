@@ -184,3 +184,20 @@ def test_parquet_and_hf_sources(env, tmp_path, source_type):
     assert summary["docs_in"] == 40 and summary["preset"] == "qa"
     assert {d["text"] for d in _jsonl(tmp_path / "out" / "curated")} <= set(texts)
     assert summary["docs_out"] == len(_jsonl(tmp_path / "out" / "curated")) >= 35
+
+
+def test_config_errors_are_caught_at_validation():
+    from pydantic import ValidationError
+
+    toy = {"type": "toy", "kind": "web", "docs": 3}
+    with pytest.raises(ValidationError, match="unknown filter 'bogus'"):
+        CorpusConfig(source=toy, curation={"filters": {"bogus": {}}})
+    with pytest.raises(ValidationError, match=r"filter 'math_quality' has no argument\(s\) \['min_word'\]"):
+        CorpusConfig(source=toy, curation={"filters": {"math_quality": {"min_word": 3}}})
+    with pytest.raises(ValidationError):
+        CorpusConfig(source={"type": "toy", "kind": "novels", "docs": 3})
+    with pytest.raises(ValidationError, match="slurm executor needs slurm.partition"):
+        ExecutorConfig(type="slurm", slurm={"time": "1:00:00"})
+    assert CorpusConfig(source=toy).preset() == "web"
+    assert CorpusConfig(source={**toy, "kind": "boxed_repeat"}).preset() == "none"
+    assert CorpusConfig(source={"type": "jsonl", "paths": ["x"]}, curation={"preset": "math"}).preset() == "math"
