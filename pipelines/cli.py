@@ -79,7 +79,13 @@ def _run_sweep(sweep_path: Path, workspace: Optional[Path], executor: Optional[s
     store = RunStore(_workspace(spec.workspace, workspace))
     the_plan = build_plan(spec, sweep_path)
     started = time.time()
-    outcome = run_plan(the_plan, store, console, exec_cfg)
+    try:
+        outcome = run_plan(the_plan, store, console, exec_cfg)
+    except StageFailed:
+        # what did finish is still worth a report; the command fails all the same
+        if any(store.is_done(run) for run in the_plan.probes.values()):
+            console.print(f"partial report (failed recipes are missing): {_write_report(spec, store)}")
+        raise
     reused = sum(outcome.values())
     console.print(f"[bold]{len(outcome)} stage runs: {reused} reused, {len(outcome) - reused} run "
                   f"in {time.time() - started:.0f}s[/]")
