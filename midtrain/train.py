@@ -214,6 +214,10 @@ def train(model: ModelSpec, cfg: TrainConfig, blend: list[BlendPart], out_dir: s
     if latest is not None:
         _check_same_shape(model, checkpoint.read_spec(latest), latest)
         saved = checkpoint.load_checkpoint(latest, gpt, optimizer)
+        layout = {"global_batch": global_batch, "seq_length": cfg.seq_length}
+        saved_layout = {k: saved["train_state"][k] for k in layout}
+        if saved_layout != layout:  # the sample order would no longer continue the run
+            raise ValueError(f"{latest} was written with {saved_layout}, this run uses {layout}")
         checkpoint.restore_rng(saved["rng"])
         start_step = resumed_from = saved["train_state"]["step"]
         last_train = saved["train_state"]["last_train"]
@@ -232,7 +236,8 @@ def train(model: ModelSpec, cfg: TrainConfig, blend: list[BlendPart], out_dir: s
     def save(step: int, last_train: dict) -> None:
         checkpoint.save_checkpoint(state_dir, step, gpt, model, optimizer,
                                    {"step": step, "tokens": step * tokens_per_step,
-                                    "last_train": last_train})
+                                    "global_batch": global_batch,
+                                    "seq_length": cfg.seq_length, "last_train": last_train})
         if cfg.export_hf_checkpoints and rank == 0:
             export_hf(gpt, model, tokenizer_dir,
                       out_dir / "hf_checkpoints" / str(step * tokens_per_step))
@@ -275,7 +280,7 @@ def train(model: ModelSpec, cfg: TrainConfig, blend: list[BlendPart], out_dir: s
         if done % ckpt_every == 0 or done == total_steps:
             save(done, last_train)
 
-    if start_step == total_steps and not last_val:  # resumed after the final checkpoint
+    if start_step == total_steps:  # resumed after the final checkpoint
         last_val = _evaluate(gpt, data.valid, cfg, rank, world)
     summary = {
         "steps": total_steps,

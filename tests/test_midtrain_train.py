@@ -92,6 +92,12 @@ def test_training_lowers_loss_and_writes_artifacts(corpus, tmp_path):
     assert (tmp_path / "hf" / "model.safetensors").exists()
     assert (tmp_path / "hf" / "tokenizer.json").exists()
 
+    # Running a finished stage again only reloads the final checkpoint.
+    again = train(SPEC, config(export_hf_checkpoints=True, checkpoint_every_tokens=512 * 12),
+                  blend, tmp_path, None, tokenizer)
+    assert again["resumed_from_step"] == 24 and again["final"] == summary["final"]
+    assert len(read_metrics(tmp_path)) == 24
+
 
 def test_blend_share_matches_weights(corpus):
     _, blend = corpus
