@@ -179,26 +179,43 @@ class ToyWorld:
                 return steps, self._sample_scene(steps, rng)
         raise ValueError(f"toy world: no {split} problems of difficulty {difficulty} (fractions too small?)")
 
+    def _problem_stream(self, split: str, difficulty: int) -> Iterator[Problem]:
+        """Endless distinct problems of one split and difficulty, new arithmetic first.
+
+        An expression repeats (with other names and wording) only once 200 draws in a row found
+        no new one, so small spaces (1-op problems have ~12 probe expressions) still fill large
+        sets while larger spaces give sets of distinct computations.
+        """
+        rng = _rng(self.cfg.seed, "problems", split, difficulty)
+        questions: set[str] = set()
+        expressions: set[str] = set()
+        misses = 0  # draws in a row that brought a known expression or question
+        while misses < 100_000:
+            problem = self._problem(*self._draw(split, difficulty, rng), split)
+            repeat = problem.expression in expressions
+            if problem.question in questions or (repeat and misses < 200):
+                misses += 1
+                continue
+            misses = 0 if not repeat else misses
+            questions.add(problem.question)
+            expressions.add(problem.expression)
+            yield problem
+        raise ValueError(f"toy world: no more distinct {split} problems of difficulty {difficulty}")
+
     def problems(self, split: str, n: int, difficulty: int | None = None) -> list[Problem]:
-        """n distinct problems of `split`; a smaller n gives a prefix of a larger one."""
+        """n distinct problems of `split`, at one difficulty or each drawn uniformly from the world's.
+
+        A smaller n gives a prefix of a larger one.
+        """
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if difficulty is not None and difficulty not in self.cfg.difficulties:
             raise ValueError(f"difficulty {difficulty} is not in the world's difficulties {self.cfg.difficulties}")
-        rng = _rng(self.cfg.seed, "problems", split, difficulty)
-        out: list[Problem] = []
-        seen: set[str] = set()
-        for _ in range(50 * n + 1000):
-            if len(out) == n:
-                break
-            d = difficulty if difficulty is not None else rng.choice(self.cfg.difficulties)
-            problem = self._problem(*self._draw(split, d, rng), split)
-            if problem.question not in seen:
-                seen.add(problem.question)
-                out.append(problem)
-        if len(out) < n:
-            raise ValueError(f"toy world: only {len(out)} distinct {split} problems found, {n} requested")
-        return out
+        streams = {d: self._problem_stream(split, d) for d in self.cfg.difficulties}
+        if difficulty is not None:
+            return [next(streams[difficulty]) for _ in range(n)]
+        chooser = _rng(self.cfg.seed, "problems", split, "mix")
+        return [next(streams[chooser.choice(self.cfg.difficulties)]) for _ in range(n)]
 
     # -- corpora ------------------------------------------------------------------------------
 

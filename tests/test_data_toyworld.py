@@ -82,6 +82,16 @@ def test_splits_disjoint_and_answers_verifiable(world):
     assert {p.difficulty for p in world.problems("probe", 30, difficulty=2)} == {2}
 
 
+def test_problem_sets_prefer_new_arithmetic(world):
+    three = world.problems("probe", 200, difficulty=3)
+    assert len({p.expression for p in three}) == 200
+    one = world.problems("probe", 60, difficulty=1)  # ~12 one-step probe expressions exist
+    assert len({p.question for p in one}) == 60 and 8 <= len({p.expression for p in one}) <= 20
+    mixed = world.problems("eval", 400)
+    counts = [sum(p.difficulty == d for p in mixed) for d in (1, 2, 3, 4)]
+    assert min(counts) > 70, counts
+
+
 def test_corpora_are_well_formed_and_drawn_from_train(world):
     probe_questions = {p.question for p in world.problems("probe", 300) + world.problems("eval", 100)}
     for kind in CORPUS_KINDS:
