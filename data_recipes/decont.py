@@ -22,6 +22,7 @@ from datatrove.utils.word_tokenizers import WordTokenizer
 QUESTION_FIELDS = ("question", "problem", "prompt", "query")
 ANSWER_FIELDS = ("answer", "solution", "gold", "target")
 
+
 def decont_config(n_grams: int) -> NGramsDecontConfig:
     # Query n-grams on: math benchmarks are mostly question text (datatrove's default found 0 of 40
     # question-only leaks). Numbers are kept: with datatrove's default number normalization every
