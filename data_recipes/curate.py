@@ -2,7 +2,7 @@
 decontamination → Megatron tokenization, all inside `out_dir`.
 
 Layout of out_dir (every stage resumes from datatrove's completion markers):
-    source.jsonl, source_paths.txt   toy documents / the list of input files
+    source/, source_paths.txt   toy documents (one JSONL per task) / the list of input files
     filtered/        documents kept by the filter preset (JSONL)
     minhash/, exact/ duplicate signatures and the per-rank lists of documents to drop
     decont_index/    `<benchmark>.index.hashes`
@@ -221,13 +221,13 @@ def curate_corpus(
     # One instance pickled into every task: MinHash and decontamination must split words identically.
     ngram_words = RegexWordTokenizer()
     runner = _StageRunner(executor, out_dir / "logs", name)
-    tasks = 1 if isinstance(corpus.source, ToySource) else executor.tasks  # one toy file feeds one task
+    tasks = executor.tasks
 
     # 1. read + quality filters
     filters = build_filters(preset, cur.filters)
     for key, block in filters.items():
         block.exclusion_writer = JsonlWriter(str(out_dir / "excluded" / key))
-    reader = make_reader(corpus.source, name, out_dir, toy_world)
+    reader = make_reader(corpus.source, name, out_dir, toy_world, tasks)
     stats = runner.run("filter", [reader, *filters.values(), JsonlWriter(str(out_dir / "filtered"))], tasks)
     read_counts = _counts(stats.stats[0])
     docs_in = read_counts.get("documents", 0)

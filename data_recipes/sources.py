@@ -80,21 +80,27 @@ def expand_paths(patterns: list[str], corpus: str) -> list[str]:
     return [os.path.abspath(p) for p in files]
 
 
-def write_toy_documents(source: ToySource, toy_world: ToyWorldConfig | dict | None, path: Path) -> Path:
-    """Materialize toy documents as JSONL (atomically, so a crash never leaves a half file to resume from)."""
-    if path.is_file():
-        return path
+def write_toy_documents(source: ToySource, toy_world: ToyWorldConfig | dict | None, folder: Path,
+                        shards: int = 1) -> list[Path]:
+    """Materialize toy documents as `shards` JSONL files of consecutive documents (one per datatrove
+    task). Each file is written atomically, so a crash never leaves half a file to resume from."""
+    paths = [folder / f"{i:05d}.jsonl" for i in range(shards)]
+    if all(p.is_file() for p in paths):
+        return paths
     world = ToyWorld(ToyWorldConfig.model_validate(toy_world or {}))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("wb") as f:
-        for doc in world.documents(source.kind, source.docs, source.seed):
-            f.write(orjson.dumps(doc) + b"\n")
-    tmp.rename(path)
-    return path
+    folder.mkdir(parents=True, exist_ok=True)
+    docs = world.documents(source.kind, source.docs, source.seed)
+    for i, path in enumerate(paths):
+        count = source.docs // shards + (i < source.docs % shards)
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("wb") as f:
+            for _ in range(count):
+                f.write(orjson.dumps(next(docs)) + b"\n")
+        tmp.rename(path)
+    return paths
 
 
-def make_reader(source: Source, corpus: str, work_dir: Path, toy_world=None):
+def make_reader(source: Source, corpus: str, work_dir: Path, toy_world=None, tasks: int = 1):
     """The datatrove reader for `source`; toy and file sources are read through a paths file in work_dir."""
     if isinstance(source, HFSource):
         is_saved_dataset = Path(source.path).is_dir() and (Path(source.path) / "dataset_info.json").is_file()
@@ -106,7 +112,8 @@ def make_reader(source: Source, corpus: str, work_dir: Path, toy_world=None):
             text_key=source.text_field, id_key=source.id_field, load_from_disk=is_saved_dataset,
         )
     if isinstance(source, ToySource):
-        files, text_key, id_key = [str(write_toy_documents(source, toy_world, work_dir / "source.jsonl"))], "text", "id"
+        toy_files = write_toy_documents(source, toy_world, work_dir / "source", shards=min(tasks, source.docs))
+        files, text_key, id_key = [str(p) for p in toy_files], "text", "id"
     else:
         files, text_key, id_key = expand_paths(source.paths, corpus), source.text_field, source.id_field
     # One common root plus a list of relative paths lets globs span several directories.

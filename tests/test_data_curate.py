@@ -201,3 +201,15 @@ def test_config_errors_are_caught_at_validation():
     assert CorpusConfig(source=toy).preset() == "web"
     assert CorpusConfig(source={**toy, "kind": "boxed_repeat"}).preset() == "none"
     assert CorpusConfig(source={"type": "jsonl", "paths": ["x"]}, curation={"preset": "math"}).preset() == "math"
+
+
+def test_toy_corpus_split_over_tasks_matches_one_task(env, tmp_path):
+    corpus = CorpusConfig(source={"type": "toy", "kind": "qa_short", "docs": 301})
+    one = curate_corpus(corpus, env["tokenizer"], env["benchmarks"], tmp_path / "one", toy_world=WORLD)
+    two = curate_corpus(corpus, env["tokenizer"], env["benchmarks"], tmp_path / "two",
+                        ExecutorConfig(tasks=2, workers=1), toy_world=WORLD)
+    assert len(two["prefixes"]) == 2 and [s["documents"] > 0 for s in two["shards"]] == [True, True]
+    for key in ("docs_in", "docs_out", "tokens", "dropped", "contaminated"):
+        assert one[key] == two[key], key
+    assert [d["text"] for d in _jsonl(tmp_path / "one" / "curated")] == \
+        [d["text"] for d in _jsonl(tmp_path / "two" / "curated")]
