@@ -107,3 +107,19 @@ def test_trained_classifier_filters_math_from_prose(tmp_path):
                                                              "keep_labels": [["math", 0.5]]}})
     with pytest.raises(ValueError, match="model not found"):
         _kept(missing, "x")
+
+
+def test_regex_words_equal_spacy_words_on_simplified_text():
+    """MinHash and decontamination use RegexWordTokenizer on simplified text in place of spaCy."""
+    from datatrove.utils.text import TextNormConfig, simplify_text
+    from datatrove.utils.word_tokenizers import load_word_tokenizer
+
+    from data_recipes.bench import latex_documents
+    from data_recipes.words import RegexWordTokenizer
+
+    spacy_words, regex_words = load_word_tokenizer("en"), RegexWordTokenizer()
+    texts = [d["text"] for kind in CORPUS_KINDS for d in ToyWorld().documents(kind, 20)] + latex_documents(20)
+    texts.append("Don't stop—it's 3.5% of e-mail, naïve café! (x_1 + y^2) = {z}")
+    for text in texts:
+        simplified = simplify_text(text, TextNormConfig(norm_numbers=False))
+        assert regex_words.word_tokenize(simplified) == spacy_words.word_tokenize(simplified)
