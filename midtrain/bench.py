@@ -38,9 +38,9 @@ def bench_training_throughput(spec: ModelSpec | None = None, seq_length: int = 2
                               micro_batch_size: int = 8, steps: int = 8,
                               threads: int = 1) -> dict:
     """Median tokens/s of full training steps (fwd, bwd, clip, AdamW) for megatron-core
-    GPTModel as `midtrain.train` runs it and for transformers' LlamaForCausalLM,
-    from identical weights on identical batches, steps interleaved so machine load
-    affects both alike."""
+    GPTModel as `midtrain.train` runs it ("ours") and for transformers'
+    LlamaForCausalLM ("peer"), from identical weights on identical batches, steps
+    interleaved so machine load affects both alike. Returns the bench-suite dict."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     spec = spec or preset("toy-s")
@@ -84,12 +84,20 @@ def bench_training_throughput(spec: ModelSpec | None = None, seq_length: int = 2
     tokens_per_step = micro_batch_size * seq_length
     peak = matmul_peak_flops(threads)
     flops_per_token = training_flops_per_token(spec, seq_length)
-    result = {"threads": threads, "tokens_per_step": tokens_per_step,
-              "peak_matmul_gflops": peak / 1e9,
-              "first_step_loss_diff": abs(runs["megatron"]["losses"][0] - runs["hf"]["losses"][0])}
-    for name, run in runs.items():
-        tokens_per_s = tokens_per_step / statistics.median(run["times"][1:])
-        result[f"{name}_tokens_per_s"] = tokens_per_s
-        result[f"{name}_mfu"] = tokens_per_s * flops_per_token / peak
-    result["ratio"] = result["megatron_tokens_per_s"] / result["hf_tokens_per_s"]
-    return result
+    tokens_per_s = {name: tokens_per_step / statistics.median(run["times"][1:])
+                    for name, run in runs.items()}
+    return {
+        "ours": tokens_per_s["megatron"],
+        "peer": tokens_per_s["hf"],
+        "unit": "tokens/s",
+        "peer_name": "hf-llama-adamw-loop",
+        "details": {
+            "model": f"{spec.num_parameters() / 1e6:.2f}M params, vocab {spec.vocab_size}",
+            "threads": threads,
+            "tokens_per_step": tokens_per_step,
+            "peak_fp32_matmul_gflops": round(peak / 1e9, 1),
+            "mfu_megatron": round(tokens_per_s["megatron"] * flops_per_token / peak, 3),
+            "mfu_hf": round(tokens_per_s["hf"] * flops_per_token / peak, 3),
+            "first_step_loss_diff": abs(runs["megatron"]["losses"][0] - runs["hf"]["losses"][0]),
+        },
+    }

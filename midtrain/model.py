@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import random
 import tempfile
@@ -93,6 +94,7 @@ def init_distributed() -> tuple[int, int]:
             torch.distributed.init_process_group(backend)
         else:
             store_file = tempfile.NamedTemporaryFile(prefix="midtrain-pg-", delete=False).name
+            atexit.register(os.unlink, store_file)
             store = torch.distributed.FileStore(store_file, 1)
             torch.distributed.init_process_group(backend, store=store, rank=0, world_size=1)
     if not parallel_state.model_parallel_is_initialized():
