@@ -128,8 +128,7 @@ def build_blend(blend: list[BlendPart], *, seq_length: int, train_samples: int,
     return BlendData(train=train, part_of_dataset=part_index, valid=valid)
 
 
-def collate(samples: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(tokens, labels, loss_mask) batches, each [batch, seq]."""
-    return (torch.stack([s["tokens"] for s in samples]),
-            torch.stack([s["labels"] for s in samples]),
-            torch.stack([s["loss_mask"] for s in samples]))
+def collate(samples: list[dict], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """(tokens, labels, loss_mask) batches, each [batch, seq], on `device`."""
+    return tuple(torch.stack([s[key] for s in samples]).to(device)
+                 for key in ("tokens", "labels", "loss_mask"))

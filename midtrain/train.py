@@ -122,7 +122,7 @@ def accumulate_gradients(model, micro_batches: list, params: list, world: int) -
     """Backward over the micro batches into `.grad` (averaged over data-parallel ranks);
     returns the mean loss per loss token over the global batch."""
     loss_tokens = sum(mask.sum() for _, _, mask in micro_batches).float()
-    loss_sum = torch.zeros((), dtype=torch.float64)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=loss_tokens.device)
     for tokens, labels, loss_mask in micro_batches:
         micro_sum, _ = _micro_loss(model, tokens, labels, loss_mask)
         (micro_sum / loss_tokens).backward()
@@ -137,13 +137,14 @@ def accumulate_gradients(model, micro_batches: list, params: list, world: int) -
 @torch.no_grad()
 def _evaluate(model, valid: dict, cfg: TrainConfig, rank: int, world: int) -> dict[str, float]:
     model.eval()
+    device = next(model.parameters()).device
     out = {}
     for name, dataset in valid.items():
-        totals = torch.zeros(2, dtype=torch.float64)
+        totals = torch.zeros(2, dtype=torch.float64, device=device)
         for start in range(rank * cfg.micro_batch_size, len(dataset),
                            world * cfg.micro_batch_size):
             idx = range(start, min(start + cfg.micro_batch_size, len(dataset)))
-            loss_sum, count = _micro_loss(model, *collate([dataset[i] for i in idx]))
+            loss_sum, count = _micro_loss(model, *collate([dataset[i] for i in idx], device))
             totals += torch.stack([loss_sum.double(), count.double()])
         if world > 1:
             torch.distributed.all_reduce(totals)
@@ -203,6 +204,7 @@ def train(model: ModelSpec, cfg: TrainConfig, blend: list[BlendPart], out_dir: s
     gpt = build_gpt_model(model)
     optimizer = make_optimizer(gpt, cfg)
     params = list(gpt.parameters())
+    device = params[0].device
     data = build_blend(
         blend, seq_length=cfg.seq_length, train_samples=total_steps * global_batch,
         valid_samples=math.ceil(cfg.eval_tokens / cfg.seq_length),
@@ -256,7 +258,7 @@ def train(model: ModelSpec, cfg: TrainConfig, blend: list[BlendPart], out_dir: s
         first = step * global_batch + rank * cfg.micro_batch_size * cfg.grad_accum
         micro_batches = [
             collate([data.train[first + m * cfg.micro_batch_size + i]
-                     for i in range(cfg.micro_batch_size)])
+                     for i in range(cfg.micro_batch_size)], device)
             for m in range(cfg.grad_accum)
         ]
         loss = accumulate_gradients(gpt, micro_batches, params, world)
