@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 CORPUS_KINDS = ("web", "mathweb", "qa_short", "qa_cot", "boxed_repeat")
 SPLITS = ("train", "probe", "eval")
@@ -62,15 +62,16 @@ MATHWEB_INTROS = (
 class ToyWorldConfig(BaseModel):
     """Everything that defines a toy world; two equal configs give identical problems and corpora."""
 
+    model_config = ConfigDict(extra="forbid")
     seed: int = 0
     difficulties: list[int] = Field(default_factory=lambda: [1, 2, 3, 4])
-    max_value: int = 19  # every intermediate value stays within 0..max_value
-    max_operand: int = 9
-    probe_fraction: float = 0.10  # share of the arithmetic space assigned to the probe split
-    eval_fraction: float = 0.05
-    web_qa_rate: float = 0.03  # share of web docs that are easy 1-op boxed QA items
-    boxed_repeat_min: int = 8
-    boxed_repeat_max: int = 16
+    max_value: int = Field(19, ge=9)  # every intermediate value stays within 0..max_value
+    max_operand: int = Field(9, ge=1, le=9)  # operands are single digits
+    probe_fraction: float = Field(0.10, gt=0, lt=0.5)  # share of the arithmetic space in the probe split
+    eval_fraction: float = Field(0.05, gt=0, lt=0.5)
+    web_qa_rate: float = Field(0.03, ge=0, le=1)  # share of web docs that are easy 1-op boxed QA items
+    boxed_repeat_min: int = Field(8, ge=1)
+    boxed_repeat_max: int = Field(16, ge=1)
 
     @field_validator("difficulties")
     @classmethod
@@ -78,6 +79,12 @@ class ToyWorldConfig(BaseModel):
         if not value or any(not 1 <= d <= 4 for d in value):
             raise ValueError(f"difficulties must be a non-empty list within 1..4, got {value}")
         return sorted(set(value))
+
+    @model_validator(mode="after")
+    def _repeat_range(self):
+        if self.boxed_repeat_min > self.boxed_repeat_max:
+            raise ValueError(f"boxed_repeat_min {self.boxed_repeat_min} > boxed_repeat_max {self.boxed_repeat_max}")
+        return self
 
 
 @dataclass(frozen=True)

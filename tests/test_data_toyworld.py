@@ -148,3 +148,7 @@ def test_bad_requests_fail_clearly(world):
         next(world.documents("books", 3))
     with pytest.raises(ValueError, match="difficulties"):
         ToyWorldConfig(difficulties=[5])
+    with pytest.raises(ValueError, match="Extra inputs"):
+        ToyWorldConfig(sead=1)
+    with pytest.raises(ValueError, match="boxed_repeat_min"):
+        ToyWorldConfig(boxed_repeat_min=9, boxed_repeat_max=3)
