@@ -19,6 +19,7 @@ from __future__ import annotations
 import inspect
 import json
 import struct
+import subprocess
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -157,10 +158,18 @@ class _StageRunner:
             executor = SlurmPipelineExecutor(pipeline, tasks=tasks, logging_dir=logging_dir, skip_completed=True,
                                              job_name=f"curate-{self.corpus}-{stage}", **self.cfg.slurm)
             executor.run()
-            while executor.get_incomplete_ranks():
-                time.sleep(self.cfg.poll_seconds)
+            self._wait_for_slurm(executor, logging_dir)
         self.seconds[stage] = round(time.monotonic() - started, 3)
         return merged_stats(Path(logging_dir))
+
+    def _wait_for_slurm(self, executor, logging_dir: str) -> None:
+        """Block until every task has its completion marker; fail if the job left the queue without them."""
+        while executor.get_incomplete_ranks():
+            time.sleep(self.cfg.poll_seconds)
+            queue = subprocess.run(["squeue", "-h", "-j", str(executor.job_id)], capture_output=True, text=True)
+            if not queue.stdout.strip() and (missing := executor.get_incomplete_ranks()):
+                raise RuntimeError(f"corpus '{self.corpus}': Slurm job {executor.job_id} ended with {len(missing)} "
+                                   f"unfinished tasks (logs in {logging_dir}/logs); rerun to resume them")
 
 
 def merged_stats(logging_dir: Path) -> PipelineStats:
