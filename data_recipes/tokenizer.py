@@ -19,8 +19,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path) 
     are separated by one EOS in the Megatron data and prompts need no other special token.
     Training is deterministic for the same texts in the same order.
     """
-    from transformers import PreTrainedTokenizerFast
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = Tokenizer(models.BPE())
@@ -35,18 +33,11 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path) 
         show_progress=False,
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN, pad_token=EOS_TOKEN,
-        unk_token=EOS_TOKEN, clean_up_tokenization_spaces=False,
-    )
-    fast.save_pretrained(str(out_dir))
-    # transformers 5 records its internal "TokenizersBackend" class, which transformers 4
-    # (still common on GPU clusters) cannot resolve; both resolve PreTrainedTokenizerFast.
-    config_path = out_dir / "tokenizer_config.json"
-    config = json.loads(config_path.read_text())
-    config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    config_path.write_text(json.dumps(config, indent=2) + "\n")
-    # transformers 5 no longer writes this file; the artifact contract lists it for older readers.
+    tokenizer.save(str(out_dir / "tokenizer.json"))
+    # Written by hand rather than through transformers, which would import torch into curation jobs.
+    # PreTrainedTokenizerFast resolves in transformers 4 and 5 alike.
     special = {"bos_token": EOS_TOKEN, "eos_token": EOS_TOKEN, "pad_token": EOS_TOKEN, "unk_token": EOS_TOKEN}
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False, **special}
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
     (out_dir / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
     return out_dir
