@@ -6,8 +6,9 @@ The underlying arithmetic is cheap for a ~1M-parameter model, so what mid-traini
 recipes change is the *format and strategy* a model brings to the probe.
 
 Splits are disjoint by construction: a problem's split is a hash of its arithmetic
-alone (start and operations, not names or wording), independent of the seed, so
-no probe or eval computation appears in any train-derived corpus of any world.
+alone (start and operations, not names or wording), independent of the seed, so no
+probe or eval computation appears in any train-derived corpus of any world with the
+same split fractions.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ class Problem:
     @property
     def expression(self) -> str:
         """The arithmetic alone, e.g. "7+5-3"; the split is a hash of this."""
-        return str(self.steps[0][0]) + "".join(f"{op}{b}" for _, op, b, _ in self.steps)
+        return expression_of(self.steps)
 
     @property
     def prompt(self) -> str:
@@ -113,6 +114,10 @@ class _Scene:
     pronoun: str
     obj: str
     verbs: tuple[tuple[str, str], ...]
+
+
+def expression_of(steps) -> str:
+    return str(steps[0][0]) + "".join(f"{op}{b}" for _, op, b, _ in steps)
 
 
 def split_of(expression: str, probe_fraction: float, eval_fraction: float) -> str:
@@ -175,8 +180,7 @@ class ToyWorld:
         return Problem(f"toy-{split}-d{len(steps)}-{qhash}", question, str(steps[-1][3]), len(steps), steps)
 
     def _split(self, steps) -> str:
-        expression = str(steps[0][0]) + "".join(f"{op}{b}" for _, op, b, _ in steps)
-        return split_of(expression, self.cfg.probe_fraction, self.cfg.eval_fraction)
+        return split_of(expression_of(steps), self.cfg.probe_fraction, self.cfg.eval_fraction)
 
     def _draw(self, split: str, difficulty: int, rng: random.Random):
         """Rejection-sample (steps, scene) until the arithmetic falls in `split`."""
