@@ -82,6 +82,32 @@ def _check_same_shape(spec: ModelSpec, found: ModelSpec, where: Path) -> None:
         raise ValueError(f"init {where} has shape {found}, but the stage trains {spec}")
 
 
+def _resume(ckpt: Path, gpt, optimizer, spec: ModelSpec, global_batch: int,
+            seq_length: int) -> dict:
+    """Load a checkpoint of this run (model, optimizer, RNG); return its train_state."""
+    _check_same_shape(spec, checkpoint.read_spec(ckpt), ckpt)
+    saved = checkpoint.load_checkpoint(ckpt, gpt, optimizer)
+    layout = {"global_batch": global_batch, "seq_length": seq_length}
+    saved_layout = {k: saved["train_state"][k] for k in layout}
+    if saved_layout != layout:  # the sample order would no longer continue the run
+        raise ValueError(f"{ckpt} was written with {saved_layout}, this run uses {layout}")
+    checkpoint.restore_rng(saved["rng"])
+    return saved["train_state"]
+
+
+def _initialise(init: Path, gpt, optimizer, spec: ModelSpec) -> None:
+    """Weights from an HF dir, or weights and optimizer state from a midtrain checkpoint."""
+    kind, source = _resolve_init(init)
+    if kind == "hf":
+        found, weights = import_hf(source)
+        _check_same_shape(spec, found, source)
+        load_megatron_weights(gpt, weights)
+    else:
+        _check_same_shape(spec, checkpoint.read_spec(source), source)
+        with_optimizer = checkpoint.has_optimizer_state(source)
+        checkpoint.load_checkpoint(source, gpt, optimizer if with_optimizer else None)
+
+
 def _eos_id(tokenizer_dir: Path) -> int:
     from transformers import AutoTokenizer
 
@@ -213,38 +239,30 @@ def train(model: ModelSpec, cfg: TrainConfig, blend: list[BlendPart], out_dir: s
     )
     metrics = _MetricsLog(out_dir / "metrics.jsonl", rank == 0, on_metrics)
 
-    start_step, resumed_from, last_train = 0, None, {}
+    start_step, last_train = 0, {}
     latest = checkpoint.latest_checkpoint(state_dir)
     if latest is not None:
-        _check_same_shape(model, checkpoint.read_spec(latest), latest)
-        saved = checkpoint.load_checkpoint(latest, gpt, optimizer)
-        layout = {"global_batch": global_batch, "seq_length": cfg.seq_length}
-        saved_layout = {k: saved["train_state"][k] for k in layout}
-        if saved_layout != layout:  # the sample order would no longer continue the run
-            raise ValueError(f"{latest} was written with {saved_layout}, this run uses {layout}")
-        checkpoint.restore_rng(saved["rng"])
-        start_step = resumed_from = saved["train_state"]["step"]
-        last_train = saved["train_state"]["last_train"]
-        metrics.truncate_after(start_step)
+        saved = _resume(latest, gpt, optimizer, model, global_batch, cfg.seq_length)
+        start_step, last_train = saved["step"], saved["last_train"]
     elif init is not None:
-        kind, source = _resolve_init(Path(init))
-        if kind == "hf":
-            found, weights = import_hf(source)
-            _check_same_shape(model, found, source)
-            load_megatron_weights(gpt, weights)
-        else:
-            _check_same_shape(model, checkpoint.read_spec(source), source)
-            with_optimizer = checkpoint.has_optimizer_state(source)
-            checkpoint.load_checkpoint(source, gpt, optimizer if with_optimizer else None)
+        _initialise(Path(init), gpt, optimizer, model)
+    # Lines past the checkpoint come from an attempt that died; they are logged again.
+    metrics.truncate_after(start_step)
+
+    def export_checkpoint(step: int) -> None:
+        if cfg.export_hf_checkpoints and rank == 0:
+            export_hf(gpt, model, tokenizer_dir,
+                      out_dir / "hf_checkpoints" / str(step * tokens_per_step))
 
     def save(step: int, last_train: dict) -> None:
         checkpoint.save_checkpoint(state_dir, step, gpt, model, optimizer,
                                    {"step": step, "tokens": step * tokens_per_step,
                                     "global_batch": global_batch,
                                     "seq_length": cfg.seq_length, "last_train": last_train})
-        if cfg.export_hf_checkpoints and rank == 0:
-            export_hf(gpt, model, tokenizer_dir,
-                      out_dir / "hf_checkpoints" / str(step * tokens_per_step))
+        export_checkpoint(step)
+
+    if start_step and not (out_dir / "hf_checkpoints" / str(start_step * tokens_per_step)).exists():
+        export_checkpoint(start_step)  # the previous attempt died between save and export
 
     gpt.train()
     last_val, train_seconds = {}, 0.0
@@ -291,7 +309,7 @@ def train(model: ModelSpec, cfg: TrainConfig, blend: list[BlendPart], out_dir: s
         "tokens": total_steps * tokens_per_step,
         "tokens_per_step": tokens_per_step,
         "world_size": world,
-        "resumed_from_step": resumed_from,
+        "resumed_from_step": start_step if latest is not None else None,
         "final": {**last_train, **last_val},
         "wall_time_s": time.perf_counter() - wall_start,
         "train_tokens_per_s": ((total_steps - start_step) * tokens_per_step / train_seconds

@@ -119,13 +119,17 @@ def test_resume_after_crash_is_bitwise_identical(corpus, tmp_path):
     cfg = config(checkpoint_every_tokens=512 * 8)
     train(SPEC, cfg, blend, tmp_path / "straight", None, tokenizer)
 
-    def crash_after_step_11(step, _):
-        if step == 11:
-            raise Crash()
+    def crash_after(crash_step):
+        def on_metrics(step, _):
+            if step == crash_step:
+                raise Crash()
+        return on_metrics
 
-    with pytest.raises(Crash):
-        train(SPEC, cfg, blend, tmp_path / "resumed", None, tokenizer,
-              on_metrics=crash_after_step_11)
+    # Once before the first checkpoint (a fresh restart), once after it (a resume).
+    for crash_step in (3, 11):
+        with pytest.raises(Crash):
+            train(SPEC, cfg, blend, tmp_path / "resumed", None, tokenizer,
+                  on_metrics=crash_after(crash_step))
     assert latest_checkpoint(tmp_path / "resumed" / "state").name == "step_00000008"
     summary = train(SPEC, cfg, blend, tmp_path / "resumed", None, tokenizer)
     assert summary["resumed_from_step"] == 8
