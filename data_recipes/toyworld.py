@@ -32,11 +32,11 @@ PEOPLE = (
     ("Max", "he"), ("Zoe", "she"), ("Leo", "he"), ("Ella", "she"), ("Jack", "he"), ("Nora", "she"),
 )
 OBJECTS = ("apples", "pens", "books", "coins", "cards", "shells", "stamps", "marbles", "cookies", "rocks")
-# (present tense for questions, past tense for stories); "{n}" is the operand.
-GAIN_VERBS = (("gets {n} more", "got {n} more"), ("finds {n} more", "found {n} more"),
-              ("buys {n} more", "bought {n} more"), ("wins {n} more", "won {n} more"))
-LOSE_VERBS = (("gives away {n}", "gave away {n}"), ("loses {n}", "lost {n}"),
-              ("sells {n}", "sold {n}"), ("uses {n}", "used {n}"))
+# "{n}" is the operand. Stories, worked examples and questions all state a problem with
+# these same present-tense sentences: the skill the base learns from web stories must be
+# the one the probe asks for, so that mid-training recipes differ only in format and strategy.
+GAIN_VERBS = ("gets {n} more", "finds {n} more", "buys {n} more", "wins {n} more")
+LOSE_VERBS = ("gives away {n}", "loses {n}", "sells {n}", "uses {n}")
 FILLER = (
     "The sun was warm that day.", "It rained in the morning.", "The shop on the corner was busy.",
     "Everyone went home after lunch.", "The park was quiet.", "A bird sang outside the window.",
@@ -163,18 +163,17 @@ class ToyWorld:
         verbs = tuple(rng.choice(GAIN_VERBS if op == "+" else LOSE_VERBS) for _, op, _, _ in steps)
         return _Scene(name, pronoun, rng.choice(OBJECTS), verbs)
 
-    def _statements(self, steps, scene: _Scene, tense: int) -> list[str]:
-        """Sentences stating the problem, numbers in the order used. tense 0 = present, 1 = past."""
-        has = ("has", "had")[tense]
-        sentences = [f"{scene.name} {has} {steps[0][0]} {scene.obj}."]
+    def _statements(self, steps, scene: _Scene) -> list[str]:
+        """Sentences stating the problem, numbers in the order used."""
+        sentences = [f"{scene.name} has {steps[0][0]} {scene.obj}."]
         for i, ((_, _, b, _), verb) in enumerate(zip(steps, scene.verbs)):
             lead = _capital(scene.pronoun) if i == 0 else f"Then {scene.pronoun}"
-            sentences.append(f"{lead} {verb[tense].format(n=b)}.")
+            sentences.append(f"{lead} {verb.format(n=b)}.")
         return sentences
 
     def _problem(self, steps, scene: _Scene, split: str) -> Problem:
         question = " ".join(
-            self._statements(steps, scene, 0) + [f"How many {scene.obj} does {scene.name} have now?"]
+            self._statements(steps, scene) + [f"How many {scene.obj} does {scene.name} have now?"]
         )
         qhash = hashlib.sha1(question.encode()).hexdigest()[:12]
         return Problem(f"toy-{split}-d{len(steps)}-{qhash}", question, str(steps[-1][3]), len(steps), steps)
@@ -262,10 +261,10 @@ class ToyWorld:
             word, phrase = WORD_OPS[op]
             items.append(rng.choice([f"{a} {word} {b} is {r}.", f"{a} {phrase.format(b=b)} {r}."]))
         items += rng.sample(FILLER, rng.randint(1, 2))
-        if rng.random() < 0.8:  # a past-tense story ending in its result
+        if rng.random() < 0.8:  # a story ending in its result, stated as questions state it
             steps, scene, _ = self._train_item(rng)
             difficulty = len(steps)
-            story = self._statements(steps, scene, 1) + [f"In the end {scene.name} had {steps[-1][3]} {scene.obj}."]
+            story = self._statements(steps, scene) + [f"Now {scene.name} has {steps[-1][3]} {scene.obj}."]
             items.append(" ".join(story))
         rng.shuffle(items)
         return " ".join(dict.fromkeys(items)), difficulty
@@ -279,7 +278,7 @@ class ToyWorld:
             names = {"name": scene.name, "obj": scene.obj, "start": steps[0][0], "result": result}
             paragraphs.append(" ".join([
                 rng.choice(("Example:", "Consider this.", "Another one:", "Try this.")),
-                *self._statements(steps, scene, 0),
+                *self._statements(steps, scene),
                 rng.choice(MATHWEB_BRIDGES).format(**names),
                 self._equations(steps).replace(". ", ". Then ", len(steps) - 1),
                 rng.choice(MATHWEB_CONCLUSIONS).format(**names),
