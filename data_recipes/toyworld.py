@@ -18,10 +18,13 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+# Bumped whenever the generator's output changes: it is part of every stage key that
+# consumes toy data, so cached runs made by an older toy world are never reused.
+TOY_WORLD_VERSION = 2
 CORPUS_KINDS = ("web", "mathweb", "qa_short", "qa_cot", "boxed_repeat")
 SPLITS = ("train", "probe", "eval")
 PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
@@ -64,6 +67,8 @@ class ToyWorldConfig(BaseModel):
     """Everything that defines a toy world; two equal configs give identical problems and corpora."""
 
     model_config = ConfigDict(extra="forbid")
+    # part of the config so that it is part of every stage key (see TOY_WORLD_VERSION)
+    generator_version: Literal[TOY_WORLD_VERSION] = TOY_WORLD_VERSION
     seed: int = 0
     difficulties: list[int] = Field(default_factory=lambda: [1, 2, 3, 4])
     max_value: int = Field(19, ge=9)  # every intermediate value stays within 0..max_value

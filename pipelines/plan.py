@@ -87,9 +87,17 @@ def _blend_inputs(mix: StageMix, curate: dict[str, StageRun]) -> dict[str, Stage
     return {f"corpus:{name}": curate[name] for name in sorted(mix.mix)}
 
 
+def _resolved(toy_world: dict) -> dict:
+    """The toy-world config as it enters stage keys: every default and the generator version."""
+    from data_recipes.toyworld import ToyWorldConfig
+
+    return ToyWorldConfig(**toy_world).model_dump()
+
+
 def build_plan(sweep: Sweep, source: Path) -> Plan:
     here = source.parent
     probe_cfg = sweep.probe
+    sweep = sweep.model_copy(update={"toy_world": _resolved(sweep.toy_world)})
     problems = problems_run(sweep.toy_world, probe_cfg.train_set, probe_cfg.eval_set, here)
 
     if sweep.tokenizer.path:
@@ -170,7 +178,7 @@ def build_checkpoint_plan(name: str, checkpoints: dict[str, Path], spec, seeds: 
                           train_set: ProblemSet, eval_set: ProblemSet, executor: ExecutorSection,
                           toy_world: dict | None = None) -> Plan:
     """A checkpoint sweep job: probe HF checkpoints made anywhere, no sweep file needed."""
-    plan = Plan(name, executor, problems_run(toy_world or {}, train_set, eval_set, Path.cwd()), {})
+    plan = Plan(name, executor, problems_run(_resolved(toy_world or {}), train_set, eval_set, Path.cwd()), {})
     plan.role(plan.problems, kind="problems")
     for label, path in checkpoints.items():
         plan.add_probes(label, external(path, f"checkpoint {label}"), spec, seeds)
