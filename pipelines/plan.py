@@ -98,7 +98,12 @@ def build_plan(sweep: Sweep, source: Path) -> Plan:
     here = source.parent
     probe_cfg = sweep.probe
     sweep = sweep.model_copy(update={"toy_world": _resolved(sweep.toy_world)})
-    problems = problems_run(sweep.toy_world, probe_cfg.train_set, probe_cfg.eval_set, here)
+    train_set, eval_set = probe_cfg.train_set, probe_cfg.eval_set
+    if probe_cfg.difficulty == "auto":  # a pool with n problems at every level to choose from
+        levels = len(train_set.difficulty or sweep.toy_world["difficulties"])
+        train_set = train_set.model_copy(update={"n": train_set.n * levels})
+        eval_set = eval_set.model_copy(update={"n": eval_set.n * levels})
+    problems = problems_run(sweep.toy_world, train_set, eval_set, here)
 
     if sweep.tokenizer.path:
         tokenizer = external(resolve_path(sweep.tokenizer.path, here), "tokenizer")
@@ -156,6 +161,14 @@ def build_plan(sweep: Sweep, source: Path) -> Plan:
         for stage in stages:
             plan.role(stage, kind="midtrain", recipe=rname, phase=stage.config["phase"])
     spec = get_probe_spec(probe_cfg.spec)
+    if probe_cfg.difficulty == "auto":
+        # probes read the selected problems; curation still decontaminates against the whole pool
+        plan.problems = StageRun("select_problems", {
+            "spec": spec.model_dump(mode="json"), "k": probe_cfg.difficulty_k,
+            "target": list(probe_cfg.difficulty_target),
+            "train_n": probe_cfg.train_set.n, "eval_n": probe_cfg.eval_set.n,
+        }, {"pool": problems, "checkpoint": base}, label="difficulty control")
+        plan.role(plan.problems, kind="difficulty")
     for recipe in ([BASE_RECIPE] if probe_cfg.include_base else []) + list(sweep.recipes):
         plan.add_probes(recipe, plan.final_checkpoint(recipe), spec, probe_cfg.seeds)
     return plan

@@ -254,6 +254,12 @@ def build(results: SweepResults, title: str, score: str = "auc_gain", samples: i
                      f"{final.mean():.3f} ± {se:.3f}", str(n_problems)])
     doc.table(["recipe", "step-0 pass@8 (probe set)", "uniform groups, steps ≤ 10",
                "final held-out acc ± SE", "eval problems"], diag)
+    if results.difficulty:
+        d = results.difficulty.read_json("difficulty.json")
+        levels = ", ".join(f"level {lvl}: {v:.2f}" for lvl, v in d["pass_at_k_by_level"].items())
+        doc.para(f"Difficulty control (`{results.difficulty.ref}`): the base's pass@{d['k']} per difficulty "
+                 f"level was {levels}; target {d['target'][0]:.0%}–{d['target'][1]:.0%}; the probe uses "
+                 f"level(s) {', '.join(map(str, d['chosen_levels']))}.")
     doc.para("Failure modes: " + "; ".join(f"**{k}** — {v}" for k, v in FAILURE_MODES.items()) + ".")
 
     _cheap_signals(doc, results, ranking)

@@ -41,6 +41,7 @@ class SweepResults:
     curation: dict[str, StageInfo]  # corpus -> info
     midtrain: list[StageInfo]
     base: StageInfo | None
+    difficulty: StageInfo | None = None
     missing: list[str] = field(default_factory=list)
 
     def midtrain_for(self, recipe: str) -> list[StageInfo]:
@@ -87,7 +88,8 @@ def collect(store: RunStore, sweep: str) -> SweepResults:
     curation = {i.role["corpus"]: i for i in by_ref.values() if i.role.get("kind") == "curate"}
     midtrain = [i for i in by_ref.values() if i.role.get("kind") == "midtrain"]
     base = next((i for i in by_ref.values() if i.role.get("kind") == "base"), None)
-    return SweepResults(sweep, probes, probe_info, curation, midtrain, base, missing)
+    difficulty = next((i for i in by_ref.values() if i.role.get("kind") == "difficulty"), None)
+    return SweepResults(sweep, probes, probe_info, curation, midtrain, base, difficulty, missing)
 
 
 def recipe_cost_hours(results: SweepResults, recipe: str) -> float:

@@ -108,8 +108,7 @@ def checkpoint_dir(path: Path) -> Path:
     return path / "hf" if (path / "hf" / "config.json").is_file() else path
 
 
-def _probe(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metrics,
-           threads: int = 1) -> None:
+def _probe(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metrics) -> None:
     from rl_probe.embedded import run_probe
     from rl_probe.spec import ProbeSpec
 
@@ -121,12 +120,36 @@ def _probe(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metric
               on_metrics=on_metrics)
 
 
+def _select_problems(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metrics) -> None:
+    from rl_probe.difficulty import choose_levels, pass_at_k_by_difficulty
+    from rl_probe.embedded import load_problems
+    from rl_probe.spec import ProbeSpec
+
+    cfg = run.config
+    spec = ProbeSpec.model_validate(cfg["spec"])
+    train = load_problems(inputs["pool"] / "train.jsonl")
+    measured = pass_at_k_by_difficulty(checkpoint_dir(inputs["checkpoint"]), train, spec, k=cfg["k"])
+    low, high = cfg["target"]
+    levels = choose_levels(measured, low, high)
+    on_metrics(0, {f"difficulty/pass@{cfg['k']}/level_{level}": value for level, value in measured.items()})
+    for name, n in (("train", cfg["train_n"]), ("eval", cfg["eval_n"])):
+        pool = load_problems(inputs["pool"] / f"{name}.jsonl")
+        chosen = [[p for p in pool if p["difficulty"] == level] for level in levels]
+        picked = [p for i, group in enumerate(chosen) for p in group[:n // len(levels) + (i < n % len(levels))]]
+        (out / f"{name}.jsonl").write_text("".join(json.dumps(p) + "\n" for p in picked))
+    (out / "difficulty.json").write_text(json.dumps({
+        "k": cfg["k"], "target": cfg["target"], "pass_at_k_by_level": measured, "chosen_levels": levels},
+        indent=2))
+
+
 STAGES: dict[str, Callable] = {
+    "select_problems": _select_problems,
     "problems": _problems,
     "tokenizer": _tokenizer,
     "curate": _curate,
     "midtrain": _midtrain,
     "probe": _probe,
 }
-# Stages that take the run's thread budget; curation takes the executor config.
-THREADED = {"midtrain", "probe"}
+# Stages that need the run's thread budget as a setting (the worker already sets torch's);
+# curation takes the executor config instead.
+THREADED = {"midtrain"}

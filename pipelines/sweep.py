@@ -96,6 +96,18 @@ class ProbeSection(_Strict):
     benchmarks: list[str] = Field(default_factory=list,
                                   description="extra JSONL benchmark files to decontaminate against")
     include_base: bool = Field(default=True, description="also probe the base without mid-training")
+    difficulty: Literal["auto", "fixed"] = Field(
+        default="fixed", description="auto: keep the difficulty levels at which the base's pass@k "
+                                     "lies in difficulty_target (SimpleRL-Zoo's difficulty control)")
+    difficulty_target: tuple[float, float] = (0.2, 0.8)
+    difficulty_k: int = Field(default=8, gt=0)
+
+    @model_validator(mode="after")
+    def _target(self) -> "ProbeSection":
+        low, high = self.difficulty_target
+        if not 0 <= low < high <= 1:
+            raise ValueError(f"difficulty_target must be 0 <= low < high <= 1, got {list(self.difficulty_target)}")
+        return self
 
 
 class ReportSection(_Strict):
