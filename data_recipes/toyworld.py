@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 # Bumped whenever the generator's output changes: it is part of every stage key that
 # consumes toy data, so cached runs made by an older toy world are never reused.
-TOY_WORLD_VERSION = 2
+TOY_WORLD_VERSION = 3
 CORPUS_KINDS = ("web", "mathweb", "qa_short", "qa_cot", "boxed_repeat")
 SPLITS = ("train", "probe", "eval")
 PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
@@ -264,7 +264,9 @@ class ToyWorld:
         for _ in range(rng.randint(1, 3)):
             a, op, b, r = self._sample_steps(1, rng)[0]
             word, phrase = WORD_OPS[op]
-            items.append(rng.choice([f"{a} {word} {b} is {r}.", f"{a} {phrase.format(b=b)} {r}."]))
+            # the fact table in words and in the symbolic form worked solutions use
+            items.append(rng.choice([f"{a} {word} {b} is {r}.", f"{a} {phrase.format(b=b)} {r}.",
+                                     f"{a} {op} {b} = {r}."]))
         items += rng.sample(FILLER, rng.randint(1, 2))
         if rng.random() < 0.8:  # a story ending in its result, stated as questions state it
             steps, scene, _ = self._train_item(rng)
