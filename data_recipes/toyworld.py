@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 # Bumped whenever the generator's output changes: it is part of every stage key that
 # consumes toy data, so cached runs made by an older toy world are never reused.
-TOY_WORLD_VERSION = 3
+TOY_WORLD_VERSION = 4
 CORPUS_KINDS = ("web", "mathweb", "qa_short", "qa_cot", "boxed_repeat")
 SPLITS = ("train", "probe", "eval")
 PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
@@ -250,9 +250,17 @@ class ToyWorld:
         steps, scene = self._draw("train", d, rng)
         return steps, scene, self._problem(steps, scene, "train")
 
-    @staticmethod
-    def _equations(steps) -> str:
-        return " ".join(f"{a} {op} {b} = {r}." for a, op, b, r in steps)
+    def _worked(self, steps, scene: _Scene) -> str:
+        """The problem's own sentences, each change followed by its equation.
+
+        "Tom has 7 apples. He gets 5 more, so 7 + 5 = 12. Then he loses 3, so 12 - 3 = 9."
+        Every step is a verbatim copy of a question sentence plus a local fact lookup, the
+        cheapest strategy for a tiny model; bare equations ("7 + 5 = 12. 12 - 3 = 9.") would
+        need it to find the n-th number of the question, which it does not learn cheaply.
+        """
+        first, *changes = self._statements(steps, scene)
+        worked = [f"{sentence[:-1]}, so {a} {op} {b} = {r}." for sentence, (a, op, b, r) in zip(changes, steps)]
+        return " ".join([first, *worked])
 
     def _doc_web(self, rng: random.Random):
         if rng.random() < self.cfg.web_qa_rate:
@@ -285,9 +293,8 @@ class ToyWorld:
             names = {"name": scene.name, "obj": scene.obj, "start": steps[0][0], "result": result}
             paragraphs.append(" ".join([
                 rng.choice(("Example:", "Consider this.", "Another one:", "Try this.")),
-                *self._statements(steps, scene),
                 rng.choice(MATHWEB_BRIDGES).format(**names),
-                self._equations(steps).replace(". ", ". Then ", len(steps) - 1),
+                self._worked(steps, scene),
                 rng.choice(MATHWEB_CONCLUSIONS).format(**names),
             ]))
         return "\n\n".join(paragraphs), difficulty
@@ -297,8 +304,8 @@ class ToyWorld:
         return f"Question: {problem.question}\nAnswer: \\boxed{{{problem.answer}}}", problem.difficulty
 
     def _doc_qa_cot(self, rng: random.Random):
-        steps, _, problem = self._train_item(rng)
-        answer = f"{self._equations(steps)} The answer is \\boxed{{{problem.answer}}}."
+        steps, scene, problem = self._train_item(rng)
+        answer = f"{self._worked(steps, scene)} The answer is \\boxed{{{problem.answer}}}."
         return f"Question: {problem.question}\nAnswer: {answer}", problem.difficulty
 
     def _doc_boxed_repeat(self, rng: random.Random):

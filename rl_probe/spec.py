@@ -127,6 +127,26 @@ PROBE_SPECS: dict[str, ProbeSpec] = {
             profile_problems=32,
             fewshot_k=4,
         ),
+        # v2 for toy world v4, whose worked solutions restate each step (~15 tokens a step):
+        # 96 response tokens fit four steps; 16 samples per prompt at the same 128 rollouts
+        # per step leave fewer zero-variance groups than v1's 8.
+        ProbeSpec(
+            name="toy-cpu-v2",
+            engine="embedded",
+            group_size=16,
+            prompts_per_step=8,
+            mini_batch_prompts=4,
+            lr=5e-4,
+            max_prompt_length=96,
+            max_response_length=96,
+            steps=40,
+            eval_every=5,
+            eval_samples=4,
+            eval_temperature=1.0,
+            checkpoint_every=5,
+            profile_problems=32,
+            fewshot_k=4,
+        ),
         # Seconds on one core: for tests of the machinery, not for results.
         ProbeSpec(
             name="toy-smoke-v1",
