@@ -12,7 +12,7 @@ import numpy as np
 
 FAILURE_MODES = {
     "repetition": "responses repeat until the length limit (repetition ratio ≥ 0.5 and clip ratio ≥ 0.3 at the end)",
-    "length-collapse": "mean response length fell below 40 % of its peak",
+    "length-collapse": "mean response length fell below 40 % of its peak while held-out accuracy did not improve",
     "reward-collapse": "training reward fell by more than half of its gain, and by ≥ 0.2, after peaking",
     "format-hacking": "format errors fell by ≥ 0.2 while held-out accuracy did not improve",
 }
@@ -38,8 +38,10 @@ def classify(metrics: dict[str, list[tuple[int, float]]], accuracy: np.ndarray) 
     if len(repetition) and len(clip) and _tail(repetition) >= 0.5 and _tail(clip) >= 0.3:
         modes.append("repetition")
 
+    improved = len(accuracy) >= 2 and accuracy[-1] - accuracy[0] > 0.02
     length = _series(metrics, "response_length/mean")
-    if len(length) >= 5 and _tail(length) < 0.4 * length.max():
+    # shorter answers that score better are the policy learning the format, not a failure
+    if len(length) >= 5 and _tail(length) < 0.4 * length.max() and not improved:
         modes.append("length-collapse")
 
     reward = _series(metrics, "critic/score/mean")
@@ -51,6 +53,6 @@ def classify(metrics: dict[str, list[tuple[int, float]]], accuracy: np.ndarray) 
 
     format_errors = _series(metrics, "behaviour/format_error_ratio")
     if (len(format_errors) >= 5 and len(accuracy) >= 2
-            and _head(format_errors) - _tail(format_errors) >= 0.2 and accuracy[-1] - accuracy[0] <= 0.02):
+            and _head(format_errors) - _tail(format_errors) >= 0.2 and not improved):
         modes.append("format-hacking")
     return modes

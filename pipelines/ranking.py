@@ -2,8 +2,10 @@
 
 The unit of evidence is a probe run: one checkpoint, one probe spec, one seed,
 with held-out accuracy per eval problem at every eval step. A recipe's score
-is the mean over its seeds of a per-run score (area under the held-out
-accuracy-gain curve, by default). The bootstrap resamples seeds within each
+is the mean over its seeds of a per-run score: by default the area under
+the held-out accuracy curve, i.e. how well the checkpoint does *under* RL, as
+OctoThinker judged recipes. Gain-over-step-0 scores are available too, but
+alone they reward a recipe for starting weak. The bootstrap resamples seeds within each
 recipe and eval problems (the same resampled problems for every run, so
 recipes stay paired), which is what makes "A beats B with probability p"
 meaningful when the runs are few.
@@ -18,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 SCORES = {
+    "auc_acc": "mean held-out accuracy over the probe's eval steps after step 0 (area under the curve)",
     "auc_gain": "mean held-out accuracy gain over step 0, averaged over the probe's eval steps",
     "final_gain": "held-out accuracy gain from step 0 to the last eval",
     "final_acc": "held-out accuracy at the last eval",
@@ -65,6 +68,8 @@ def run_scores(correct: np.ndarray, score: str) -> np.ndarray:
     """Per-run scores from [..., n_evals, n_problems] correctness (vectorised over leading axes)."""
     acc = correct.mean(axis=-1)
     gain = acc - acc[..., :1]
+    if score == "auc_acc":
+        return acc[..., 1:].mean(axis=-1) if acc.shape[-1] > 1 else acc[..., 0]
     if score == "auc_gain":
         return gain[..., 1:].mean(axis=-1) if acc.shape[-1] > 1 else gain[..., 0]
     if score == "final_gain":
@@ -102,7 +107,7 @@ class Ranking:
         return point, float(np.quantile(diff, alpha)), float(np.quantile(diff, 1 - alpha))
 
 
-def rank(runs: list[ProbeRun], score: str = "auc_gain", samples: int = 2000,
+def rank(runs: list[ProbeRun], score: str = "auc_acc", samples: int = 2000,
          confidence: float = 0.95, seed: int = 0) -> Ranking:
     hashes = {r.spec_hash for r in runs}
     if len(hashes) > 1:

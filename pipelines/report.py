@@ -179,7 +179,7 @@ def _last(series: list[tuple[int, float]] | None) -> float | None:
     return series[-1][1] if series else None
 
 
-def build(results: SweepResults, title: str, score: str = "auc_gain", samples: int = 2000,
+def build(results: SweepResults, title: str, score: str = "auc_acc", samples: int = 2000,
           confidence: float = 0.95, n_rollouts: int = 3, decision=None) -> tuple[Doc, Ranking]:
     ranking = rank(results.probes, score=score, samples=samples, confidence=confidence)
     order = [r.recipe for r in ranking.recipes]
@@ -194,8 +194,8 @@ def build(results: SweepResults, title: str, score: str = "auc_gain", samples: i
     doc.para(f"Sweep **{results.sweep}** · probe spec **{spec_name}** (hash `{spec_hash}`) · "
              f"seeds {', '.join(map(str, seeds))} · generated {time.strftime('%Y-%m-%d %H:%M')}")
     runner_up = ranking.recipes[1].recipe if len(ranking.recipes) > 1 else None
-    verdict = f"**{best.recipe}** ranks first by {score} = {best.score:+.3f} " \
-              f"[{best.ci_low:+.3f}, {best.ci_high:+.3f}]"
+    verdict = f"**{best.recipe}** ranks first by {score} = {best.score:.3f} " \
+              f"[{best.ci_low:.3f}, {best.ci_high:.3f}]"
     if runner_up:
         verdict += (f"; it beats {runner_up} in {ranking.beats[(best.recipe, runner_up)]:.0%} of bootstrap "
                     f"replicates. Best − worst ({worst.recipe}) = {point:+.3f}, "
@@ -215,12 +215,12 @@ def build(results: SweepResults, title: str, score: str = "auc_gain", samples: i
         runs = [p for p in results.probes if p.recipe == r.recipe]
         flagged = [f"{m} ({sum(m in p.failure_modes for p in runs)}/{len(runs)})"
                    for m in modes_by_recipe[r.recipe]]
-        rows.append([str(i + 1), r.recipe, f"{r.score:+.3f}", f"[{r.ci_low:+.3f}, {r.ci_high:+.3f}]",
-                     _fmt(r.step0_acc), _fmt(r.final_acc),
+        rows.append([str(i + 1), r.recipe, f"{r.score:.3f}", f"[{r.ci_low:.3f}, {r.ci_high:.3f}]",
+                     _fmt(r.step0_acc), _fmt(r.final_acc), f"{r.final_acc - r.step0_acc:+.3f}",
                      f"{ranking.beats[(r.recipe, nxt)]:.0%}" if nxt else "–",
                      ", ".join(flagged) or "none", f"{recipe_cost_hours(results, r.recipe):.3f}",
                      str(r.seeds)])
-    doc.table(["#", "recipe", score, f"{confidence:.0%} CI", "step-0 acc", "final acc",
+    doc.table(["#", "recipe", score, f"{confidence:.0%} CI", "step-0 acc", "final acc", "gain",
                "P(beats next)", "failure modes", "CPU-h", "seeds"], rows)
 
     if decision is not None:

@@ -19,6 +19,7 @@ def test_run_scores_by_hand():
     assert run_scores(correct, "final_acc") == pytest.approx(1.0)
     assert run_scores(correct, "final_gain") == pytest.approx(0.5)
     assert run_scores(correct, "auc_gain") == pytest.approx((0.25 + 0.5) / 2)
+    assert run_scores(correct, "auc_acc") == pytest.approx((0.75 + 1.0) / 2)
 
 
 def test_separated_recipes_get_an_interval_excluding_zero():
@@ -65,6 +66,7 @@ def test_failure_modes():
 
     collapse = {"response_length/mean": _series(np.r_[np.full(10, 40.0), np.full(10, 8.0)])}
     assert classify(collapse, np.array([0.1, 0.1])) == ["length-collapse"]
+    assert classify(collapse, np.array([0.1, 0.3])) == []  # shorter and better: learning the format
 
     reward = {"critic/score/mean": _series(np.r_[np.linspace(-0.5, 0.6, 12), np.full(8, -0.4)])}
     assert classify(reward, np.array([0.1, 0.1])) == ["reward-collapse"]
