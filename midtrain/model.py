@@ -9,55 +9,26 @@ import tempfile
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from megatron.core import parallel_state, tensor_parallel
 from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
-from megatron.core.transformer.dot_product_attention import DotProductAttention
 
 from midtrain import cpu_compat
+from midtrain.kernels import CausalSDPAttention, SwiGLU
 from midtrain.spec import ModelSpec, RopeScaling, to_transformer_config
 
 
-class CausalSDPAttention(DotProductAttention):
-    """Megatron's core attention computed by torch's scaled_dot_product_attention.
-
-    The stock local DotProductAttention materialises [b, n, s, s] scores, fills a
-    boolean mask into them and repeats K/V per query group; on CPU that is about
-    a third of a small model's step. SDPA applies the causal mask inside its
-    kernel, so no mask tensor is built or passed. Padding masks are not
-    supported: midprobe trains on packed GPTDataset samples.
-    """
-
-    def __init__(self, config, layer_number, attn_mask_type, attention_type, **kwargs):
-        super().__init__(config, layer_number, attn_mask_type, attention_type, **kwargs)
-        if config.window_size is not None or config.softmax_type != "vanilla":
-            raise ValueError("CausalSDPAttention supports full causal vanilla softmax only")
-
-    def forward(self, query, key, value, attention_mask, attn_mask_type=None,
-                attention_bias=None, packed_seq_params=None):
-        if attention_mask is not None or packed_seq_params is not None:
-            raise ValueError("CausalSDPAttention is causal by construction; pass no mask")
-        seq, batch = query.shape[0], query.shape[1]
-        # [s, b, n, d] -> [b, n, s, d]
-        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
-        with tensor_parallel.get_cuda_rng_tracker().fork():
-            context = F.scaled_dot_product_attention(
-                q, k, v,
-                dropout_p=self.attention_dropout.p if self.training else 0.0,
-                is_causal=True,
-                scale=self.softmax_scale,
-                enable_gqa=q.shape[1] != k.shape[1],
-            )
-        # [b, n, s, d] -> [s, b, n*d]
-        return context.permute(2, 0, 1, 3).reshape(seq, batch, self.hidden_size_per_partition)
-
-
 def build_gpt_model(spec: ModelSpec) -> GPTModel:
-    """An fp32 GPTModel with Llama layout (local spec, RMSNorm, SwiGLU, GQA, RoPE)."""
+    """An fp32 GPTModel with Llama layout (local spec, RMSNorm, SwiGLU, GQA, RoPE),
+    sharded over the tensor-parallel group `init_distributed` set up."""
     cpu_compat.apply()
+    if parallel_state.get_pipeline_model_parallel_world_size() > 1:
+        raise NotImplementedError("pipeline parallelism needs one GPTModel stage per rank "
+                                  "(pre_process/post_process); build_gpt_model builds whole models")
     layer_spec = get_gpt_layer_local_spec(normalization="RMSNorm")
     layer_spec.submodules.self_attention.submodules.core_attention = CausalSDPAttention
+    # Applied to the whole fc1 output because the config sets use_te_activation_func.
+    layer_spec.submodules.mlp.submodules.activation_func = SwiGLU
     scaling = spec.rope_scaling
     # megatron-core hard-codes the Llama-3 low/high frequency factors and the
     # original context; other values would silently change positions.
@@ -66,7 +37,8 @@ def build_gpt_model(spec: ModelSpec) -> GPTModel:
     ).model_dump(exclude={"factor"}):
         raise ValueError(f"megatron-core supports only default Llama-3 rope scaling, got {scaling}")
     return GPTModel(
-        config=to_transformer_config(spec),
+        config=to_transformer_config(
+            spec, tensor_model_parallel_size=parallel_state.get_tensor_model_parallel_world_size()),
         transformer_layer_spec=layer_spec,
         vocab_size=spec.vocab_size,
         max_sequence_length=spec.max_position_embeddings,
@@ -78,12 +50,28 @@ def build_gpt_model(spec: ModelSpec) -> GPTModel:
     )
 
 
-def init_distributed() -> tuple[int, int]:
+def check_parallel_layout(world: int, tensor_model_parallel_size: int,
+                          pipeline_model_parallel_size: int) -> int:
+    """The data-parallel size world / (tp·pp); a ValueError naming the sizes if the
+    world does not split into whole tensor×pipeline model replicas."""
+    model_parallel = tensor_model_parallel_size * pipeline_model_parallel_size
+    if world % model_parallel:
+        raise ValueError(
+            f"world size {world} is not divisible by tensor_model_parallel_size "
+            f"{tensor_model_parallel_size} x pipeline_model_parallel_size "
+            f"{pipeline_model_parallel_size} = {model_parallel}; launch a multiple of "
+            f"{model_parallel} processes")
+    return world // model_parallel
+
+
+def init_distributed(tensor_model_parallel_size: int = 1,
+                     pipeline_model_parallel_size: int = 1) -> tuple[int, int]:
     """Join (or create) the process group and megatron's parallel state; return (rank, world).
 
     Under torchrun the environment names the group; a plain process gets a
     private one-rank gloo group on a file store, so concurrent runs on one
-    machine never compete for a TCP port.
+    machine never compete for a TCP port. Megatron's groups split the world into
+    tensor x pipeline model replicas; the remaining factor is data parallel.
     """
     cpu_compat.apply()
     if not torch.distributed.is_initialized():
@@ -97,9 +85,17 @@ def init_distributed() -> tuple[int, int]:
             atexit.register(os.unlink, store_file)
             store = torch.distributed.FileStore(store_file, 1)
             torch.distributed.init_process_group(backend, store=store, rank=0, world_size=1)
+    world = torch.distributed.get_world_size()
+    check_parallel_layout(world, tensor_model_parallel_size, pipeline_model_parallel_size)
     if not parallel_state.model_parallel_is_initialized():
-        parallel_state.initialize_model_parallel(1, 1)
-    return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        parallel_state.initialize_model_parallel(tensor_model_parallel_size,
+                                                 pipeline_model_parallel_size)
+    initialized = (parallel_state.get_tensor_model_parallel_world_size(),
+                   parallel_state.get_pipeline_model_parallel_world_size())
+    if initialized != (tensor_model_parallel_size, pipeline_model_parallel_size):
+        raise ValueError(f"this process already set up megatron with (tp, pp) = {initialized}, "
+                         f"not ({tensor_model_parallel_size}, {pipeline_model_parallel_size})")
+    return torch.distributed.get_rank(), world
 
 
 def seed_all(seed: int) -> None:

@@ -180,13 +180,20 @@ def preset(name: str, **overrides) -> ModelSpec:
     return ModelSpec(**{**MODEL_PRESETS[name].model_dump(), **overrides})
 
 
-def to_transformer_config(spec: ModelSpec):
+def to_transformer_config(spec: ModelSpec, tensor_model_parallel_size: int = 1,
+                          pipeline_model_parallel_size: int = 1):
     """megatron-core TransformerConfig for `spec` (fp32, no dropout, no biases)."""
     from megatron.core.transformer.enums import AttnBackend
     from megatron.core.transformer.transformer_config import TransformerConfig
 
+    from midtrain.kernels import install_rope_kernel
+
+    install_rope_kernel()  # before TransformerConfig, which checks that a fused RoPE exists
+
     return TransformerConfig(
         num_layers=spec.num_layers,
+        tensor_model_parallel_size=tensor_model_parallel_size,
+        pipeline_model_parallel_size=pipeline_model_parallel_size,
         hidden_size=spec.hidden_size,
         num_attention_heads=spec.num_attention_heads,
         num_query_groups=spec.num_kv_heads,
@@ -201,11 +208,15 @@ def to_transformer_config(spec: ModelSpec):
         hidden_dropout=0.0,
         attention_dropout=0.0,
         init_method_std=spec.init_std,
-        # Fusions need TransformerEngine/Apex kernels; the unfused paths are exact in fp32.
+        # midtrain.kernels: RoPE in megatron's fused-RoPE slot (TE's kernel when TE is
+        # installed) and SwiGLU as the MLP's activation_func submodule (the layer spec
+        # in midtrain.model); both compute the unfused fp32 expressions.
+        apply_rope_fusion=True,
+        use_te_activation_func=True,
+        # The other fusions need TransformerEngine/Apex kernels; unfused is exact in fp32.
         bias_activation_fusion=False,
         masked_softmax_fusion=False,
         bias_dropout_fusion=False,
-        apply_rope_fusion=False,
         gradient_accumulation_fusion=False,
         persist_layer_norm=False,
         # Only the local backend works without TE; mixing backends in one process asserts.
