@@ -2,6 +2,23 @@
 
 Run it from a script with an `if __name__ == "__main__":` guard: megatron's
 dist_checkpointing starts a spawn-context process that re-imports `__main__`.
+
+Parallelism. Data parallelism works on CPU (gloo) and GPU (NCCL): launch
+`torchrun --nproc_per_node N -m midtrain.train job.json` (on Slurm, one torchrun
+per node with `--nnodes`, `--node_rank` and a shared `--rdzv_endpoint`); every
+rank reads its own micro batches of the same global batch and gradients are
+averaged over the data-parallel group. On GPU nodes the process group is NCCL
+and each rank uses the device `LOCAL_RANK` names.
+
+`TrainConfig.tensor_model_parallel_size` / `pipeline_model_parallel_size` are
+handed to megatron's `initialize_model_parallel` (data parallel size =
+world / (tp·pp); a world that does not divide is refused with the sizes named)
+and `build_gpt_model` shards the layers over the tensor-parallel group. The
+training loop itself still refuses tp or pp > 1, because it lacks the pieces a
+model-parallel run needs: a gradient norm reduced over tensor-parallel shards
+without double counting replicated norms, HF import/export that scatters and
+gathers the sharded QKV/fc1 layouts, and (for pp) megatron's pipeline schedule
+with one model stage per rank. Until those exist, scale with data parallelism.
 """
 
 from __future__ import annotations
@@ -55,12 +72,26 @@ class TrainConfig(BaseModel):
     valid_percent: float = Field(2.0, gt=0, lt=50, description="documents held out per prefix")
     seed: int = 1234
     threads: int = Field(1, gt=0)
+    tensor_model_parallel_size: int = Field(
+        1, gt=0, description="megatron tensor parallelism; the loop supports only 1 so far")
+    pipeline_model_parallel_size: int = Field(
+        1, gt=0, description="megatron pipeline parallelism; the loop supports only 1 so far")
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr {self.min_lr} exceeds lr {self.lr}")
         return self
+
+
+def _refuse_model_parallelism(cfg: TrainConfig) -> None:
+    tp, pp = cfg.tensor_model_parallel_size, cfg.pipeline_model_parallel_size
+    if tp > 1 or pp > 1:
+        raise NotImplementedError(
+            f"tensor_model_parallel_size={tp}, pipeline_model_parallel_size={pp}: the midtrain "
+            "loop trains with data parallelism only (model-parallel grad-norm reduction, "
+            "sharded HF import/export and pipeline schedules are not implemented); "
+            "set both to 1 and launch more data-parallel ranks")
 
 
 class TrainingDivergedError(RuntimeError):
@@ -215,7 +246,9 @@ def train(model: ModelSpec, cfg: TrainConfig, blend: list[BlendPart], out_dir: s
     torch.set_num_threads(cfg.threads)
     out_dir, tokenizer_dir = Path(out_dir), Path(tokenizer_dir)
     state_dir = out_dir / "state"
-    rank, world = init_distributed()
+    _refuse_model_parallelism(cfg)
+    rank, world = init_distributed(cfg.tensor_model_parallel_size,
+                                   cfg.pipeline_model_parallel_size)
     if rank == 0:
         state_dir.mkdir(parents=True, exist_ok=True)
 

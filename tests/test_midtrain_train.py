@@ -184,3 +184,25 @@ def test_corpus_too_small_for_validation_split_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="10 documents are too few"):
         build_blend([part], seq_length=64, train_samples=10, valid_samples=4, valid_percent=2.0,
                     seed=1, vocab_size=VOCAB, eod=0)
+
+
+def test_model_parallel_sizes_validate_and_reach_a_clear_refusal(corpus, tmp_path):
+    from midtrain.model import check_parallel_layout
+
+    cfg = config(tensor_model_parallel_size=2, pipeline_model_parallel_size=2)
+    assert (cfg.tensor_model_parallel_size, cfg.pipeline_model_parallel_size) == (2, 2)
+    with pytest.raises(ValueError):
+        config(tensor_model_parallel_size=0)
+    assert check_parallel_layout(8, 2, 2) == 2
+    with pytest.raises(ValueError, match="world size 6 is not divisible by "
+                                         "tensor_model_parallel_size 2 x "
+                                         "pipeline_model_parallel_size 2 = 4"):
+        check_parallel_layout(6, 2, 2)
+    # This one-rank process cannot host a tp=2 model replica.
+    with pytest.raises(ValueError, match="world size 1 is not divisible"):
+        init_distributed(tensor_model_parallel_size=2)
+    tokenizer, blend = corpus
+    for sizes in ({"tensor_model_parallel_size": 2}, {"pipeline_model_parallel_size": 2}):
+        with pytest.raises(NotImplementedError, match="data parallelism only"):
+            train(SPEC, config(**sizes), blend, tmp_path, None, tokenizer)
+    assert not (tmp_path / "state").exists()
