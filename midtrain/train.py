@@ -13,8 +13,9 @@ and each rank uses the device `LOCAL_RANK` names.
 `TrainConfig.tensor_model_parallel_size` / `pipeline_model_parallel_size` are
 handed to megatron's `initialize_model_parallel` (data parallel size =
 world / (tp·pp); a world that does not divide is refused with the sizes named)
-and `build_gpt_model` shards the layers over the tensor-parallel group. The
-training loop itself still refuses tp or pp > 1, because it lacks the pieces a
+and `build_gpt_model` shards the layers over the tensor-parallel group (a tp=2
+model on two gloo ranks gives the tp=1 loss from resharded weights; see
+tests/test_midtrain_launch.py). The training loop itself still refuses tp or pp > 1, because it lacks the pieces a
 model-parallel run needs: a gradient norm reduced over tensor-parallel shards
 without double counting replicated norms, HF import/export that scatters and
 gathers the sharded QKV/fc1 layouts, and (for pp) megatron's pipeline schedule

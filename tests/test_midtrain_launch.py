@@ -74,3 +74,52 @@ def test_kill_9_then_resume_is_bitwise_identical(corpus, tmp_path):
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     summary = json.loads((tmp_path / "killed" / "summary.json").read_text())
     assert summary["resumed_from_step"] >= 40
+
+
+TP_LOSS_SCRIPT = """
+import json, sys
+import torch
+from midtrain.checkpoint import load_checkpoint
+from midtrain.model import build_gpt_model, init_distributed
+from midtrain.spec import ModelSpec
+
+if __name__ == "__main__":
+    ckpt, batch_file, out = sys.argv[1:]
+    rank, _ = init_distributed(tensor_model_parallel_size=2)
+    model = build_gpt_model(ModelSpec.model_validate_json(open(ckpt + "/model_spec.json").read()))
+    load_checkpoint(ckpt, model, None)  # dist_checkpointing reshards the tp=1 weights
+    text = torch.load(batch_file)
+    loss = model(text[:, :-1], None, None, labels=text[:, 1:]).mean()
+    loss.backward()
+    if rank == 0:
+        json.dump({"loss": loss.item(), "rank_params": sum(p.numel() for p in model.parameters())},
+                  open(out, "w"))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_tensor_parallel_model_matches_single_rank_loss(tmp_path):
+    """megatron's local-spec layers run sharded over tp=2 on gloo and give the tp=1 loss
+    from the same weights (the training loop itself still refuses tp > 1)."""
+    import torch
+
+    from midtrain.checkpoint import save_checkpoint
+    from midtrain.model import build_gpt_model, seed_all
+
+    seed_all(0)
+    model = build_gpt_model(SPEC)
+    ckpt = save_checkpoint(tmp_path / "state", 0, model, SPEC, None, {})
+    text = torch.randint(0, SPEC.vocab_size, (4, 65), generator=torch.Generator().manual_seed(0))
+    torch.save(text, tmp_path / "batch.pt")
+    single = model(text[:, :-1], None, None, labels=text[:, 1:]).mean().item()
+    (tmp_path / "tp_loss.py").write_text(TP_LOSS_SCRIPT)
+    subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(tmp_path / "tp_loss.py"), str(ckpt), str(tmp_path / "batch.pt"),
+         str(tmp_path / "tp.json")],
+        check=True, timeout=300, capture_output=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
+    result = json.loads((tmp_path / "tp.json").read_text())
+    assert result["loss"] == pytest.approx(single, rel=1e-5)
+    assert result["rank_params"] < sum(p.numel() for p in model.parameters())
