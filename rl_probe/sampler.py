@@ -9,10 +9,11 @@ left-padded so every row decodes its next token at the same column.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from transformers import DynamicCache
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 from verl.utils.torch_functional import entropy_from_logits
 
 
@@ -60,9 +61,10 @@ def sample(
     """Sample one response per prompt. temperature == 0 decodes greedily (log-probs at temperature 1).
 
     The prompt goes through the HF forward; decoding runs `_Decoder` on the
-    same weights. Rows that emitted EOS are dropped from the batch and the KV
-    cache, so a rollout where most answers are short costs what its tokens
-    cost, not batch x max_new_tokens.
+    same weights. Rows that emitted EOS keep decoding (their tokens after EOS
+    are discarded) until dropping them from the batch and the KV cache costs
+    less than carrying them to the length limit, so a rollout where most
+    answers are short costs about what its tokens cost.
     """
     if model.config.model_type != "llama":
         raise ValueError(f"the sampler decodes Llama checkpoints, not {model.config.model_type!r}")
@@ -78,108 +80,195 @@ def sample(
         logits_to_keep=1,
     )
     logits = out.logits[:, -1, :].float()
-    # one mask for the whole decode, sliced per step: columns are prompt then response positions
-    mask = torch.cat([prompt_mask, torch.ones((batch, max_new_tokens), dtype=torch.bool)], dim=-1)
-    decoder = _Decoder(model, cache, mask, prompt_width)
-    next_position = prompt_mask.sum(-1, keepdim=True)
+    decoder = _Decoder(model, cache, prompt_mask, max_new_tokens)
+    del cache, out
+    next_position = prompt_mask.sum(-1)
+    # every row's tokens and log-probs as decoded, including garbage after its EOS;
+    # the response is cut at the first EOS at the end
     tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long)
     log_probs = torch.zeros((batch, max_new_tokens))
-    lengths = torch.zeros(batch, dtype=torch.long)
-    finished = torch.zeros(batch, dtype=torch.bool)
-    rows = torch.arange(batch)  # original row of each row still decoding
+    rows = torch.arange(batch)  # original row of each row still in the decode batch
+    done = torch.zeros(batch, dtype=torch.bool)  # per decode-batch row: has emitted EOS
+    steps = max_new_tokens
     for t in range(max_new_tokens):
-        token_log_probs = torch.log_softmax(logits / temperature if temperature > 0 else logits, dim=-1)
-        token = _sample_top_p(token_log_probs, top_p, generator) if temperature > 0 else logits.argmax(-1)
+        token, token_log_prob = _draw(logits, temperature, top_p, generator)
         tokens[rows, t] = token
-        log_probs[rows, t] = token_log_probs.gather(-1, token[:, None])[:, 0]
-        lengths[rows] += 1
-        hit_eos = token == eos_id
-        finished[rows[hit_eos]] = True
-        if t == max_new_tokens - 1 or hit_eos.all():
+        log_probs[rows, t] = token_log_prob
+        done |= token == eos_id
+        finished_rows = int(done.sum())
+        if t == max_new_tokens - 1 or finished_rows == len(rows):
+            steps = t + 1
             break
-        if hit_eos.any():
-            keep = (~hit_eos).nonzero()[:, 0]
+        # a finished row costs about one row-step of compute per remaining step,
+        # dropping it costs about one row-step per row kept (the cache copy)
+        if finished_rows * (max_new_tokens - 1 - t) >= len(rows) - finished_rows:
+            keep = (~done).nonzero()[:, 0]
             decoder.keep_rows(keep)
-            rows, token, next_position = rows[keep], token[keep], next_position[keep]
+            rows, token, next_position, done = rows[keep], token[keep], next_position[keep], done[keep]
         logits = decoder.step(token, next_position, column=prompt_width + t)
         next_position = next_position + 1
+    is_eos = tokens[:, :steps] == eos_id
+    finished = is_eos.any(-1)
+    lengths = torch.where(finished, is_eos.int().argmax(-1) + 1, steps)
     width = int(lengths.max())
     response_mask = torch.arange(width)[None, :] < lengths[:, None]
     return Rollout(
         prompt_ids=prompt_ids,
         prompt_mask=prompt_mask,
-        response_ids=tokens[:, :width],
+        response_ids=tokens[:, :width].masked_fill(~response_mask, pad_id),
         response_mask=response_mask,
-        log_probs=log_probs[:, :width],
+        log_probs=log_probs[:, :width].masked_fill(~response_mask, 0.0),
         finished=finished,
     )
 
 
 class _Decoder:
-    """One-token decode steps of an HF Llama with a preallocated KV cache.
+    """One-token decode steps of an HF Llama on the model's own weights, repacked.
 
-    HF's forward spends a decode step mostly in Python (mask building, cache
-    concatenation, per-module hooks); this calls the same modules and
-    weights with a fixed-size cache written in place and a boolean mask
-    sliced from the rollout's padding mask.
+    HF's forward spends a decode step mostly in Python and small ops (mask
+    building, cache concatenation, per-module calls); with a tiny batch-64
+    step every op counts. Per layer this runs one matmul for q, k and v (the
+    attention scale folded into the q weights), one for gate and up, RoPE on
+    q and k together from a cos/sin table computed once, and a fixed-size KV
+    cache written in place (keys stored transposed so q @ K is a plain
+    batched matmul).
     """
 
-    def __init__(self, model, prefill: DynamicCache, mask: torch.Tensor, prompt_width: int) -> None:
-        self.model = model
-        self.layers = model.model.layers[: model.config.num_hidden_layers]
-        self.mask = mask  # (B, prompt + max_new): False on left padding
-        self.keys, self.values = [], []
-        for layer in prefill.layers:
-            batch, heads, _, head_dim = layer.keys.shape
-            keys = torch.zeros((batch, heads, mask.shape[1], head_dim), dtype=layer.keys.dtype)
-            values = torch.zeros_like(keys)
-            keys[:, :, :prompt_width] = layer.keys
-            values[:, :, :prompt_width] = layer.values
+    def __init__(self, model, prefill: DynamicCache, prompt_mask: torch.Tensor, max_new_tokens: int) -> None:
+        base, config = model.model, model.config
+        rope_type = base.rotary_emb.rope_type
+        if "dynamic" in rope_type or "longrope" in rope_type:
+            raise ValueError(f"RoPE type {rope_type!r} changes with sequence length; the sampler's table cannot follow")
+        self.embed = base.embed_tokens.weight
+        self.norm = (base.norm.weight, base.norm.variance_epsilon)
+        self.lm_head = (model.lm_head.weight, model.lm_head.bias)
+        batch, prompt_width = prompt_mask.shape
+        width = prompt_width + max_new_tokens
+        # additive attention bias, -inf on left padding: (B, 1, 1, width) broadcasts over kv heads and groups
+        self.bias = torch.zeros((batch, 1, 1, width), dtype=self.embed.dtype)
+        self.bias[:, 0, 0, :prompt_width].masked_fill_(~prompt_mask, float("-inf"))
+        cos, sin = base.rotary_emb(self.embed, torch.arange(width)[None])
+        half = cos.shape[-1] // 2
+        # rotate_half(x) * sin == x.roll(half) * signed_sin: one roll instead of slices, neg and cat
+        signed_sin = torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1)
+        self.rope = torch.stack([cos[0], signed_sin], dim=1)  # (position, cos/signed sin, head_dim)
+        self.layers = [_Layer(layer, config) for layer in base.layers[: config.num_hidden_layers]]
+        self.keys, self.values = [], []  # keys (B, kv_heads, head_dim, width), values (B, kv_heads, width, head_dim)
+        for cached in prefill.layers:
+            _, kv_heads, _, head_dim = cached.keys.shape
+            keys = torch.zeros((batch, kv_heads, head_dim, width), dtype=cached.keys.dtype)
+            keys[..., :prompt_width] = cached.keys.transpose(-1, -2)
+            values = torch.zeros((batch, kv_heads, width, head_dim), dtype=cached.values.dtype)
+            values[:, :, :prompt_width] = cached.values
             self.keys.append(keys)
             self.values.append(values)
 
     def keep_rows(self, rows: torch.Tensor) -> None:
-        self.mask = self.mask[rows]
+        self.bias = self.bias[rows]
         self.keys = [k[rows] for k in self.keys]
         self.values = [v[rows] for v in self.values]
 
     def step(self, token: torch.Tensor, position: torch.Tensor, column: int) -> torch.Tensor:
         """Logits (float32) after feeding `token` at cache column `column` and RoPE position `position`."""
-        base = self.model.model
-        hidden = base.embed_tokens(token[:, None])
-        cos, sin = base.rotary_emb(hidden, position)
-        mask = self.mask[:, None, None, : column + 1]
-        batch = token.shape[0]
+        hidden = F.embedding(token, self.embed)
+        rope = self.rope[position]
+        cos, sin = rope[:, None, 0], rope[:, None, 1]
+        bias = self.bias[..., : column + 1]
         for layer, keys, values in zip(self.layers, self.keys, self.values):
-            attn = layer.self_attn
-            x = layer.input_layernorm(hidden)
-            q = attn.q_proj(x).view(batch, 1, -1, attn.head_dim).transpose(1, 2)
-            k = attn.k_proj(x).view(batch, 1, -1, attn.head_dim).transpose(1, 2)
-            v = attn.v_proj(x).view(batch, 1, -1, attn.head_dim).transpose(1, 2)
-            q, k = apply_rotary_pos_emb(q, k, cos, sin)
-            keys[:, :, column] = k[:, :, 0]
-            values[:, :, column] = v[:, :, 0]
-            out = torch.nn.functional.scaled_dot_product_attention(
-                q, keys[:, :, : column + 1], values[:, :, : column + 1], attn_mask=mask, scale=attn.scaling,
-                enable_gqa=True,
-            )
-            hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(batch, 1, -1))
-            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-        return self.model.lm_head(base.norm(hidden))[:, 0].float()
+            hidden = layer.step(hidden, cos, sin, keys, values, bias, column)
+        hidden = F.rms_norm(hidden, hidden.shape[-1:], *self.norm)
+        return F.linear(hidden, *self.lm_head).float()
 
 
-def _sample_top_p(log_probs: torch.Tensor, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
-    probs = log_probs.exp()
-    if top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        # keep the smallest prefix whose mass reaches top_p (always at least the top token)
-        drop = sorted_probs.cumsum(-1) - sorted_probs >= top_p
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs.masked_fill(drop, 0.0))
-    # inverse CDF with one uniform per row: torch's CPU RNG costs ~6 ns a number,
-    # so multinomial / Gumbel noise over the whole vocabulary dominated a decode step
-    cdf = probs.cumsum(-1)
-    u = torch.rand((probs.shape[0], 1), generator=generator) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u, right=True)[:, 0].clamp(max=probs.shape[-1] - 1)
+class _Layer:
+    def __init__(self, layer, config) -> None:
+        attn, mlp = layer.self_attn, layer.mlp
+        self.head_dim = attn.head_dim
+        self.heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads
+        self.input_norm = (layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)
+        self.post_norm = (layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon)
+        self.qkv = _Linear.cat([_Linear.of(attn.q_proj).scaled(attn.scaling), _Linear.of(attn.k_proj),
+                                _Linear.of(attn.v_proj)])
+        self.o = (attn.o_proj.weight, attn.o_proj.bias)
+        self.gate_up = _Linear.cat([_Linear.of(mlp.gate_proj), _Linear.of(mlp.up_proj)])
+        self.down = (mlp.down_proj.weight, mlp.down_proj.bias)
+        self.act = mlp.act_fn
+        self.intermediate = mlp.gate_proj.out_features
+
+    def step(self, hidden, cos, signed_sin, keys, values, bias, column):
+        batch, heads, kv_heads, head_dim = hidden.shape[0], self.heads, self.kv_heads, self.head_dim
+        qk_width = (heads + kv_heads) * head_dim
+        qkv = F.linear(F.rms_norm(hidden, hidden.shape[-1:], *self.input_norm), *self.qkv)
+        qk = qkv[:, :qk_width].view(batch, -1, head_dim)
+        qk = torch.addcmul(qk * cos, qk.roll(head_dim // 2, -1), signed_sin)  # RoPE: q cos + rotate_half(q) sin
+        keys[..., column] = qk[:, heads:]
+        values[:, :, column] = qkv[:, qk_width:].view(batch, kv_heads, head_dim)
+        # q heads h = kv * group + g share kv head kv (HF's repeat_kv order)
+        q = qk[:, :heads].view(batch, kv_heads, heads // kv_heads, head_dim)
+        scores = torch.matmul(q, keys[..., : column + 1]).add_(bias)
+        out = torch.matmul(torch.softmax(scores, dim=-1), values[:, :, : column + 1])
+        hidden = hidden + F.linear(out.view(batch, heads * head_dim), *self.o)
+        gate_up = F.linear(F.rms_norm(hidden, hidden.shape[-1:], *self.post_norm), *self.gate_up)
+        inner = self.act(gate_up[:, : self.intermediate]) * gate_up[:, self.intermediate :]
+        return hidden + F.linear(inner, *self.down)
+
+
+class _Linear(NamedTuple):
+    """Weight and optional bias of an nn.Linear, to be fused along the output dimension."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
+    @classmethod
+    def of(cls, linear: torch.nn.Linear) -> "_Linear":
+        return cls(linear.weight, linear.bias)
+
+    def scaled(self, factor: float) -> "_Linear":
+        return _Linear(self.weight * factor, None if self.bias is None else self.bias * factor)
+
+    @staticmethod
+    def cat(parts: list["_Linear"]) -> "_Linear":
+        weight = torch.cat([p.weight for p in parts])
+        if all(p.bias is None for p in parts):
+            return _Linear(weight, None)
+        bias = torch.cat([p.bias if p.bias is not None else p.weight.new_zeros(p.weight.shape[0]) for p in parts])
+        return _Linear(weight, bias)
+
+
+# exp of a logit more than ~87 below the row's max is a float32 denormal, which
+# CPUs compute ~100x slower; below e^-60 of the top token a token has no mass
+# at float32 resolution of the CDF, so weights are floored there
+_LOGIT_FLOOR = -60.0
+
+
+def _draw(logits: torch.Tensor, temperature: float, top_p: float,
+          generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token, log p(token)) per row under softmax(logits / temperature); argmax at temperature 0 (log p at 1)."""
+    scaled = logits / temperature if temperature > 0 else logits
+    shifted = scaled - scaled.amax(-1, keepdim=True)
+    weights = shifted.clamp(min=_LOGIT_FLOOR).exp_()
+    if temperature == 0:
+        token = shifted.argmax(-1)
+        total = weights.sum(-1)
+    else:
+        # inverse CDF with one uniform per row: torch's CPU RNG costs ~6 ns a number,
+        # so multinomial / Gumbel noise over the whole vocabulary dominated a decode step
+        cdf = weights.cumsum(-1)
+        total = cdf[:, -1]
+        if top_p < 1.0:
+            cdf = _nucleus(weights / total[:, None], top_p).cumsum(-1)
+        u = torch.rand((logits.shape[0], 1), generator=generator) * cdf[:, -1:]
+        token = torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=logits.shape[-1] - 1)
+    return token, shifted.gather(-1, token[:, None])[:, 0] - total.log()
+
+
+def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """probs with everything outside the smallest top-probability prefix reaching top_p zeroed."""
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    # always keeps at least the top token
+    drop = sorted_probs.cumsum(-1) - sorted_probs >= top_p
+    return torch.zeros_like(probs).scatter(-1, order, sorted_probs.masked_fill(drop, 0.0))
 
 
 def teacher_forced(

@@ -78,10 +78,12 @@ def test_greedy_matches_argmax_and_top_p_keeps_only_the_nucleus(model_and_prompt
 
 @pytest.mark.parametrize("top_p, expected", [(1.0, [0.5, 0.3, 0.15, 0.05]), (0.7, [0.625, 0.375, 0.0, 0.0])])
 def test_token_draws_follow_the_nucleus_distribution(top_p, expected):
-    from rl_probe.sampler import _sample_top_p
+    from rl_probe.sampler import _draw
 
-    log_probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log().expand(40_000, 4)
-    draws = _sample_top_p(log_probs, top_p, torch.Generator().manual_seed(0))
+    logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log().expand(40_000, 4)
+    draws, log_probs = _draw(logits, 1.0, top_p, torch.Generator().manual_seed(0))
+    # the log-prob is of the full distribution, the nucleus only restricts the draw
+    torch.testing.assert_close(log_probs, logits[torch.arange(len(draws)), draws])
     frequencies = torch.bincount(draws, minlength=4).float() / len(draws)
     torch.testing.assert_close(frequencies, torch.tensor(expected), atol=0.01, rtol=0)
 
