@@ -25,7 +25,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from pipelines.errors import StageFailed
 from pipelines.plan import Plan
 from pipelines.stages import STAGES, THREADED
-from pipelines.store import RunStore, StageRun
+from pipelines.store import Busy, RunStore, StageRun
 from pipelines.sweep import ExecutorSection
 
 
@@ -37,9 +37,12 @@ class Runtime:
     sweep: str
     threads: int = 1
     curation_executor: dict | None = None
+    # False under an orchestrator: a run another process holds comes back as Busy, not a wait
+    wait_for_locks: bool = True
 
 
 STAGE_LOG = "stage.log"
+BUSY_RETRY_SECONDS = 3.0
 # metrics shown next to a running stage run in the progress view, first found wins
 PROGRESS_METRICS = ("train/loss", "critic/score/mean")
 
@@ -100,7 +103,7 @@ def execute_stage_run(run: StageRun, runtime: Runtime) -> tuple[str, bool]:
                 kwargs["executor"] = runtime.curation_executor
             STAGES[run.stage](run, inputs, out, tracker.log, **kwargs)
 
-    path, reused = store.execute(run, work, seed=run.config.get("seed"))
+    path, reused = store.execute(run, work, seed=run.config.get("seed"), wait=runtime.wait_for_locks)
     return str(path), reused
 
 
@@ -178,7 +181,7 @@ def run_plan(plan: Plan, store: RunStore, console: Console, executor: ExecutorSe
     """Execute every stage run of the plan; returns ref -> reused-from-store."""
     cfg = executor or plan.executor
     runtime = Runtime(workspace=str(store.workspace), sweep=plan.name, threads=cfg.threads_per_run,
-                      curation_executor=plan.curation_executor or None)
+                      curation_executor=plan.curation_executor or None, wait_for_locks=False)
     store.reconcile()
     runs = plan.runs()
     store.set_members(plan.name, {run: plan.roles.get(run, [{}]) for run in runs})
@@ -195,6 +198,7 @@ def run_plan(plan: Plan, store: RunStore, console: Console, executor: ExecutorSe
 
     backend = None
     running: dict[cf.Future, tuple[StageRun, float, int]] = {}
+    busy_until: dict[str, float] = {}
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                         TextColumn("[dim]{task.fields[status]}"), console=console, transient=True)
     try:
@@ -202,8 +206,10 @@ def run_plan(plan: Plan, store: RunStore, console: Console, executor: ExecutorSe
             while True:
                 blocked = blocked_refs(failed, runs)
                 in_flight = {run.ref for run, _, _ in running.values()}
+                now = time.time()
                 ready = [r for r in runs if r.ref not in outcome and r.ref not in failed
                          and r.ref not in blocked and r.ref not in in_flight
+                         and busy_until.get(r.ref, 0) <= now
                          and all(d.ref in outcome for d in r.inputs.values())]
                 for run in ready[:max(0, cfg.parallel - len(running))]:  # bounded parallelism
                     backend = backend or make_backend(cfg, store.workspace)
@@ -211,7 +217,10 @@ def run_plan(plan: Plan, store: RunStore, console: Console, executor: ExecutorSe
                     task = progress.add_task(run.label, status="", total=None)
                     running[backend.submit(run, runtime)] = (run, time.time(), task)
                 if not running:
-                    break
+                    if not busy_until:
+                        break
+                    time.sleep(BUSY_RETRY_SECONDS)  # only runs other processes hold are left
+                    continue
                 done, _ = cf.wait(list(running), timeout=2, return_when=cf.FIRST_COMPLETED)
                 for run, _, task in running.values():
                     progress.update(task, status=_latest_metric(store, run))
@@ -220,6 +229,11 @@ def run_plan(plan: Plan, store: RunStore, console: Console, executor: ExecutorSe
                     progress.remove_task(task)
                     try:
                         _, was_reused = future.result()
+                    except Busy:  # another orchestrator works on it: do other ready work meanwhile
+                        if run.ref not in busy_until:
+                            progress.console.print(f"[dim]… {run.label}: running in another process[/]")
+                        busy_until[run.ref] = time.time() + BUSY_RETRY_SECONDS
+                        continue
                     except Exception as exc:  # a failed stage run fails its dependants, not the sweep
                         failed[run.ref] = f"{type(exc).__name__}: {exc}".replace("\n", " ")
                         log = store.partial_path(run) / STAGE_LOG
@@ -227,6 +241,7 @@ def run_plan(plan: Plan, store: RunStore, console: Console, executor: ExecutorSe
                                                + (f"  [dim](log: {log})[/]" if log.exists() else ""))
                         continue
                     outcome[run.ref] = was_reused
+                    busy_until.pop(run.ref, None)
                     note = "reused (finished by another process)" if was_reused else f"{time.time() - started:.0f}s"
                     progress.console.print(f"[green]✓[/] {run.label}  [dim]{note}[/]")
     finally:

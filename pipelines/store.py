@@ -47,6 +47,10 @@ _VERSIONED_PACKAGES = ("midprobe", "torch", "megatron-core", "datatrove", "verl"
                        "transformers", "math-verify")
 
 
+class Busy(Exception):
+    """Another process holds this stage run's lock."""
+
+
 def stable_hash(obj: Any, length: int = 16) -> str:
     """Hash of a JSON-able object that ignores dict order."""
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
@@ -176,16 +180,22 @@ class RunStore:
 
     # -- execution ----------------------------------------------------------
     @contextlib.contextmanager
-    def lock(self, run: StageRun) -> Iterator[None]:
+    def lock(self, run: StageRun, wait: bool = True) -> Iterator[None]:
         with open(self.workspace / "locks" / f"{run.stage}-{run.key}.lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                raise Busy(run.ref) from None
             try:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def execute(self, run: StageRun, work, *, seed: int | None = None) -> tuple[Path, bool]:
+    def execute(self, run: StageRun, work, *, seed: int | None = None, wait: bool = True) -> tuple[Path, bool]:
         """Run ``work(partial_dir)`` unless the run is already published.
+
+        With ``wait=False`` a run that another process is working on raises Busy
+        instead of blocking, so an orchestrator can do other ready work meanwhile.
 
         Returns the published path and whether it was reused from the store.
         ``work`` may find a partial directory left by a crashed attempt and
@@ -193,7 +203,7 @@ class RunStore:
         """
         if self.is_done(run):
             return self.path(run), True
-        with self.lock(run):
+        with self.lock(run, wait):
             if self.is_done(run):  # another process finished it while we waited
                 return self.path(run), True
             partial = self.partial_path(run)
