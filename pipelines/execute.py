@@ -213,7 +213,8 @@ def run_plan(plan: Plan, store: RunStore, console: Console, executor: ExecutorSe
                          and all(d.ref in outcome for d in r.inputs.values())]
                 for run in ready[:max(0, cfg.parallel - len(running))]:  # bounded parallelism
                     backend = backend or make_backend(cfg, store.workspace)
-                    progress.console.print(f"[cyan]▶[/] {run.label}  [dim]{run.ref}[/]")
+                    if run.ref not in busy_until:  # a retry of a run held elsewhere is not news
+                        progress.console.print(f"[cyan]▶[/] {run.label}  [dim]{run.ref}[/]")
                     task = progress.add_task(run.label, status="", total=None)
                     running[backend.submit(run, runtime)] = (run, time.time(), task)
                 if not running:
