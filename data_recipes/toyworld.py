@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 # Bumped whenever the generator's output changes: it is part of every stage key that
 # consumes toy data, so cached runs made by an older toy world are never reused.
-TOY_WORLD_VERSION = 4
+TOY_WORLD_VERSION = 5
 CORPUS_KINDS = ("web", "mathweb", "qa_short", "qa_cot", "boxed_repeat")
 SPLITS = ("train", "probe", "eval")
 PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
@@ -293,6 +293,9 @@ class ToyWorld:
             names = {"name": scene.name, "obj": scene.obj, "start": steps[0][0], "result": result}
             paragraphs.append(" ".join([
                 rng.choice(("Example:", "Consider this.", "Another one:", "Try this.")),
+                # stating the problem before working it through is what teaches copying
+                # from the question, the skill worked solutions (qa_cot) rely on
+                *self._statements(steps, scene),
                 rng.choice(MATHWEB_BRIDGES).format(**names),
                 self._worked(steps, scene),
                 rng.choice(MATHWEB_CONCLUSIONS).format(**names),
