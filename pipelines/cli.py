@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -314,8 +315,13 @@ def bench(only: Optional[list[str]] = typer.Option(None, "--only", help="run onl
     run_suite(only)
 
 
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt  # unwind like Ctrl-C: executors shut their workers down
+
+
 def main() -> None:
     os.environ.setdefault("WANDB_MODE", "offline")
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         app()  # standalone: click reports usage errors itself (exit 2) and handles Exit/Abort
     except (InputError, StageFailed) as exc:

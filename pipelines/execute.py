@@ -115,17 +115,42 @@ class _Backend(abc.ABC):
     def close(self) -> None:
         pass
 
+    def abort(self) -> None:
+        """The orchestrator is being interrupted. Cluster jobs keep running: they publish
+        into the same store, so a later `midprobe run` picks up their results."""
+        self.close()
+
+
+def _die_with_parent() -> None:
+    """Worker initializer: on Linux, have the kernel kill this worker when the orchestrator dies.
+
+    Otherwise a kill -9'd `midprobe run` leaves workers running their stage runs (and
+    holding their locks) unsupervised; killed, their partial work simply resumes next time.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+
 
 class LocalBackend(_Backend):
     def __init__(self, parallel: int):
         # spawn: torch and megatron keep threads and process groups that do not survive fork
-        self.pool = cf.ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn"))
+        self.pool = cf.ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn"),
+                                           initializer=_die_with_parent)
 
     def submit(self, run, runtime):
         return self.pool.submit(execute_stage_run, run, runtime)
 
     def close(self):
         self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def abort(self):
+        # local workers die with us; what they had written stays in .partial dirs, resumable
+        for process in list(getattr(self.pool, "_processes", {}).values()):
+            process.kill()
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 class SlurmBackend(_Backend):
@@ -245,6 +270,11 @@ def run_plan(plan: Plan, store: RunStore, console: Console, executor: ExecutorSe
                     busy_until.pop(run.ref, None)
                     note = "reused (finished by another process)" if was_reused else f"{time.time() - started:.0f}s"
                     progress.console.print(f"[green]✓[/] {run.label}  [dim]{note}[/]")
+    except BaseException:
+        if backend:
+            backend.abort()
+            backend = None
+        raise
     finally:
         if backend:
             backend.close()
