@@ -14,8 +14,21 @@ from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
 from midtrain import cpu_compat
-from midtrain.kernels import CausalSDPAttention, SwiGLU
+from midtrain.kernels import CausalSDPAttention, SwiGLU, vocab_parallel_cross_entropy
 from midtrain.spec import ModelSpec, RopeScaling, to_transformer_config
+
+
+class LlamaGPTModel(GPTModel):
+    """megatron's GPTModel; only its loss hook is replaced, by the same vocab-parallel
+    cross entropy with a faster row maximum (`kernels.vocab_parallel_cross_entropy`).
+    Modules, parameters and checkpoint keys are GPTModel's."""
+
+    def compute_language_model_loss(self, labels: torch.Tensor,
+                                    logits: torch.Tensor) -> torch.Tensor:
+        # labels [b, s], logits [s, b, V/tp] -> per-token loss [b, s]
+        loss = vocab_parallel_cross_entropy(logits, labels.transpose(0, 1).contiguous(),
+                                            self.pg_collection.tp)
+        return loss.transpose(0, 1).contiguous()
 
 
 def build_gpt_model(spec: ModelSpec) -> GPTModel:
@@ -36,7 +49,7 @@ def build_gpt_model(spec: ModelSpec) -> GPTModel:
         factor=scaling.factor
     ).model_dump(exclude={"factor"}):
         raise ValueError(f"megatron-core supports only default Llama-3 rope scaling, got {scaling}")
-    return GPTModel(
+    return LlamaGPTModel(
         config=to_transformer_config(
             spec, tensor_model_parallel_size=parallel_state.get_tensor_model_parallel_world_size()),
         transformer_layer_spec=layer_spec,
