@@ -2,12 +2,22 @@
 
 Tokens/s counts response tokens up to and including EOS, at batch 64,
 temperature 1, at most 64 new tokens, prompts of 12-36 tokens left-padded
-(both engines get the same padded batch and mask). Two workloads:
+(every engine gets the same padded batch and mask, the same stop id and the
+same thread count). Two workloads:
 - `ragged` (the headline): the EOS logit is raised along one hidden direction
   so that rows stop at very different times (median ~15 tokens, a third
   clipped at 64), the shape of RL rollouts where a few responses loop to
-  the length limit;
-- `fixed`: no row can stop, which compares the per-step machinery alone.
+  the length limit; every engine stops when all rows have stopped;
+- `fixed`: the stop id is one no row can sample, so every row runs the full
+  64 tokens, which compares the per-step machinery alone.
+
+HF generate runs with its KV cache both as the default dynamic cache and as
+its static cache (the one meant for fixed-shape decoding); the peer is the
+faster of the two in this run. Everything runs on one thread and rates are
+tokens per CPU-second of this process, medians over repeats: on a shared
+machine wall-clock time mostly measures the neighbours (wall-clock rates are
+reported alongside). The engines' repeats are interleaved so that what load
+remains (caches, memory bandwidth) hits all of them alike.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from rl_probe.sampler import left_pad, sample
 
 EOS_ID = 511
+HF_CACHES = ("dynamic", "static")
 
 
 def toy_llama(vocab_size: int = 512, seed: int = 0, eos_strength: float = 3.0) -> LlamaForCausalLM:
@@ -36,64 +47,82 @@ def toy_llama(vocab_size: int = 512, seed: int = 0, eos_strength: float = 3.0) -
     return model
 
 
-def _response_tokens(responses: torch.Tensor, eos_id: int | None) -> int:
-    if eos_id is None:
-        return responses.numel()
-    is_eos = responses == eos_id
-    first_eos = torch.where(is_eos.any(-1), is_eos.int().argmax(-1) + 1, responses.shape[1])
-    return int(first_eos.sum())
+def response_tokens(responses: torch.Tensor, stop_id: int) -> int:
+    """Tokens of right-padded responses up to and including each row's first `stop_id`."""
+    is_stop = responses == stop_id
+    first_stop = torch.where(is_stop.any(-1), is_stop.int().argmax(-1) + 1, responses.shape[1])
+    return int(first_stop.sum())
 
 
-def _median_rate(run, repeats: int) -> float:
-    run()  # warm-up
-    rates = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        tokens = run()
-        rates.append(tokens / (time.perf_counter() - started))
-    return statistics.median(rates)
-
-
-def measure(model: LlamaForCausalLM, eos_id: int | None, batch: int, new_tokens: int,
-            repeats: int) -> tuple[float, float]:
-    """(ours, hf generate) tokens/s on one workload."""
+def measure(model: LlamaForCausalLM, stop_id: int, batch: int, new_tokens: int,
+            repeats: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Median tokens per CPU-second and per wall-clock second of each engine ("ours", "hf-<cache>")."""
     gen = torch.Generator().manual_seed(0)
     prompts = [torch.randint(1, EOS_ID, (int(n),), generator=gen).tolist()
                for n in torch.randint(12, 37, (batch,), generator=gen)]
     padded, mask = left_pad(prompts, pad_id=0)
-    stop = eos_id if eos_id is not None else model.config.vocab_size  # an id that is never sampled
 
     def ours() -> int:
-        rollout = sample(model, prompts, max_new_tokens=new_tokens, eos_id=stop, pad_id=0,
+        rollout = sample(model, prompts, max_new_tokens=new_tokens, eos_id=stop_id, pad_id=0,
                          temperature=1.0, generator=torch.Generator().manual_seed(1))
         return int(rollout.response_lengths.sum())
 
-    @torch.no_grad()
-    def hf_generate() -> int:
-        torch.manual_seed(1)
-        out = model.generate(padded, attention_mask=mask.long(), do_sample=True, temperature=1.0,
-                             top_k=0, top_p=1.0, max_new_tokens=new_tokens, eos_token_id=eos_id, pad_token_id=0,
-                             min_new_tokens=new_tokens if eos_id is None else 0)
-        return _response_tokens(out[:, padded.shape[1]:], eos_id)
+    def hf_generate(cache: str):
+        @torch.inference_mode()
+        def run() -> int:
+            torch.manual_seed(1)
+            out = model.generate(padded, attention_mask=mask.long(), do_sample=True, temperature=1.0, top_k=0,
+                                 top_p=1.0, max_new_tokens=new_tokens, eos_token_id=stop_id, pad_token_id=0,
+                                 use_cache=True, cache_implementation=cache)
+            return response_tokens(out[:, padded.shape[1]:], stop_id)
 
-    return _median_rate(ours, repeats), _median_rate(hf_generate, repeats)
+        return run
+
+    engines = {"ours": ours, **{f"hf-{cache}": hf_generate(cache) for cache in HF_CACHES}}
+    for run in engines.values():
+        run()  # warm-up
+    cpu_rates: dict[str, list[float]] = {name: [] for name in engines}
+    wall_rates: dict[str, list[float]] = {name: [] for name in engines}
+    for _ in range(repeats):
+        for name, run in engines.items():
+            cpu_started, wall_started = time.process_time(), time.perf_counter()
+            tokens = run()
+            cpu_rates[name].append(tokens / (time.process_time() - cpu_started))
+            wall_rates[name].append(tokens / (time.perf_counter() - wall_started))
+    return ({name: statistics.median(r) for name, r in cpu_rates.items()},
+            {name: statistics.median(r) for name, r in wall_rates.items()})
 
 
-def bench_rollout_throughput(batch: int = 64, new_tokens: int = 64, repeats: int = 3) -> dict:
-    model = toy_llama()
-    ragged = measure(model, EOS_ID, batch, new_tokens, repeats)
-    fixed = measure(model, None, batch, new_tokens, repeats)
+def bench_rollout_throughput(batch: int = 64, new_tokens: int = 64, repeats: int = 5, threads: int = 1) -> dict:
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        model = toy_llama()
+        ragged, ragged_wall = measure(model, EOS_ID, batch, new_tokens, repeats)
+        # vocab_size is an id no row can sample
+        fixed, fixed_wall = measure(model, model.config.vocab_size, batch, new_tokens, repeats)
+    finally:
+        torch.set_num_threads(previous_threads)
+    ragged_peer = max(ragged[f"hf-{c}"] for c in HF_CACHES)
+    fixed_peer = max(fixed[f"hf-{c}"] for c in HF_CACHES)
+
+    def wall_ratio(wall: dict[str, float]) -> float:
+        return round(wall["ours"] / max(wall[f"hf-{c}"] for c in HF_CACHES), 2)
     return {
-        "ours": ragged[0],
-        "peer": ragged[1],
-        "unit": "tok/s",
+        "ours": ragged["ours"],
+        "peer": ragged_peer,
+        "unit": "tok/cpu-s",
         "peer_name": "hf-generate",
         "details": {
-            "workload": f"batch {batch}, <= {new_tokens} new tokens, ragged EOS",
-            "fixed_length_ours_tok_s": round(fixed[0]),
-            "fixed_length_hf_tok_s": round(fixed[1]),
-            "fixed_length_ratio": round(fixed[0] / fixed[1], 2),
-            "threads": torch.get_num_threads(),
+            "workload": f"batch {batch}, <= {new_tokens} new tokens, ragged EOS; peer = faster HF cache",
+            **{f"ragged_{name}_tok_s": round(rate) for name, rate in ragged.items()},
+            "ragged_ratio": round(ragged["ours"] / ragged_peer, 2),
+            "ragged_wall_clock_ratio": wall_ratio(ragged_wall),
+            **{f"fixed_length_{name}_tok_s": round(rate) for name, rate in fixed.items()},
+            "fixed_length_ratio": round(fixed["ours"] / fixed_peer, 2),
+            "fixed_length_wall_clock_ratio": wall_ratio(fixed_wall),
+            "threads": threads,
+            "repeats": repeats,
             "params": sum(p.numel() for p in model.parameters()),
         },
     }

@@ -61,10 +61,9 @@ def sample(
     """Sample one response per prompt. temperature == 0 decodes greedily (log-probs at temperature 1).
 
     The prompt goes through the HF forward; decoding runs `_Decoder` on the
-    same weights. Rows that emitted EOS keep decoding (their tokens after EOS
-    are discarded) until dropping them from the batch and the KV cache costs
-    less than carrying them to the length limit, so a rollout where most
-    answers are short costs about what its tokens cost.
+    same weights. Rows that emitted EOS are dropped from the batch and the KV
+    cache, so a rollout where most answers are short costs about what its
+    tokens cost, not batch x max_new_tokens.
     """
     if model.config.model_type != "llama":
         raise ValueError(f"the sampler decodes Llama checkpoints, not {model.config.model_type!r}")
@@ -83,28 +82,22 @@ def sample(
     decoder = _Decoder(model, cache, prompt_mask, max_new_tokens)
     del cache, out
     next_position = prompt_mask.sum(-1)
-    # every row's tokens and log-probs as decoded, including garbage after its EOS;
-    # the response is cut at the first EOS at the end
     tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long)
     log_probs = torch.zeros((batch, max_new_tokens))
     rows = torch.arange(batch)  # original row of each row still in the decode batch
-    done = torch.zeros(batch, dtype=torch.bool)  # per decode-batch row: has emitted EOS
     steps = max_new_tokens
     for t in range(max_new_tokens):
         token, token_log_prob = _draw(logits, temperature, top_p, generator)
         tokens[rows, t] = token
         log_probs[rows, t] = token_log_prob
-        done |= token == eos_id
+        done = token == eos_id
         finished_rows = int(done.sum())
         if t == max_new_tokens - 1 or finished_rows == len(rows):
             steps = t + 1
             break
-        # a finished row costs about one row-step of compute per remaining step,
-        # dropping it costs about one row-step per row kept (the cache copy)
-        if finished_rows * (max_new_tokens - 1 - t) >= len(rows) - finished_rows:
-            keep = (~done).nonzero()[:, 0]
-            decoder.keep_rows(keep)
-            rows, token, next_position, done = rows[keep], token[keep], next_position[keep], done[keep]
+        if finished_rows:
+            order = decoder.drop_rows(done)
+            rows, token, next_position = rows[order], token[order], next_position[order]
         logits = decoder.step(token, next_position, column=prompt_width + t)
         next_position = next_position + 1
     is_eos = tokens[:, :steps] == eos_id
@@ -163,10 +156,25 @@ class _Decoder:
             self.keys.append(keys)
             self.values.append(values)
 
-    def keep_rows(self, rows: torch.Tensor) -> None:
-        self.bias = self.bias[rows]
-        self.keys = [k[rows] for k in self.keys]
-        self.values = [v[rows] for v in self.values]
+    def drop_rows(self, dropped: torch.Tensor) -> torch.Tensor:
+        """Drop the rows where `dropped` is True; returns the old index of each remaining row.
+
+        The buffers keep their allocation and the batch becomes their first
+        rows: rows that stay past the new end move into the dropped rows'
+        slots, so the copy costs what the dropped rows hold, not the batch.
+        """
+        batch = len(dropped)
+        kept = batch - int(dropped.sum())
+        holes = dropped[:kept].nonzero()[:, 0]
+        movers = (~dropped[kept:]).nonzero()[:, 0] + kept
+        for buffer in (self.bias, *self.keys, *self.values):
+            buffer[holes] = buffer[movers]
+        self.bias = self.bias[:kept]
+        self.keys = [k[:kept] for k in self.keys]
+        self.values = [v[:kept] for v in self.values]
+        order = torch.arange(kept)
+        order[holes] = movers
+        return order
 
     def step(self, token: torch.Tensor, position: torch.Tensor, column: int) -> torch.Tensor:
         """Logits (float32) after feeding `token` at cache column `column` and RoPE position `position`."""
