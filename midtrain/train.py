@@ -8,18 +8,20 @@ Parallelism. Data parallelism works on CPU (gloo) and GPU (NCCL): launch
 per node with `--nnodes`, `--node_rank` and a shared `--rdzv_endpoint`); every
 rank reads its own micro batches of the same global batch and gradients are
 averaged over the data-parallel group. On GPU nodes the process group is NCCL
-and each rank uses the device `LOCAL_RANK` names.
+and each rank uses the device `LOCAL_RANK` names (that path has not run on this
+project's CPU-only machine).
 
 `TrainConfig.tensor_model_parallel_size` / `pipeline_model_parallel_size` are
 handed to megatron's `initialize_model_parallel` (data parallel size =
 world / (tp·pp); a world that does not divide is refused with the sizes named)
 and `build_gpt_model` shards the layers over the tensor-parallel group (a tp=2
 model on two gloo ranks gives the tp=1 loss from resharded weights; see
-tests/test_midtrain_launch.py). The training loop itself still refuses tp or pp > 1, because it lacks the pieces a
-model-parallel run needs: a gradient norm reduced over tensor-parallel shards
-without double counting replicated norms, HF import/export that scatters and
-gathers the sharded QKV/fc1 layouts, and (for pp) megatron's pipeline schedule
-with one model stage per rank. Until those exist, scale with data parallelism.
+tests/test_midtrain_launch.py). The training loop itself still refuses tp or
+pp > 1, because it lacks the pieces a model-parallel run needs: a gradient norm
+reduced over tensor-parallel shards without double counting replicated norms,
+HF import/export that scatters and gathers the sharded QKV/fc1 layouts, and
+(for pp) megatron's pipeline schedule with one model stage per rank. Until
+those exist, scale with data parallelism.
 """
 
 from __future__ import annotations

@@ -13,3 +13,4 @@ def test_bench_reports_both_loops_from_the_same_start():
     assert result["ours"] > 0 and result["peer"] > 0 and result["unit"] == "tokens/s"
     assert result["details"]["first_step_loss_diff"] < 1e-4
     assert 0 < result["details"]["mfu_megatron"] < 1
+    assert result["details"]["cpu_time_ratio_hf_over_megatron"] > 0
