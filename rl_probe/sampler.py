@@ -13,7 +13,6 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache
 from verl.utils.torch_functional import entropy_from_logits
 
 
@@ -60,8 +59,7 @@ def sample(
 ) -> Rollout:
     """Sample one response per prompt. temperature == 0 decodes greedily (log-probs at temperature 1).
 
-    The prompt goes through the HF forward; decoding runs `_Decoder` on the
-    same weights. Rows that emitted EOS are dropped from the batch and the KV
+    Prefill and decoding run `_Decoder` on the model's weights. Rows that emitted EOS are dropped from the batch and the KV
     cache, so a rollout where most answers are short costs about what its
     tokens cost, not batch x max_new_tokens.
     """
@@ -69,18 +67,8 @@ def sample(
         raise ValueError(f"the sampler decodes Llama checkpoints, not {model.config.model_type!r}")
     prompt_ids, prompt_mask = left_pad(prompts, pad_id)
     batch, prompt_width = prompt_ids.shape
-    cache = DynamicCache()
-    out = model(
-        input_ids=prompt_ids,
-        attention_mask=prompt_mask.long(),
-        position_ids=positions(prompt_mask),
-        past_key_values=cache,
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    logits = out.logits[:, -1, :].float()
-    decoder = _Decoder(model, cache, prompt_mask, max_new_tokens)
-    del cache, out
+    decoder = _Decoder(model, prompt_mask, max_new_tokens)
+    logits = decoder.prefill(prompt_ids)
     next_position = prompt_mask.sum(-1)
     tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long)
     log_probs = torch.zeros((batch, max_new_tokens))
@@ -116,18 +104,20 @@ def sample(
 
 
 class _Decoder:
-    """One-token decode steps of an HF Llama on the model's own weights, repacked.
+    """Prefill and one-token decode steps of an HF Llama on the model's own weights, repacked.
 
     HF's forward spends a decode step mostly in Python and small ops (mask
     building, cache concatenation, per-module calls); with a tiny batch-64
-    step every op counts. Per layer this runs one matmul for q, k and v (the
+    step every op counts. The prefill runs the matmuls on the prompts' real
+    tokens only, packed, not on the left padding (a third of a batch of
+    12-36 token prompts). Per layer this runs one matmul for q, k and v (the
     attention scale folded into the q weights), one for gate and up, RoPE on
     q and k together from a cos/sin table computed once, and a fixed-size KV
     cache written in place (keys stored transposed so q @ K is a plain
     batched matmul).
     """
 
-    def __init__(self, model, prefill: DynamicCache, prompt_mask: torch.Tensor, max_new_tokens: int) -> None:
+    def __init__(self, model, prompt_mask: torch.Tensor, max_new_tokens: int) -> None:
         base, config = model.model, model.config
         rope_type = base.rotary_emb.rope_type
         if "dynamic" in rope_type or "longrope" in rope_type:
@@ -146,15 +136,28 @@ class _Decoder:
         signed_sin = torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1)
         self.rope = torch.stack([cos[0], signed_sin], dim=1)  # (position, cos/signed sin, head_dim)
         self.layers = [_Layer(layer, config) for layer in base.layers[: config.num_hidden_layers]]
-        self.keys, self.values = [], []  # keys (B, kv_heads, head_dim, width), values (B, kv_heads, width, head_dim)
-        for cached in prefill.layers:
-            _, kv_heads, _, head_dim = cached.keys.shape
-            keys = torch.zeros((batch, kv_heads, head_dim, width), dtype=cached.keys.dtype)
-            keys[..., :prompt_width] = cached.keys.transpose(-1, -2)
-            values = torch.zeros((batch, kv_heads, width, head_dim), dtype=cached.values.dtype)
-            values[:, :, :prompt_width] = cached.values
-            self.keys.append(keys)
-            self.values.append(values)
+        kv_heads, head_dim = config.num_key_value_heads, self.layers[0].head_dim
+        # keys (B, kv_heads, head_dim, width), values (B, kv_heads, width, head_dim)
+        self.keys = [torch.zeros((batch, kv_heads, head_dim, width), dtype=self.embed.dtype) for _ in self.layers]
+        self.values = [torch.zeros((batch, kv_heads, width, head_dim), dtype=self.embed.dtype) for _ in self.layers]
+        self.prompt_mask = prompt_mask
+
+    def prefill(self, prompt_ids: torch.Tensor) -> torch.Tensor:
+        """Fill the cache with the prompts; logits (float32) for each row's first response token."""
+        mask = self.prompt_mask
+        width = mask.shape[1]
+        hidden = F.embedding(prompt_ids[mask], self.embed)  # (real tokens, hidden), row-major
+        rope = self.rope[positions(mask)[mask]]
+        cos, sin = rope[:, None, 0], rope[:, None, 1]
+        # (B, 1, 1, query, key): causal over real keys; padded queries see every key to stay finite
+        causal = torch.ones((width, width), dtype=torch.bool).tril()
+        visible = (causal & mask[:, None, :]) | ~mask[:, :, None]
+        bias = torch.zeros(visible.shape, dtype=self.embed.dtype).masked_fill_(~visible, float("-inf"))[:, None, None]
+        for layer, keys, values in zip(self.layers, self.keys, self.values):
+            hidden = layer.prefill(hidden, cos, sin, keys, values, bias, mask)
+        last = mask.sum(-1).cumsum(0) - 1  # each row's last prompt token (left padding: the last column)
+        hidden = F.rms_norm(hidden[last], hidden.shape[-1:], *self.norm)
+        return F.linear(hidden, *self.lm_head).float()
 
     def drop_rows(self, dropped: torch.Tensor) -> torch.Tensor:
         """Drop the rows where `dropped` is True; returns the old index of each remaining row.
@@ -204,6 +207,29 @@ class _Layer:
         self.act = mlp.act_fn
         self.intermediate = mlp.gate_proj.out_features
 
+    def prefill(self, hidden, cos, signed_sin, keys, values, bias, mask):
+        """`hidden` holds the real prompt tokens packed (row-major); attention runs on the padded layout."""
+        heads, kv_heads, head_dim = self.heads, self.kv_heads, self.head_dim
+        batch, width = mask.shape
+        qk_width = (heads + kv_heads) * head_dim
+        qkv = F.linear(F.rms_norm(hidden, hidden.shape[-1:], *self.input_norm), *self.qkv)
+        qk = qkv[:, :qk_width].view(-1, heads + kv_heads, head_dim)
+        qk = torch.addcmul(qk * cos, qk.roll(head_dim // 2, -1), signed_sin)
+        keys[..., :width].permute(0, 3, 1, 2)[mask] = qk[:, heads:]
+        values[:, :, :width].transpose(1, 2)[mask] = qkv[:, qk_width:].view(-1, kv_heads, head_dim)
+        q = qk.new_zeros((batch, width, heads, head_dim))
+        q[mask] = qk[:, :heads]
+        group = heads // kv_heads
+        # (B, kv, group x query, dim): one matmul per kv head, the cache is not expanded over the group
+        q = q.view(batch, width, kv_heads, group, head_dim).permute(0, 2, 3, 1, 4).reshape(
+            batch, kv_heads, group * width, head_dim)
+        scores = torch.matmul(q, keys[..., :width]).view(batch, kv_heads, group, width, width).add_(bias)
+        out = torch.matmul(torch.softmax(scores, dim=-1).view(batch, kv_heads, group * width, width),
+                           values[:, :, :width])
+        out = out.view(batch, kv_heads, group, width, head_dim).permute(0, 3, 1, 2, 4)[mask]
+        out = out.reshape(-1, heads * head_dim)
+        return self._rest(hidden, out)
+
     def step(self, hidden, cos, signed_sin, keys, values, bias, column):
         batch, heads, kv_heads, head_dim = hidden.shape[0], self.heads, self.kv_heads, self.head_dim
         qk_width = (heads + kv_heads) * head_dim
@@ -216,7 +242,11 @@ class _Layer:
         q = qk[:, :heads].view(batch, kv_heads, heads // kv_heads, head_dim)
         scores = torch.matmul(q, keys[..., : column + 1]).add_(bias)
         out = torch.matmul(torch.softmax(scores, dim=-1), values[:, :, : column + 1])
-        hidden = hidden + F.linear(out.view(batch, heads * head_dim), *self.o)
+        return self._rest(hidden, out.view(batch, heads * head_dim))
+
+    def _rest(self, hidden, attention):
+        """Output projection, residuals and MLP after attention, for any leading shape."""
+        hidden = hidden + F.linear(attention, *self.o)
         gate_up = F.linear(F.rms_norm(hidden, hidden.shape[-1:], *self.post_norm), *self.gate_up)
         inner = self.act(gate_up[:, : self.intermediate]) * gate_up[:, self.intermediate :]
         return hidden + F.linear(inner, *self.down)
