@@ -115,10 +115,10 @@ def bench_rollout_throughput(batch: int = 64, new_tokens: int = 64, repeats: int
         "peer_name": "hf-generate",
         "details": {
             "workload": f"batch {batch}, <= {new_tokens} new tokens, ragged EOS; peer = faster HF cache",
-            **{f"ragged_{name}_tok_s": round(rate) for name, rate in ragged.items()},
+            **{f"ragged_{name}_tok_per_cpu_s": round(rate) for name, rate in ragged.items()},
             "ragged_ratio": round(ragged["ours"] / ragged_peer, 2),
             "ragged_wall_clock_ratio": wall_ratio(ragged_wall),
-            **{f"fixed_length_{name}_tok_s": round(rate) for name, rate in fixed.items()},
+            **{f"fixed_length_{name}_tok_per_cpu_s": round(rate) for name, rate in fixed.items()},
             "fixed_length_ratio": round(fixed["ours"] / fixed_peer, 2),
             "fixed_length_wall_clock_ratio": wall_ratio(fixed_wall),
             "threads": threads,

@@ -59,9 +59,10 @@ def sample(
 ) -> Rollout:
     """Sample one response per prompt. temperature == 0 decodes greedily (log-probs at temperature 1).
 
-    Prefill and decoding run `_Decoder` on the model's weights. Rows that emitted EOS are dropped from the batch and the KV
-    cache, so a rollout where most answers are short costs about what its
-    tokens cost, not batch x max_new_tokens.
+    Prefill and decoding run `_Decoder` on the model's weights. Rows that
+    emitted EOS are dropped from the batch and the KV cache, so a rollout
+    where most answers are short costs about what its tokens cost, not
+    batch x max_new_tokens.
     """
     if model.config.model_type != "llama":
         raise ValueError(f"the sampler decodes Llama checkpoints, not {model.config.model_type!r}")
@@ -70,6 +71,7 @@ def sample(
     decoder = _Decoder(model, prompt_mask, max_new_tokens)
     logits = decoder.prefill(prompt_ids)
     next_position = prompt_mask.sum(-1)
+    # a row is dropped after its EOS, so its later columns keep pad_id and log-prob 0
     tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long)
     log_probs = torch.zeros((batch, max_new_tokens))
     rows = torch.arange(batch)  # original row of each row still in the decode batch
@@ -96,9 +98,9 @@ def sample(
     return Rollout(
         prompt_ids=prompt_ids,
         prompt_mask=prompt_mask,
-        response_ids=tokens[:, :width].masked_fill(~response_mask, pad_id),
+        response_ids=tokens[:, :width],
         response_mask=response_mask,
-        log_probs=log_probs[:, :width].masked_fill(~response_mask, 0.0),
+        log_probs=log_probs[:, :width],
         finished=finished,
     )
 
