@@ -67,14 +67,33 @@ def plan(sweep: Path = typer.Argument(..., help="sweep YAML file"), workspace: O
     out.print(table)
 
 
-def _run_sweep(sweep_path: Path, workspace: Optional[Path], executor: Optional[str],
-               parallel: Optional[int]) -> tuple:
-    from pipelines.execute import run_plan
-    from pipelines.plan import build_plan
-    from pipelines.store import RunStore
+SeedsOpt = typer.Option(None, "--seeds", help="comma-separated probe seeds (default: the sweep's)")
+
+
+def _seed_list(seeds: str, option: str = "--seeds") -> list[int]:
+    try:
+        return [int(s) for s in seeds.split(",")]
+    except ValueError:
+        raise InputError(f"{option}: expected comma-separated integers, got '{seeds}'") from None
+
+
+def _load(sweep_path: Path, seeds: Optional[str]):
+    """The sweep, with the probe seeds overridden from the command line if asked."""
     from pipelines.sweep import load_sweep
 
     spec = load_sweep(sweep_path)
+    if seeds:
+        spec = spec.model_copy(update={"probe": spec.probe.model_copy(update={"seeds": _seed_list(seeds)})})
+    return spec
+
+
+def _run_sweep(sweep_path: Path, workspace: Optional[Path], executor: Optional[str],
+               parallel: Optional[int], seeds: Optional[str] = None) -> tuple:
+    from pipelines.execute import run_plan
+    from pipelines.plan import build_plan
+    from pipelines.store import RunStore
+
+    spec = _load(sweep_path, seeds)
     overrides = {k: v for k, v in (("type", executor), ("parallel", parallel)) if v is not None}
     exec_cfg = spec.executor.model_copy(update=overrides)
     store = RunStore(_workspace(spec.workspace, workspace))
@@ -117,20 +136,21 @@ def _write_report_named(name: str, store, title: str, options=None) -> Path:
 @app.command()
 def run(sweep: Path = typer.Argument(..., help="sweep YAML file"), workspace: Optional[Path] = WorkspaceOpt,
         executor: Optional[str] = typer.Option(None, help="local | slurm | ray (default: the sweep's)"),
-        parallel: Optional[int] = typer.Option(None, help="stage runs at once")) -> None:
+        parallel: Optional[int] = typer.Option(None, help="stage runs at once"),
+        seeds: Optional[str] = SeedsOpt) -> None:
     """Run a sweep (reusing finished stage runs) and write its report."""
-    spec, store = _run_sweep(sweep, workspace, executor, parallel)
+    spec, store = _run_sweep(sweep, workspace, executor, parallel, seeds)
     typer.echo(_write_report(spec, store))
 
 
 @app.command()
 def demo(preset: str = typer.Option("default", help="default (≈15 min on 2 cores) or smoke (tests)"),
-         workspace: Optional[Path] = WorkspaceOpt) -> None:
+         workspace: Optional[Path] = WorkspaceOpt, seeds: Optional[str] = SeedsOpt) -> None:
     """Run the bundled toy-world sweep end to end and print the report's path."""
     from pipelines.sweep import bundled_sweep
 
     sweep_path = bundled_sweep({"default": "toy", "smoke": "toy-smoke"}.get(preset, preset))
-    spec, store = _run_sweep(sweep_path, workspace, None, None)
+    spec, store = _run_sweep(sweep_path, workspace, None, None, seeds)
     typer.echo(_write_report(spec, store))
 
 
@@ -181,10 +201,7 @@ def probe(checkpoints: list[str] = typer.Argument(..., help="HF checkpoint direc
     for option, path in (("--train-set", train_set), ("--eval-set", eval_set)):
         if path and not path.is_file():
             raise InputError(f"{option}: file not found: {path}")
-    try:
-        seed_list = [int(s) for s in seeds.split(",")]
-    except ValueError:
-        raise InputError(f"--seeds: expected comma-separated integers, got '{seeds}'") from None
+    seed_list = _seed_list(seeds)
     dirs = _checkpoint_dirs(checkpoints)
     sets = ((ProblemSet(toy_split="probe", n=512, difficulty=[2, 3]), ProblemSet(toy_split="eval", n=128, difficulty=[2, 3]))
             if toy else (ProblemSet(path=str(train_set.resolve())), ProblemSet(path=str(eval_set.resolve()))))
@@ -200,22 +217,17 @@ def probe(checkpoints: list[str] = typer.Argument(..., help="HF checkpoint direc
 def validate_probe(sweep: Path = typer.Argument(..., help="sweep YAML file"),
                    multiplier: int = typer.Option(4, help="target runs are this many times longer"),
                    target_seeds: str = typer.Option("1000,1001", help="seeds of the long-run target probes"),
-                   workspace: Optional[Path] = WorkspaceOpt) -> None:
+                   workspace: Optional[Path] = WorkspaceOpt, seeds: Optional[str] = SeedsOpt) -> None:
     """Decision accuracy of the short probe's ranking against a long-run target ranking."""
     from pipelines.decision import measure, save, target_plan
     from pipelines.execute import run_plan
     from pipelines.store import RunStore
-    from pipelines.sweep import load_sweep
 
-    spec = load_sweep(sweep)
+    spec = _load(sweep, seeds)
     if multiplier < 2:
         raise InputError("--multiplier: the target must be at least 2x the probe's steps")
-    try:
-        seeds = [int(s) for s in target_seeds.split(",")]
-    except ValueError:
-        raise InputError(f"--target-seeds: expected comma-separated integers, got '{target_seeds}'") from None
     store = RunStore(_workspace(spec.workspace, workspace))
-    short, target = target_plan(spec, sweep, multiplier, seeds)
+    short, target = target_plan(spec, sweep, multiplier, _seed_list(target_seeds, "--target-seeds"))
     run_plan(short, store, console)
     run_plan(target, store, console)
     result = measure(store, spec.name, spec.report.score, spec.report.bootstrap_samples, spec.report.confidence)
