@@ -304,6 +304,25 @@ def convert(source: Path = typer.Argument(..., help="an HF Llama directory, or a
     typer.echo(out / Path(written).resolve().relative_to(partial.resolve()))
 
 
+@app.command("train-classifier")
+def train_classifier(labelled: Path = typer.Argument(..., help="JSONL rows with a text and a label field"),
+                     out: Path = typer.Argument(..., help="where to write the fastText model (.bin)"),
+                     text_field: str = typer.Option("text"), label_field: str = typer.Option("label"),
+                     epochs: int = typer.Option(10)) -> None:
+    """Train a fastText quality classifier for curation's classifier filter (e.g. math vs other)."""
+    from data_recipes.classifier import train_classifier as train
+
+    if not labelled.is_file():
+        raise InputError(f"{labelled}: file not found")
+    try:
+        result = train(labelled, out, text_field=text_field, label_field=label_field, epochs=epochs)
+    except (KeyError, ValueError) as exc:
+        raise InputError(f"{labelled}: {exc}") from None
+    typer.echo(f"{result['examples']} examples, labels {result['labels']}, "
+               f"held-out accuracy {result['holdout_accuracy']:.3f}")
+    typer.echo(out)
+
+
 @app.command()
 def specs() -> None:
     """List the shipped probe specs with their content hashes."""
