@@ -111,11 +111,14 @@ def checkpoint_dir(path: Path) -> Path:
 def _probe(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metrics) -> None:
     from rl_probe.embedded import run_probe
     from rl_probe.spec import ProbeSpec
+    from rl_probe.verl_backend import run_probe_verl
 
     spec = ProbeSpec.model_validate(run.config["spec"])
     if spec.content_hash() != run.config["spec_hash"]:  # the spec class itself changed meaning
         raise RuntimeError(f"probe spec '{spec.name}' no longer hashes to {run.config['spec_hash']}")
-    run_probe(checkpoint_dir(inputs["checkpoint"]), spec, inputs["problems"] / "train.jsonl",
+    # both engines write the same artifacts with verl's metric names (DESIGN: one vocabulary)
+    engine = run_probe_verl if spec.engine == "verl" else run_probe
+    engine(checkpoint_dir(inputs["checkpoint"]), spec, inputs["problems"] / "train.jsonl",
               inputs["problems"] / "eval.jsonl", seed=run.config["seed"], out_dir=out,
               on_metrics=on_metrics)
 
