@@ -34,7 +34,7 @@ def target_plan(sweep: Sweep, source: Path, multiplier: int, seeds: list[int]) -
     target = Plan(sweep.name + TARGET_SUFFIX, plan.executor, plan.problems, {}, plan.curation_executor,
                   plan.base, plan.midtrain)
     for recipe in {r for r, _ in plan.probes}:
-        target.add_probes(recipe, plan.final_checkpoint(recipe), long_spec, seeds)
+        target.add_probes(recipe, plan.final_checkpoint(recipe), long_spec, seeds, sweep.probe.verl)
     return plan, target
 
 

@@ -73,10 +73,13 @@ class Plan:
     def final_checkpoint(self, recipe: str) -> StageRun:
         return self.base if recipe == BASE_RECIPE else self.midtrain[recipe][-1]
 
-    def add_probes(self, recipe: str, checkpoint: StageRun, spec, seeds: list[int]) -> None:
+    def add_probes(self, recipe: str, checkpoint: StageRun, spec, seeds: list[int],
+                   engine_options: dict | None = None) -> None:
         for seed in seeds:
-            run = StageRun("probe", {"spec": spec.model_dump(mode="json"), "spec_hash": spec.content_hash(),
-                                     "seed": seed},
+            config = {"spec": spec.model_dump(mode="json"), "spec_hash": spec.content_hash(), "seed": seed}
+            if spec.engine == "verl":  # GPUs, nodes, rollout engine: how verl lays the run out
+                config["engine_options"] = engine_options or {}
+            run = StageRun("probe", config,
                            {"checkpoint": checkpoint, "problems": self.problems},
                            label=f"probe {recipe} seed {seed}")
             self.probes[(recipe, seed)] = run
@@ -170,7 +173,7 @@ def build_plan(sweep: Sweep, source: Path) -> Plan:
         }, {"pool": problems, "checkpoint": base}, label="difficulty control")
         plan.role(plan.problems, kind="difficulty")
     for recipe in ([BASE_RECIPE] if probe_cfg.include_base else []) + list(sweep.recipes):
-        plan.add_probes(recipe, plan.final_checkpoint(recipe), spec, probe_cfg.seeds)
+        plan.add_probes(recipe, plan.final_checkpoint(recipe), spec, probe_cfg.seeds, probe_cfg.verl)
     return plan
 
 

@@ -119,8 +119,8 @@ def _probe(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metric
     # both engines write the same artifacts with verl's metric names (DESIGN: one vocabulary)
     engine = run_probe_verl if spec.engine == "verl" else run_probe
     engine(checkpoint_dir(inputs["checkpoint"]), spec, inputs["problems"] / "train.jsonl",
-              inputs["problems"] / "eval.jsonl", seed=run.config["seed"], out_dir=out,
-              on_metrics=on_metrics)
+           inputs["problems"] / "eval.jsonl", seed=run.config["seed"], out_dir=out,
+           on_metrics=on_metrics, **run.config.get("engine_options", {}))
 
 
 def _select_problems(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metrics) -> None:

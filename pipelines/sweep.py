@@ -99,6 +99,9 @@ class ProbeSection(_Strict):
     difficulty: Literal["auto", "fixed"] = Field(
         default="fixed", description="auto: keep the difficulty levels at which the base's pass@k "
                                      "lies in difficulty_target (SimpleRL-Zoo's difficulty control)")
+    verl: dict[str, Any] = Field(default_factory=dict, description=(
+        "cluster options of the verl engine: n_gpus_per_node, nnodes, rollout_engine (vllm|sglang), "
+        "rollout_tp, micro_batch_per_gpu"))
     difficulty_target: tuple[float, float] = (0.2, 0.8)
     difficulty_k: int = Field(default=8, gt=0)
 

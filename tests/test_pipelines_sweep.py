@@ -100,3 +100,13 @@ def test_bad_input_is_one_line_exit_2_and_nothing_done(tmp_path, case):
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert str(path) in lines[0]
     assert not any(workspace.glob("*/*/manifest.json"))
+
+
+def test_verl_engine_options_reach_the_probe_runs(tmp_path):
+    path = _write(tmp_path, lambda d: d["probe"].update(
+        spec="octothinker-v1", verl={"n_gpus_per_node": 4, "rollout_engine": "sglang"}))
+    plan = build_plan(load_sweep(path), path)
+    probe = plan.probes[("qa_cot", 0)]
+    assert probe.config["spec"]["engine"] == "verl"
+    assert probe.config["engine_options"] == {"n_gpus_per_node": 4, "rollout_engine": "sglang"}
+    assert "engine_options" not in build_plan(load_sweep(TOY_SMOKE), TOY_SMOKE).probes[("qa_cot", 0)].config
