@@ -213,3 +213,50 @@ def test_toy_corpus_split_over_tasks_matches_one_task(env, tmp_path):
         assert one[key] == two[key], key
     assert [d["text"] for d in _jsonl(tmp_path / "one" / "curated")] == \
         [d["text"] for d in _jsonl(tmp_path / "two" / "curated")]
+
+
+def _curate_in_child(tokenizer, benchmarks, out):
+    corpus = CorpusConfig(source={"type": "toy", "kind": "web", "docs": 6000})
+    curate_corpus(corpus, tokenizer, benchmarks, out, toy_world=WORLD)
+
+
+def test_kill_9_mid_curation_then_rerun_matches_an_uninterrupted_run(env, tmp_path):
+    import multiprocessing
+    import os
+    import signal
+    import time
+
+    corpus = CorpusConfig(source={"type": "toy", "kind": "web", "docs": 6000})
+    reference = curate_corpus(corpus, env["tokenizer"], env["benchmarks"], tmp_path / "reference", toy_world=WORLD)
+
+    out = tmp_path / "killed"
+    child = multiprocessing.get_context("spawn").Process(
+        target=_curate_in_child, args=(env["tokenizer"], env["benchmarks"], out))
+    child.start()
+    deadline = time.time() + 120  # kill once the filter stage has finished and dedup is under way
+    while time.time() < deadline and not (out / "logs" / "minhash_signatures").exists():
+        time.sleep(0.05)
+    os.kill(child.pid, signal.SIGKILL)
+    child.join()
+    assert not (out / "curation.json").exists()  # nothing published by the killed run
+
+    resumed = curate_corpus(corpus, env["tokenizer"], env["benchmarks"], out, toy_world=WORLD)
+    strip = lambda s: {k: v for k, v in s.items() if k != "seconds"}  # noqa: E731
+    assert strip(resumed) == strip(reference)
+    for prefix in reference["prefixes"]:
+        for suffix in (".bin", ".idx"):
+            assert (out / (prefix + suffix)).read_bytes() == (tmp_path / "reference" / (prefix + suffix)).read_bytes()
+
+
+def test_ray_executor_on_a_local_instance_matches_local(env, tmp_path):
+    import ray
+
+    corpus = CorpusConfig(source={"type": "toy", "kind": "qa_cot", "docs": 400})
+    local = curate_corpus(corpus, env["tokenizer"], env["benchmarks"], tmp_path / "local", toy_world=WORLD)
+    try:
+        on_ray = curate_corpus(corpus, env["tokenizer"], env["benchmarks"], tmp_path / "ray", toy_world=WORLD,
+                               executor=ExecutorConfig(type="ray", ray_address="local"))
+    finally:
+        ray.shutdown()
+    strip = lambda s: {k: v for k, v in s.items() if k != "seconds"}  # noqa: E731
+    assert strip(on_ray) == strip(local)
