@@ -133,7 +133,7 @@ def build_plan(sweep: Sweep, source: Path) -> Plan:
         pretrain = sweep.base.pretrain
         base = StageRun("midtrain", {
             "phase": "pretrain", "model_preset": sweep.base.preset, "settings": sweep.midtrain,
-            "tokens": pretrain.tokens, "lr": pretrain.lr, "mix": pretrain.mix,
+            "tokens": pretrain.tokens, "lr": pretrain.lr, "mix": pretrain.mix, "threads": pretrain.threads,
         }, {"tokenizer": tokenizer, **_blend_inputs(pretrain, curate)}, label=f"pretrain base ({sweep.base.preset})")
 
     midtrain: dict[str, list[StageRun]] = {}
@@ -141,12 +141,14 @@ def build_plan(sweep: Sweep, source: Path) -> Plan:
         stable = StageRun("midtrain", {
             "phase": "stable" if recipe.decay else "full", "settings": sweep.midtrain,
             "tokens": recipe.stable.tokens, "lr": recipe.stable.lr, "mix": recipe.stable.mix,
+            "threads": recipe.stable.threads,
         }, {"init": base, "tokenizer": tokenizer, **_blend_inputs(recipe.stable, curate)},
             label=f"midtrain {rname} stable")
         stages = [stable]
         if recipe.decay:
             stages.append(StageRun("midtrain", {
                 "phase": "decay", "settings": sweep.midtrain, "tokens": recipe.decay.tokens,
+                "threads": recipe.decay.threads,
                 "lr": recipe.decay.lr, "mix": recipe.decay.mix,
             }, {"init": stable, "tokenizer": tokenizer, **_blend_inputs(recipe.decay, curate)},
                 label=f"midtrain {rname} decay"))

@@ -69,7 +69,7 @@ def _midtrain(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Met
     settings = dict(cfg["settings"])
     if cfg["lr"] is not None:
         settings["lr"] = cfg["lr"]
-    settings.update(tokens=cfg["tokens"], threads=threads,
+    settings.update(tokens=cfg["tokens"], threads=cfg["threads"] or threads,
                     schedule=_phase_schedule(cfg["phase"], settings.get("schedule")))
     train_cfg = TrainConfig(**settings)
     blend = []

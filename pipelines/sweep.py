@@ -30,6 +30,10 @@ class StageMix(_Strict):
     tokens: int = Field(gt=0)
     mix: dict[str, float]
     lr: float | None = Field(default=None, gt=0, description="overrides midtrain.lr for this stage")
+    threads: int | None = Field(default=None, gt=0, description=(
+        "torch threads for this stage (default: the executor's threads_per_run). Worth setting on "
+        "stages nothing else can run beside (the base, a shared stable stage). Part of the stage's "
+        "key: the thread count changes floating-point results"))
 
     @field_validator("mix")
     @classmethod
