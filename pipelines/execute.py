@@ -147,8 +147,14 @@ class LocalBackend(_Backend):
         self.pool.shutdown(wait=True, cancel_futures=True)
 
     def abort(self):
-        # local workers die with us; what they had written stays in .partial dirs, resumable
+        # local workers die with us, and so do the helpers they started (megatron's checkpoint
+        # writer, the reward's verifier); what they had written stays in .partial dirs, resumable
+        import psutil
+
         for process in list(getattr(self.pool, "_processes", {}).values()):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                for child in psutil.Process(process.pid).children(recursive=True):
+                    child.kill()
             process.kill()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
