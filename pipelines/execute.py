@@ -227,6 +227,12 @@ def run_plan(plan: Plan, store: RunStore, console: Console, executor: ExecutorSe
     if reused:
         console.print(f"[dim]reusing {reused} finished stage run(s) from {store.workspace}[/]")
 
+    # Ready runs with more work downstream go first (a decay stage before a probe), so the
+    # last branches do not start when everything else is done.
+    downstream = {run.ref: 0 for run in runs}
+    for run in reversed(runs):  # runs are topologically ordered
+        for dep in run.inputs.values():
+            downstream[dep.ref] += 1 + downstream[run.ref]
     backend = None
     running: dict[cf.Future, tuple[StageRun, float, int]] = {}
     busy_until: dict[str, float] = {}
@@ -242,6 +248,7 @@ def run_plan(plan: Plan, store: RunStore, console: Console, executor: ExecutorSe
                          and r.ref not in blocked and r.ref not in in_flight
                          and busy_until.get(r.ref, 0) <= now
                          and all(d.ref in outcome for d in r.inputs.values())]
+                ready.sort(key=lambda r: -downstream[r.ref])
                 for run in ready[:max(0, cfg.parallel - len(running))]:  # bounded parallelism
                     backend = backend or make_backend(cfg, store.workspace)
                     if run.ref not in busy_until:  # a retry of a run held elsewhere is not news
