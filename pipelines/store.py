@@ -101,14 +101,23 @@ class RunStore:
         self.workspace.mkdir(parents=True, exist_ok=True)
         (self.workspace / "locks").mkdir(exist_ok=True)
         self.db_path = self.workspace / "index.sqlite"
-        with self._db() as db:
-            db.executescript(_SCHEMA)
+        # Switching to WAL takes an exclusive lock that SQLite's busy handler does not wait for:
+        # two processes opening a new workspace at once made one fail with "database is locked".
+        # WAL is a persistent property of the file, so it is set once, under a file lock.
+        with open(self.workspace / "locks" / "index.lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            db = sqlite3.connect(self.db_path, timeout=60)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(_SCHEMA)
+                db.commit()
+            finally:
+                db.close()
 
     # -- SQLite -------------------------------------------------------------
     @contextlib.contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
         db = sqlite3.connect(self.db_path, timeout=60)
-        db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA busy_timeout=60000")
         try:
             with db:

@@ -132,3 +132,20 @@ def test_two_processes_never_run_the_same_stage_twice(tmp_path):
         p.join()
         assert p.exitcode == 0
     assert len(log.read_text().split()) == 1
+
+
+def _open_store(workspace: str, barrier) -> None:
+    barrier.wait()
+    RunStore(Path(workspace)).record_metrics(StageRun("probe", {"pid": os.getpid()}), 0, {"x": 1.0})
+
+
+def test_processes_opening_a_new_workspace_at_once(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(6)
+    procs = [ctx.Process(target=_open_store, args=(str(tmp_path / "ws"), barrier)) for _ in range(6)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    assert [p.exitcode for p in procs] == [0] * 6
+    assert len(RunStore(tmp_path / "ws").query("SELECT * FROM metrics")) == 6
