@@ -30,7 +30,11 @@ def target_plan(sweep: Sweep, source: Path, multiplier: int, seeds: list[int]) -
 
     plan = build_plan(sweep, source)
     spec = get_probe_spec(sweep.probe.spec)
-    long_spec = spec.model_copy(update={"name": f"{spec.name}-x{multiplier}", "steps": spec.steps * multiplier})
+    # the same number of evaluations as the short probe: a target costs `multiplier` times the
+    # training, not also `multiplier` times the evaluation (half of a short probe's time)
+    long_spec = spec.model_copy(update={
+        "name": f"{spec.name}-x{multiplier}", "steps": spec.steps * multiplier,
+        "eval_every": spec.eval_every * multiplier, "checkpoint_every": spec.checkpoint_every * multiplier})
     target = Plan(sweep.name + TARGET_SUFFIX, plan.executor, plan.problems, {}, plan.curation_executor,
                   plan.base, plan.midtrain)
     for recipe in {r for r, _ in plan.probes}:
