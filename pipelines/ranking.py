@@ -24,6 +24,8 @@ SCORES = {
     "auc_gain": "mean held-out accuracy gain over step 0, averaged over the probe's eval steps",
     "final_gain": "held-out accuracy gain from step 0 to the last eval",
     "final_acc": "held-out accuracy at the last eval",
+    "fitted_gain": "rise of the least-squares line through held-out accuracy over the probe's evals "
+                   "(does RL move the checkpoint at all; less noisy than final_gain)",
 }
 
 
@@ -76,6 +78,10 @@ def run_scores(correct: np.ndarray, score: str) -> np.ndarray:
         return gain[..., -1]
     if score == "final_acc":
         return acc[..., -1]
+    if score == "fitted_gain":  # evals are evenly spaced in a probe spec
+        x = np.arange(acc.shape[-1]) - (acc.shape[-1] - 1) / 2
+        slope = (acc * x).sum(axis=-1) / max((x * x).sum(), 1e-12)
+        return slope * (acc.shape[-1] - 1)
     raise ValueError(f"unknown score '{score}' (known: {', '.join(SCORES)})")
 
 

@@ -239,6 +239,9 @@ def build(results: SweepResults, title: str, score: str = "auc_acc", samples: in
     if passk:
         doc.figure(passk)
     doc.heading("Diagnostics", 3)
+    # does RL move each checkpoint at all, whatever its rank
+    learning = {r.recipe: r for r in rank(results.probes, score="fitted_gain", samples=samples,
+                                          confidence=confidence).recipes}
     diag = []
     for recipe in order:
         runs = [p for p in results.probes if p.recipe == recipe]
@@ -251,9 +254,13 @@ def build(results: SweepResults, title: str, score: str = "auc_acc", samples: in
         se = math.sqrt(max(final.mean() * (1 - final.mean()), 1e-12) / (n_problems * len(runs)))
         diag.append([recipe, _fmt(np.mean(pass8) if pass8 else None),
                      _fmt(np.mean(uniform) if uniform else None),
-                     f"{final.mean():.3f} ± {se:.3f}", str(n_problems)])
+                     f"{final.mean():.3f} ± {se:.3f}",
+                     f"{learning[recipe].score:+.3f} [{learning[recipe].ci_low:+.3f}, {learning[recipe].ci_high:+.3f}]",
+                     str(n_problems)])
     doc.table(["recipe", "step-0 pass@8 (probe set)", "uniform groups, steps ≤ 10",
-               "final held-out acc ± SE", "eval problems"], diag)
+               "final held-out acc ± SE", f"fitted gain, {confidence:.0%} CI", "eval problems"], diag)
+    doc.para(f"Fitted gain: {SCORES['fitted_gain']}; an interval above 0 means the probe's RL really "
+             "improved the checkpoint on held-out problems.")
     if results.difficulty:
         d = results.difficulty.read_json("difficulty.json")
         levels = ", ".join(f"level {lvl}: {v:.2f}" for lvl, v in d["pass_at_k_by_level"].items())

@@ -20,6 +20,10 @@ def test_run_scores_by_hand():
     assert run_scores(correct, "final_gain") == pytest.approx(0.5)
     assert run_scores(correct, "auc_gain") == pytest.approx((0.25 + 0.5) / 2)
     assert run_scores(correct, "auc_acc") == pytest.approx((0.75 + 1.0) / 2)
+    assert run_scores(correct, "fitted_gain") == pytest.approx(0.5)  # on a straight line: the rise
+    noisy = np.array([[1, 0], [0, 0], [1, 1], [1, 0]], dtype=float)  # acc .5 0 1 .5: slope 0.1 per eval
+    assert run_scores(noisy, "fitted_gain") == pytest.approx(0.3)
+    assert run_scores(np.stack([correct, 1 - correct]), "fitted_gain") == pytest.approx([0.5, -0.5])
 
 
 def test_separated_recipes_get_an_interval_excluding_zero():
@@ -39,6 +43,14 @@ def test_identical_recipes_are_not_separated():
     ranking = rank(runs, samples=500)
     _, lo, hi = ranking.difference_ci("a", "b")
     assert lo < 0 < hi
+
+
+def test_learning_is_detected_only_where_accuracy_rises():
+    runs = [_run("learns", s, [0.2, 0.25, 0.3, 0.35, 0.4]) for s in range(2)]
+    runs += [_run("flat", s + 10, [0.3] * 5) for s in range(2)]
+    by_recipe = {r.recipe: r for r in rank(runs, score="fitted_gain", samples=500).recipes}
+    assert by_recipe["learns"].ci_low > 0.1
+    assert by_recipe["flat"].ci_low < 0 < by_recipe["flat"].ci_high
 
 
 def test_refuses_to_mix_probe_specs():
