@@ -67,3 +67,22 @@ def test_second_demo_reuses_every_stage(smoke_run):
     assert "reusing" in again.stderr and "▶" not in again.stderr
     assert time.time() - started < max(60, first_seconds / 3)
     assert again.stdout.strip().splitlines()[-1] == first.stdout.strip().splitlines()[-1]
+
+
+def test_validate_probe_measures_decision_accuracy_against_longer_runs(smoke_run):
+    workspace, _, _ = smoke_run
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    result = subprocess.run([sys.executable, "-m", "pipelines.cli", "validate-probe", str(bundled_sweep("toy-smoke")),
+                             "--workspace", str(workspace), "--multiplier", "2", "--target-seeds", "1000"],
+                            capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    value = float(re.search(r"decision accuracy: ([0-9.]+) over (\d+) recipe pairs", result.stdout).group(1))
+    saved = json.loads((workspace / "reports" / "toy-smoke" / "decision_accuracy.json").read_text())
+    assert saved["value"] == pytest.approx(value, abs=0.005) and saved["pairs"] == 6  # 3 recipes + base
+    specs = [json.loads(p.read_text())["config"]["spec"] for p in (workspace / "probe").glob("*/manifest.json")]
+    short_spec = next(s for s in specs if s["name"] == "toy-smoke-v1")
+    targets = [s for s in specs if s["name"] == "toy-smoke-v1-x2"]
+    assert len(targets) == 4
+    for spec in targets:  # twice the training, the same number of evaluations
+        assert spec["steps"] == 2 * short_spec["steps"] and spec["eval_every"] == 2 * short_spec["eval_every"]
+    assert "Decision accuracy" in (workspace / "reports" / "toy-smoke" / "report.md").read_text()
