@@ -6,6 +6,7 @@ import statistics
 import time
 
 import torch
+from megatron.core import parallel_state
 
 from midtrain.convert import megatron_to_hf, megatron_weights
 from midtrain.model import build_gpt_model, init_distributed, seed_all
@@ -58,7 +59,8 @@ def bench_training_throughput(spec: ModelSpec | None = None, seq_length: int = 2
                       "times": [], "cpu_times": [], "losses": []}
 
     def megatron_step(run, batch):
-        return accumulate_gradients(run["model"], [batch], run["params"], 1)
+        return accumulate_gradients(run["model"], [batch], run["params"],
+                                    parallel_state.get_data_parallel_group())
 
     def hf_step(run, batch):
         tokens, labels, _ = batch

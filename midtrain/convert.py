@@ -1,4 +1,4 @@
-"""HF `LlamaForCausalLM` <-> megatron-core `GPTModel` (local spec) weights.
+"""HF `LlamaForCausalLM` <-> megatron-core `GPTModel` weights.
 
 Layout differences (verified against transformers' Llama):
 - megatron fuses q/k/v into `linear_qkv`, interleaved per KV group:
@@ -6,6 +6,11 @@ Layout differences (verified against transformers' Llama):
 - megatron fuses gate and up projections into `linear_fc1` as [gate; up];
 - RoPE needs no permutation: HF's rotate_half equals megatron's
   non-interleaved rotary embedding.
+
+`hf_to_megatron` / `megatron_to_hf` work on full (unsharded) tensors.
+`megatron_weights` / `load_megatron_weights` move them out of and into a live
+GPTModel, gathering / slicing tensor-parallel shards, so the mapping above is the
+only one, whatever the model's tensor parallelism.
 """
 
 from __future__ import annotations
@@ -84,18 +89,61 @@ def megatron_to_hf(mc: dict[str, torch.Tensor], spec: ModelSpec) -> dict[str, to
     return {k: v.detach().clone().contiguous() for k, v in hf.items()}
 
 
-def megatron_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """A GPTModel's parameters by name (without megatron's `_extra_state` entries)."""
-    return {k: v for k, v in model.state_dict().items() if not k.endswith("._extra_state")}
+def _parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's parameters by state-dict name, with megatron's tensor-parallel
+    attributes (`keep_vars`), without `_extra_state` entries."""
+    return {k: v for k, v in model.state_dict(keep_vars=True).items()
+            if not k.endswith("._extra_state")}
+
+
+def _is_sharded(param: torch.Tensor) -> bool:
+    return getattr(param, "tensor_model_parallel", False)
+
+
+def _shard(full: torch.Tensor, param: torch.Tensor, rank: int, size: int) -> torch.Tensor:
+    """This rank's slice of a full tensor, split the way megatron's CPU initialisation
+    splits a master weight: `partition_stride` blocks along `partition_dim` (fc1's
+    gate and up), each cut into one piece per rank."""
+    dim, stride = param.partition_dim, param.partition_stride
+    return torch.cat(full.chunk(size * stride, dim)[rank::size], dim)
+
+
+def _unshard(shards: list[torch.Tensor], param: torch.Tensor) -> torch.Tensor:
+    """Inverse of `_shard` given every rank's slice, in rank order."""
+    dim, stride = param.partition_dim, param.partition_stride
+    blocks = [shard.chunk(stride, dim) for shard in shards]
+    return torch.cat([pieces[b] for b in range(stride) for pieces in blocks], dim)
+
+
+def megatron_weights(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """A GPTModel's full parameters by name, on tensor-parallel rank 0
+    (None on the other ranks). Collective over the model's tensor-parallel group."""
+    tp = model.pg_collection.tp
+    full = {}
+    for name, param in _parameters(model).items():
+        tensor = param.detach()
+        if _is_sharded(param):
+            shards = ([torch.empty_like(tensor) for _ in range(tp.size())]
+                      if tp.rank() == 0 else None)
+            torch.distributed.gather(tensor.contiguous(), shards, group=tp, group_dst=0)
+            tensor = _unshard(shards, param) if shards else None
+        full[name] = tensor
+    return {k: v.cpu() for k, v in full.items()} if tp.rank() == 0 else None
 
 
 def load_megatron_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
-    """Copy `weights` into a GPTModel; every parameter must be covered exactly."""
-    result = model.load_state_dict(weights, strict=False)
-    missing = [k for k in result.missing_keys if not k.endswith("._extra_state")]
-    if missing or result.unexpected_keys:
+    """Copy full `weights` into a GPTModel, each rank taking its tensor-parallel
+    slice; every parameter must be covered exactly."""
+    tp = model.pg_collection.tp
+    params = _parameters(model)
+    missing = sorted(params.keys() - weights.keys())
+    unexpected = sorted(weights.keys() - params.keys())
+    if missing or unexpected:
         raise ValueError(f"weights do not fit the model: missing {missing}, "
-                         f"unexpected {result.unexpected_keys}")
+                         f"unexpected {unexpected}")
+    local = {name: _shard(full, params[name], tp.rank(), tp.size())
+             if _is_sharded(params[name]) else full for name, full in weights.items()}
+    model.load_state_dict(local, strict=False)
 
 
 def read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
@@ -133,16 +181,20 @@ def _special_token_ids(tokenizer_dir: Path) -> dict[str, int | None]:
 
 
 def export_hf(model_or_weights, spec: ModelSpec, tokenizer_dir: str | Path | None,
-              out_dir: str | Path) -> Path:
+              out_dir: str | Path) -> Path | None:
     """Write an HF Llama directory (config.json, model.safetensors, tokenizer files).
 
-    `model_or_weights` is a GPTModel or its megatron-layout state dict. The
-    directory is assembled beside `out_dir` and renamed into place, so a reader
-    never sees a half-written export.
+    `model_or_weights` is a GPTModel or its full megatron-layout weights. A model's
+    weights are gathered over its tensor-parallel group (every rank of the group
+    calls this), and its rank 0 writes; the others return None. The directory is
+    assembled beside `out_dir` and renamed into place, so a reader never sees a
+    half-written export.
     """
     out_dir = Path(out_dir)
     weights = (model_or_weights if isinstance(model_or_weights, dict)
                else megatron_weights(model_or_weights))
+    if weights is None:
+        return None
     staging = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

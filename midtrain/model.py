@@ -51,7 +51,11 @@ def build_gpt_model(spec: ModelSpec) -> GPTModel:
         raise ValueError(f"megatron-core supports only default Llama-3 rope scaling, got {scaling}")
     return LlamaGPTModel(
         config=to_transformer_config(
-            spec, tensor_model_parallel_size=parallel_state.get_tensor_model_parallel_world_size()),
+            spec, tensor_model_parallel_size=parallel_state.get_tensor_model_parallel_world_size(),
+            # Without CUDA every rank draws from the same seeded CPU generator (the
+            # model-parallel CUDA RNG is a no-op), so shards drawn in place would be
+            # identical copies; slicing full draws keeps them distinct.
+            use_cpu_initialization=cpu_compat.on_cpu()),
         transformer_layer_spec=layer_spec,
         vocab_size=spec.vocab_size,
         max_sequence_length=spec.max_position_embeddings,

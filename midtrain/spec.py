@@ -181,8 +181,13 @@ def preset(name: str, **overrides) -> ModelSpec:
 
 
 def to_transformer_config(spec: ModelSpec, tensor_model_parallel_size: int = 1,
-                          pipeline_model_parallel_size: int = 1):
-    """megatron-core TransformerConfig for `spec` (fp32, no dropout, no biases)."""
+                          pipeline_model_parallel_size: int = 1, *,
+                          use_cpu_initialization: bool = False):
+    """megatron-core TransformerConfig for `spec` (fp32, no dropout, no biases).
+
+    `use_cpu_initialization`: every rank draws the full weight and keeps its slice,
+    so a tensor-parallel model starts from the same weights as a single-rank one.
+    """
     from megatron.core.transformer.enums import AttnBackend
     from megatron.core.transformer.transformer_config import TransformerConfig
 
@@ -221,4 +226,5 @@ def to_transformer_config(spec: ModelSpec, tensor_model_parallel_size: int = 1,
         persist_layer_norm=False,
         # Only the local backend works without TE; mixing backends in one process asserts.
         attention_backend=AttnBackend.local,
+        use_cpu_initialization=use_cpu_initialization,
     )

@@ -3,25 +3,21 @@
 Run it from a script with an `if __name__ == "__main__":` guard: megatron's
 dist_checkpointing starts a spawn-context process that re-imports `__main__`.
 
-Parallelism. Data parallelism works on CPU (gloo) and GPU (NCCL): launch
-`torchrun --nproc_per_node N -m midtrain.train job.json` (on Slurm, one torchrun
-per node with `--nnodes`, `--node_rank` and a shared `--rdzv_endpoint`); every
-rank reads its own micro batches of the same global batch and gradients are
-averaged over the data-parallel group. On GPU nodes the process group is NCCL
-and each rank uses the device `LOCAL_RANK` names (that path has not run on this
-project's CPU-only machine).
-
-`TrainConfig.tensor_model_parallel_size` / `pipeline_model_parallel_size` are
-handed to megatron's `initialize_model_parallel` (data parallel size =
-world / (tp·pp); a world that does not divide is refused with the sizes named)
-and `build_gpt_model` shards the layers over the tensor-parallel group (a tp=2
-model on two gloo ranks gives the tp=1 loss from resharded weights; see
-tests/test_midtrain_launch.py). The training loop itself still refuses tp or
-pp > 1, because it lacks the pieces a model-parallel run needs: a gradient norm
-reduced over tensor-parallel shards without double counting replicated norms,
-HF import/export that scatters and gathers the sharded QKV/fc1 layouts, and
-(for pp) megatron's pipeline schedule with one model stage per rank. Until
-those exist, scale with data parallelism.
+Parallelism. Launch `torchrun --nproc_per_node N -m midtrain.train job.json`
+(on Slurm, one torchrun per node with `--nnodes`, `--node_rank` and a shared
+`--rdzv_endpoint`); gloo on CPU, NCCL on GPU with the device `LOCAL_RANK` names
+(the GPU path has not run on this project's CPU-only machine). megatron's
+`initialize_model_parallel` splits the N ranks into tensor-parallel groups of
+`TrainConfig.tensor_model_parallel_size` (each holds one model replica, its layers
+sharded by `build_gpt_model`) and data-parallel groups of N / tp ranks with the
+same tensor-parallel rank. The ranks of a tensor-parallel group read the same
+micro batches; data-parallel replicas read their own micro batches of the global
+batch and average gradients over their data-parallel group. The gradient norm
+for clipping counts sharded tensors on every rank and replicated ones once.
+HF init slices full weights into each rank's shards, and HF exports gather them
+(`midtrain.convert`); dist checkpoints are sharded, so a run resumes with the
+same tp and can be read at any tp. Pipeline parallelism is refused (see
+`TrainConfig`).
 """
 
 from __future__ import annotations
@@ -33,7 +29,10 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from megatron.core import parallel_state
+from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
+from megatron.core.transformer.module import param_is_not_shared
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from midtrain import checkpoint
 from midtrain.convert import export_hf, import_hf, load_megatron_weights
@@ -76,25 +75,24 @@ class TrainConfig(BaseModel):
     seed: int = 1234
     threads: int = Field(1, gt=0)
     tensor_model_parallel_size: int = Field(
-        1, gt=0, description="megatron tensor parallelism; the loop supports only 1 so far")
+        1, gt=0, description="megatron tensor parallelism; launch a multiple of it in ranks")
     pipeline_model_parallel_size: int = Field(
-        1, gt=0, description="megatron pipeline parallelism; the loop supports only 1 so far")
+        1, gt=0, description="megatron pipeline parallelism; not implemented, must be 1")
+
+    @field_validator("pipeline_model_parallel_size")
+    @classmethod
+    def _refuse_pipeline_parallelism(cls, pp: int) -> int:
+        if pp != 1:
+            raise ValueError(f"pipeline parallelism is not implemented: set midtrain."
+                             f"pipeline_model_parallel_size to 1 (got {pp}) and scale with "
+                             "tensor_model_parallel_size or data-parallel ranks")
+        return pp
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr {self.min_lr} exceeds lr {self.lr}")
         return self
-
-
-def _refuse_model_parallelism(cfg: TrainConfig) -> None:
-    tp, pp = cfg.tensor_model_parallel_size, cfg.pipeline_model_parallel_size
-    if tp > 1 or pp > 1:
-        raise NotImplementedError(
-            f"tensor_model_parallel_size={tp}, pipeline_model_parallel_size={pp}: the midtrain "
-            "loop trains with data parallelism only (model-parallel grad-norm reduction, "
-            "sharded HF import/export and pipeline schedules are not implemented); "
-            "set both to 1 and launch more data-parallel ranks")
 
 
 class TrainingDivergedError(RuntimeError):
@@ -162,11 +160,11 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam
                              eps=cfg.adam_eps, foreach=True)
 
 
-def _all_reduce_mean_grads(params: list[torch.nn.Parameter], world: int) -> None:
+def _all_reduce_mean_grads(params: list[torch.nn.Parameter], group) -> None:
     grads = [p.grad for p in params]
     flat = torch._utils._flatten_dense_tensors(grads)
-    torch.distributed.all_reduce(flat)
-    flat.div_(world)
+    torch.distributed.all_reduce(flat, group=group)
+    flat.div_(group.size())
     for g, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
         g.copy_(synced)
 
@@ -178,9 +176,9 @@ def _micro_loss(model, tokens, labels, loss_mask) -> tuple[torch.Tensor, torch.T
     return (per_token * mask).sum(), mask.sum()
 
 
-def accumulate_gradients(model, micro_batches: list, params: list, world: int) -> float:
-    """Backward over the micro batches into `.grad` (averaged over data-parallel ranks);
-    returns the mean loss per loss token over the global batch."""
+def accumulate_gradients(model, micro_batches: list, params: list, dp_group) -> float:
+    """Backward over the micro batches into `.grad` (averaged over the data-parallel
+    group); returns the mean loss per loss token over the global batch."""
     loss_tokens = sum(mask.sum() for _, _, mask in micro_batches).float()
     loss_sum = torch.zeros((), dtype=torch.float64, device=loss_tokens.device)
     for tokens, labels, loss_mask in micro_batches:
@@ -188,26 +186,46 @@ def accumulate_gradients(model, micro_batches: list, params: list, world: int) -
         (micro_sum / loss_tokens).backward()
         loss_sum += micro_sum.detach().double()
     stats = torch.stack([loss_sum, loss_tokens.double()])
-    if world > 1:
-        _all_reduce_mean_grads(params, world)
-        torch.distributed.all_reduce(stats)
+    if dp_group.size() > 1:
+        _all_reduce_mean_grads(params, dp_group)
+        torch.distributed.all_reduce(stats, group=dp_group)
     return (stats[0] / stats[1]).item()
 
 
+def clip_gradients(params: list, max_norm: float, tp_group) -> float:
+    """Scale gradients to a global norm of at most `max_norm` (0: never); return the
+    norm before clipping.
+
+    The norm counts each parameter of the model once: every rank's shards, and the
+    tensors every tensor-parallel rank holds a copy of (norm gains) on its rank 0
+    only, chosen by megatron's own filters. megatron's `get_grad_norm_fp32`, which
+    sums the same way, allocates on 'cuda', so torch's norm and clip functions do
+    the arithmetic; over one rank this is exactly `torch.nn.utils.clip_grad_norm_`.
+    """
+    counted = [p.grad for p in params
+               if param_is_not_shared(p) and param_is_not_tensor_parallel_duplicate(p, tp_group)]
+    squared = torch.nn.utils.get_total_norm(counted) ** 2
+    torch.distributed.all_reduce(squared, group=tp_group)
+    total = squared.sqrt()
+    torch.nn.utils.clip_grads_with_norm_(params, max_norm if max_norm > 0 else math.inf, total)
+    return total.item()
+
+
 @torch.no_grad()
-def _evaluate(model, valid: dict, cfg: TrainConfig, rank: int, world: int) -> dict[str, float]:
+def _evaluate(model, valid: dict, cfg: TrainConfig, dp_group) -> dict[str, float]:
+    """Validation loss per blend part, the samples split over the data-parallel group."""
     model.eval()
     device = next(model.parameters()).device
     out = {}
     for name, dataset in valid.items():
         totals = torch.zeros(2, dtype=torch.float64, device=device)
-        for start in range(rank * cfg.micro_batch_size, len(dataset),
-                           world * cfg.micro_batch_size):
+        for start in range(dp_group.rank() * cfg.micro_batch_size, len(dataset),
+                           dp_group.size() * cfg.micro_batch_size):
             idx = range(start, min(start + cfg.micro_batch_size, len(dataset)))
             loss_sum, count = _micro_loss(model, *collate([dataset[i] for i in idx], device))
             totals += torch.stack([loss_sum.double(), count.double()])
-        if world > 1:
-            torch.distributed.all_reduce(totals)
+        if dp_group.size() > 1:
+            torch.distributed.all_reduce(totals, group=dp_group)
         out[f"val/{name}/loss"] = (totals[0] / totals[1]).item()
     model.train()
     return out
@@ -249,13 +267,13 @@ def train(model: ModelSpec, cfg: TrainConfig, blend: list[BlendPart], out_dir: s
     torch.set_num_threads(cfg.threads)
     out_dir, tokenizer_dir = Path(out_dir), Path(tokenizer_dir)
     state_dir = out_dir / "state"
-    _refuse_model_parallelism(cfg)
     rank, world = init_distributed(cfg.tensor_model_parallel_size,
                                    cfg.pipeline_model_parallel_size)
-    if rank == 0:
-        state_dir.mkdir(parents=True, exist_ok=True)
+    # Ranks of a tensor-parallel group hold one model replica and read the same samples.
+    tp_group = parallel_state.get_tensor_model_parallel_group()
+    dp_group = parallel_state.get_data_parallel_group()
 
-    global_batch = cfg.micro_batch_size * cfg.grad_accum * world
+    global_batch = cfg.micro_batch_size * cfg.grad_accum * dp_group.size()
     tokens_per_step = global_batch * cfg.seq_length
     total_steps = math.ceil(cfg.tokens / tokens_per_step)
     warmup_steps = round(cfg.warmup_tokens / tokens_per_step)
@@ -264,6 +282,8 @@ def train(model: ModelSpec, cfg: TrainConfig, blend: list[BlendPart], out_dir: s
 
     seed_all(cfg.seed)
     gpt = build_gpt_model(model)
+    if rank == 0:
+        state_dir.mkdir(parents=True, exist_ok=True)
     optimizer = make_optimizer(gpt, cfg)
     params = list(gpt.parameters())
     device = params[0].device
@@ -285,10 +305,14 @@ def train(model: ModelSpec, cfg: TrainConfig, blend: list[BlendPart], out_dir: s
     # Lines past the checkpoint come from an attempt that died; they are logged again.
     metrics.truncate_after(start_step)
 
+    def export(hf_dir: Path) -> None:
+        # Gathered in the first replica's tensor-parallel group; its rank 0 (rank 0) writes.
+        if dp_group.rank() == 0:
+            export_hf(gpt, model, tokenizer_dir, hf_dir)
+
     def export_checkpoint(step: int) -> None:
-        if cfg.export_hf_checkpoints and rank == 0:
-            export_hf(gpt, model, tokenizer_dir,
-                      out_dir / "hf_checkpoints" / str(step * tokens_per_step))
+        if cfg.export_hf_checkpoints:
+            export(out_dir / "hf_checkpoints" / str(step * tokens_per_step))
 
     def save(step: int, last_train: dict) -> None:
         checkpoint.save_checkpoint(state_dir, step, gpt, model, optimizer,
@@ -309,15 +333,14 @@ def train(model: ModelSpec, cfg: TrainConfig, blend: list[BlendPart], out_dir: s
                            decay_fraction=cfg.decay_fraction)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        first = step * global_batch + rank * cfg.micro_batch_size * cfg.grad_accum
+        first = step * global_batch + dp_group.rank() * cfg.micro_batch_size * cfg.grad_accum
         micro_batches = [
             collate([data.train[first + m * cfg.micro_batch_size + i]
                      for i in range(cfg.micro_batch_size)], device)
             for m in range(cfg.grad_accum)
         ]
-        loss = accumulate_gradients(gpt, micro_batches, params, world)
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            params, cfg.clip_grad if cfg.clip_grad > 0 else float("inf")).item()
+        loss = accumulate_gradients(gpt, micro_batches, params, dp_group)
+        grad_norm = clip_gradients(params, cfg.clip_grad, tp_group)
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             raise TrainingDivergedError(
                 f"training diverged at step {step + 1}: loss {loss}, grad norm {grad_norm}; "
@@ -332,19 +355,20 @@ def train(model: ModelSpec, cfg: TrainConfig, blend: list[BlendPart], out_dir: s
                       "train/grad_norm": grad_norm, "perf/tokens_per_s": tokens_per_step / elapsed}
         record = dict(last_train)
         if done % cfg.eval_every_steps == 0 or done == total_steps:
-            last_val = _evaluate(gpt, data.valid, cfg, rank, world)
+            last_val = _evaluate(gpt, data.valid, cfg, dp_group)
             record.update(last_val)
         metrics.log(done, record)
         if done % ckpt_every == 0 or done == total_steps:
             save(done, last_train)
 
     if start_step == total_steps:  # resumed after the final checkpoint
-        last_val = _evaluate(gpt, data.valid, cfg, rank, world)
+        last_val = _evaluate(gpt, data.valid, cfg, dp_group)
     summary = {
         "steps": total_steps,
         "tokens": total_steps * tokens_per_step,
         "tokens_per_step": tokens_per_step,
         "world_size": world,
+        "tensor_model_parallel_size": tp_group.size(),
         "resumed_from_step": start_step if latest is not None else None,
         "final": {**last_train, **last_val},
         "wall_time_s": time.perf_counter() - wall_start,
@@ -356,8 +380,8 @@ def train(model: ModelSpec, cfg: TrainConfig, blend: list[BlendPart], out_dir: s
         "blend": [part.model_dump() for part in blend],
         "init": str(init) if init is not None else None,
     }
+    export(out_dir / "hf")
     if rank == 0:
-        export_hf(gpt, model, tokenizer_dir, out_dir / "hf")
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     torch.distributed.barrier()
     return summary

@@ -186,11 +186,12 @@ def test_corpus_too_small_for_validation_split_is_a_clear_error(tmp_path):
                     seed=1, vocab_size=VOCAB, eod=0)
 
 
-def test_model_parallel_sizes_validate_and_reach_a_clear_refusal(corpus, tmp_path):
+def test_parallel_sizes_validate_and_unsupported_settings_are_refused(corpus, tmp_path):
+    from pydantic import ValidationError
+
     from midtrain.model import check_parallel_layout
 
-    cfg = config(tensor_model_parallel_size=2, pipeline_model_parallel_size=2)
-    assert (cfg.tensor_model_parallel_size, cfg.pipeline_model_parallel_size) == (2, 2)
+    assert config(tensor_model_parallel_size=2).tensor_model_parallel_size == 2
     with pytest.raises(ValueError):
         config(tensor_model_parallel_size=0)
     assert check_parallel_layout(8, 2, 2) == 2
@@ -198,11 +199,11 @@ def test_model_parallel_sizes_validate_and_reach_a_clear_refusal(corpus, tmp_pat
                                          "tensor_model_parallel_size 2 x "
                                          "pipeline_model_parallel_size 2 = 4"):
         check_parallel_layout(6, 2, 2)
+    with pytest.raises(ValidationError, match="set midtrain.pipeline_model_parallel_size to 1 "
+                                              r"\(got 2\)"):
+        config(pipeline_model_parallel_size=2)
+    tokenizer, blend = corpus
     # This one-rank process cannot host a tp=2 model replica.
     with pytest.raises(ValueError, match="world size 1 is not divisible"):
-        init_distributed(tensor_model_parallel_size=2)
-    tokenizer, blend = corpus
-    for sizes in ({"tensor_model_parallel_size": 2}, {"pipeline_model_parallel_size": 2}):
-        with pytest.raises(NotImplementedError, match="data parallelism only"):
-            train(SPEC, config(**sizes), blend, tmp_path, None, tokenizer)
+        train(SPEC, config(tensor_model_parallel_size=2), blend, tmp_path, None, tokenizer)
     assert not (tmp_path / "state").exists()
