@@ -7,10 +7,11 @@ Layout differences (verified against transformers' Llama):
 - RoPE needs no permutation: HF's rotate_half equals megatron's
   non-interleaved rotary embedding.
 
-`hf_to_megatron` / `megatron_to_hf` work on full (unsharded) tensors.
-`megatron_weights` / `load_megatron_weights` move them out of and into a live
-GPTModel, gathering / slicing tensor-parallel shards, so the mapping above is the
-only one, whatever the model's tensor parallelism.
+`hf_to_megatron` / `megatron_to_hf` work on full (unsharded) tensors named as in
+the local layer spec. `megatron_weights` / `load_megatron_weights` move them out
+of and into a live GPTModel: they gather / slice tensor-parallel shards and
+translate TransformerEngine's fused-norm names, so the mapping above is the only
+one, whatever the model's tensor parallelism or layer spec.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from safetensors.torch import load_file, save_file
 
 from midtrain.spec import ModelSpec
@@ -89,6 +91,22 @@ def megatron_to_hf(mc: dict[str, torch.Tensor], spec: ModelSpec) -> dict[str, to
     return {k: v.detach().clone().contiguous() for k, v in hf.items()}
 
 
+# TransformerEngine layers fuse the norms into the next linear layer
+# (`self_attention.linear_qkv.layer_norm_weight`); megatron's local spec names the
+# TE form of each of its norms (the checkpoint key map that keeps both specs'
+# dist checkpoints interchangeable).
+_LOCAL_NORM_OF_TE_NAME = {
+    "." + te: "." + local for local, te in
+    get_gpt_layer_local_spec().submodules.sharded_state_dict_keys_map.items()}
+
+
+def local_spec_name(name: str) -> str:
+    """The local-spec name of a parameter name (TE's fused-norm names translated)."""
+    for te, local in _LOCAL_NORM_OF_TE_NAME.items():
+        name = name.replace(te, local)
+    return name
+
+
 def _parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The model's parameters by state-dict name, with megatron's tensor-parallel
     attributes (`keep_vars`), without `_extra_state` entries."""
@@ -116,7 +134,7 @@ def _unshard(shards: list[torch.Tensor], param: torch.Tensor) -> torch.Tensor:
 
 
 def megatron_weights(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
-    """A GPTModel's full parameters by name, on tensor-parallel rank 0
+    """A GPTModel's full parameters by local-spec name, on tensor-parallel rank 0
     (None on the other ranks). Collective over the model's tensor-parallel group."""
     tp = model.pg_collection.tp
     full = {}
@@ -127,22 +145,26 @@ def megatron_weights(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
                       if tp.rank() == 0 else None)
             torch.distributed.gather(tensor.contiguous(), shards, group=tp, group_dst=0)
             tensor = _unshard(shards, param) if shards else None
-        full[name] = tensor
+        full[local_spec_name(name)] = tensor
     return {k: v.cpu() for k, v in full.items()} if tp.rank() == 0 else None
 
 
 def load_megatron_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
-    """Copy full `weights` into a GPTModel, each rank taking its tensor-parallel
-    slice; every parameter must be covered exactly."""
+    """Copy full local-spec-named `weights` into a GPTModel, each rank taking its
+    tensor-parallel slice; every parameter must be covered exactly."""
     tp = model.pg_collection.tp
     params = _parameters(model)
-    missing = sorted(params.keys() - weights.keys())
-    unexpected = sorted(weights.keys() - params.keys())
+    names = {local_spec_name(name): name for name in params}
+    missing = sorted(names.keys() - weights.keys())
+    unexpected = sorted(weights.keys() - names.keys())
     if missing or unexpected:
         raise ValueError(f"weights do not fit the model: missing {missing}, "
                          f"unexpected {unexpected}")
-    local = {name: _shard(full, params[name], tp.rank(), tp.size())
-             if _is_sharded(params[name]) else full for name, full in weights.items()}
+    local = {}
+    for local_name, full in weights.items():
+        param = params[names[local_name]]
+        local[names[local_name]] = (_shard(full, param, tp.rank(), tp.size())
+                                    if _is_sharded(param) else full)
     model.load_state_dict(local, strict=False)
 
 

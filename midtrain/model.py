@@ -6,12 +6,18 @@ import atexit
 import os
 import random
 import tempfile
+from typing import Callable
 
 import numpy as np
 import torch
 from megatron.core import parallel_state, tensor_parallel
 from megatron.core.models.gpt import GPTModel
-from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+from megatron.core.models.gpt.gpt_layer_specs import (
+    HAVE_TE,
+    get_gpt_layer_local_spec,
+    get_gpt_layer_with_transformer_engine_spec,
+)
+from megatron.core.transformer.spec_utils import ModuleSpec
 
 from midtrain import cpu_compat
 from midtrain.kernels import CausalSDPAttention, SwiGLU, vocab_parallel_cross_entropy
@@ -31,17 +37,38 @@ class LlamaGPTModel(GPTModel):
         return loss.transpose(0, 1).contiguous()
 
 
-def build_gpt_model(spec: ModelSpec) -> GPTModel:
-    """An fp32 GPTModel with Llama layout (local spec, RMSNorm, SwiGLU, GQA, RoPE),
-    sharded over the tensor-parallel group `init_distributed` set up."""
-    cpu_compat.apply()
-    if parallel_state.get_pipeline_model_parallel_world_size() > 1:
-        raise NotImplementedError("pipeline parallelism needs one GPTModel stage per rank "
-                                  "(pre_process/post_process); build_gpt_model builds whole models")
+def local_layer_spec() -> ModuleSpec:
+    """megatron's local layers (RMSNorm) with `midtrain.kernels` at its extension points."""
     layer_spec = get_gpt_layer_local_spec(normalization="RMSNorm")
     layer_spec.submodules.self_attention.submodules.core_attention = CausalSDPAttention
     # Applied to the whole fc1 output because the config sets use_te_activation_func.
     layer_spec.submodules.mlp.submodules.activation_func = SwiGLU
+    return layer_spec
+
+
+def te_layer_spec() -> ModuleSpec:
+    """TransformerEngine's fused layers (norms fused into the next linear layer, TE
+    attention, TE's SwiGLU because the config sets use_te_activation_func)."""
+    return get_gpt_layer_with_transformer_engine_spec(use_te_activation_func=True)
+
+
+def choose_layer_spec(cuda: bool, te_available: bool) -> Callable[[], ModuleSpec]:
+    """TE's layers where they can run (a GPU with TransformerEngine installed),
+    megatron's local layers everywhere else."""
+    return te_layer_spec if cuda and te_available else local_layer_spec
+
+
+def build_gpt_model(spec: ModelSpec, bf16: bool = False) -> GPTModel:
+    """A GPTModel with Llama layout (RMSNorm, SwiGLU, GQA, RoPE), sharded over the
+    tensor-parallel group `init_distributed` set up; fp32, or bf16 mixed precision
+    (GPU only)."""
+    cpu_compat.apply()
+    if parallel_state.get_pipeline_model_parallel_world_size() > 1:
+        raise NotImplementedError("pipeline parallelism needs one GPTModel stage per rank "
+                                  "(pre_process/post_process); build_gpt_model builds whole models")
+    if bf16 and cpu_compat.on_cpu():
+        raise ValueError("midtrain.bf16 needs a GPU (no CUDA here); on CPU midtrain trains in fp32")
+    layer_spec = choose_layer_spec(not cpu_compat.on_cpu(), HAVE_TE)
     scaling = spec.rope_scaling
     # megatron-core hard-codes the Llama-3 low/high frequency factors and the
     # original context; other values would silently change positions.
@@ -52,11 +79,12 @@ def build_gpt_model(spec: ModelSpec) -> GPTModel:
     return LlamaGPTModel(
         config=to_transformer_config(
             spec, tensor_model_parallel_size=parallel_state.get_tensor_model_parallel_world_size(),
+            transformer_engine=layer_spec is te_layer_spec, bf16=bf16,
             # Without CUDA every rank draws from the same seeded CPU generator (the
             # model-parallel CUDA RNG is a no-op), so shards drawn in place would be
             # identical copies; slicing full draws keeps them distinct.
             use_cpu_initialization=cpu_compat.on_cpu()),
-        transformer_layer_spec=layer_spec,
+        transformer_layer_spec=layer_spec(),
         vocab_size=spec.vocab_size,
         max_sequence_length=spec.max_position_embeddings,
         share_embeddings_and_output_weights=spec.tie_embeddings,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, model_validator
 
@@ -182,11 +183,15 @@ def preset(name: str, **overrides) -> ModelSpec:
 
 def to_transformer_config(spec: ModelSpec, tensor_model_parallel_size: int = 1,
                           pipeline_model_parallel_size: int = 1, *,
+                          transformer_engine: bool = False, bf16: bool = False,
                           use_cpu_initialization: bool = False):
-    """megatron-core TransformerConfig for `spec` (fp32, no dropout, no biases).
+    """megatron-core TransformerConfig for `spec` (fp32 weights, no dropout, no biases).
 
-    `use_cpu_initialization`: every rank draws the full weight and keeps its slice,
-    so a tensor-parallel model starts from the same weights as a single-rank one.
+    `transformer_engine`: the layers come from TE's layer spec, which picks its own
+    attention backend. `bf16`: bf16 mixed precision, with megatron's autocast
+    settings (fp32 weights stay the optimizer's master copy). `use_cpu_initialization`:
+    every rank draws the full weight and keeps its slice, so a tensor-parallel model
+    starts from the same weights as a single-rank one.
     """
     from megatron.core.transformer.enums import AttnBackend
     from megatron.core.transformer.transformer_config import TransformerConfig
@@ -225,6 +230,9 @@ def to_transformer_config(spec: ModelSpec, tensor_model_parallel_size: int = 1,
         gradient_accumulation_fusion=False,
         persist_layer_norm=False,
         # Only the local backend works without TE; mixing backends in one process asserts.
-        attention_backend=AttnBackend.local,
+        attention_backend=AttnBackend.auto if transformer_engine else AttnBackend.local,
+        bf16=bf16,
+        enable_autocast=bf16,
+        autocast_dtype=torch.bfloat16 if bf16 else None,
         use_cpu_initialization=use_cpu_initialization,
     )

@@ -78,6 +78,7 @@ class TrainConfig(BaseModel):
         1, gt=0, description="megatron tensor parallelism; launch a multiple of it in ranks")
     pipeline_model_parallel_size: int = Field(
         1, gt=0, description="megatron pipeline parallelism; not implemented, must be 1")
+    bf16: bool = Field(False, description="bf16 autocast with fp32 weights; GPU only")
 
     @field_validator("pipeline_model_parallel_size")
     @classmethod
@@ -171,7 +172,10 @@ def _all_reduce_mean_grads(params: list[torch.nn.Parameter], group) -> None:
 
 def _micro_loss(model, tokens, labels, loss_mask) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of masked per-token losses, number of loss tokens) for one micro batch."""
-    per_token = model(tokens, None, None, labels=labels)  # [b, s]
+    # megatron's forward step enters the same autocast region from the same settings.
+    with torch.autocast(tokens.device.type, dtype=model.config.autocast_dtype,
+                        enabled=model.config.enable_autocast):
+        per_token = model(tokens, None, None, labels=labels)  # [b, s]
     mask = loss_mask.to(per_token.dtype)
     return (per_token * mask).sum(), mask.sum()
 
@@ -281,7 +285,7 @@ def train(model: ModelSpec, cfg: TrainConfig, blend: list[BlendPart], out_dir: s
                   if cfg.checkpoint_every_tokens else total_steps)
 
     seed_all(cfg.seed)
-    gpt = build_gpt_model(model)
+    gpt = build_gpt_model(model, bf16=cfg.bf16)
     if rank == 0:
         state_dir.mkdir(parents=True, exist_ok=True)
     optimizer = make_optimizer(gpt, cfg)

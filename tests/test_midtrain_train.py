@@ -203,7 +203,9 @@ def test_parallel_sizes_validate_and_unsupported_settings_are_refused(corpus, tm
                                               r"\(got 2\)"):
         config(pipeline_model_parallel_size=2)
     tokenizer, blend = corpus
-    # This one-rank process cannot host a tp=2 model replica.
+    # This one-rank process cannot host a tp=2 model replica, nor bf16 without a GPU.
     with pytest.raises(ValueError, match="world size 1 is not divisible"):
         train(SPEC, config(tensor_model_parallel_size=2), blend, tmp_path, None, tokenizer)
+    with pytest.raises(ValueError, match="midtrain.bf16 needs a GPU"):
+        train(SPEC, config(bf16=True), blend, tmp_path, None, tokenizer)
     assert not (tmp_path / "state").exists()
