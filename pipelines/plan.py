@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines.store import StageRun
-from pipelines.sweep import ExecutorSection, ProblemSet, StageMix, Sweep, resolve_path
+from pipelines.sweep import ExecutorSection, ProblemSet, StageMix, Sweep, resolve_path, split_nproc
 
 BASE_RECIPE = "base"  # the pseudo-recipe "no mid-training" used as the report's reference
 
@@ -97,10 +97,19 @@ def _resolved(toy_world: dict) -> dict:
     return ToyWorldConfig(**toy_world).model_dump()
 
 
+def _keyed_midtrain(midtrain: dict) -> dict:
+    """The midtrain settings as they enter stage keys. nproc_per_node is in them when above 1
+    (the processes beyond the tensor-parallel ones are data-parallel replicas, which multiply
+    the global batch), and left out at its default 1, so keys stay those of sweeps without it."""
+    settings, nproc = split_nproc(midtrain)
+    return midtrain if nproc != 1 else settings
+
+
 def build_plan(sweep: Sweep, source: Path) -> Plan:
     here = source.parent
     probe_cfg = sweep.probe
-    sweep = sweep.model_copy(update={"toy_world": _resolved(sweep.toy_world)})
+    sweep = sweep.model_copy(update={"toy_world": _resolved(sweep.toy_world),
+                                     "midtrain": _keyed_midtrain(sweep.midtrain)})
     train_set, eval_set = probe_cfg.train_set, probe_cfg.eval_set
     if probe_cfg.difficulty == "auto":  # a pool with n problems at every level to choose from
         levels = len(train_set.difficulty or sweep.toy_world["difficulties"])

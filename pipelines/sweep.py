@@ -165,11 +165,29 @@ def _pydantic_errors(exc: ValidationError, prefix: tuple = ()) -> list[str]:
 
 
 def _check_section(model: type[BaseModel], data: dict, prefix: tuple, errors: list[str],
-                   **fixed: Any) -> None:
+                   **fixed: Any) -> BaseModel | None:
     try:
-        model.model_validate({**data, **fixed})
+        return model.model_validate({**data, **fixed})
     except ValidationError as exc:
         errors.extend(_pydantic_errors(exc, prefix))
+        return None
+
+
+def split_nproc(midtrain: dict) -> tuple[dict, int]:
+    """The sweep's midtrain section as TrainConfig's fields and `nproc_per_node`: how many
+    training processes a midtrain stage run starts on its node (1: the worker itself; more:
+    torchrun). Not a TrainConfig field, since train() runs inside one of those processes."""
+    settings = dict(midtrain)
+    return settings, settings.pop("nproc_per_node", 1)
+
+
+def _nproc_errors(nproc: Any, cfg) -> list[str]:
+    # megatron splits the processes into groups of tp x pp ranks; the rest is data parallel
+    model_parallel = cfg.tensor_model_parallel_size * cfg.pipeline_model_parallel_size
+    if type(nproc) is int and nproc > 0 and nproc % model_parallel == 0:
+        return []
+    return [f"midtrain.nproc_per_node: {nproc!r} is not a positive multiple of "
+            f"tensor_model_parallel_size x pipeline_model_parallel_size = {model_parallel}"]
 
 
 def cross_check(sweep: Sweep, source: Path) -> list[str]:
@@ -184,7 +202,10 @@ def cross_check(sweep: Sweep, source: Path) -> list[str]:
     here = source.parent
     _check_section(ToyWorldConfig, sweep.toy_world, ("toy_world",), errors)
     _check_section(ExecutorConfig, sweep.curation_executor, ("curation_executor",), errors)
-    _check_section(TrainConfig, sweep.midtrain, ("midtrain",), errors, tokens=1)
+    settings, nproc = split_nproc(sweep.midtrain)
+    train_cfg = _check_section(TrainConfig, settings, ("midtrain",), errors, tokens=1)
+    if train_cfg is not None:
+        errors += _nproc_errors(nproc, train_cfg)
     for name, corpus in sweep.corpora.items():
         _check_section(CorpusConfig, corpus, ("corpora", name), errors)
 
