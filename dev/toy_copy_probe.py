@@ -1,0 +1,95 @@
+"""Can a toy-world checkpoint copy from its context? The diagnostic behind README "The toy world".
+
+    python dev/toy_copy_probe.py WORKSPACE/midtrain/<key>/hf [more checkpoints ...]
+
+Prints, per checkpoint:
+- induction: next-token accuracy on the second half of a repeated random token sequence
+  (generic in-context copying; ~0 means the model has no induction heads);
+- teacher-forced accuracy of a qa_cot worked solution on held-out problems, by token role:
+  `step_operand` (a step's number, which must be found in the question), `step_verb`,
+  `eq_operand` (the same number again, three tokens after the model wrote it), `eq_result`
+  (a single-digit fact), `answer` (the boxed answer after a correct worked solution).
+A worked-solution recipe can only win under RL if `step_operand` is well above chance.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from data_recipes.toyworld import ToyWorld, ToyWorldConfig
+
+
+def worked_solutions(n: int = 150, seed: int = 7) -> list[tuple[str, list[tuple[int, int, str]]]]:
+    """qa_cot documents of held-out problems with the character span and role of each scored part."""
+    world, rng = ToyWorld(ToyWorldConfig()), random.Random(seed)
+    docs = []
+    for i in range(n):
+        steps, scene = world._draw("eval", 2 + i % 3, rng)
+        problem = world._problem(steps, scene, "eval")
+        first, *changes = world._statements(steps, scene)
+        text, spans = f"{problem.prompt} {first}", []
+
+        def add(part: str, role: str | None = None) -> None:
+            nonlocal text
+            if role:
+                spans.append((len(text), len(text) + len(part), role))
+            text += part
+
+        for sentence, (a, op, b, r) in zip(changes, steps):
+            clause = sentence[:-1]
+            cut = clause.rindex(f" {b}") + 1
+            add(" " + clause[:cut], "step_verb")
+            add(str(b), "step_operand")
+            add(f"{clause[cut + len(str(b)):]}, so {a} {op} ")
+            add(str(b), "eq_operand")
+            add(" = ")
+            add(str(r), "eq_result")
+            add(".")
+        add(" The answer is \\boxed{")
+        add(problem.answer, "answer")
+        add("}.")
+        docs.append((text, spans))
+    return docs
+
+
+@torch.no_grad()
+def induction_accuracy(model, vocab_size: int, length: int = 30, rows: int = 32) -> float:
+    tokens = torch.randint(20, vocab_size, (rows, length), generator=torch.Generator().manual_seed(0))
+    ids = torch.cat([tokens, tokens], 1)
+    predicted = model(ids).logits.argmax(-1)
+    return (predicted[:, length:-1] == ids[:, length + 1:]).float().mean().item()
+
+
+@torch.no_grad()
+def role_accuracy(model, tokenizer, docs) -> dict[str, float]:
+    hits: dict[str, list[int]] = {}
+    for text, spans in docs:
+        encoded = tokenizer(text, return_offsets_mapping=True)
+        ids = torch.tensor([encoded["input_ids"]])
+        predicted = model(ids).logits[0].argmax(-1)
+        for t, (start, end) in enumerate(encoded["offset_mapping"][1:], start=1):
+            if not text[start:end].strip():
+                continue  # a lone space token carries no content to copy
+            for s0, s1, role in spans:
+                if start < s1 and end > s0:
+                    hits.setdefault(role, []).append(int(predicted[t - 1] == ids[0, t]))
+    return {role: sum(v) / len(v) for role, v in sorted(hits.items())}
+
+
+def main(checkpoints: list[str]) -> None:
+    torch.set_num_threads(1)
+    docs = worked_solutions()
+    for path in checkpoints:
+        model = AutoModelForCausalLM.from_pretrained(path).eval()
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        roles = role_accuracy(model, tokenizer, docs)
+        print(path, f"induction={induction_accuracy(model, model.config.vocab_size):.2f}",
+              " ".join(f"{role}={acc:.2f}" for role, acc in roles.items()), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
