@@ -1,6 +1,6 @@
 """The toy world separates recipes (README "The toy world"), measured with seeds.
 
-Runs the bundled toy sweep cut down to three recipes on two seeds (~12 minutes on 2 cores) and
+Runs the bundled toy sweep cut down to three recipes on two seeds (16 minutes on a busy 2-core machine) and
 checks what the toy world promises: recipes whose scores differ with a bootstrap interval
 excluding 0, a probe difficulty at which the base's pass@8 lies in 20-80 %, mostly informative
 GRPO groups early on — and, separately, the designed order, which does not hold yet.
