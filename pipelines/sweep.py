@@ -119,7 +119,7 @@ class ProbeSection(_Strict):
 
 class ReportSection(_Strict):
     title: str | None = None
-    score: Literal["auc_acc", "auc_gain", "final_gain", "final_acc"] = "auc_acc"
+    score: Literal["auc_acc", "auc_gain", "final_gain", "final_acc", "fitted_gain"] = "auc_acc"
     bootstrap_samples: int = Field(default=2000, gt=99)
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
     sample_rollouts: int = Field(default=3, ge=0)

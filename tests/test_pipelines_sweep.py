@@ -110,3 +110,12 @@ def test_verl_engine_options_reach_the_probe_runs(tmp_path):
     assert probe.config["spec"]["engine"] == "verl"
     assert probe.config["engine_options"] == {"n_gpus_per_node": 4, "rollout_engine": "sglang"}
     assert "engine_options" not in build_plan(load_sweep(TOY_SMOKE), TOY_SMOKE).probes[("qa_cot", 0)].config
+
+
+def test_every_ranking_score_can_be_chosen_in_a_sweep():
+    from typing import get_args
+
+    from pipelines.ranking import SCORES
+    from pipelines.sweep import ReportSection
+
+    assert set(get_args(ReportSection.model_fields["score"].annotation)) == set(SCORES)
