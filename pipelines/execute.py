@@ -14,6 +14,7 @@ import contextlib
 import json
 import multiprocessing
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from pipelines.errors import StageFailed
 from pipelines.plan import Plan
-from pipelines.stages import STAGES, THREADED
+from pipelines.stages import STAGES, THREADED, set_parent_death_signal
 from pipelines.store import Busy, RunStore, StageRun
 from pipelines.sweep import ExecutorSection
 
@@ -121,24 +122,12 @@ class _Backend(abc.ABC):
         self.close()
 
 
-def _die_with_parent() -> None:
-    """Worker initializer: on Linux, have the kernel kill this worker when the orchestrator dies.
-
-    Otherwise a kill -9'd `midprobe run` leaves workers running their stage runs (and
-    holding their locks) unsupervised; killed, their partial work simply resumes next time.
-    """
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
-
-
 class LocalBackend(_Backend):
     def __init__(self, parallel: int):
         # spawn: torch and megatron keep threads and process groups that do not survive fork
         self.pool = cf.ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn"),
-                                           initializer=_die_with_parent)
+                                           # killed, a worker's partial work resumes next time
+                                           initializer=set_parent_death_signal, initargs=(signal.SIGKILL,))
 
     def submit(self, run, runtime):
         return self.pool.submit(execute_stage_run, run, runtime)

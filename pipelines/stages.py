@@ -9,6 +9,7 @@ stage packages do the work and know nothing of the run store.
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import os
 import select
@@ -190,7 +191,8 @@ def _run_streaming(command: list[str], env: dict, poll: Callable[[], None]) -> t
     return its exit code and last output."""
     tail = b""
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               preexec_fn=_terminate_with_parent())
+                               # torchrun passes SIGTERM on to its ranks
+                               preexec_fn=functools.partial(set_parent_death_signal, signal.SIGTERM))
     try:
         while True:
             if select.select([process.stdout], [], [], 1.0)[0]:
@@ -209,14 +211,15 @@ def _run_streaming(command: list[str], env: dict, poll: Callable[[], None]) -> t
     return process.returncode, tail
 
 
-def _terminate_with_parent() -> Callable[[], None] | None:
-    """For torchrun's process before it starts: SIGTERM when the stage's worker dies, so a
-    kill -9'd worker does not leave training running; torchrun passes it on to its ranks.
-    libc is loaded here, in the parent: the forked child must not import."""
-    if not sys.platform.startswith("linux"):
-        return None
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    return lambda: libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+# loaded once in the parent, so a forked child about to exec needs no dlopen
+_LIBC = ctypes.CDLL("libc.so.6", use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def set_parent_death_signal(sig: int) -> None:
+    """Run in a child process: have the kernel send it `sig` when its parent dies (Linux only),
+    so a kill -9'd orchestrator or stage worker never leaves work running unsupervised."""
+    if _LIBC is not None:
+        _LIBC.prctl(1, sig)  # PR_SET_PDEATHSIG = 1
 
 
 def _probe(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metrics) -> None:
