@@ -1,9 +1,12 @@
 """The toy world: verifiable arithmetic word problems and the corpora built around them.
 
-A problem is a start value followed by 1..4 operations, each a single-digit fact
-(add or subtract an operand 1..9, every intermediate value within 0..max_value).
-The underlying arithmetic is cheap for a ~1M-parameter model, so what mid-training
-recipes change is the *format and strategy* a model brings to the probe.
+A problem is a start value and one change that repeats for 1..4 days ("Tom has 7
+apples. Each day he gets 3 more. How many apples does he have after 4 days?"): the
+same single-digit fact applied k times, every intermediate value within 0..max_value.
+One day is a fact a ~1M-parameter model learns cheaply; k days answered directly
+need k facts composed in one forward pass, while a worked solution takes one fact
+per day. So what mid-training recipes change is the *format and strategy* a model
+brings to the probe.
 
 Splits are disjoint by construction: a problem's split is a hash of its arithmetic
 alone (start and operations, not names or wording), independent of the seed, so no
@@ -24,20 +27,20 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 # Bumped whenever the generator's output changes: it is part of every stage key that
 # consumes toy data, so cached runs made by an older toy world are never reused.
-TOY_WORLD_VERSION = 5
+TOY_WORLD_VERSION = 6
 CORPUS_KINDS = ("web", "mathweb", "qa_short", "qa_cot", "boxed_repeat")
 SPLITS = ("train", "probe", "eval")
 PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
 
-# (name, pronoun) pairs; the pronoun is used in every step after the first sentence.
+# (name, pronoun) pairs; the pronoun states the daily change.
 PEOPLE = (
     ("Tom", "he"), ("Ann", "she"), ("Sam", "he"), ("Mia", "she"), ("Ben", "he"), ("Lily", "she"),
     ("Max", "he"), ("Zoe", "she"), ("Leo", "he"), ("Ella", "she"), ("Jack", "he"), ("Nora", "she"),
 )
 OBJECTS = ("apples", "pens", "books", "coins", "cards", "shells", "stamps", "marbles", "cookies", "rocks")
-# "{n}" is the operand. Stories, worked examples and questions all state a problem with
-# these same present-tense sentences: the skill the base learns from web stories must be
-# the one the probe asks for, so that mid-training recipes differ only in format and strategy.
+# "{n}" is the daily change. Stories, worked examples and questions all state a problem
+# with these same present-tense sentences: the skill the base learns from web stories must
+# be the one the probe asks for, so that mid-training recipes differ only in format and strategy.
 GAIN_VERBS = ("gets {n} more", "finds {n} more", "buys {n} more", "wins {n} more")
 LOSE_VERBS = ("gives away {n}", "loses {n}", "sells {n}", "uses {n}")
 FILLER = (
@@ -48,18 +51,18 @@ FILLER = (
 WORD_OPS = {"+": ("plus", "and {b} more is"), "-": ("minus", "take away {b} is")}
 # Each worked example picks its own wording so multi-example documents are not repetitive.
 MATHWEB_BRIDGES = (
-    "To find how many {obj} {name} has now, we follow each step.",
-    "We work it out one step at a time.",
-    "Write one equation for each change.",
-    "Start from {start} and apply the changes in order.",
+    "To find how many {obj} {name} has after {days}, we go one day at a time.",
+    "We work it out one day at a time.",
+    "Write one equation for each day.",
+    "Start from {start} and apply the change once per day.",
 )
-MATHWEB_CONCLUSIONS = ("So {name} has {result} {obj} now.", "The result is {result} {obj}.",
-                       "That leaves {name} with {result} {obj}.", "In total there are {result} {obj}.")
+MATHWEB_CONCLUSIONS = ("So after {days} {name} has {result} {obj}.", "The result is {result} {obj}.",
+                       "That leaves {name} with {result} {obj}.", "After {days} there are {result} {obj}.")
 MATHWEB_INTROS = (
-    "Word problems like this are solved one step at a time.",
-    "Here is a worked example of adding and taking away.",
-    "We can follow the numbers in the order they appear.",
-    "A good habit is to write one equation for each step.",
+    "Problems like this are solved one day at a time.",
+    "Here is a worked example of a change that repeats.",
+    "We can follow the numbers day by day.",
+    "A good habit is to write one equation for each day.",
 )
 
 
@@ -71,11 +74,14 @@ class ToyWorldConfig(BaseModel):
     generator_version: Literal[TOY_WORLD_VERSION] = TOY_WORLD_VERSION
     seed: int = 0
     difficulties: list[int] = Field(default_factory=lambda: [1, 2, 3, 4])
-    max_value: int = Field(19, ge=9)  # every intermediate value stays within 0..max_value
+    max_value: int = Field(39, ge=9)  # every intermediate value stays within 0..max_value
     max_operand: int = Field(9, ge=1, le=9)  # operands are single digits
     probe_fraction: float = Field(0.10, gt=0, lt=0.5)  # share of the arithmetic space in the probe split
     eval_fraction: float = Field(0.05, gt=0, lt=0.5)
-    web_qa_rate: float = Field(0.03, ge=0, le=1)  # share of web docs that are easy 1-op boxed QA items
+    web_qa_rate: float = Field(0.15, ge=0, le=1)  # share of web docs that are one-day boxed QA items
+    # share of web stories closing with a recap of their start and change: copying a number
+    # from earlier in the text, which worked solutions need, is learned in pretraining
+    web_recap_rate: float = Field(0.5, ge=0, le=1)
     boxed_repeat_min: int = Field(8, ge=1)
     boxed_repeat_max: int = Field(16, ge=1)
 
@@ -99,7 +105,7 @@ class Problem:
     question: str
     answer: str
     difficulty: int
-    steps: tuple[tuple[int, str, int, int], ...]  # (left, "+"|"-", operand, result) in question order
+    steps: tuple[tuple[int, str, int, int], ...]  # (left, "+"|"-", change, result), one per day
 
     @property
     def expression(self) -> str:
@@ -113,12 +119,12 @@ class Problem:
 
 @dataclass(frozen=True)
 class _Scene:
-    """The surface of a problem: who, what, and which verb each step uses."""
+    """The surface of a problem: who, what, and the verb of the daily change."""
 
     name: str
     pronoun: str
     obj: str
-    verbs: tuple[tuple[str, str], ...]
+    verb: str
 
 
 def expression_of(steps) -> str:
@@ -140,8 +146,8 @@ def _rng(*parts: object) -> random.Random:
     return random.Random(":".join(map(str, parts)))
 
 
-def _capital(text: str) -> str:
-    return text[0].upper() + text[1:]
+def _days(k: int) -> str:
+    return "1 day" if k == 1 else f"{k} days"
 
 
 class ToyWorld:
@@ -150,35 +156,29 @@ class ToyWorld:
 
     # -- problems ---------------------------------------------------------------------------
 
-    def _sample_steps(self, difficulty: int, rng: random.Random) -> tuple[tuple[int, str, int, int], ...]:
-        value = rng.randint(1, self.cfg.max_operand)
-        steps = []
-        for _ in range(difficulty):
-            ops = [op for op, ok in (("+", value + 1 <= self.cfg.max_value), ("-", value >= 1)) if ok]
-            op = rng.choice(ops)
-            top = min(self.cfg.max_operand, self.cfg.max_value - value if op == "+" else value)
-            b = rng.randint(1, top)
-            result = value + b if op == "+" else value - b
-            steps.append((value, op, b, result))
-            value = result
-        return tuple(steps)
+    def _sample_steps(self, days: int, rng: random.Random) -> tuple[tuple[int, str, int, int], ...]:
+        op = rng.choice("+-")
+        change = rng.randint(1, min(self.cfg.max_operand, (self.cfg.max_value - 1) // days))
+        total = days * change
+        value = rng.randint(1, self.cfg.max_value - total) if op == "+" else rng.randint(total, self.cfg.max_value)
+        sign = 1 if op == "+" else -1
+        return tuple((value + sign * change * i, op, change, value + sign * change * (i + 1))
+                     for i in range(days))
 
     def _sample_scene(self, steps, rng: random.Random) -> _Scene:
         name, pronoun = rng.choice(PEOPLE)
-        verbs = tuple(rng.choice(GAIN_VERBS if op == "+" else LOSE_VERBS) for _, op, _, _ in steps)
-        return _Scene(name, pronoun, rng.choice(OBJECTS), verbs)
+        verb = rng.choice(GAIN_VERBS if steps[0][1] == "+" else LOSE_VERBS)
+        return _Scene(name, pronoun, rng.choice(OBJECTS), verb)
 
     def _statements(self, steps, scene: _Scene) -> list[str]:
-        """Sentences stating the problem, numbers in the order used."""
-        sentences = [f"{scene.name} has {steps[0][0]} {scene.obj}."]
-        for i, ((_, _, b, _), verb) in enumerate(zip(steps, scene.verbs)):
-            lead = _capital(scene.pronoun) if i == 0 else f"Then {scene.pronoun}"
-            sentences.append(f"{lead} {verb.format(n=b)}.")
-        return sentences
+        """The sentences stating the problem: the start, then the daily change."""
+        return [f"{scene.name} has {steps[0][0]} {scene.obj}.",
+                f"Each day {scene.pronoun} {scene.verb.format(n=steps[0][2])}."]
 
     def _problem(self, steps, scene: _Scene, split: str) -> Problem:
         question = " ".join(
-            self._statements(steps, scene) + [f"How many {scene.obj} does {scene.name} have now?"]
+            self._statements(steps, scene)
+            + [f"How many {scene.obj} does {scene.name} have after {_days(len(steps))}?"]
         )
         qhash = hashlib.sha1(question.encode()).hexdigest()[:12]
         return Problem(f"toy-{split}-d{len(steps)}-{qhash}", question, str(steps[-1][3]), len(steps), steps)
@@ -250,17 +250,19 @@ class ToyWorld:
         steps, scene = self._draw("train", d, rng)
         return steps, scene, self._problem(steps, scene, "train")
 
-    def _worked(self, steps, scene: _Scene) -> str:
-        """The problem's own sentences, each change followed by its equation.
+    def _worked(self, steps) -> str:
+        """One equation per day: "Day 1 of 2: 7 + 3 = 10. Day 2 of 2: 10 + 3 = 13."
 
-        "Tom has 7 apples. He gets 5 more, so 7 + 5 = 12. Then he loses 3, so 12 - 3 = 9."
-        Every step is a verbatim copy of a question sentence plus a local fact lookup, the
-        cheapest strategy for a tiny model; bare equations ("7 + 5 = 12. 12 - 3 = 9.") would
-        need it to find the n-th number of the question, which it does not learn cheaply.
+        Only day 1 reads the question (its start, change and day count, each the only number
+        after its cue word); every later line copies from the line just before (the result,
+        the change, the count) and adds a table fact, and the count on each line makes "stop
+        after day k" local too. A tiny model learns all of these cheaply, whereas worked
+        solutions that take the i-th number of the question at step i it did not learn
+        (toy world v5), nor when to stop without the count (stopping was 81 % of a v6 draft's
+        errors). See README "The toy world".
         """
-        first, *changes = self._statements(steps, scene)
-        worked = [f"{sentence[:-1]}, so {a} {op} {b} = {r}." for sentence, (a, op, b, r) in zip(changes, steps)]
-        return " ".join([first, *worked])
+        days = len(steps)
+        return " ".join(f"Day {i} of {days}: {a} {op} {b} = {r}." for i, (a, op, b, r) in enumerate(steps, 1))
 
     def _doc_web(self, rng: random.Random):
         if rng.random() < self.cfg.web_qa_rate:
@@ -279,7 +281,12 @@ class ToyWorld:
         if rng.random() < 0.8:  # a story ending in its result, stated as questions state it
             steps, scene, _ = self._train_item(rng)
             difficulty = len(steps)
-            story = self._statements(steps, scene) + [f"Now {scene.name} has {steps[-1][3]} {scene.obj}."]
+            story = self._statements(steps, scene) + [
+                f"After {_days(len(steps))} {scene.name} has {steps[-1][3]} {scene.obj}."]
+            if rng.random() < self.cfg.web_recap_rate:
+                start, op, change, _ = steps[0]
+                story.append(f"{scene.name} started with {start} {scene.obj}, {change} "
+                              f"{'more' if op == '+' else 'fewer'} each day.")
             items.append(" ".join(story))
         rng.shuffle(items)
         return " ".join(dict.fromkeys(items)), difficulty
@@ -290,14 +297,14 @@ class ToyWorld:
             steps, scene, _ = self._train_item(rng)
             difficulty = max(difficulty, len(steps))
             result = steps[-1][3]
-            names = {"name": scene.name, "obj": scene.obj, "start": steps[0][0], "result": result}
+            names = {"name": scene.name, "obj": scene.obj, "start": steps[0][0], "result": result,
+                     "days": _days(len(steps))}
             paragraphs.append(" ".join([
                 rng.choice(("Example:", "Consider this.", "Another one:", "Try this.")),
-                # stating the problem before working it through is what teaches copying
-                # from the question, the skill worked solutions (qa_cot) rely on
+                # the problem stated as questions state it, then worked through as qa_cot does
                 *self._statements(steps, scene),
                 rng.choice(MATHWEB_BRIDGES).format(**names),
-                self._worked(steps, scene),
+                self._worked(steps),
                 rng.choice(MATHWEB_CONCLUSIONS).format(**names),
             ]))
         return "\n\n".join(paragraphs), difficulty
@@ -308,7 +315,7 @@ class ToyWorld:
 
     def _doc_qa_cot(self, rng: random.Random):
         steps, scene, problem = self._train_item(rng)
-        answer = f"{self._worked(steps, scene)} The answer is \\boxed{{{problem.answer}}}."
+        answer = f"{self._worked(steps)} The answer is \\boxed{{{problem.answer}}}."
         return f"Question: {problem.question}\nAnswer: {answer}", problem.difficulty
 
     def _doc_boxed_repeat(self, rng: random.Random):

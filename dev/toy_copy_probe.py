@@ -4,12 +4,15 @@
 
 Prints, per checkpoint:
 - induction: next-token accuracy on the second half of a repeated random token sequence
-  (generic in-context copying; ~0 means the model has no induction heads);
+  (generic in-context copying; tokens the toy corpora never use make this a lower bound);
 - teacher-forced accuracy of a qa_cot worked solution on held-out problems, by token role:
-  `step_operand` (a step's number, which must be found in the question), `step_verb`,
-  `eq_operand` (the same number again, three tokens after the model wrote it), `eq_result`
-  (a single-digit fact), `answer` (the boxed answer after a correct worked solution).
-A worked-solution recipe can only win under RL if `step_operand` is well above chance.
+  `start` (day 1's left number, found in the question), `change_q` (day 1's change, found in
+  the question), `count_q` (day 1's day count, found in the question), `count` (a later
+  line's count), `left` (a later day's left number: the result just written), `change`
+  (a later day's change: the one in the previous equation), `fact` (the equation's result),
+  `next_day` / `stop` (after a day, "Day" again or, after the last one, "The"),
+  `answer` (the boxed answer after a correct worked solution).
+A worked-solution recipe can only win under RL if every role is well above chance.
 """
 
 from __future__ import annotations
@@ -30,8 +33,7 @@ def worked_solutions(n: int = 150, seed: int = 7) -> list[tuple[str, list[tuple[
     for i in range(n):
         steps, scene = world._draw("eval", 2 + i % 3, rng)
         problem = world._problem(steps, scene, "eval")
-        first, *changes = world._statements(steps, scene)
-        text, spans = f"{problem.prompt} {first}", []
+        text, spans = f"{problem.prompt}", []
 
         def add(part: str, role: str | None = None) -> None:
             nonlocal text
@@ -39,17 +41,21 @@ def worked_solutions(n: int = 150, seed: int = 7) -> list[tuple[str, list[tuple[
                 spans.append((len(text), len(text) + len(part), role))
             text += part
 
-        for sentence, (a, op, b, r) in zip(changes, steps):
-            clause = sentence[:-1]
-            cut = clause.rindex(f" {b}") + 1
-            add(" " + clause[:cut], "step_verb")
-            add(str(b), "step_operand")
-            add(f"{clause[cut + len(str(b)):]}, so {a} {op} ")
-            add(str(b), "eq_operand")
+        for day, (a, op, b, r) in enumerate(steps, 1):
+            add(" ")
+            add("Day", None if day == 1 else "next_day")
+            add(f" {day} of ")
+            add(str(len(steps)), "count_q" if day == 1 else "count")
+            add(": ")
+            add(str(a), "start" if day == 1 else "left")
+            add(f" {op} ")
+            add(str(b), "change_q" if day == 1 else "change")
             add(" = ")
-            add(str(r), "eq_result")
+            add(str(r), "fact")
             add(".")
-        add(" The answer is \\boxed{")
+        add(" ")
+        add("The", "stop")
+        add(" answer is \\boxed{")
         add(problem.answer, "answer")
         add("}.")
         docs.append((text, spans))

@@ -21,29 +21,27 @@ LOSE = {v.split()[0] for v in LOSE_VERBS}
 QUESTION_RE = re.compile(r"^Question: (.+?)\nAnswer:", re.S)
 
 
+QUESTION_PARTS = re.compile(r"^\w+ has (\d+) \w+\. Each day \w+ (\w+)(?: away)? (\d+)(?: more)?\. "
+                            r"How many \w+ does \w+ have after (\d+) days?\?$")
+
+
 def parse_question(question: str) -> tuple[str, int]:
-    """(expression, answer) recomputed from the question text alone: numbers in order, op from the verb."""
-    sentences = [s.strip() for s in question.split(".") if s.strip()]
-    start = int(re.search(r"\d+", sentences[0]).group())
-    expression, value = str(start), start
-    for sentence in sentences[1:]:
-        match = re.search(r"(\w+)(?: away)? (\d+)", sentence)
-        if not match:
-            continue  # the closing "How many ... now?"
-        verb, n = match.group(1), int(match.group(2))
-        assert verb in GAIN | LOSE, sentence
-        op = "+" if verb in GAIN else "-"
-        value = value + n if op == "+" else value - n
-        expression += f"{op}{n}"
-    return expression, value
+    """(expression, answer) recomputed from the question text alone: start, daily change, days."""
+    match = QUESTION_PARTS.match(question)
+    assert match, question
+    start, verb, change, days = int(match[1]), match[2], int(match[3]), int(match[4])
+    assert verb in GAIN | LOSE, question
+    op = "+" if verb in GAIN else "-"
+    answer = start + days * change if op == "+" else start - days * change
+    return str(start) + f"{op}{change}" * days, answer
 
 
 def recompute(problem) -> int:
-    value = problem.steps[0][0]
+    value, change = problem.steps[0][0], problem.steps[0][2]
     for left, op, b, result in problem.steps:
-        assert left == value and 1 <= b <= 9
+        assert left == value and b == change and 1 <= b <= 9
         value = left + b if op == "+" else left - b
-        assert value == result and 0 <= value <= 19
+        assert value == result and 0 <= value <= 39
     return value
 
 
@@ -83,10 +81,10 @@ def test_splits_disjoint_and_answers_verifiable(world):
 
 
 def test_problem_sets_prefer_new_arithmetic(world):
-    three = world.problems("probe", 200, difficulty=3)
-    assert len({p.expression for p in three}) == 200
-    one = world.problems("probe", 60, difficulty=1)  # ~12 one-step probe expressions exist
-    assert len({p.question for p in one}) == 60 and 8 <= len({p.expression for p in one}) <= 20
+    three = world.problems("probe", 40, difficulty=3)
+    assert len({p.expression for p in three}) == 40
+    four = world.problems("probe", 120, difficulty=4)  # ~30 four-day probe expressions exist
+    assert len({p.question for p in four}) == 120 and 20 <= len({p.expression for p in four}) <= 40
     mixed = world.problems("eval", 400)
     counts = [sum(p.difficulty == d for p in mixed) for d in (1, 2, 3, 4)]
     assert min(counts) > 70, counts
@@ -112,8 +110,12 @@ def test_corpora_are_well_formed_and_drawn_from_train(world):
                 assert re.findall(r"\\boxed\{(\d+)\}", completion) == [str(answer)]
                 if kind == "qa_short":
                     assert completion == f" \\boxed{{{answer}}}"
-                if kind == "qa_cot":  # faithful steps: the question's numbers, in order, each fact correct
-                    equations = re.findall(r"(\d+) ([+-]) (\d+) = (\d+)\.", completion)
+                if kind == "qa_cot":  # faithful steps: one numbered equation per day, each fact correct
+                    equations = re.findall(r"Day (\d+) of (\d+): (\d+) ([+-]) (\d+) = (\d+)\.", completion)
+                    assert [(int(day), int(of)) for day, of, *_ in equations] == [
+                        (day, len(equations)) for day in range(1, len(equations) + 1)]
+                    equations = [eq[2:] for eq in equations]
+                    assert all(a == b for (*_, b), (a, *_) in zip(equations, equations[1:]))
                     rebuilt = equations[0][0] + "".join(op + b for _, op, b, _ in equations)
                     assert rebuilt == expression
                     assert all(int(r) == (int(a) + int(b) if op == "+" else int(a) - int(b))
@@ -128,8 +130,15 @@ def test_corpora_are_well_formed_and_drawn_from_train(world):
     qa_items = [d for d in web if d["text"].startswith("Question: ")]
     assert 150 < len(qa_items) < 250
     assert all(d["metadata"]["difficulty"] == 1 and "\\boxed{" in d["text"] for d in qa_items)
-    stories = [d for d in web if re.search(r"Now \w+ has \d+ ", d["text"])]
+    stories = [d for d in web if re.search(r"After \d+ days? \w+ has \d+ ", d["text"])]
     assert len(stories) > 500 and all("\\boxed" not in d["text"] for d in stories)
+    # half of the stories close with a recap that restates their start and daily change
+    recaps = [(d["text"], m) for d in stories
+              if (m := re.search(r"(\w+) started with (\d+) (\w+), (\d) (more|fewer) each day\.", d["text"]))]
+    assert 0.4 < len(recaps) / len(stories) < 0.6
+    for text, m in recaps:
+        verbs = "|".join(GAIN if m[5] == "more" else LOSE)
+        assert re.search(rf"{m[1]} has {m[2]} {m[3]}\. Each day \w+ (?:{verbs})(?: away)? {m[4]}\b", text), text
 
 
 def test_write_problems_jsonl(world, tmp_path):
