@@ -262,11 +262,14 @@ def build(results: SweepResults, title: str, score: str = "auc_acc", samples: in
     doc.para(f"Fitted gain: {SCORES['fitted_gain']}; an interval above 0 means the probe's RL really "
              "improved the checkpoint on held-out problems.")
     if results.difficulty:
+        from rl_probe.difficulty import pooled_pass_at_k
+
         d = results.difficulty.read_json("difficulty.json")
         levels = ", ".join(f"level {lvl}: {v:.2f}" for lvl, v in d["pass_at_k_by_level"].items())
         doc.para(f"Difficulty control (`{results.difficulty.ref}`): the base's pass@{d['k']} per difficulty "
                  f"level was {levels}; target {d['target'][0]:.0%}–{d['target'][1]:.0%}; the probe uses "
-                 f"level(s) {', '.join(map(str, d['chosen_levels']))}.")
+                 f"level(s) {', '.join(map(str, d['chosen_levels']))} (pooled pass@{d['k']} "
+                 f"{pooled_pass_at_k(d['pass_at_k_by_level'], d['chosen_levels']):.2f}).")
     doc.para("Failure modes: " + "; ".join(f"**{k}** — {v}" for k, v in FAILURE_MODES.items()) + ".")
 
     _cheap_signals(doc, results, ranking)

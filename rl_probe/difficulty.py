@@ -49,9 +49,24 @@ def pass_at_k_by_difficulty(checkpoint: Path, problems: list[dict], spec: ProbeS
 
 
 def choose_levels(pass_at_k_by_level: dict[int, float], low: float, high: float) -> list[int]:
-    """The levels whose pass@k lies in [low, high]; else the single level closest to the range."""
-    inside = [level for level, p in sorted(pass_at_k_by_level.items()) if low <= p <= high]
+    """The widest run of consecutive levels whose pooled pass@k lies in [low, high].
+
+    Pooled is the mean over the run's levels, which is the pass@k of a problem set drawing
+    its levels uniformly (as `ToyWorld.problems` does). Among equally wide runs the harder
+    one wins (more room to learn). With no run inside, the single level closest to the
+    range. A range of levels, as SimpleRL-Zoo picks, rather than single levels: per-level
+    estimates are noisy, and a run keeps the problem set contiguous in difficulty.
+    """
+    levels = sorted(pass_at_k_by_level)
+    runs = [levels[i:j] for i in range(len(levels)) for j in range(i + 1, len(levels) + 1)]
+    inside = [run for run in runs if low <= pooled_pass_at_k(pass_at_k_by_level, run) <= high]
     if inside:
-        return inside
+        return max(inside, key=lambda run: (len(run), run[0]))
     middle = (low + high) / 2
-    return [min(pass_at_k_by_level, key=lambda level: abs(pass_at_k_by_level[level] - middle))]
+    return [min(levels, key=lambda level: abs(pass_at_k_by_level[level] - middle))]
+
+
+def pooled_pass_at_k(pass_at_k_by_level: dict, levels: list[int]) -> float:
+    """pass@k of a problem set drawing `levels` uniformly (keys may be ints or JSON strings)."""
+    by_level = {int(level): value for level, value in pass_at_k_by_level.items()}
+    return float(np.mean([by_level[level] for level in levels]))
