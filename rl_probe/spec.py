@@ -194,6 +194,12 @@ PROBE_SPECS: dict[str, ProbeSpec] = {
 # v3 = v2 with held-out accuracy as mean@2 instead of mean@4: evaluation was half of a
 # probe's cost, and the demo must finish within 15 minutes on 2 cores.
 PROBE_SPECS["toy-cpu-v3"] = PROBE_SPECS["toy-cpu-v2"].model_copy(update={"name": "toy-cpu-v3", "eval_samples": 2})
+# v4 = v3 at a tenth of the learning rate. Toy world v6's chain-of-thought checkpoint is a
+# working policy (training score 0.47 at step 1), and Adam's first, sign-like steps at 5e-4
+# wrecked it in one step (0.00 at step 2); 2e-4 halved it; 1.5e-5 to 1e-4 kept it (held-out
+# accuracy 0.39 -> 0.39-0.45 over 40 steps; one checkpoint, seed 0). Earlier toy checkpoints
+# were near chance, where a large step costs nothing.
+PROBE_SPECS["toy-cpu-v4"] = PROBE_SPECS["toy-cpu-v3"].model_copy(update={"name": "toy-cpu-v4", "lr": 5e-5})
 
 
 def get_probe_spec(name: str) -> ProbeSpec:
