@@ -313,10 +313,13 @@ class ToyWorld:
         _, _, problem = self._train_item(rng)
         return f"Question: {problem.question}\nAnswer: \\boxed{{{problem.answer}}}", problem.difficulty
 
+    def cot_answer(self, steps) -> str:
+        """A qa_cot completion: the worked solution, then the boxed answer."""
+        return f"{self._worked(steps)} The answer is \\boxed{{{steps[-1][3]}}}."
+
     def _doc_qa_cot(self, rng: random.Random):
         steps, scene, problem = self._train_item(rng)
-        answer = f"{self._worked(steps)} The answer is \\boxed{{{problem.answer}}}."
-        return f"Question: {problem.question}\nAnswer: {answer}", problem.difficulty
+        return f"Question: {problem.question}\nAnswer: {self.cot_answer(steps)}", problem.difficulty
 
     def _doc_boxed_repeat(self, rng: random.Random):
         _, _, problem = self._train_item(rng)

@@ -18,6 +18,7 @@ A worked-solution recipe can only win under RL if every role is well above chanc
 from __future__ import annotations
 
 import random
+import re
 import sys
 
 import torch
@@ -26,38 +27,28 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from data_recipes.toyworld import ToyWorld, ToyWorldConfig
 
 
+# one line of a worked solution, as ToyWorld writes it; the groups are the scored roles
+LINE = re.compile(r"(?P<next_day>Day) \d+ of (?P<count>\d+): (?P<left>\d+) [+-] (?P<change>\d+) = (?P<fact>\d+)\.")
+FIRST_LINE_ROLES = {"count": "count_q", "left": "start", "change": "change_q", "next_day": None}
+
+
 def worked_solutions(n: int = 150, seed: int = 7) -> list[tuple[str, list[tuple[int, int, str]]]]:
     """qa_cot documents of held-out problems with the character span and role of each scored part."""
     world, rng = ToyWorld(ToyWorldConfig()), random.Random(seed)
     docs = []
     for i in range(n):
         steps, scene = world._draw("eval", 2 + i % 3, rng)
-        problem = world._problem(steps, scene, "eval")
-        text, spans = f"{problem.prompt}", []
-
-        def add(part: str, role: str | None = None) -> None:
-            nonlocal text
-            if role:
-                spans.append((len(text), len(text) + len(part), role))
-            text += part
-
-        for day, (a, op, b, r) in enumerate(steps, 1):
-            add(" ")
-            add("Day", None if day == 1 else "next_day")
-            add(f" {day} of ")
-            add(str(len(steps)), "count_q" if day == 1 else "count")
-            add(": ")
-            add(str(a), "start" if day == 1 else "left")
-            add(f" {op} ")
-            add(str(b), "change_q" if day == 1 else "change")
-            add(" = ")
-            add(str(r), "fact")
-            add(".")
-        add(" ")
-        add("The", "stop")
-        add(" answer is \\boxed{")
-        add(problem.answer, "answer")
-        add("}.")
+        text = f"{world._problem(steps, scene, 'eval').prompt} {world.cot_answer(steps)}"
+        spans = []
+        for line_no, line in enumerate(LINE.finditer(text)):
+            for group in LINE.groupindex:
+                role = FIRST_LINE_ROLES.get(group, group) if line_no == 0 else group
+                if role:
+                    spans.append((*line.span(group), role))
+        stop = text.index("The answer is")
+        spans.append((stop, stop + 3, "stop"))
+        answer = text.index("\\boxed{") + len("\\boxed{")
+        spans.append((answer, text.index("}", answer), "answer"))
         docs.append((text, spans))
     return docs
 

@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 from pipelines.failures import FAILURE_MODES  # noqa: E402
 from pipelines.ranking import SCORES, Ranking, rank, spearman  # noqa: E402
 from pipelines.results import SweepResults, recipe_cost_hours  # noqa: E402
+from rl_probe.difficulty import pooled_pass_at_k  # noqa: E402
 
 PROBE_CURVES = [
     ("critic/score/mean", "training reward"),
@@ -262,8 +263,6 @@ def build(results: SweepResults, title: str, score: str = "auc_acc", samples: in
     doc.para(f"Fitted gain: {SCORES['fitted_gain']}; an interval above 0 means the probe's RL really "
              "improved the checkpoint on held-out problems.")
     if results.difficulty:
-        from rl_probe.difficulty import pooled_pass_at_k
-
         d = results.difficulty.read_json("difficulty.json")
         levels = ", ".join(f"level {lvl}: {v:.2f}" for lvl, v in d["pass_at_k_by_level"].items())
         doc.para(f"Difficulty control (`{results.difficulty.ref}`): the base's pass@{d['k']} per difficulty "

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rl_probe.embedded import Prompter, _generator, generate, pass_at_k
-from rl_probe.reward import score
-from rl_probe.spec import ProbeSpec
+if TYPE_CHECKING:
+    from rl_probe.spec import ProbeSpec
 
 
 def pass_at_k_by_difficulty(checkpoint: Path, problems: list[dict], spec: ProbeSpec, k: int = 8,
@@ -28,6 +26,13 @@ def pass_at_k_by_difficulty(checkpoint: Path, problems: list[dict], spec: ProbeS
     Uses 2k samples per problem so the estimator has room above k, on at most
     ``per_level`` problems per level (the first ones: problem sets are shuffled).
     """
+    # imported here: choosing levels from stored numbers (the report) needs no torch
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rl_probe.embedded import Prompter, _generator, generate, pass_at_k
+    from rl_probe.reward import score
+
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
     prompter = Prompter(tokenizer, spec)
