@@ -187,8 +187,11 @@ def grpo_step(model, reference, optimizer, prompter: Prompter, train: list[dict]
         norm_adv_by_std_in_grpo=spec.norm_adv_by_std,
     )
     with torch.no_grad():
-        old_log_probs, _ = teacher_forced(model, rollout.prompt_ids, rollout.prompt_mask,
-                                          rollout.response_ids, mask, spec.temperature)
+        if spec.bypass_mode:
+            old_log_probs = rollout.log_probs
+        else:
+            old_log_probs, _ = teacher_forced(model, rollout.prompt_ids, rollout.prompt_mask,
+                                              rollout.response_ids, mask, spec.temperature)
         ref_log_probs = None
         if reference is not None:
             ref_log_probs, _ = teacher_forced(reference, rollout.prompt_ids, rollout.prompt_mask,

@@ -45,6 +45,11 @@ class ProbeSpec(BaseModel):
     clip_ratio_low: float = 0.2
     clip_ratio_high: float = 0.2
     clip_ratio_c: float = 3.0
+    # algorithm.rollout_correction.bypass_mode: the rollout's own log-probs serve as the old
+    # policy's instead of a recomputing forward pass. Exact for the embedded engine, whose
+    # sampler scores tokens with the training weights in fp32 (tests/test_probe_sampler.py);
+    # an approximation under vLLM/SGLang, whose kernels and precision differ.
+    bypass_mode: bool = False
 
     # rollout
     temperature: float = Field(default=1.0, gt=0)

@@ -99,6 +99,7 @@ def hydra_overrides(
         "algorithm.adv_estimator": spec.adv_estimator,
         "algorithm.norm_adv_by_std_in_grpo": spec.norm_adv_by_std,
         "algorithm.use_kl_in_reward": False,
+        "algorithm.rollout_correction.bypass_mode": spec.bypass_mode,
         "critic.enable": False,
         "data.train_files": str(train_file),
         "data.val_files": str(val_file),

@@ -177,3 +177,14 @@ def test_kill_9_then_resume_is_bitwise_equal(inputs, tmp_path):
 
     assert _stable(read_metrics(killed / "metrics.jsonl")) == _stable(read_metrics(tmp_path / "straight" / "metrics.jsonl"))
     _assert_same_weights(_final_weights(killed), _final_weights(tmp_path / "straight"))
+
+
+def test_bypass_mode_reuses_the_rollouts_log_probs(inputs, reference_run, tmp_path):
+    # The sampler's log-probs equal the training forward's, so skipping the recompute leaves
+    # the first update as it was: same rollouts, same PPO ratios and losses.
+    _run(inputs, tmp_path, spec=SMOKE.model_copy(update={"bypass_mode": True, "steps": 1}))
+    bypassed = read_metrics(tmp_path / "metrics.jsonl")[1]["data"]
+    recomputed = read_metrics(reference_run[0] / "metrics.jsonl")[1]["data"]
+    assert bypassed["critic/score/mean"] == recomputed["critic/score/mean"]
+    for name in ("actor/pg_loss", "actor/ppo_kl", "actor/pg_clipfrac", "actor/grad_norm"):
+        assert bypassed[name] == pytest.approx(recomputed[name], abs=1e-4), name

@@ -29,6 +29,7 @@ def test_config_composes_from_verls_dir_and_carries_the_spec(prepared):
     assert (c.data.train_batch_size, c.actor_rollout_ref.rollout.n) == (128, 16)
     assert c.actor_rollout_ref.actor.ppo_mini_batch_size == 64
     assert c.actor_rollout_ref.actor.optim.lr == 1e-6
+    assert c.algorithm.rollout_correction.bypass_mode is False  # vLLM's log-probs are not the actor's
     assert c.actor_rollout_ref.actor.use_kl_loss is False and c.actor_rollout_ref.actor.entropy_coeff == 0
     assert c.actor_rollout_ref.rollout.temperature == 1.0 and c.data.max_response_length == 4096
     assert c.trainer.test_freq == 4 and c.trainer.total_training_steps == OCTO.steps
@@ -40,6 +41,14 @@ def test_config_composes_from_verls_dir_and_carries_the_spec(prepared):
     assert launch.env["VERL_FILE_LOGGER_PATH"] == str(launch.log_path)
     assert all("=" in arg for arg in launch.command[3:])
     shlex.join(launch.command)  # printable as a shell command
+
+
+def test_bypass_mode_composes_and_validates(prepared):
+    root, checkpoint, _ = prepared
+    train, evals = root / "train.jsonl", root / "eval.jsonl"
+    spec = OCTO.model_copy(update={"bypass_mode": True})
+    launch = prepare_verl_probe(checkpoint, spec, train, evals, seed=3, out_dir=root / "bypass", n_gpus_per_node=1)
+    assert launch.config.algorithm.rollout_correction.bypass_mode is True
 
 
 def test_rejects_embedded_specs(prepared):
