@@ -33,6 +33,9 @@ PROBE_CURVES = [
     ("response_length/clip_ratio", "clip ratio (hit length limit)"),
     ("behaviour/repetition_ratio", "repetition ratio"),
     ("behaviour/format_error_ratio", "format-error ratio"),
+    # the strategy RL picks: answering at once vs working first (OctoThinker's longer reasoning)
+    ("behaviour/boxed_first_ratio", "answers boxed first (no work shown)"),
+    ("actor/entropy", "policy entropy"),
     ("probe/uniform_group_ratio", "uniform-reward groups"),
 ]
 
@@ -119,7 +122,7 @@ def _accuracy_figure(results: SweepResults, colors) -> Figure:
 
 
 def _curves_figure(results: SweepResults, colors) -> Figure:
-    fig, axes = plt.subplots(2, 3, figsize=(11, 5.4))
+    fig, axes = plt.subplots(2, 4, figsize=(14, 5.4))
     for ax, (metric, title) in zip(axes.flat, PROBE_CURVES):
         for recipe in colors:
             curves = [tuple(zip(*r.metrics[metric])) for r in results.probes
