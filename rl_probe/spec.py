@@ -205,6 +205,10 @@ PROBE_SPECS["toy-cpu-v3"] = PROBE_SPECS["toy-cpu-v2"].model_copy(update={"name":
 # accuracy 0.39 -> 0.39-0.45 over 40 steps; one checkpoint, seed 0). Earlier toy checkpoints
 # were near chance, where a large step costs nothing.
 PROBE_SPECS["toy-cpu-v4"] = PROBE_SPECS["toy-cpu-v3"].model_copy(update={"name": "toy-cpu-v4", "lr": 5e-5})
+# v5 = v4 with the old policy's log-probs taken from the rollout (verl's bypass mode): the
+# embedded sampler scores tokens with the training weights, so the recomputing forward pass
+# (a fifth of a step) bought nothing.
+PROBE_SPECS["toy-cpu-v5"] = PROBE_SPECS["toy-cpu-v4"].model_copy(update={"name": "toy-cpu-v5", "bypass_mode": True})
 
 
 def get_probe_spec(name: str) -> ProbeSpec:
@@ -212,7 +216,3 @@ def get_probe_spec(name: str) -> ProbeSpec:
         return PROBE_SPECS[name]
     except KeyError:
         raise KeyError(f"unknown probe spec {name!r}; known: {sorted(PROBE_SPECS)}") from None
-# v5 = v4 with the old policy's log-probs taken from the rollout (verl's bypass mode): the
-# embedded sampler scores tokens with the training weights, so the recomputing forward pass
-# (a fifth of a step) bought nothing.
-PROBE_SPECS["toy-cpu-v5"] = PROBE_SPECS["toy-cpu-v4"].model_copy(update={"name": "toy-cpu-v5", "bypass_mode": True})
