@@ -122,7 +122,8 @@ def _accuracy_figure(results: SweepResults, colors) -> Figure:
 
 
 def _curves_figure(results: SweepResults, colors) -> Figure:
-    fig, axes = plt.subplots(2, 4, figsize=(14, 5.4))
+    columns = -(-len(PROBE_CURVES) // 2)  # two rows, as many columns as the curves need
+    fig, axes = plt.subplots(2, columns, figsize=(3.5 * columns, 5.4))
     for ax, (metric, title) in zip(axes.flat, PROBE_CURVES):
         for recipe in colors:
             curves = [tuple(zip(*r.metrics[metric])) for r in results.probes

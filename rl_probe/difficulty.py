@@ -11,12 +11,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from rl_probe.spec import ProbeSpec
+from rl_probe.spec import ProbeSpec
 
 
 def pass_at_k_by_difficulty(checkpoint: Path, problems: list[dict], spec: ProbeSpec, k: int = 8,
