@@ -215,30 +215,42 @@ def probe(checkpoints: list[str] = typer.Argument(..., help="HF checkpoint direc
 
 @app.command("validate-probe")
 def validate_probe(sweep: Path = typer.Argument(..., help="sweep YAML file"),
-                   multiplier: int = typer.Option(4, help="target runs are this many times longer"),
+                   multiplier: int = typer.Option(8, help="target runs are this many times longer"),
                    target_seeds: str = typer.Option("1000,1001", help="seeds of the long-run target probes"),
+                   target_eval_set: Optional[Path] = typer.Option(
+                       None, help="the target's held-out eval problems (JSONL); needed when the sweep's "
+                                  "eval set is a file (toy splits: the split's next problems)"),
                    workspace: Optional[Path] = WorkspaceOpt, seeds: Optional[str] = SeedsOpt) -> None:
-    """Decision accuracy of the short probe's ranking against a long-run target ranking."""
-    from pipelines.decision import measure, save, target_plan
+    """Decision accuracy of probe budgets and cheap signals against a long-run target ranking."""
+    from pipelines.decision import format_accuracy, measure, save, target_plan
     from pipelines.execute import run_plan
     from pipelines.store import RunStore
 
     spec = _load(sweep, seeds)
     if multiplier < 2:
         raise InputError("--multiplier: the target must be at least 2x the probe's steps")
+    if target_eval_set is not None and not target_eval_set.is_file():
+        raise InputError(f"--target-eval-set: file not found: {target_eval_set}")
     store = RunStore(_workspace(spec.workspace, workspace))
-    short, target = target_plan(spec, sweep, multiplier, _seed_list(target_seeds, "--target-seeds"))
+    short, target = target_plan(spec, sweep, multiplier, _seed_list(target_seeds, "--target-seeds"),
+                                target_eval_set.resolve() if target_eval_set else None)
     run_plan(short, store, console)
     run_plan(target, store, console)
     result = measure(store, spec.name, spec.report.score, spec.report.bootstrap_samples, spec.report.confidence)
-    save(result, store.workspace / "reports" / spec.name / "decision_accuracy.json")
-    typer.echo(f"short probe order ({result.short_steps} steps, seeds {result.short_seeds}): "
-               + " > ".join(result.short_order))
-    typer.echo(f"target order ({result.target_steps} steps, seeds {result.target_seeds}): "
-               + " > ".join(result.target_order))
+    save(result, store.workspace / "reports" / spec.name / "decision.json")
+    full, level = result.full_probe, spec.report.confidence
+    typer.echo(f"target order ({result.target_setup['steps']} steps, seeds {result.target_setup['seeds']}): "
+               + " > ".join(result.recipes))
+    typer.echo(f"the target separates {len(result.separated)} of {len(result.separated) + len(result.ties)} "
+               f"recipe pairs; {len(result.ties)} ties are not counted")
+    cheapest, signal = result.cheapest(), result.best_signal()
+    typer.echo("cheapest probe budget at decision accuracy >= 0.9: "
+               + (f"{cheapest.name}, {cheapest.cpu_hours:.2f} CPU-h" if cheapest else "none"))
+    if signal:
+        typer.echo(f"best cheap signal: {signal.name}, {format_accuracy(signal.accuracy)}")
     typer.echo(f"report (with a decision-accuracy section): {_write_report(spec, store)}")
-    typer.echo(f"decision accuracy: {result.value:.2f} over {result.pairs} recipe pairs "
-               f"({spec.report.confidence:.0%} CI {result.ci_low:.2f}–{result.ci_high:.2f}, score {result.score})")
+    typer.echo(f"decision accuracy: {format_accuracy(full.accuracy)} over {len(result.separated)} recipe pairs "
+               f"({level:.0%} CI {format_accuracy(full.ci[0])}–{format_accuracy(full.ci[1])}, score {result.score}, {full.name})")
 
 
 @app.command()

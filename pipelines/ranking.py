@@ -170,12 +170,3 @@ def spearman(x: list[float], y: list[float]) -> float:
         return float("nan")
     return float(np.corrcoef(rx, ry)[0, 1])
 
-
-def decision_accuracy(proxy: dict[str, float], target: dict[str, float]) -> float:
-    """DataDecide's decision accuracy: share of recipe pairs the proxy orders like the target."""
-    names = sorted(set(proxy) & set(target))
-    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
-    if not pairs:
-        return float("nan")
-    agree = sum((proxy[a] - proxy[b]) * (target[a] - target[b]) > 0 for a, b in pairs)
-    return agree / len(pairs)

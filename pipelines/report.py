@@ -229,13 +229,7 @@ def build(results: SweepResults, title: str, score: str = "auc_acc", samples: in
                "P(beats next)", "failure modes", "CPU-h", "seeds"], rows)
 
     if decision is not None:
-        doc.heading("Decision accuracy", 3)
-        doc.para(f"Does this short probe rank recipes like a long RL run? Against a target of "
-                 f"{decision.target_steps} steps on seeds {decision.target_seeds} (this probe: "
-                 f"{decision.short_steps} steps, seeds {decision.short_seeds}), the short probe orders "
-                 f"**{decision.value:.0%}** of {decision.pairs} recipe pairs the same way "
-                 f"({confidence:.0%} CI {decision.ci_low:.0%}–{decision.ci_high:.0%}). "
-                 f"Target order: {' > '.join(decision.target_order)}.")
+        _decision_section(doc, decision)
 
     doc.heading("Probe")
     doc.figure(_accuracy_figure(results, colors))
@@ -329,6 +323,72 @@ def _cheap_signals(doc: Doc, results: SweepResults, ranking: Ranking) -> None:
         rho = spearman([values[r] for r in common], [outcome[r] for r in common]) if len(common) > 2 else float("nan")
         rows.append([name, _fmt(rho, 2)] + [_fmt(values.get(r)) for r in recipes])
     doc.table(["signal", "ρ vs outcome"] + recipes, rows)
+
+
+def _decision_section(doc: Doc, decision) -> None:
+    """How often cheaper deciders order recipe pairs as the long-run target does (pipelines.decision)."""
+    from pipelines.decision import format_accuracy
+
+    target, probe, level = decision.target_setup, decision.probe, f"{decision.confidence:.0%}"
+    doc.heading("Decision accuracy")
+    doc.para(f"Target: the probe run {target['steps']} steps on seeds {target['seeds']}, evaluated on its own "
+             f"{target['eval_problems']} held-out problems (this probe: {probe['steps']} steps, seeds "
+             f"{probe['seeds']}, {probe['eval_problems']} eval problems). Score {decision.score} for both. "
+             f"The target separates **{len(decision.separated)}** recipe pairs ({level} CI of the difference "
+             f"excluding 0); **{len(decision.ties)}** pairs it cannot order are not counted"
+             + (": " + "; ".join(f"{a} ~ {b}" for a, b in decision.ties) if decision.ties else "") + ".")
+    doc.table(["target rank", "recipe", decision.score, f"{level} CI"],
+              [[str(i + 1), t["recipe"], f"{t['score']:.3f}", f"[{t['ci'][0]:.3f}, {t['ci'][1]:.3f}]"]
+               for i, t in enumerate(decision.target)])
+    full, cheapest, signal = decision.full_probe, decision.cheapest(), decision.best_signal()
+    summary = (f"The whole probe orders {format_accuracy(full.accuracy)} of the separated pairs as the target does "
+               f"({level} CI {format_accuracy(full.ci[0])}–{format_accuracy(full.ci[1])})"
+               + (f"; it disagrees on {'; '.join(f'{a} > {b}' for a, b in decision.disagreements)}"
+                  if decision.disagreements else "") + ". ")
+    summary += (f"The cheapest probe budget reaching 0.9 is **{cheapest.name}** ({cheapest.cpu_hours:.3f} CPU-h). "
+                if cheapest else "No probe budget reaches 0.9. ")
+    if signal:
+        summary += f"The best cheap signal is **{signal.name}** ({format_accuracy(signal.accuracy)})."
+    doc.para(summary)
+    doc.para("Decision accuracy: share of the separated pairs a decider orders as the target (a tie counts "
+             "0.5). Probe budgets reuse the probe's logged evals (its first steps, a subset of its seeds and "
+             "eval problems; point estimate averaged over the subsets); CPU-h is the probe CPU time of all "
+             "recipes at that budget, from the stage timings. Signal CPU-h: what measuring it costs beyond "
+             f"the checkpoints. {level} CIs: bootstrap over seeds and eval problems, paired with the target's.")
+    rows = [[d.name, f"{d.cpu_hours:.3f}", format_accuracy(d.accuracy), f"[{format_accuracy(d.ci[0])}, {format_accuracy(d.ci[1])}]"]
+            for d in sorted(decision.budgets, key=lambda d: d.cpu_hours) + decision.signals]
+    doc.table(["decider", "CPU-h", "decision accuracy", f"{level} CI"], rows)
+    doc.figure(_decision_figure(decision))
+
+
+def _decision_figure(decision) -> Figure:
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    steps = sorted({b.steps for b in decision.budgets})
+    cmap, markers = plt.get_cmap("viridis"), "os^Dv<>p"
+    seeds = sorted({b.seeds for b in decision.budgets})
+    for b in decision.budgets:
+        color = cmap(steps.index(b.steps) / max(len(steps) - 1, 1))
+        # the point (a mean over seed and problem subsets) may sit outside the bootstrap interval
+        ax.errorbar(b.cpu_hours, b.accuracy, yerr=[[max(b.accuracy - b.ci[0], 0)], [max(b.ci[1] - b.accuracy, 0)]],
+                    fmt=markers[seeds.index(b.seeds) % len(markers)], color=color,
+                    ms=3 + 5 * b.eval_problems / decision.probe["eval_problems"], elinewidth=0.6, alpha=0.8)
+    for s in decision.signals:
+        ax.plot(max(s.cpu_hours, 1e-4), s.accuracy, "x", color="#c8553d", ms=6)
+        ax.annotate(s.name, (max(s.cpu_hours, 1e-4), s.accuracy), fontsize=6, xytext=(3, 2),
+                    textcoords="offset points", color="#8a3a2a")
+    handles = [plt.Line2D([], [], ls="", marker="o", color=cmap(i / max(len(steps) - 1, 1)), label=f"{s} steps")
+               for i, s in enumerate(steps)]
+    handles += [plt.Line2D([], [], ls="", marker=markers[i % len(markers)], color="gray", label=f"{k} seed(s)")
+                for i, k in enumerate(seeds)]
+    ax.axhline(0.9, color="gray", lw=0.6, ls="--")
+    ax.set_xscale("log")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylabel("decision accuracy", fontsize=8)
+    _style(ax, "Decision accuracy against the long-run target (marker size = eval problems, × = cheap signal)",
+           "CPU-hours (log)")
+    ax.legend(handles=handles, fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1, 0.5))
+    return Figure("decision_accuracy", "Decision accuracy of probe budgets and cheap signals against CPU-hours "
+                  "(bars: bootstrap CI).", _png(fig))
 
 
 def _data_section(doc: Doc, results: SweepResults) -> None:

@@ -39,8 +39,12 @@ def _problems(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Met
             levels = cfg["difficulty"] or [None]
             problems = []
             for i, level in enumerate(levels):
-                n = cfg["n"] // len(levels) + (i < cfg["n"] % len(levels))
-                problems += world.problems(cfg["toy_split"], n, difficulty=level)
+                def share(total: int) -> int:
+                    return total // len(levels) + (i < total % len(levels))
+                # offset: skip the first problems (a long-run target's own held-out eval set);
+                # a smaller n is a prefix of a larger one, so the rest are disjoint from them
+                skip = share(cfg.get("offset", 0))
+                problems += world.problems(cfg["toy_split"], skip + share(cfg["n"]), difficulty=level)[skip:]
             write_problems(problems, out / f"{name}.jsonl")
 
 

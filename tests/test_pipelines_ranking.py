@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pipelines.failures import classify
-from pipelines.ranking import ProbeRun, decision_accuracy, rank, run_scores, spearman
+from pipelines.ranking import ProbeRun, rank, run_scores, spearman
 
 
 def _run(recipe, seed, acc_by_step, n=200, spec="h1", rng=None):
@@ -58,12 +58,9 @@ def test_refuses_to_mix_probe_specs():
         rank([_run("a", 0, [0.1, 0.2], spec="x"), _run("b", 0, [0.1, 0.2], spec="y")])
 
 
-def test_spearman_and_decision_accuracy():
+def test_spearman():
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
-    assert decision_accuracy({"a": 3, "b": 2, "c": 1}, {"a": 30, "b": 20, "c": 10}) == 1.0
-    assert decision_accuracy({"a": 3, "b": 2, "c": 1}, {"a": 10, "b": 20, "c": 30}) == 0.0
-    assert decision_accuracy({"a": 1, "b": 2, "c": 3}, {"a": 2, "b": 1, "c": 3}) == pytest.approx(2 / 3)
 
 
 def _series(values):

@@ -1,0 +1,219 @@
+"""Decision accuracy (pipelines.decision) on constructed rankings with known answers, and the
+validation sweep's stage sharing with the demo sweep."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines.decision import (
+    agreement, budget_problems, budget_steps, decide, entropy_fit_ceiling, held_out, save, split_pairs,
+    target_plan)
+from pipelines.plan import build_plan
+from pipelines.ranking import ProbeRun, rank
+from pipelines.results import StageInfo, SweepResults
+from pipelines.stages import STAGES
+from pipelines.sweep import bundled_sweep, load_sweep
+
+EVAL_STEPS = list(range(0, 45, 5))  # a 40-step probe evaluating every 5 steps
+N_PROBLEMS = 64
+
+
+def _run(recipe: str, seed: int, acc_by_eval: list[float], spec: str = "probe", **metrics) -> ProbeRun:
+    # the same mean correctness on every problem: resampling problems leaves the score exact,
+    # so every accuracy below is known by hand and its CI collapses where seeds agree
+    correct = np.repeat(np.array(acc_by_eval, dtype=float)[:, None], N_PROBLEMS, axis=1)
+    steps = EVAL_STEPS[:len(acc_by_eval)]
+    return ProbeRun(recipe, seed, f"{spec}-{recipe}-{seed}", spec, steps, correct,
+                    [f"p{i}" for i in range(N_PROBLEMS)], metrics=metrics, cpu_seconds=200.0)
+
+
+def test_agreement_counts_pairs_and_ties_by_hand():
+    pairs = np.array([[0, 1], [0, 2], [1, 2]])
+    assert agreement(np.array([3, 2, 1.]), np.array([30, 20, 10.]), pairs) == 1.0
+    assert agreement(np.array([3, 2, 1.]), np.array([10, 20, 30.]), pairs) == 0.0
+    assert agreement(np.array([1, 2, 3.]), np.array([2, 1, 3.]), pairs) == pytest.approx(2 / 3)
+    assert agreement(np.array([1, 1, 0.]), np.array([3, 2, 1.]), pairs) == pytest.approx((0.5 + 1 + 1) / 3)
+    batched = agreement(np.array([[3, 2, 1.], [1, 2, 3.]]), np.array([3, 2, 1.]), pairs)
+    assert batched.tolist() == [1.0, 0.0]
+    assert np.isnan(agreement(np.array([1, 2.]), np.array([1, 2.]), np.zeros((0, 2), dtype=int)))
+
+
+def test_target_ties_are_split_off():
+    runs = [_run(r, s, [0.1] + [acc] * 8, spec="target")
+            for r, acc in (("a", 0.8), ("b", 0.6), ("c", 0.6), ("d", 0.2)) for s in (1000, 1001)]
+    separated, ties = split_pairs(rank(runs, samples=200))
+    assert sorted(separated) == [("a", "b"), ("a", "c"), ("a", "d"), ("b", "d"), ("c", "d")]
+    assert [tuple(sorted(t)) for t in ties] == [("b", "c")]
+
+
+def test_budgets_follow_eval_steps_and_problem_halvings():
+    assert budget_steps(EVAL_STEPS) == [5, 10, 20, 40]
+    assert budget_steps([0, 2, 4]) == [2, 4]
+    assert budget_steps([0, 40, 80, 120]) == [40, 80, 120]
+    assert budget_problems(128) == [16, 32, 64, 128]
+    assert budget_problems(3) == [1, 3]
+
+
+def test_entropy_fit_recovers_the_ceiling():
+    h = np.array([1.2, 0.9, 0.6, 0.4, 0.3])
+    assert entropy_fit_ceiling(h, -2 * np.exp(h) + 3) == pytest.approx(1.0)
+    assert entropy_fit_ceiling(np.full(3, 0.5), np.array([0.2, 0.4, 0.6])) == pytest.approx(0.4)
+
+
+def _stage(tmp: Path, name: str, data: dict, metrics=None, role=None) -> StageInfo:
+    path = tmp / name
+    path.mkdir()
+    (path / "summary.json").write_text(json.dumps(data))
+    return StageInfo("probe", name, role or {}, path, {}, metrics or {})
+
+
+# Probe curves (acc at evals 0, 5, ..., 40) and the long-run target's scores. The target orders
+# a > b ~ c > d (b and c tie). d starts fast and collapses: it wins 5-step probes only.
+PROBE = {"a": [0.1] + [0.7] * 8, "b": [0.1] + [0.5] * 8, "c": [0.1] + [0.4] * 8,
+         "d": [0.1, 0.9] + [0.0] * 7}
+TARGET = {"a": 0.8, "b": 0.6, "c": 0.6, "d": 0.2}
+TIMINGS = {"total_s": 100.0, "profile_s": 10.0, "eval_s": 18.0}  # 2 s an eval; 40 steps of 1.8 s
+
+
+def _decision(tmp_path, samples=400):
+    probes, info, midtrain = [], {}, []
+    for i, (recipe, curve) in enumerate(PROBE.items()):
+        for seed in (0, 1, 2):
+            # c's seed 2 scores 0.8: a one-seed probe on seed 2 orders c above a
+            acc = [0.1] + [0.8] * 8 if (recipe, seed) == ("c", 2) else curve
+            target_rank = list(TARGET).index(recipe)
+            run = _run(recipe, seed, acc, **{
+                "timing_s/step": [(s, 1.8) for s in range(1, 41)],
+                "actor/entropy": [(s, 2.0 - 0.3 * target_rank - 0.01 * s) for s in range(1, 41)],
+                # reward slopes a 0.03 > b 0.02 > c 0.01 per step, d 0.1: the fastest riser collapses
+                "critic/score/mean": [(s, (0.1 if recipe == "d" else 0.03 - 0.01 * target_rank) * s)
+                                      for s in range(1, 41)]})
+            run.profile = {"pass_at_k": {"1": TARGET[recipe] + 0.01 * i, "8": 1 - TARGET[recipe]},
+                           "fewshot": {"acc": 0.3}}
+            probes.append(run)
+            info[run.key] = _stage(tmp_path, run.key, {"timings": TIMINGS})
+        midtrain.append(StageInfo("midtrain", f"m{recipe}", {"recipes": [recipe]}, tmp_path, {},
+                                  {"val/mathweb/loss": [(100, 2.0 + target_rank)],
+                                   f"val/{recipe}/loss": [(100, 9.0 - target_rank)]}))
+    target = [_run(r, s, [0.1] + [acc] * 8, spec="target") for r, acc in TARGET.items() for s in (1000, 1001)]
+    results = SweepResults("constructed", probes, info, {}, midtrain, None)
+    return decide(results, target, "auc_acc", samples=samples)
+
+
+def test_decision_accuracy_on_constructed_rankings(tmp_path):
+    decision = _decision(tmp_path)
+    assert len(decision.separated) == 5 and [tuple(sorted(t)) for t in decision.ties] == [("b", "c")]
+    budgets = {(b.steps, b.seeds, b.eval_problems): b for b in decision.budgets}
+    assert sorted({k[0] for k in budgets}) == [5, 10, 20, 40] and sorted({k[1] for k in budgets}) == [1, 2, 3]
+    assert sorted({k[2] for k in budgets}) == [8, 16, 32, 64]
+    # 5 steps: d (0.9) beats everyone and c's mean (0.53) loses to it: only a > b, a > c hold
+    assert budgets[(5, 3, 64)].accuracy == pytest.approx(2 / 5)
+    # (c's seed 2 alone, drawn 3 times in 1 of 27 replicates, also beats a: 1/5)
+    assert budgets[(5, 3, 64)].ci[1] == pytest.approx(0.4) and budgets[(5, 3, 64)].ci[0] in (0.2, 0.4)
+    # 40 steps: d's area is 0.9 / 8, every separated pair is right with all seeds...
+    assert budgets[(40, 3, 64)].accuracy == 1.0
+    # ...with one seed, the mean over seeds {0}, {1}, {2}: seed 2 gets a > c wrong
+    assert budgets[(40, 1, 64)].accuracy == pytest.approx((1 + 1 + 4 / 5) / 3)
+    assert budgets[(40, 1, 64)].ci == pytest.approx((0.8, 1.0))
+    assert budgets[(40, 2, 64)].accuracy == 1.0
+    # every problem scores the same, so a subset of them decides the same
+    assert budgets[(40, 3, 8)].accuracy == 1.0 and budgets[(5, 3, 16)].accuracy == pytest.approx(2 / 5)
+    assert decision.disagreements == [] and decision.full_probe is budgets[(40, 3, 64)]
+    assert decision.cheapest(0.9) is min((b for b in decision.budgets if b.accuracy >= 0.9),
+                                         key=lambda b: b.cpu_hours)
+    # CPU time: 2 CPU-s per wall-s (200 CPU-s over a 100 s run); 4 recipes x 3 seeds runs
+    per_run = {(5, 64): 2 * (10 + 5 * 1.8 + 2 * 2), (40, 64): 200.0, (40, 32): 2 * (10 + 72 + 9 * 2 / 2)}
+    for (steps, m), seconds in per_run.items():
+        assert budgets[(steps, 3, m)].cpu_hours == pytest.approx(12 * seconds / 3600)
+        assert budgets[(steps, 1, m)].cpu_hours == pytest.approx(4 * seconds / 3600)
+
+
+def test_cheap_signals_decide_by_hand(tmp_path):
+    signals = {s.name: s for s in _decision(tmp_path).signals}
+    assert signals["step-0 pass@1"].accuracy == 1.0  # ordered like the target
+    assert signals["step-0 pass@8"].accuracy == 0.0  # ordered the other way
+    assert signals["few-shot accuracy"].accuracy == 0.5  # a tie on every pair
+    assert signals["−validation loss"].accuracy == 1.0  # on mathweb, the corpus every recipe validated on
+    assert signals["step-0 policy entropy"].accuracy == 1.0
+    assert signals["reward slope, steps 1–10"].accuracy == pytest.approx(2 / 5)  # d's reward rises fastest
+    assert signals["step-0 held-out accuracy"].accuracy == 0.5
+    fit = signals["entropy fit −a·e^H+b at H=0, steps 0–20"]
+    assert 0 <= fit.accuracy <= 1 and fit.ci[0] <= fit.ci[1]
+    assert signals["−validation loss"].cpu_hours == 0
+    assert signals["step-0 pass@1"].cpu_hours == pytest.approx(12 * 2 * 10 / 3600)  # the profile
+
+
+def test_decision_json_has_the_documented_fields(tmp_path):
+    path = tmp_path / "reports" / "decision.json"
+    save(_decision(tmp_path, samples=200), path)
+    saved = json.loads(path.read_text())
+    assert saved["pairs"] == 5 and saved["target_ties"] == 1
+    budget = saved["budgets"][0]
+    assert set(budget) == {"steps", "seeds", "eval_problems", "cpu_hours", "accuracy", "ci"}
+    assert {"name", "accuracy", "ci", "cpu_hours"} == set(saved["signals"][0])
+
+
+def test_validation_sweep_reuses_the_demo_stages():
+    toy_path, validation_path = bundled_sweep("toy"), bundled_sweep("toy-validation")
+    toy, validation = build_plan(load_sweep(toy_path), toy_path), build_plan(load_sweep(validation_path), validation_path)
+    assert len(validation.midtrain) >= 8 and len(load_sweep(validation_path).probe.seeds) >= 3
+    assert validation.base.key == toy.base.key and validation.problems.key == toy.problems.key
+    stables = {stages[0].key for stages in [*toy.midtrain.values(), *validation.midtrain.values()]}
+    assert len(stables) == 1  # one shared stable stage
+    for recipe, stages in toy.midtrain.items():  # the demo's four decay branches, by the same names
+        assert validation.midtrain[recipe][-1].key == stages[-1].key
+    assert {run.key for (r, s), run in toy.probes.items()} <= {run.key for run in validation.probes.values()}
+    decays = {stages[-1].key for stages in validation.midtrain.values()}
+    assert len(decays) == len(validation.midtrain)  # every recipe its own branch
+
+
+def test_target_evaluates_on_its_own_problems(tmp_path):
+    path = bundled_sweep("toy-validation")
+    sweep = load_sweep(path)
+    probe_plan, target = target_plan(sweep, path, 8, [1000, 1001])
+    assert len(target.probes) == 2 * len(probe_plan.midtrain)
+    spec = next(iter(target.probes.values())).config["spec"]
+    assert spec["steps"] == 8 * 40 and spec["eval_every"] == 8 * 5
+    # the same difficulty control and RL problems; a disjoint eval pool
+    assert target.problems.config == probe_plan.problems.config
+    assert target.problems.inputs["checkpoint"].key == probe_plan.problems.inputs["checkpoint"].key
+    pools = {}
+    for name, plan in (("probe", probe_plan), ("target", target)):
+        pool = plan.problems.inputs["pool"]
+        out = tmp_path / name
+        out.mkdir()
+        STAGES["problems"](pool, {}, out, lambda step, metrics: None)
+        pools[name] = {split: [json.loads(line) for line in (out / f"{split}.jsonl").read_text().splitlines()]
+                       for split in ("train", "eval")}
+    assert pools["probe"]["train"] == pools["target"]["train"]
+    probe_eval, target_eval = ({p["id"] for p in pools[n]["eval"]} for n in ("probe", "target"))
+    assert len(target_eval) == len(probe_eval) and not probe_eval & target_eval
+    levels = lambda n: sorted({p["difficulty"] for p in pools[n]["eval"]})  # noqa: E731
+    assert levels("probe") == levels("target")
+
+
+def test_a_file_eval_set_needs_a_target_eval_set(tmp_path):
+    from pipelines.errors import InputError
+    from pipelines.store import StageRun
+
+    problems = StageRun("problems", {"eval_set": {"toy_split": None, "path": "/x/eval.jsonl", "n": 256}})
+    with pytest.raises(InputError, match="--target-eval-set"):
+        held_out(problems, None)
+    mine = tmp_path / "held_out.jsonl"
+    mine.write_text('{"id": "1", "question": "q", "answer": "1"}\n')
+    assert held_out(problems, mine).config["eval_set"]["path"] == str(mine)
+
+
+def test_report_section_has_the_table_and_the_plot(tmp_path):
+    from pipelines.report import Doc, _decision_section, to_markdown
+
+    decision = _decision(tmp_path, samples=200)
+    doc = Doc()
+    _decision_section(doc, decision)
+    md = to_markdown(doc, "figures")
+    assert "## Decision accuracy" in md and "b ~ c" in md or "c ~ b" in md
+    rows = [line for line in md.splitlines() if line.startswith("| probe: ") or line.startswith("| step-0 ")]
+    assert len(rows) == len(decision.budgets) + sum(s.name.startswith("step-0 ") for s in decision.signals)
+    assert [f.name for f in doc.figures] == ["decision_accuracy"] and doc.figures[0].png.startswith(b"\x89PNG")
