@@ -141,8 +141,7 @@ class Decision:
             "separated_pairs": [list(p) for p in self.separated], "tied_pairs": [list(p) for p in self.ties],
             "disagreements": [list(p) for p in self.disagreements],
             "budgets": [{k: v for k, v in decider(b).items() if k != "name"} for b in self.budgets],
-            "signals": [{k: v for k, v in decider(s).items() if k in ("name", "accuracy", "ci", "cpu_hours")}
-                        for s in self.signals],
+            "signals": [decider(s) for s in self.signals],
         }
 
 

@@ -76,13 +76,18 @@ def test_validate_probe_measures_decision_accuracy_against_longer_runs(smoke_run
                              "--workspace", str(workspace), "--multiplier", "2", "--target-seeds", "1000"],
                             capture_output=True, text=True, env=env, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
-    value = float(re.search(r"decision accuracy: ([0-9.]+) over (\d+) recipe pairs", result.stdout).group(1))
-    saved = json.loads((workspace / "reports" / "toy-smoke" / "decision_accuracy.json").read_text())
-    assert saved["value"] == pytest.approx(value, abs=0.005) and saved["pairs"] == 6  # 3 recipes + base
+    counted = re.search(r"decision accuracy: (\S+) over (\d+) recipe pairs", result.stdout)
+    saved = json.loads((workspace / "reports" / "toy-smoke" / "decision.json").read_text())
+    assert saved["pairs"] == int(counted.group(2))
+    assert saved["pairs"] + saved["target_ties"] == 6  # 3 recipes + base: every pair separated or tied
+    assert {(b["steps"], b["seeds"]) for b in saved["budgets"]} == {(s, k) for s in (2, 4) for k in (1, 2)}
+    assert {"step-0 pass@1", "few-shot accuracy", "step-0 policy entropy"} <= {s["name"] for s in saved["signals"]}
     specs = [json.loads(p.read_text())["config"]["spec"] for p in (workspace / "probe").glob("*/manifest.json")]
     short_spec = next(s for s in specs if s["name"] == "toy-smoke-v1")
     targets = [s for s in specs if s["name"] == "toy-smoke-v1-x2"]
     assert len(targets) == 4
     for spec in targets:  # twice the training, the same number of evaluations
         assert spec["steps"] == 2 * short_spec["steps"] and spec["eval_every"] == 2 * short_spec["eval_every"]
-    assert "Decision accuracy" in (workspace / "reports" / "toy-smoke" / "report.md").read_text()
+    assert "## Decision accuracy" in (workspace / "reports" / "toy-smoke" / "report.md").read_text()
+    problems = [json.loads(p.read_text())["config"] for p in (workspace / "problems").glob("*/manifest.json")]
+    assert any(c["eval_set"].get("offset") for c in problems)  # the target's own held-out problems
