@@ -243,14 +243,18 @@ def validate_probe(sweep: Path = typer.Argument(..., help="sweep YAML file"),
                + " > ".join(result.recipes))
     typer.echo(f"the target separates {len(result.separated)} of {len(result.separated) + len(result.ties)} "
                f"recipe pairs; {len(result.ties)} ties are not counted")
-    cheapest, signal = result.cheapest(), result.best_signal()
-    typer.echo("cheapest probe budget at decision accuracy >= 0.9: "
-               + (f"{cheapest.name}, {cheapest.cpu_hours:.2f} CPU-h" if cheapest else "none"))
+    cheapest, best, signal = result.cheapest(), result.best_budget(), result.best_signal()
+    if cheapest:
+        typer.echo(f"cheapest probe budget at decision accuracy >= 0.9: {cheapest.name}, "
+                   f"{cheapest.cpu_hours:.2f} CPU-h")
+    elif best:
+        typer.echo(f"no probe budget reaches 0.9; the best: {best.name}, {format_accuracy(best.accuracy)}")
     if signal:
         typer.echo(f"best cheap signal: {signal.name}, {format_accuracy(signal.accuracy)}")
     typer.echo(f"report (with a decision-accuracy section): {_write_report(spec, store)}")
     typer.echo(f"decision accuracy: {format_accuracy(full.accuracy)} over {len(result.separated)} recipe pairs "
-               f"({level:.0%} CI {format_accuracy(full.ci[0])}–{format_accuracy(full.ci[1])}, score {result.score}, {full.name})")
+               f"({level:.0%} CI {format_accuracy(full.ci[0])}–{format_accuracy(full.ci[1])}, "
+               f"score {result.score}, {full.name})")
 
 
 @app.command()

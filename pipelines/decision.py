@@ -125,9 +125,11 @@ class Decision:
         good = [b for b in self.budgets if b.accuracy >= threshold]
         return min(good, key=lambda b: b.cpu_hours) if good else None
 
+    def best_budget(self) -> Decider | None:
+        return _best(self.budgets)
+
     def best_signal(self) -> Decider | None:
-        ranked = [s for s in self.signals if not math.isnan(s.accuracy)]
-        return max(ranked, key=lambda s: (s.accuracy, -s.cpu_hours)) if ranked else None
+        return _best(self.signals)
 
     def to_json(self) -> dict:
         def decider(d: Decider) -> dict:
@@ -143,6 +145,12 @@ class Decision:
             "budgets": [{k: v for k, v in decider(b).items() if k != "name"} for b in self.budgets],
             "signals": [decider(s) for s in self.signals],
         }
+
+
+def _best(deciders: list[Decider]) -> Decider | None:
+    """The most accurate decider, the cheaper one among equals."""
+    ranked = [d for d in deciders if not math.isnan(d.accuracy)]
+    return max(ranked, key=lambda d: (d.accuracy, -d.cpu_hours)) if ranked else None
 
 
 def format_accuracy(value: float) -> str:

@@ -335,7 +335,7 @@ def _decision_section(doc: Doc, decision) -> None:
              f"{target['eval_problems']} held-out problems (this probe: {probe['steps']} steps, seeds "
              f"{probe['seeds']}, {probe['eval_problems']} eval problems). Score {decision.score} for both. "
              f"The target separates **{len(decision.separated)}** recipe pairs ({level} CI of the difference "
-             f"excluding 0); **{len(decision.ties)}** pairs it cannot order are not counted"
+             f"excluding 0); the **{len(decision.ties)}** it cannot order (target ties) are not counted"
              + (": " + "; ".join(f"{a} ~ {b}" for a, b in decision.ties) if decision.ties else "") + ".")
     doc.table(["target rank", "recipe", decision.score, f"{level} CI"],
               [[str(i + 1), t["recipe"], f"{t['score']:.3f}", f"[{t['ci'][0]:.3f}, {t['ci'][1]:.3f}]"]
@@ -345,8 +345,12 @@ def _decision_section(doc: Doc, decision) -> None:
                f"({level} CI {format_accuracy(full.ci[0])}–{format_accuracy(full.ci[1])})"
                + (f"; it disagrees on {'; '.join(f'{a} > {b}' for a, b in decision.disagreements)}"
                   if decision.disagreements else "") + ". ")
-    summary += (f"The cheapest probe budget reaching 0.9 is **{cheapest.name}** ({cheapest.cpu_hours:.3f} CPU-h). "
-                if cheapest else "No probe budget reaches 0.9. ")
+    best = decision.best_budget()
+    if cheapest:
+        summary += f"The cheapest probe budget reaching 0.9 is **{cheapest.name}** ({cheapest.cpu_hours:.3f} CPU-h). "
+    elif best:
+        summary += (f"No probe budget reaches 0.9; the best reaches {format_accuracy(best.accuracy)} "
+                    f"(**{best.name}**, {best.cpu_hours:.3f} CPU-h). ")
     if signal:
         summary += f"The best cheap signal is **{signal.name}** ({format_accuracy(signal.accuracy)})."
     doc.para(summary)
@@ -355,7 +359,8 @@ def _decision_section(doc: Doc, decision) -> None:
              "eval problems; point estimate averaged over the subsets); CPU-h is the probe CPU time of all "
              "recipes at that budget, from the stage timings. Signal CPU-h: what measuring it costs beyond "
              f"the checkpoints. {level} CIs: bootstrap over seeds and eval problems, paired with the target's.")
-    rows = [[d.name, f"{d.cpu_hours:.3f}", format_accuracy(d.accuracy), f"[{format_accuracy(d.ci[0])}, {format_accuracy(d.ci[1])}]"]
+    rows = [[d.name, f"{d.cpu_hours:.3f}", format_accuracy(d.accuracy),
+             f"[{format_accuracy(d.ci[0])}, {format_accuracy(d.ci[1])}]"]
             for d in sorted(decision.budgets, key=lambda d: d.cpu_hours) + decision.signals]
     doc.table(["decider", "CPU-h", "decision accuracy", f"{level} CI"], rows)
     doc.figure(_decision_figure(decision))
@@ -388,7 +393,8 @@ def _decision_figure(decision) -> Figure:
            "CPU-hours (log)")
     ax.legend(handles=handles, fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1, 0.5))
     return Figure("decision_accuracy", "Decision accuracy of probe budgets and cheap signals against CPU-hours "
-                  "(bars: bootstrap CI).", _png(fig))
+                  "(bars: bootstrap CI; signals that cost nothing beyond the checkpoint sit at the left edge).",
+                  _png(fig))
 
 
 def _data_section(doc: Doc, results: SweepResults) -> None:

@@ -121,6 +121,8 @@ def test_decision_accuracy_on_constructed_rankings(tmp_path):
     # every problem scores the same, so a subset of them decides the same
     assert budgets[(40, 3, 8)].accuracy == 1.0 and budgets[(5, 3, 16)].accuracy == pytest.approx(2 / 5)
     assert decision.disagreements == [] and decision.full_probe is budgets[(40, 3, 64)]
+    assert decision.best_budget().accuracy == 1.0 and decision.best_budget().cpu_hours == min(
+        b.cpu_hours for b in decision.budgets if b.accuracy == 1.0)
     assert decision.cheapest(0.9) is min((b for b in decision.budgets if b.accuracy >= 0.9),
                                          key=lambda b: b.cpu_hours)
     # CPU time: 2 CPU-s per wall-s (200 CPU-s over a 100 s run); 4 recipes x 3 seeds runs
@@ -157,7 +159,8 @@ def test_decision_json_has_the_documented_fields(tmp_path):
 
 def test_validation_sweep_reuses_the_demo_stages():
     toy_path, validation_path = bundled_sweep("toy"), bundled_sweep("toy-validation")
-    toy, validation = build_plan(load_sweep(toy_path), toy_path), build_plan(load_sweep(validation_path), validation_path)
+    toy = build_plan(load_sweep(toy_path), toy_path)
+    validation = build_plan(load_sweep(validation_path), validation_path)
     assert len(validation.midtrain) >= 8 and len(load_sweep(validation_path).probe.seeds) >= 3
     assert validation.base.key == toy.base.key and validation.problems.key == toy.problems.key
     stables = {stages[0].key for stages in [*toy.midtrain.values(), *validation.midtrain.values()]}
