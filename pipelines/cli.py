@@ -252,9 +252,10 @@ def validate_probe(sweep: Path = typer.Argument(..., help="sweep YAML file"),
     if signal:
         typer.echo(f"best cheap signal: {signal.name}, {format_accuracy(signal.accuracy)}")
     typer.echo(f"report (with a decision-accuracy section): {_write_report(spec, store)}")
+    interval = (f"{level:.0%} CI {format_accuracy(full.ci[0])}–{format_accuracy(full.ci[1])}" if result.separated
+                else "the target separates no pair")
     typer.echo(f"decision accuracy: {format_accuracy(full.accuracy)} over {len(result.separated)} recipe pairs "
-               f"({level:.0%} CI {format_accuracy(full.ci[0])}–{format_accuracy(full.ci[1])}, "
-               f"score {result.score}, {full.name})")
+               f"({interval}, score {result.score}, {full.name})")
 
 
 @app.command()

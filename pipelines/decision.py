@@ -79,7 +79,7 @@ def held_out(problems: StageRun, eval_set: Path | None) -> StageRun:
     current = problems.config["eval_set"]
     if eval_set is not None:
         replaced = {**current, "toy_split": None, "path": str(eval_set), "fingerprint": fingerprint(eval_set)}
-    elif current["path"]:
+    elif current.get("path"):
         raise InputError("--target-eval-set: the sweep's eval set is a file; the target needs its own "
                          "held-out eval problems (a JSONL file disjoint from the probe's)")
     else:  # the toy split's next problems: a smaller n is a prefix of a larger one

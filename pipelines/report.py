@@ -331,7 +331,7 @@ def _decision_section(doc: Doc, decision) -> None:
 
     target, probe, level = decision.target_setup, decision.probe, f"{decision.confidence:.0%}"
     doc.heading("Decision accuracy")
-    doc.para(f"Target: the probe run {target['steps']} steps on seeds {target['seeds']}, evaluated on its own "
+    doc.para(f"Target: the probe run for {target['steps']} steps on seeds {target['seeds']}, evaluated on its own "
              f"{target['eval_problems']} held-out problems (this probe: {probe['steps']} steps, seeds "
              f"{probe['seeds']}, {probe['eval_problems']} eval problems). Score {decision.score} for both. "
              f"The target separates **{len(decision.separated)}** recipe pairs ({level} CI of the difference "
@@ -341,10 +341,14 @@ def _decision_section(doc: Doc, decision) -> None:
               [[str(i + 1), t["recipe"], f"{t['score']:.3f}", f"[{t['ci'][0]:.3f}, {t['ci'][1]:.3f}]"]
                for i, t in enumerate(decision.target)])
     full, cheapest, signal = decision.full_probe, decision.cheapest(), decision.best_signal()
-    summary = (f"The whole probe orders {format_accuracy(full.accuracy)} of the separated pairs as the target does "
-               f"({level} CI {format_accuracy(full.ci[0])}–{format_accuracy(full.ci[1])})"
-               + (f"; it disagrees on {'; '.join(f'{a} > {b}' for a, b in decision.disagreements)}"
-                  if decision.disagreements else "") + ". ")
+    if not decision.separated:
+        summary = ("The target separates no pair, so no decider has a decision accuracy here: a longer "
+                   "target, more target seeds or more distinct recipes would. ")
+    else:
+        summary = (f"The whole probe orders {format_accuracy(full.accuracy)} of the separated pairs as the target does "
+                   f"({level} CI {format_accuracy(full.ci[0])}–{format_accuracy(full.ci[1])})"
+                   + (f"; it disagrees on {'; '.join(f'{a} > {b}' for a, b in decision.disagreements)}"
+                      if decision.disagreements else "") + ". ")
     best = decision.best_budget()
     if cheapest:
         summary += f"The cheapest probe budget reaching 0.9 is **{cheapest.name}** ({cheapest.cpu_hours:.3f} CPU-h). "
@@ -363,7 +367,8 @@ def _decision_section(doc: Doc, decision) -> None:
              f"[{format_accuracy(d.ci[0])}, {format_accuracy(d.ci[1])}]"]
             for d in sorted(decision.budgets, key=lambda d: d.cpu_hours) + decision.signals]
     doc.table(["decider", "CPU-h", "decision accuracy", f"{level} CI"], rows)
-    doc.figure(_decision_figure(decision))
+    if decision.separated:  # with no pair to decide there is no accuracy to plot
+        doc.figure(_decision_figure(decision))
 
 
 def _decision_figure(decision) -> Figure:
@@ -387,6 +392,8 @@ def _decision_figure(decision) -> Figure:
                 for i, k in enumerate(seeds)]
     ax.axhline(0.9, color="gray", lw=0.6, ls="--")
     ax.set_xscale("log")
+    costs = [max(d.cpu_hours, 1e-4) for d in [*decision.budgets, *decision.signals]]
+    ax.set_xlim(min(costs) / 2, max(costs) * 2)
     ax.set_ylim(-0.02, 1.02)
     ax.set_ylabel("decision accuracy", fontsize=8)
     _style(ax, "Decision accuracy against the long-run target (marker size = eval problems, × = cheap signal)",

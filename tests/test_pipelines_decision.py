@@ -220,3 +220,15 @@ def test_report_section_has_the_table_and_the_plot(tmp_path):
     rows = [line for line in md.splitlines() if line.startswith("| probe: ") or line.startswith("| step-0 ")]
     assert len(rows) == len(decision.budgets) + sum(s.name.startswith("step-0 ") for s in decision.signals)
     assert [f.name for f in doc.figures] == ["decision_accuracy"] and doc.figures[0].png.startswith(b"\x89PNG")
+
+
+def test_report_section_without_separated_pairs_has_no_plot(tmp_path):
+    from pipelines.report import Doc, _decision_section, to_markdown
+
+    decision = _decision(tmp_path, samples=200)
+    decision.ties, decision.separated = decision.ties + decision.separated, []
+    for decider in [*decision.budgets, *decision.signals]:
+        decider.accuracy, decider.ci = float("nan"), (float("nan"), float("nan"))
+    doc = Doc()
+    _decision_section(doc, decision)
+    assert not doc.figures and "the **6** it cannot order" in to_markdown(doc, "figures")
