@@ -226,11 +226,11 @@ def validate_probe(sweep: Path = typer.Argument(..., help="sweep YAML file"),
     from pipelines.execute import run_plan
     from pipelines.store import RunStore
 
-    spec = _load(sweep, seeds)
     if multiplier < 2:
         raise InputError("--multiplier: the target must be at least 2x the probe's steps")
     if target_eval_set is not None and not target_eval_set.is_file():
         raise InputError(f"--target-eval-set: file not found: {target_eval_set}")
+    spec = _load(sweep, seeds)
     store = RunStore(_workspace(spec.workspace, workspace))
     short, target = target_plan(spec, sweep, multiplier, _seed_list(target_seeds, "--target-seeds"),
                                 target_eval_set.resolve() if target_eval_set else None)

@@ -228,9 +228,6 @@ def build(results: SweepResults, title: str, score: str = "auc_acc", samples: in
     doc.table(["#", "recipe", score, f"{confidence:.0%} CI", "step-0 acc", "final acc", "gain",
                "P(beats next)", "failure modes", "CPU-h", "seeds"], rows)
 
-    if decision is not None:
-        _decision_section(doc, decision)
-
     doc.heading("Probe")
     doc.figure(_accuracy_figure(results, colors))
     doc.figure(_curves_figure(results, colors))
@@ -270,6 +267,8 @@ def build(results: SweepResults, title: str, score: str = "auc_acc", samples: in
     doc.para("Failure modes: " + "; ".join(f"**{k}** — {v}" for k, v in FAILURE_MODES.items()) + ".")
 
     _cheap_signals(doc, results, ranking)
+    if decision is not None:
+        _decision_section(doc, decision)
     _data_section(doc, results)
     _training_section(doc, results)
 

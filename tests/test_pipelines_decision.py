@@ -232,3 +232,15 @@ def test_report_section_without_separated_pairs_has_no_plot(tmp_path):
     doc = Doc()
     _decision_section(doc, decision)
     assert not doc.figures and "the **6** it cannot order" in to_markdown(doc, "figures")
+
+
+@pytest.mark.parametrize("option, value", [("--target-eval-set", "/nonexistent/eval.jsonl"), ("--multiplier", "1")])
+def test_validate_probe_refuses_bad_options_before_running(tmp_path, option, value):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "pipelines.cli", "validate-probe",
+                             str(bundled_sweep("toy-validation")), "--workspace", str(tmp_path / "ws"), option, value],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and option in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "ws").exists()
