@@ -191,12 +191,24 @@ def split_pairs(target: Ranking) -> tuple[list[tuple[str, str]], list[tuple[str,
     return separated, ties
 
 
-def _interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
-    values = values[~np.isnan(values)]
-    if not len(values):
-        return float("nan"), float("nan")
-    alpha = (1 - confidence) / 2
-    return float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
+@dataclass
+class Judge:
+    """The target's verdict on the separated pairs: its point scores and bootstrap replicates."""
+
+    pairs: np.ndarray  # [P, 2] recipe indices, the target's better one first
+    point: np.ndarray  # [recipes]
+    replicates: np.ndarray  # [samples, recipes]
+    confidence: float
+
+    def accuracy(self, points: list[float], replicates: np.ndarray) -> tuple[float, tuple[float, float]]:
+        """Mean of a decider's point accuracies, and the CI of its replicate scores [samples, recipes]
+        judged against the target's paired replicates."""
+        values = agreement(replicates, self.replicates, self.pairs)
+        values = values[~np.isnan(values)]
+        if not len(values):
+            return float(np.mean(points)), (float("nan"), float("nan"))
+        alpha = (1 - self.confidence) / 2
+        return float(np.mean(points)), (float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha)))
 
 
 def stack_runs(runs: list[ProbeRun], recipes: list[str]) -> tuple[np.ndarray, list[int], list[int]]:
@@ -270,23 +282,22 @@ def decide(probes: SweepResults, target_runs: list[ProbeRun], score: str, sample
     recipes = [r.recipe for r in target.recipes]
     separated, ties = split_pairs(target)
     index = {r: i for i, r in enumerate(recipes)}
-    pairs = np.array([(index[a], index[b]) for a, b in separated], dtype=int).reshape(-1, 2)
-    target_point = np.array([r.score for r in target.recipes])
-    target_reps = np.stack([target.replicates[r] for r in recipes], axis=-1)  # [samples, recipes]
+    judge = Judge(np.array([(index[a], index[b]) for a, b in separated], dtype=int).reshape(-1, 2),
+                  np.array([r.score for r in target.recipes]),
+                  np.stack([target.replicates[r] for r in recipes], axis=-1), confidence)
 
     stack, seeds, eval_steps = stack_runs(probes.probes, recipes)
     costs = {(r.recipe, r.seed): RunCost.of(r, probes.probe_info[r.key].read_json("summary.json"))
              for r in probes.probes if r.recipe in index}
     rng = np.random.default_rng(seed)
-    budgets = [_budget(stack, eval_steps, steps, k, m, score, costs, recipes, seeds, pairs, target_point,
-                       target_reps, rng, confidence)
+    budgets = [_budget(judge, stack, eval_steps, steps, k, m, score, list(costs.values()), rng)
                for steps in budget_steps(eval_steps) for k in range(1, len(seeds) + 1)
                for m in budget_problems(stack.shape[-1])]
-    signals = [_signal(name, values, cost, pairs, target_point, target_reps, rng, confidence)
+    signals = [_signal(judge, name, values, cost, rng)
                for name, (values, cost) in cheap_signals(probes, recipes, seeds, stack, eval_steps, costs).items()]
 
     full = run_scores(stack, score).mean(axis=1)
-    disagreements = [(a, b) for (a, b), (i, j) in zip(separated, pairs) if full[i] <= full[j]]
+    disagreements = [(a, b) for (a, b), (i, j) in zip(separated, judge.pairs) if full[i] <= full[j]]
     target_by = {r.recipe: r for r in target.recipes}
     return Decision(
         score=score, confidence=confidence, recipes=recipes,
@@ -300,8 +311,8 @@ def decide(probes: SweepResults, target_runs: list[ProbeRun], score: str, sample
         budgets=budgets, signals=signals)
 
 
-def _budget(stack, eval_steps, steps, k, m, score, costs, recipes, seeds, pairs, target_point, target_reps,
-            rng, confidence) -> Decider:
+def _budget(judge: Judge, stack: np.ndarray, eval_steps: list[int], steps: int, k: int, m: int, score: str,
+            costs: list[RunCost], rng: np.random.Generator) -> Decider:
     """Decision accuracy of the first `steps` steps of k seeds on m eval problems.
 
     Point estimate: the mean over every k-subset of the seeds and (below the full set) SUBSETS
@@ -315,29 +326,28 @@ def _budget(stack, eval_steps, steps, k, m, score, costs, recipes, seeds, pairs,
     points = []
     for problems in subsets:
         per_run = run_scores(truncated[..., problems], score)  # [recipes, seeds]
-        points += [agreement(per_run[:, list(c)].mean(axis=1), target_point, pairs)
+        points += [agreement(per_run[:, list(c)].mean(axis=1), judge.point, judge.pairs)
                    for c in combinations(range(n_seeds), k)]
-    samples = len(target_reps)
+    samples = len(judge.replicates)
     weights = np.zeros((samples, n_problems))  # each replicate's problem draw as counts
     np.add.at(weights, (np.repeat(np.arange(samples), m), rng.integers(0, n_problems, samples * m)), 1.0 / m)
     acc = np.einsum("rsep,bp->rsbe", truncated, weights)  # [recipes, seeds, samples, evals]
     per_run = run_scores(acc[..., None], score)  # [recipes, seeds, samples]
     draws = rng.integers(0, n_seeds, size=(samples, k))
-    replicate_scores = per_run[:, draws, np.arange(samples)[:, None]].mean(axis=-1).T  # [samples, recipes]
-    replicates = agreement(replicate_scores, target_reps, pairs)
-    fraction = m / n_problems
-    cost = k / n_seeds * sum(c.cpu_seconds(steps, n_evals, fraction) for c in costs.values())
-    return Decider(f"probe: {steps} steps × {k} seed{'s' * (k > 1)} × {m} problems", cost / 3600,
-                   float(np.mean(points)), _interval(replicates, confidence), steps=steps, seeds=k,
-                   eval_problems=m)
+    replicates = per_run[:, draws, np.arange(samples)[:, None]].mean(axis=-1).T  # [samples, recipes]
+    cost = k / n_seeds * sum(c.cpu_seconds(steps, n_evals, m / n_problems) for c in costs)
+    accuracy, ci = judge.accuracy(points, replicates)
+    return Decider(f"probe: {steps} steps × {k} seed{'s' * (k > 1)} × {m} problems", cost / 3600, accuracy, ci,
+                   steps=steps, seeds=k, eval_problems=m)
 
 
-def _signal(name, values, cpu_seconds, pairs, target_point, target_reps, rng, confidence) -> Decider:
-    """values: [recipes, seeds] (a signal of the checkpoint alone repeats over seeds)."""
-    point = agreement(values.mean(axis=1), target_point, pairs)
-    draws = rng.integers(0, values.shape[1], size=(len(target_reps), values.shape[1]))
-    replicates = agreement(values[:, draws].mean(axis=-1).T, target_reps, pairs)
-    return Decider(name, cpu_seconds / 3600, float(point), _interval(replicates, confidence))
+def _signal(judge: Judge, name: str, values: np.ndarray, cpu_seconds: float, rng: np.random.Generator) -> Decider:
+    """values: [recipes, seeds] (a signal of the checkpoint alone repeats over seeds); CI: seeds
+    drawn with replacement."""
+    draws = rng.integers(0, values.shape[1], size=(len(judge.replicates), values.shape[1]))
+    accuracy, ci = judge.accuracy([agreement(values.mean(axis=1), judge.point, judge.pairs)],
+                                  values[:, draws].mean(axis=-1).T)
+    return Decider(name, cpu_seconds / 3600, accuracy, ci)
 
 
 # -- cheap signals -----------------------------------------------------------------------------
