@@ -38,13 +38,12 @@ def _problems(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Met
         else:  # an equal share of the problems at each requested difficulty
             levels = cfg["difficulty"] or [None]
             problems = []
+            # offset: skip the first problems (a long-run target's own held-out eval set); a
+            # smaller n is a prefix of a larger one, so the rest are disjoint from them
             for i, level in enumerate(levels):
-                def share(total: int) -> int:
-                    return total // len(levels) + (i < total % len(levels))
-                # offset: skip the first problems (a long-run target's own held-out eval set);
-                # a smaller n is a prefix of a larger one, so the rest are disjoint from them
-                skip = share(cfg.get("offset", 0))
-                problems += world.problems(cfg["toy_split"], skip + share(cfg["n"]), difficulty=level)[skip:]
+                n, skip = (total // len(levels) + (i < total % len(levels))
+                           for total in (cfg["n"], cfg.get("offset", 0)))
+                problems += world.problems(cfg["toy_split"], skip + n, difficulty=level)[skip:]
             write_problems(problems, out / f"{name}.jsonl")
 
 
