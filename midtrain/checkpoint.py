@@ -20,7 +20,9 @@ from megatron.core.dist_checkpointing.optimizer import (
     get_param_id_to_sharded_param_map,
     optim_state_to_sharding_state,
 )
+from megatron.core.optimizer import ChainedOptimizer, MegatronOptimizer
 
+from midtrain import cpu_compat
 from midtrain.spec import ModelSpec
 
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
@@ -69,6 +71,30 @@ def _optimizer_sharded_state_dict(optimizer: torch.optim.Optimizer, model_sharde
     return state
 
 
+# Each rank saves and loads its own shards; the checkpoint reshards over data-parallel
+# ranks (megatron's layout without cross-rank gathers).
+_DISTRIBUTED_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
+
+
+def optimizer_kind(optimizer) -> str:
+    return "megatron-distributed" if isinstance(optimizer, MegatronOptimizer) else "torch-adamw"
+
+
+def _inner_optimizers(optimizer: MegatronOptimizer) -> list[MegatronOptimizer]:
+    return (optimizer.chained_optimizers if isinstance(optimizer, ChainedOptimizer)
+            else [optimizer])
+
+
+def _megatron_sharded_state_dict(optimizer: MegatronOptimizer, model_sharded: dict,
+                                 is_loading: bool) -> dict:
+    if is_loading:  # torch's AdamW inside has no state (nor step) before its first step
+        for inner in _inner_optimizers(optimizer):
+            _materialise_adam_state(inner.optimizer)
+    with cpu_compat.cuda_tensors_on_cpu():
+        return optimizer.sharded_state_dict(model_sharded, is_loading=is_loading,
+                                            metadata=_DISTRIBUTED_METADATA)
+
+
 def _materialise_adam_state(optimizer: torch.optim.Optimizer) -> None:
     """Give every parameter zero moments so a load has tensors to fill."""
     for p in _optimizer_params(optimizer):
@@ -96,8 +122,12 @@ def save_checkpoint(state_dir: Path, step: int, model: torch.nn.Module, spec: Mo
         "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                 "python": random.getstate()},
     }
-    if optimizer is not None:
+    if isinstance(optimizer, MegatronOptimizer):
+        sharded["optimizer"] = _megatron_sharded_state_dict(optimizer, model_sharded, False)
+    elif optimizer is not None:
         sharded["optimizer"] = _optimizer_sharded_state_dict(optimizer, model_sharded)
+    if optimizer is not None:
+        sharded["optimizer_kind"] = optimizer_kind(optimizer)
     dist_checkpointing.save(sharded, str(staging))
     if rank0:
         (staging / SPEC_FILE).write_text(spec.model_dump_json(indent=2))
@@ -111,18 +141,43 @@ def has_optimizer_state(ckpt_dir: Path) -> bool:
     return "optimizer" in dist_checkpointing.load_common_state_dict(str(ckpt_dir))
 
 
+def saved_optimizer_kind(ckpt_dir: Path) -> str | None:
+    """Which optimizer wrote the checkpoint's optimizer state (None: weights only);
+    checkpoints from before the choice existed hold torch AdamW state."""
+    common = dist_checkpointing.load_common_state_dict(str(ckpt_dir))
+    return common.get("optimizer_kind", "torch-adamw") if "optimizer" in common else None
+
+
 def load_checkpoint(ckpt_dir: Path, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer | None) -> dict:
     """Fill `model` (and `optimizer`, when given) in place; return the saved common state
     (`train_state`, `rng`)."""
     model_sharded = model.sharded_state_dict()
     sharded = {"model": model_sharded}
-    if optimizer is not None:
+    if optimizer is not None and saved_optimizer_kind(ckpt_dir) != optimizer_kind(optimizer):
+        raise ValueError(f"{ckpt_dir} holds {saved_optimizer_kind(ckpt_dir)} optimizer state; "
+                         f"this run uses midtrain.optimizer {optimizer_kind(optimizer)}")
+    if isinstance(optimizer, MegatronOptimizer):
+        sharded["optimizer"] = _megatron_sharded_state_dict(optimizer, model_sharded, True)
+    elif optimizer is not None:
         _materialise_adam_state(optimizer)
         sharded["optimizer"] = _optimizer_sharded_state_dict(optimizer, model_sharded)
     loaded = dist_checkpointing.load(sharded, str(ckpt_dir))
     model.load_state_dict(loaded["model"])
-    if optimizer is not None:
+    if isinstance(optimizer, MegatronOptimizer):
+        with torch.no_grad(), cpu_compat.cuda_tensors_on_cpu():
+            optimizer.load_state_dict(loaded["optimizer"])
+        # With torch's AdamW inside (no TE/Apex), megatron keeps the step count in the
+        # param groups, but the per-parameter `step` tensors it restores are the loading
+        # template's (0), and all one shared tensor, which AdamW would then advance once
+        # per parameter. Each parameter gets its own copy of the saved count.
+        for inner in _inner_optimizers(optimizer):
+            if not isinstance(inner.optimizer, torch.optim.AdamW):
+                continue  # TE's and Apex's fused Adam keep the step in the groups only
+            (step,) = {group["step"] for group in inner.optimizer.param_groups}
+            for state in inner.optimizer.state.values():
+                state["step"] = torch.tensor(float(step))
+    elif optimizer is not None:
         opt = loaded["optimizer"]
         step = torch.tensor(float(opt["step"]))
         optimizer.load_state_dict({

@@ -6,13 +6,22 @@ RNG tracker inside attention, and dist_checkpointing calls
 exactly those calls and is a no-op when CUDA is available, so the GPU path runs
 unmodified megatron-core. midprobe never builds the default causal mask
 (`transformer.utils.get_default_causal_mask`, also CUDA-only) because its
-attention module is causal by construction (see `midtrain.model`), and it uses
-torch's AdamW, so megatron's CUDA-only optimizer wrappers are not needed.
+attention module is causal by construction (see `midtrain.model`).
+
+megatron's optimizers (`get_megatron_optimizer`: DistributedOptimizer, FP32Optimizer)
+and its gradient clipping allocate scalars on 'cuda' and check parameters by their
+CUDA type strings. `cuda_tensors_on_cpu()` is the scope in which midprobe calls them
+without CUDA: it keeps those tensors on the CPU and reports CPU tensors by the CUDA
+type names megatron expects. It is a context, not a global patch, because a
+TorchFunctionMode sees every torch call made inside it.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
+from torch.overrides import TorchFunctionMode
 
 _applied = False
 
@@ -38,3 +47,32 @@ def apply() -> None:
     # the caller seeds. (Public API; no CUDA generator is touched.)
     initialize_rng_tracker(inference_rng_tracker=True, force_reset=True)
     _applied = True
+
+
+_CUDA_TYPE_NAMES = {torch.float32: "torch.cuda.FloatTensor", torch.float16: "torch.cuda.HalfTensor",
+                    torch.bfloat16: "torch.cuda.BFloat16Tensor"}
+
+
+def _is_cuda_device(device) -> bool:
+    return (isinstance(device, str) and device.startswith("cuda")) or (
+        isinstance(device, torch.device) and device.type == "cuda")
+
+
+class _CudaOnCpu(TorchFunctionMode):
+    """`device='cuda'` allocations land on the CPU, `.cuda()` is the identity, and
+    `Tensor.type()` names a CPU float tensor as its CUDA type (megatron's checks)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if _is_cuda_device(kwargs.get("device")):
+            kwargs["device"] = "cpu"
+        if func is torch.Tensor.cuda:
+            return args[0]
+        if func is torch.Tensor.type and len(args) == 1 and not kwargs:
+            return _CUDA_TYPE_NAMES.get(args[0].dtype) or func(*args)
+        return func(*args, **kwargs)
+
+
+def cuda_tensors_on_cpu() -> contextlib.AbstractContextManager:
+    """The scope for megatron's optimizer calls: `_CudaOnCpu` without CUDA, nothing with it."""
+    return _CudaOnCpu() if on_cpu() else contextlib.nullcontext()

@@ -58,10 +58,12 @@ def choose_layer_spec(cuda: bool, te_available: bool) -> Callable[[], ModuleSpec
     return te_layer_spec if cuda and te_available else local_layer_spec
 
 
-def build_gpt_model(spec: ModelSpec, bf16: bool = False) -> GPTModel:
+def build_gpt_model(spec: ModelSpec, bf16: bool = False, autocast: bool = True,
+                    recompute_activations: bool = False) -> GPTModel:
     """A GPTModel with Llama layout (RMSNorm, SwiGLU, GQA, RoPE), sharded over the
     tensor-parallel group `init_distributed` set up; fp32, or bf16 mixed precision
-    (GPU only)."""
+    (GPU only; `autocast`: fp32 weights under autocast, else megatron's bf16 settings
+    for a Float16Module, see `to_transformer_config`)."""
     cpu_compat.apply()
     if parallel_state.get_pipeline_model_parallel_world_size() > 1:
         raise NotImplementedError("pipeline parallelism needs one GPTModel stage per rank "
@@ -79,7 +81,8 @@ def build_gpt_model(spec: ModelSpec, bf16: bool = False) -> GPTModel:
     return LlamaGPTModel(
         config=to_transformer_config(
             spec, tensor_model_parallel_size=parallel_state.get_tensor_model_parallel_world_size(),
-            transformer_engine=layer_spec is te_layer_spec, bf16=bf16,
+            transformer_engine=layer_spec is te_layer_spec, bf16=bf16, autocast=autocast,
+            recompute_activations=recompute_activations,
             # Without CUDA every rank draws from the same seeded CPU generator (the
             # model-parallel CUDA RNG is a no-op), so shards drawn in place would be
             # identical copies; slicing full draws keeps them distinct.

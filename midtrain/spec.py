@@ -184,12 +184,16 @@ def preset(name: str, **overrides) -> ModelSpec:
 def to_transformer_config(spec: ModelSpec, tensor_model_parallel_size: int = 1,
                           pipeline_model_parallel_size: int = 1, *,
                           transformer_engine: bool = False, bf16: bool = False,
+                          autocast: bool = True, recompute_activations: bool = False,
                           use_cpu_initialization: bool = False):
     """megatron-core TransformerConfig for `spec` (fp32 weights, no dropout, no biases).
 
     `transformer_engine`: the layers come from TE's layer spec, which picks its own
-    attention backend. `bf16`: bf16 mixed precision, with megatron's autocast
-    settings (fp32 weights stay the optimizer's master copy). `use_cpu_initialization`:
+    attention backend. `bf16`: bf16 mixed precision; with `autocast`, megatron's
+    autocast settings (fp32 weights stay the optimizer's master copy), without it bf16
+    parameters (megatron's Float16Module; fp32 main weights live in the optimizer).
+    `recompute_activations`: megatron's full recomputation, one layer at a time
+    (backward re-runs each layer's forward from its saved input). `use_cpu_initialization`:
     every rank draws the full weight and keeps its slice, so a tensor-parallel model
     starts from the same weights as a single-rank one.
     """
@@ -232,7 +236,10 @@ def to_transformer_config(spec: ModelSpec, tensor_model_parallel_size: int = 1,
         # Only the local backend works without TE; mixing backends in one process asserts.
         attention_backend=AttnBackend.auto if transformer_engine else AttnBackend.local,
         bf16=bf16,
-        enable_autocast=bf16,
-        autocast_dtype=torch.bfloat16 if bf16 else None,
+        enable_autocast=bf16 and autocast,
+        autocast_dtype=torch.bfloat16 if bf16 and autocast else None,
+        recompute_granularity="full" if recompute_activations else None,
+        recompute_method="uniform" if recompute_activations else None,
+        recompute_num_layers=1 if recompute_activations else None,
         use_cpu_initialization=use_cpu_initialization,
     )

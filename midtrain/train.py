@@ -22,11 +22,12 @@ same tp and can be read at any tp. Pipeline parallelism is refused (see
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 from megatron.core import parallel_state
@@ -34,7 +35,7 @@ from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
 from megatron.core.transformer.module import param_is_not_shared
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from midtrain import checkpoint
+from midtrain import checkpoint, cpu_compat
 from midtrain.convert import export_hf, import_hf, load_megatron_weights
 from midtrain.data import BlendPart, build_blend, collate
 from midtrain.model import build_gpt_model, init_distributed, seed_all
@@ -42,6 +43,14 @@ from midtrain.schedule import Schedule, learning_rate
 from midtrain.spec import ModelSpec
 
 MetricsCallback = Callable[[int, dict], None]
+OptimizerChoice = Literal["auto", "torch-adamw", "megatron-distributed"]
+
+
+def resolve_optimizer(choice: OptimizerChoice, cuda: bool) -> str:
+    """`auto` is megatron's distributed optimizer on GPUs and torch's AdamW on CPU."""
+    if choice != "auto":
+        return choice
+    return "megatron-distributed" if cuda else "torch-adamw"
 
 
 class TrainConfig(BaseModel):
@@ -78,7 +87,17 @@ class TrainConfig(BaseModel):
         1, gt=0, description="megatron tensor parallelism; launch a multiple of it in ranks")
     pipeline_model_parallel_size: int = Field(
         1, gt=0, description="megatron pipeline parallelism; not implemented, must be 1")
-    bf16: bool = Field(False, description="bf16 autocast with fp32 weights; GPU only")
+    bf16: bool = Field(False, description="bf16 mixed precision; GPU only (see `optimizer`)")
+    optimizer: OptimizerChoice = Field(
+        "auto", description="torch-adamw (fp32 weights, full AdamW state on every rank), "
+        "megatron-distributed (megatron-core DDP + DistributedOptimizer), or auto: "
+        "megatron-distributed with CUDA, torch-adamw without")
+    recompute_activations: bool = Field(
+        False, description="megatron full activation recomputation: each layer keeps only "
+        "its input for backward")
+    gpu_memory_gb: float | None = Field(
+        None, gt=0, description="memory per GPU; `midprobe plan` refuses configs whose "
+        "estimate exceeds it. Does not change results")
 
     @field_validator("pipeline_model_parallel_size")
     @classmethod
@@ -128,17 +147,21 @@ def _resume(ckpt: Path, gpt, optimizer, spec: ModelSpec, global_batch: int,
     return saved["train_state"]
 
 
-def _initialise(init: Path, gpt, optimizer, spec: ModelSpec) -> None:
+def _initialise(init: Path, update, spec: ModelSpec) -> None:
     """Weights from an HF dir, or weights and optimizer state from a midtrain checkpoint."""
     kind, source = _resolve_init(init)
     if kind == "hf":
         found, weights = import_hf(source)
         _check_same_shape(spec, found, source)
-        load_megatron_weights(gpt, weights)
+        load_megatron_weights(update.gpt, weights)
+        update.weights_loaded()
     else:
         _check_same_shape(spec, checkpoint.read_spec(source), source)
         with_optimizer = checkpoint.has_optimizer_state(source)
-        checkpoint.load_checkpoint(source, gpt, optimizer if with_optimizer else None)
+        checkpoint.load_checkpoint(source, update.gpt,
+                                   update.optimizer if with_optimizer else None)
+        if not with_optimizer:
+            update.weights_loaded()
 
 
 def _eos_id(tokenizer_dir: Path) -> int:
@@ -180,20 +203,32 @@ def _micro_loss(model, tokens, labels, loss_mask) -> tuple[torch.Tensor, torch.T
     return (per_token * mask).sum(), mask.sum()
 
 
+def _backward(model, micro_batches: list, no_sync=contextlib.nullcontext) -> torch.Tensor:
+    """Backward over the micro batches (the last one outside `no_sync`, where a
+    gradient reduce may start); returns this rank's [loss sum, loss tokens]."""
+    loss_tokens = sum(mask.sum() for _, _, mask in micro_batches).float()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=loss_tokens.device)
+    for i, (tokens, labels, loss_mask) in enumerate(micro_batches):
+        with no_sync() if i < len(micro_batches) - 1 else contextlib.nullcontext():
+            micro_sum, _ = _micro_loss(model, tokens, labels, loss_mask)
+            (micro_sum / loss_tokens).backward()
+        loss_sum += micro_sum.detach().double()
+    return torch.stack([loss_sum, loss_tokens.double()])
+
+
+def _mean_loss(stats: torch.Tensor, dp_group) -> float:
+    if dp_group.size() > 1:
+        torch.distributed.all_reduce(stats, group=dp_group)
+    return (stats[0] / stats[1]).item()
+
+
 def accumulate_gradients(model, micro_batches: list, params: list, dp_group) -> float:
     """Backward over the micro batches into `.grad` (averaged over the data-parallel
     group); returns the mean loss per loss token over the global batch."""
-    loss_tokens = sum(mask.sum() for _, _, mask in micro_batches).float()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=loss_tokens.device)
-    for tokens, labels, loss_mask in micro_batches:
-        micro_sum, _ = _micro_loss(model, tokens, labels, loss_mask)
-        (micro_sum / loss_tokens).backward()
-        loss_sum += micro_sum.detach().double()
-    stats = torch.stack([loss_sum, loss_tokens.double()])
+    stats = _backward(model, micro_batches)
     if dp_group.size() > 1:
         _all_reduce_mean_grads(params, dp_group)
-        torch.distributed.all_reduce(stats, group=dp_group)
-    return (stats[0] / stats[1]).item()
+    return _mean_loss(stats, dp_group)
 
 
 def clip_gradients(params: list, max_norm: float, tp_group) -> float:
@@ -213,6 +248,103 @@ def clip_gradients(params: list, max_norm: float, tp_group) -> float:
     total = squared.sqrt()
     torch.nn.utils.clip_grads_with_norm_(params, max_norm if max_norm > 0 else math.inf, total)
     return total.item()
+
+
+class TorchAdamW:
+    """torch's AdamW on the GPTModel's own fp32 parameters (bf16 only as autocast).
+    Gradients are averaged over the data-parallel group by one flat all-reduce after
+    backward, and every data-parallel rank holds the full optimizer state. The path
+    the CPU tests run, bitwise reproducible."""
+
+    name = "torch-adamw"
+
+    def __init__(self, gpt, cfg: TrainConfig):
+        self.gpt = self.module = gpt
+        self.optimizer = make_optimizer(gpt, cfg)
+        self.params = list(gpt.parameters())
+        self.clip_grad = cfg.clip_grad
+        self.tp_group = parallel_state.get_tensor_model_parallel_group()
+        self.dp_group = parallel_state.get_data_parallel_group()
+
+    def accumulate(self, micro_batches: list) -> float:
+        return accumulate_gradients(self.gpt, micro_batches, self.params, self.dp_group)
+
+    def step(self, lr: float) -> float:
+        """Clip, update (skipped when the norm is not finite), clear; return the norm."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        grad_norm = clip_gradients(self.params, self.clip_grad, self.tp_group)
+        if math.isfinite(grad_norm):
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def weights_loaded(self) -> None:
+        """The optimizer updates the model's parameters themselves: nothing to copy."""
+
+
+class MegatronDistributed:
+    """megatron-core's DistributedDataParallel and DistributedOptimizer.
+
+    With `bf16` the model holds bf16 parameters (megatron's Float16Module) and the
+    optimizer fp32 main weights; gradients accumulate in DDP's contiguous fp32
+    main-grad buffers, are reduce-scattered over the data-parallel group in buckets
+    as backward produces them (`overlap_grad_reduce`), and each data-parallel rank
+    keeps the fp32 main weights and AdamW moments of its 1/dp shard only, then
+    all-gathers the updated parameters. Without CUDA, megatron's optimizer calls run
+    inside `cpu_compat.cuda_tensors_on_cpu()` (fp32 only).
+    """
+
+    name = "megatron-distributed"
+
+    def __init__(self, gpt, cfg: TrainConfig):
+        from megatron.core.distributed import (DistributedDataParallel,
+                                               DistributedDataParallelConfig)
+        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+        from megatron.core.transformer.module import Float16Module
+
+        self.gpt = gpt
+        model = Float16Module(gpt.config, gpt) if gpt.config.bf16 else gpt
+        self.module = DistributedDataParallel(
+            gpt.config, DistributedDataParallelConfig(
+                grad_reduce_in_fp32=True, overlap_grad_reduce=True,
+                use_distributed_optimizer=True), model)
+        # clip_grad 0 (no clipping) as an infinite threshold, so the norm is still reported
+        self.optimizer_config = OptimizerConfig(
+            optimizer="adam", lr=cfg.lr, min_lr=cfg.min_lr, weight_decay=cfg.weight_decay,
+            adam_beta1=cfg.adam_beta1, adam_beta2=cfg.adam_beta2, adam_eps=cfg.adam_eps,
+            clip_grad=cfg.clip_grad or math.inf, bf16=gpt.config.bf16,
+            use_distributed_optimizer=True)
+        with cpu_compat.cuda_tensors_on_cpu():
+            self.optimizer = get_megatron_optimizer(self.optimizer_config, [self.module])
+        self.weight_decay = cfg.weight_decay
+        self.dp_group = parallel_state.get_data_parallel_group()
+
+    def accumulate(self, micro_batches: list) -> float:
+        self.module.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        stats = _backward(self.module, micro_batches, self.module.no_sync)
+        self.module.finish_grad_sync()
+        return _mean_loss(stats, self.dp_group)
+
+    def step(self, lr: float) -> float:
+        # What megatron's OptimizerParamScheduler sets: norm gains and biases carry wd_mult 0.
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group["lr_mult"]
+            group["weight_decay"] = self.weight_decay * group["wd_mult"]
+        with cpu_compat.cuda_tensors_on_cpu():
+            _, grad_norm, _ = self.optimizer.step()
+        return float(grad_norm)
+
+    def weights_loaded(self) -> None:
+        """Weights written into the model after the optimizer was built (HF init, a
+        checkpoint without optimizer state) become the fp32 main weights."""
+        with cpu_compat.cuda_tensors_on_cpu():
+            self.optimizer.reload_model_params()
+
+
+def make_weight_update(gpt, cfg: TrainConfig, kind: str) -> TorchAdamW | MegatronDistributed:
+    return MegatronDistributed(gpt, cfg) if kind == "megatron-distributed" else TorchAdamW(gpt, cfg)
 
 
 @torch.no_grad()
@@ -285,12 +417,14 @@ def train(model: ModelSpec, cfg: TrainConfig, blend: list[BlendPart], out_dir: s
                   if cfg.checkpoint_every_tokens else total_steps)
 
     seed_all(cfg.seed)
-    gpt = build_gpt_model(model, bf16=cfg.bf16)
+    optimizer_kind = resolve_optimizer(cfg.optimizer, cuda=not cpu_compat.on_cpu())
+    gpt = build_gpt_model(model, bf16=cfg.bf16, autocast=optimizer_kind == "torch-adamw",
+                          recompute_activations=cfg.recompute_activations)
     if rank == 0:
         state_dir.mkdir(parents=True, exist_ok=True)
-    optimizer = make_optimizer(gpt, cfg)
-    params = list(gpt.parameters())
-    device = params[0].device
+    update = make_weight_update(gpt, cfg, optimizer_kind)
+    optimizer = update.optimizer
+    device = next(gpt.parameters()).device
     data = build_blend(
         blend, seq_length=cfg.seq_length, train_samples=total_steps * global_batch,
         valid_samples=math.ceil(cfg.eval_tokens / cfg.seq_length),
@@ -305,7 +439,7 @@ def train(model: ModelSpec, cfg: TrainConfig, blend: list[BlendPart], out_dir: s
         saved = _resume(latest, gpt, optimizer, model, global_batch, cfg.seq_length)
         start_step, last_train = saved["step"], saved["last_train"]
     elif init is not None:
-        _initialise(Path(init), gpt, optimizer, model)
+        _initialise(Path(init), update, model)
     # Lines past the checkpoint come from an attempt that died; they are logged again.
     metrics.truncate_after(start_step)
 
@@ -335,22 +469,18 @@ def train(model: ModelSpec, cfg: TrainConfig, blend: list[BlendPart], out_dir: s
         lr = learning_rate(step, total_steps=total_steps, warmup_steps=warmup_steps, lr=cfg.lr,
                            min_lr=cfg.min_lr, schedule=cfg.schedule,
                            decay_fraction=cfg.decay_fraction)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
         first = step * global_batch + dp_group.rank() * cfg.micro_batch_size * cfg.grad_accum
         micro_batches = [
             collate([data.train[first + m * cfg.micro_batch_size + i]
                      for i in range(cfg.micro_batch_size)], device)
             for m in range(cfg.grad_accum)
         ]
-        loss = accumulate_gradients(gpt, micro_batches, params, dp_group)
-        grad_norm = clip_gradients(params, cfg.clip_grad, tp_group)
+        loss = update.accumulate(micro_batches)
+        grad_norm = update.step(lr)
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             raise TrainingDivergedError(
                 f"training diverged at step {step + 1}: loss {loss}, grad norm {grad_norm}; "
                 f"last good checkpoint: {checkpoint.latest_checkpoint(state_dir)}")
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
         elapsed = time.perf_counter() - step_start
         train_seconds += elapsed
 
@@ -359,20 +489,21 @@ def train(model: ModelSpec, cfg: TrainConfig, blend: list[BlendPart], out_dir: s
                       "train/grad_norm": grad_norm, "perf/tokens_per_s": tokens_per_step / elapsed}
         record = dict(last_train)
         if done % cfg.eval_every_steps == 0 or done == total_steps:
-            last_val = _evaluate(gpt, data.valid, cfg, dp_group)
+            last_val = _evaluate(update.module, data.valid, cfg, dp_group)
             record.update(last_val)
         metrics.log(done, record)
         if done % ckpt_every == 0 or done == total_steps:
             save(done, last_train)
 
     if start_step == total_steps:  # resumed after the final checkpoint
-        last_val = _evaluate(gpt, data.valid, cfg, dp_group)
+        last_val = _evaluate(update.module, data.valid, cfg, dp_group)
     summary = {
         "steps": total_steps,
         "tokens": total_steps * tokens_per_step,
         "tokens_per_step": tokens_per_step,
         "world_size": world,
         "tensor_model_parallel_size": tp_group.size(),
+        "optimizer": optimizer_kind,
         "resumed_from_step": start_step if latest is not None else None,
         "final": {**last_train, **last_val},
         "wall_time_s": time.perf_counter() - wall_start,
