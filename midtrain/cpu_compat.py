@@ -1,7 +1,8 @@
 """The only place that adapts megatron-core 0.16.1 to a machine without CUDA.
 
-megatron-core places tensors with `torch.cuda.current_device()` and forks a CUDA
-RNG tracker inside attention, and dist_checkpointing calls
+megatron-core places tensors with `torch.cuda.current_device()`, forks a CUDA
+RNG tracker inside attention, saves the CUDA RNG state around recomputed layers, and
+dist_checkpointing calls
 `torch.cuda.synchronize()`. On a CPU-only torch these raise. `apply()` fixes
 exactly those calls and is a no-op when CUDA is available, so the GPU path runs
 unmodified megatron-core. midprobe never builds the default causal mask
@@ -46,6 +47,12 @@ def apply() -> None:
     # tracker's fork is a no-op, so they draw from torch's CPU generator, which
     # the caller seeds. (Public API; no CUDA generator is touched.)
     initialize_rng_tracker(inference_rng_tracker=True, force_reset=True)
+    # Activation recomputation saves and restores the CUDA generator with the CPU one
+    # around each recomputed layer; without CUDA there is only the CPU one.
+    from megatron.core.tensor_parallel import random as megatron_random
+
+    megatron_random._get_cuda_rng_state = lambda *args, **kwargs: torch.get_rng_state()
+    megatron_random._set_cuda_rng_state = lambda state, *args, **kwargs: None
     _applied = True
 
 

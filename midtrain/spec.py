@@ -1,12 +1,12 @@
-"""Llama-style model shapes and their megatron-core / HF config translations."""
+"""Llama-style model shapes and their megatron-core / HF config translations.
+Torch-free at import (the memory plan reads shapes without torch); only
+`to_transformer_config` imports torch and megatron."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, model_validator
 
 
@@ -197,6 +197,8 @@ def to_transformer_config(spec: ModelSpec, tensor_model_parallel_size: int = 1,
     every rank draws the full weight and keeps its slice, so a tensor-parallel model
     starts from the same weights as a single-rank one.
     """
+    import torch
+    import torch.nn.functional as F
     from megatron.core.transformer.enums import AttnBackend
     from megatron.core.transformer.transformer_config import TransformerConfig
 

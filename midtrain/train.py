@@ -27,7 +27,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
 import torch
 from megatron.core import parallel_state
@@ -38,19 +38,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from midtrain import checkpoint, cpu_compat
 from midtrain.convert import export_hf, import_hf, load_megatron_weights
 from midtrain.data import BlendPart, build_blend, collate
+from midtrain.memory import OptimizerChoice, resolve_optimizer
 from midtrain.model import build_gpt_model, init_distributed, seed_all
 from midtrain.schedule import Schedule, learning_rate
 from midtrain.spec import ModelSpec
 
 MetricsCallback = Callable[[int, dict], None]
-OptimizerChoice = Literal["auto", "torch-adamw", "megatron-distributed"]
-
-
-def resolve_optimizer(choice: OptimizerChoice, cuda: bool) -> str:
-    """`auto` is megatron's distributed optimizer on GPUs and torch's AdamW on CPU."""
-    if choice != "auto":
-        return choice
-    return "megatron-distributed" if cuda else "torch-adamw"
 
 
 class TrainConfig(BaseModel):
@@ -96,8 +89,8 @@ class TrainConfig(BaseModel):
         False, description="megatron full activation recomputation: each layer keeps only "
         "its input for backward")
     gpu_memory_gb: float | None = Field(
-        None, gt=0, description="memory per GPU; `midprobe plan` refuses configs whose "
-        "estimate exceeds it. Does not change results")
+        None, gt=0, description="GiB per GPU (80 for an H100 80GB); validate/plan/run refuse "
+        "settings whose estimate (midtrain.memory) exceeds it. Does not change results")
 
     @field_validator("pipeline_model_parallel_size")
     @classmethod

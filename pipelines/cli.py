@@ -51,20 +51,26 @@ def plan(sweep: Path = typer.Argument(..., help="sweep YAML file"), workspace: O
     """Show the stage DAG and what the run store already has."""
     from pipelines.plan import build_plan
     from pipelines.store import RunStore
-    from pipelines.sweep import load_sweep
+    from midtrain.memory import GIB
+    from pipelines.sweep import load_sweep, midtrain_memory
 
     spec = load_sweep(sweep)
     the_plan = build_plan(spec, sweep)
     store = RunStore(_workspace(spec.workspace, workspace))
+    memory = midtrain_memory(spec, sweep)
     table = Table(title=f"sweep {spec.name}: {len(the_plan.runs())} stage runs", title_justify="left")
-    for col in ("stage run", "key", "inputs", "state"):
+    for col in ("stage run", "key", "inputs", "state", "memory/GPU (estimate)"):
         table.add_column(col)
     for run in the_plan.runs():
         state = "[green]cached[/]" if run.stage == "external" or store.is_done(run) else \
             ("[yellow]partial[/]" if store.partial_path(run).exists() else "to run")
         inputs = ", ".join(dep.label or dep.ref for dep in run.inputs.values() if dep.stage != "external")
-        table.add_row(run.label or run.stage, run.key[:10], inputs, state)
+        per_gpu = f"{memory.total / GIB:.1f} GiB" if memory and run.stage == "midtrain" else ""
+        table.add_row(run.label or run.stage, run.key[:10], inputs, state, per_gpu)
     out.print(table)
+    if memory is not None:
+        out.print(f"midtrain memory per GPU, every midtrain stage: {memory.describe()}",
+                  soft_wrap=True)
 
 
 SeedsOpt = typer.Option(None, "--seeds", help="comma-separated probe seeds (default: the sweep's)")

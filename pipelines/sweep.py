@@ -190,6 +190,48 @@ def _nproc_errors(nproc: Any, cfg) -> list[str]:
             f"tensor_model_parallel_size x pipeline_model_parallel_size = {model_parallel}"]
 
 
+def planned_model(sweep: Sweep, source: Path):
+    """The ModelSpec the midtrain stages train, as far as it is known before anything
+    runs: an HF base's config.json, or a preset at the sweep's tokenizer vocabulary
+    (a tokenizer given by path keeps the preset's vocabulary). None if neither exists."""
+    from midtrain.spec import MODEL_PRESETS, ModelSpec
+
+    if sweep.base.hf_path:
+        config = resolve_path(sweep.base.hf_path, source.parent) / "config.json"
+        return ModelSpec.from_hf_config(config) if config.is_file() else None
+    spec = MODEL_PRESETS.get(sweep.base.preset or "")
+    if spec is not None and sweep.tokenizer.train_on:
+        spec = spec.model_copy(update={"vocab_size": sweep.tokenizer.vocab_size})
+    return spec
+
+
+def midtrain_memory(sweep: Sweep, source: Path):
+    """Estimated peak bytes per GPU of the sweep's midtrain stages (one settings block,
+    one model: the same for every stage), or None without a known model."""
+    from midtrain.memory import estimate_memory
+    from midtrain.train import TrainConfig
+
+    model = planned_model(sweep, source)
+    if model is None:
+        return None
+    settings, nproc = split_nproc(sweep.midtrain)
+    return estimate_memory(model, TrainConfig(**settings, tokens=1), nproc, cuda=True)
+
+
+def _memory_errors(sweep: Sweep, source: Path, cfg) -> list[str]:
+    from midtrain.memory import GIB
+
+    if cfg.gpu_memory_gb is None:
+        return []
+    estimate = midtrain_memory(sweep, source)
+    if estimate is None or estimate.total <= cfg.gpu_memory_gb * GIB:
+        return []
+    return [f"midtrain.gpu_memory_gb: the midtrain stages need an estimated "
+            f"{estimate.describe()}, more than the declared {cfg.gpu_memory_gb:g} GiB; raise "
+            "tensor_model_parallel_size or nproc_per_node (distributed optimizer state), "
+            "lower micro_batch_size or seq_length, or set recompute_activations"]
+
+
 def cross_check(sweep: Sweep, source: Path) -> list[str]:
     """Checks that need more than one section, or a stage package's config model."""
     from data_recipes.curate import CorpusConfig, ExecutorConfig
@@ -245,6 +287,8 @@ def cross_check(sweep: Sweep, source: Path) -> list[str]:
     for i, bench in enumerate(sweep.probe.benchmarks):
         if not resolve_path(bench, here).is_file():
             errors.append(f"probe.benchmarks.{i}: file not found: {bench}")
+    if train_cfg is not None and not errors:  # the estimate needs a valid model and layout
+        errors += _memory_errors(sweep, source, train_cfg)
     return errors
 
 

@@ -8,7 +8,8 @@ from test_midtrain_launch import assert_same_trajectory, hf_weights, torchrun, w
 from test_midtrain_train import SPEC, config, corpus, megatron_env, read_metrics  # noqa: F401
 
 from midtrain.checkpoint import latest_checkpoint, saved_optimizer_kind
-from midtrain.train import TrainJob, resolve_optimizer, train
+from midtrain.memory import resolve_optimizer
+from midtrain.train import TrainJob, train
 
 DISTRIBUTED = dict(optimizer="megatron-distributed")
 
