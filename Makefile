@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q -e ".[dev]"
 	touch $(STAMP)
 
-.PHONY: venv demo test test-slow bench
+.PHONY: venv demo test test-slow bench gpu-check
 venv: $(STAMP)
 
 demo: $(STAMP)
@@ -26,3 +26,8 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/midprobe bench $(ARGS)
+
+# The one-GPU check (dev/gpu_check.py): on a box with a CUDA torch, transformers and the
+# wheels in dev/gpu_check_wheels.md; without CUDA it runs the CPU side and skips the rest.
+gpu-check:
+	WANDB_MODE=$${WANDB_MODE:-offline} $(or $(wildcard $(VENV)/bin/python),python3) dev/gpu_check.py $(ARGS)

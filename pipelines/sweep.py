@@ -215,7 +215,7 @@ def midtrain_memory(sweep: Sweep, source: Path):
     if model is None:
         return None
     settings, nproc = split_nproc(sweep.midtrain)
-    return estimate_memory(model, TrainConfig(**settings, tokens=1), nproc, cuda=True)
+    return estimate_memory(model, TrainConfig(**{**settings, "tokens": 1}), nproc, cuda=True)
 
 
 def _memory_errors(sweep: Sweep, source: Path, cfg) -> list[str]:
