@@ -91,7 +91,9 @@ def build_corpus(root: Path) -> tuple[Path, list[BlendPart]]:
 
 def train_run(root: Path, name: str, tokenizer_dir: Path, blend, cuda: bool, **settings) -> dict:
     """One `python -m midtrain.train` process; returns its summary and losses."""
-    vocab = len(__import__("transformers").AutoTokenizer.from_pretrained(tokenizer_dir))
+    from transformers import AutoTokenizer
+
+    vocab = len(AutoTokenizer.from_pretrained(tokenizer_dir))
     cfg = TrainConfig(tokens=STEPS * 4 * 128, seq_length=128, micro_batch_size=4, lr=3e-3,
                       min_lr=3e-4, schedule="constant", eval_every_steps=STEPS,
                       eval_tokens=1024, checkpoint_every_tokens=None,
