@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import time
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,8 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from pipelines.errors import StageFailed
 from pipelines.plan import Plan
-from pipelines.stages import STAGES, THREADED, set_parent_death_signal
+from pipelines.processes import Containment, end_tree, init_worker, worker_tag
+from pipelines.stages import STAGES, THREADED
 from pipelines.store import Busy, RunStore, StageRun
 from pipelines.sweep import ExecutorSection
 
@@ -123,29 +125,82 @@ class _Backend(abc.ABC):
 
 
 class LocalBackend(_Backend):
+    """`parallel` slots, each a one-process pool: a worker that dies (killed, out of memory)
+    fails its own stage run only, and its slot gets a fresh worker for the next one. Workers are
+    reused across stage runs (imports cost seconds) and contained (`pipelines.processes`):
+    whatever a worker starts dies with it, and all of it dies with the orchestrator."""
+
     def __init__(self, parallel: int):
-        # spawn: torch and megatron keep threads and process groups that do not survive fork
-        self.pool = cf.ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn"),
-                                           # killed, a worker's partial work resumes next time
-                                           initializer=set_parent_death_signal, initargs=(signal.SIGKILL,))
+        self.containment = Containment()
+        self.slots: list[_Slot | None] = [None] * parallel
 
     def submit(self, run, runtime):
-        return self.pool.submit(execute_stage_run, run, runtime)
+        return self.call(run.label, execute_stage_run, run, runtime)
+
+    def call(self, label: str, fn, *args) -> cf.Future:
+        """`fn(*args)` in a free slot's worker; a future of its result."""
+        index = next(i for i, slot in enumerate(self.slots) if slot is None or slot.idle())
+        slot = self.slots[index]
+        if slot is None or slot.broken():  # a dead worker's tree was ended when it died
+            slot = self.slots[index] = _Slot(self.containment.tag)
+        return slot.submit(label, fn, *args)
 
     def close(self):
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        for slot in filter(None, self.slots):
+            slot.pool.shutdown(wait=True, cancel_futures=True)
+            slot.end()  # what the worker left (a Manager it started, a resource tracker)
+        self.containment.close()
 
     def abort(self):
-        # local workers die with us, and so do the helpers they started (megatron's checkpoint
+        # local workers die with us, and so does everything they started (megatron's checkpoint
         # writer, the reward's verifier); what they had written stays in .partial dirs, resumable
-        import psutil
+        for slot in filter(None, self.slots):
+            slot.end()
+            slot.pool.shutdown(wait=False, cancel_futures=True)
+        self.containment.close()
 
-        for process in list(getattr(self.pool, "_processes", {}).values()):
-            with contextlib.suppress(psutil.NoSuchProcess):
-                for child in psutil.Process(process.pid).children(recursive=True):
-                    child.kill()
-            process.kill()
-        self.pool.shutdown(wait=False, cancel_futures=True)
+
+class _Slot:
+    def __init__(self, tag: str):
+        self.tag = tag
+        # spawn: torch and megatron keep threads and process groups that do not survive fork
+        self.pool = cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                           initializer=init_worker, initargs=(tag,))
+        self.future: cf.Future | None = None
+        self.worker = None
+
+    def idle(self) -> bool:
+        return self.future is None or self.future.done()
+
+    def broken(self) -> bool:
+        return bool(getattr(self.pool, "_broken", False))
+
+    def submit(self, label: str, fn, *args) -> cf.Future:
+        inner = self.pool.submit(fn, *args)
+        self.worker = self.worker or next(iter(self.pool._processes.values()))
+        self.future = outer = cf.Future()
+        outer.set_running_or_notify_cancel()
+
+        def settle(done: cf.Future) -> None:
+            exc = cf.CancelledError() if done.cancelled() else done.exception()
+            if isinstance(exc, BrokenProcessPool):
+                self.end()
+                self.worker.join(5)
+                code = self.worker.exitcode
+                how = f"killed by {signal.Signals(-code).name}" if code and code < 0 else f"exit code {code}"
+                exc = StageFailed(f"{label}: its worker process {self.worker.pid} died ({how})")
+            if exc is None:
+                outer.set_result(done.result())
+            else:
+                outer.set_exception(exc)
+
+        inner.add_done_callback(settle)
+        return outer
+
+    def end(self) -> None:
+        """Kill the worker and everything it started (a no-op for what is already gone)."""
+        if self.worker is not None:
+            end_tree(worker_tag(self.tag, self.worker.pid), group=self.worker.pid)
 
 
 class SlurmBackend(_Backend):
@@ -176,8 +231,12 @@ class RayBackend(_Backend):
     def __init__(self, address: str, parallel: int, threads: int):
         import ray
 
-        if not ray.is_initialized():
+        self.containment = None
+        self.started = not ray.is_initialized()  # a connection we make, we close
+        if self.started:
             if address == "local":  # a private instance: never attach to someone else's cluster
+                # its raylet and workers are ours: they die with us, and close() shuts them down
+                self.containment = Containment()
                 ray.init(address="local", num_cpus=parallel * threads, include_dashboard=False,
                          log_to_driver=False)
             else:
@@ -186,6 +245,14 @@ class RayBackend(_Backend):
 
     def submit(self, run, runtime):
         return self.remote.remote(run, runtime).future()
+
+    def close(self):
+        import ray
+
+        if self.started:  # for a local instance, the instance itself
+            ray.shutdown()
+        if self.containment is not None:
+            self.containment.close()
 
 
 def make_backend(cfg: ExecutorSection, workspace: Path) -> _Backend:

@@ -8,20 +8,13 @@ stage packages do the work and know nothing of the run store.
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import json
-import os
-import select
 import shutil
-import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Callable
 
-from pipelines.errors import StageFailed
-from pipelines.store import METRICS_FILE, StageRun
+from pipelines.processes import torchrun
+from pipelines.store import StageRun
 from pipelines.sweep import split_nproc
 
 Metrics = Callable[[int, dict], None]
@@ -105,7 +98,7 @@ def _midtrain(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Met
         train(model, train_cfg, blend, out_dir=out, init=init, tokenizer_dir=inputs["tokenizer"],
               on_metrics=on_metrics)
     else:
-        _torchrun(TrainJob(model=model, config=train_cfg, blend=blend, out_dir=out, init=init,
+        torchrun(TrainJob(model=model, config=train_cfg, blend=blend, out_dir=out, init=init,
                            tokenizer_dir=inputs["tokenizer"]), nproc, on_metrics)
 
 
@@ -123,106 +116,6 @@ def _vocab_size(tokenizer_dir: Path) -> int:
 def checkpoint_dir(path: Path) -> Path:
     """The HF directory of a checkpoint input: a midtrain run's export, or an HF dir itself."""
     return path / "hf" if (path / "hf" / "config.json").is_file() else path
-
-
-TRAIN_JOB = "train_job.json"
-TAIL_LINES = 12  # of a failed launch's output, repeated in its error
-TAIL_BYTES = 1 << 16
-
-
-def _torchrun(job, nproc: int, on_metrics: Metrics) -> None:
-    """Train in `nproc` processes under torchrun (`midtrain.train`'s own launcher) on this node.
-
-    A crashed attempt resumes like the in-process one: the job's out_dir is this run's
-    partial directory, where the trainer keeps its checkpoints. The metrics reach
-    `on_metrics` from the metrics.jsonl that the trainer's rank 0 writes.
-    """
-    job_file = job.out_dir / TRAIN_JOB
-    job_file.write_text(job.model_dump_json(indent=2))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node", str(nproc), "-m", "midtrain.train", str(job_file)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(job.config.threads)}
-    forward = _MetricsTail(job.out_dir / METRICS_FILE, on_metrics)
-    code, tail = _run_streaming(command, env, poll=forward)
-    forward()  # what rank 0 wrote after the last poll
-    if code:
-        raise StageFailed(f"torchrun ({nproc} processes) exited with code {code}; last output:\n"
-                          + "\n".join(_failure_lines(tail.decode(errors="replace"))))
-
-
-def _failure_lines(output: str) -> list[str]:
-    """The last lines of the ranks' tracebacks (torch prefixes them with `[rankN]:` once the
-    process group is up), not torchrun's own report after them, which names no cause; all
-    of the output's last lines when no rank got that far."""
-    lines = output.splitlines()
-    return ([line for line in lines if line.startswith("[rank")] or lines)[-TAIL_LINES:]
-
-
-class _MetricsTail:
-    """Forwards metrics.jsonl records to a metrics callback as the trainer appends them.
-
-    A resumed trainer rewrites the file without the lines past its checkpoint and logs those
-    steps again; a step goes out again only when its line changed, and the store keeps a
-    step's last values (and re-reads the file on publish anyway).
-    """
-
-    def __init__(self, path: Path, on_metrics: Metrics):
-        self.path, self.on_metrics = path, on_metrics
-        self.sent: dict[int, str] = {}
-        self.seen_stat: tuple[int, int] | None = None
-
-    def __call__(self) -> None:
-        try:
-            stat = self.path.stat()
-        except FileNotFoundError:
-            return
-        if (stat.st_size, stat.st_mtime_ns) == self.seen_stat:
-            return
-        self.seen_stat = stat.st_size, stat.st_mtime_ns
-        for line in self.path.read_text().splitlines(keepends=True):
-            if not line.endswith("\n"):  # still being written
-                break
-            record = json.loads(line)
-            if self.sent.get(record["step"]) != line:
-                self.sent[record["step"]] = line
-                self.on_metrics(record["step"], record["data"])
-
-
-def _run_streaming(command: list[str], env: dict, poll: Callable[[], None]) -> tuple[int, bytes]:
-    """Run `command`, copying its output to this process's file descriptor 1 (under the
-    executor, the stage log, as for C libraries) and calling `poll()` about every second;
-    return its exit code and last output."""
-    tail = b""
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               # torchrun passes SIGTERM on to its ranks
-                               preexec_fn=functools.partial(set_parent_death_signal, signal.SIGTERM))
-    try:
-        while True:
-            if select.select([process.stdout], [], [], 1.0)[0]:
-                chunk = os.read(process.stdout.fileno(), TAIL_BYTES)
-                if not chunk:  # every rank has closed the pipe
-                    break
-                os.write(1, chunk)
-                tail = (tail + chunk)[-TAIL_BYTES:]
-            poll()
-    except BaseException:
-        process.terminate()  # torchrun stops its ranks; their checkpoints stay for a resume
-        raise
-    finally:
-        process.stdout.close()
-        process.wait()
-    return process.returncode, tail
-
-
-# loaded once in the parent, so a forked child about to exec needs no dlopen
-_LIBC = ctypes.CDLL("libc.so.6", use_errno=True) if sys.platform.startswith("linux") else None
-
-
-def set_parent_death_signal(sig: int) -> None:
-    """Run in a child process: have the kernel send it `sig` when its parent dies (Linux only),
-    so a kill -9'd orchestrator or stage worker never leaves work running unsupervised."""
-    if _LIBC is not None:
-        _LIBC.prctl(1, sig)  # PR_SET_PDEATHSIG = 1
 
 
 def _probe(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metrics) -> None:
