@@ -277,7 +277,8 @@ def report(sweep: Path = typer.Argument(..., help="sweep YAML file"), workspace:
 @app.command()
 def status(workspace: Path = typer.Option(Path("./midprobe-runs"), "--workspace", "-w"),
            sweep: Optional[str] = typer.Option(None, help="only this sweep's stage runs")) -> None:
-    """Table of stage runs in a workspace: running, done, failed."""
+    """Table of stage runs in a workspace: running, done, failed; and who holds which lock."""
+    from pipelines.locks import describe, lock_states
     from pipelines.store import RunStore
 
     if not (workspace / "index.sqlite").is_file():
@@ -299,6 +300,16 @@ def status(workspace: Path = typer.Option(Path("./midprobe-runs"), "--workspace"
                       f"[{colors.get(r['status'], 'white')}]{r['status']}[/]", wall,
                       f"{r['cpu_seconds']:.0f}" if r["cpu_seconds"] else "", (r["error"] or "")[:60])
     out.print(table)
+    held = lock_states(store.workspace / "locks")
+    if held:
+        locks = Table(title="locks (a dead owner's lock is taken over by the next run that needs it)",
+                      title_justify="left")
+        for col in ("stage run", "owner", "heartbeat", "owner state"):
+            locks.add_column(col)
+        for name, owner, alive in held:
+            beat = f"{time.time() - owner['heartbeat']:.0f}s ago" if owner else ""
+            locks.add_row(name, describe(owner), beat, "[cyan]alive[/]" if alive else "[yellow]dead[/]")
+        out.print(locks)
 
 
 @app.command()

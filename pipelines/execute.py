@@ -25,10 +25,11 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from pipelines.errors import StageFailed
+from pipelines.locks import WAIT_REPORT_SECONDS, Busy
 from pipelines.plan import Plan
 from pipelines.processes import Containment, end_tree, init_worker, worker_tag
 from pipelines.stages import STAGES, THREADED
-from pipelines.store import Busy, RunStore, StageRun
+from pipelines.store import RunStore, StageRun
 from pipelines.sweep import ExecutorSection
 
 
@@ -292,6 +293,8 @@ def run_plan(plan: Plan, store: RunStore, console: Console, executor: ExecutorSe
     backend = None
     running: dict[cf.Future, tuple[StageRun, float, int]] = {}
     busy_until: dict[str, float] = {}
+    waiting_since: dict[str, float] = {}  # runs held by other processes: since when, next report
+    next_report: dict[str, float] = {}
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                         TextColumn("[dim]{task.fields[status]}"), console=console, transient=True)
     try:
@@ -324,9 +327,13 @@ def run_plan(plan: Plan, store: RunStore, console: Console, executor: ExecutorSe
                     progress.remove_task(task)
                     try:
                         _, was_reused = future.result()
-                    except Busy:  # another orchestrator works on it: do other ready work meanwhile
-                        if run.ref not in busy_until:
-                            progress.console.print(f"[dim]… {run.label}: running in another process[/]")
+                    except Busy as held:  # another orchestrator works on it: do other ready work meanwhile
+                        waiting_since.setdefault(run.ref, time.time())
+                        if time.time() >= next_report.get(run.ref, 0):
+                            next_report[run.ref] = time.time() + WAIT_REPORT_SECONDS
+                            waited = time.time() - waiting_since[run.ref]
+                            progress.console.print(f"[dim]… waiting: {held}; other ready work goes on"
+                                                   + (f" (waited {waited:.0f}s)" if waited else "") + "[/]")
                         busy_until[run.ref] = time.time() + BUSY_RETRY_SECONDS
                         continue
                     except Exception as exc:  # a failed stage run fails its dependants, not the sweep

@@ -19,11 +19,14 @@ import platform
 import shutil
 import socket
 import sqlite3
+import sys
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
+
+from pipelines import locks
 
 MANIFEST = "manifest.json"
 METRICS_FILE = "metrics.jsonl"
@@ -45,10 +48,6 @@ CREATE TABLE IF NOT EXISTS sweep_members (
 
 _VERSIONED_PACKAGES = ("midprobe", "torch", "megatron-core", "datatrove", "verl",
                        "transformers", "math-verify")
-
-
-class Busy(Exception):
-    """Another process holds this stage run's lock."""
 
 
 def stable_hash(obj: Any, length: int = 16) -> str:
@@ -188,17 +187,13 @@ class RunStore:
         return series
 
     # -- execution ----------------------------------------------------------
-    @contextlib.contextmanager
-    def lock(self, run: StageRun, wait: bool = True) -> Iterator[None]:
-        with open(self.workspace / "locks" / f"{run.stage}-{run.key}.lock", "w") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            except BlockingIOError:
-                raise Busy(run.ref) from None
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    def lock_path(self, run: StageRun) -> Path:
+        return self.workspace / "locks" / f"{run.stage}-{run.key}.lock"
+
+    def lock(self, run: StageRun, wait: bool = True):
+        """One process per stage run; a lock whose owner died is taken over (pipelines.locks)."""
+        return locks.hold(self.lock_path(run), run.label or run.ref, wait,
+                          log=lambda line: print(line, file=sys.stderr, flush=True))
 
     def execute(self, run: StageRun, work, *, seed: int | None = None, wait: bool = True) -> tuple[Path, bool]:
         """Run ``work(partial_dir)`` unless the run is already published.
