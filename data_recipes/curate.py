@@ -48,7 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from data_recipes.decont import LocalNGramsIndexer, decont_config
 from data_recipes.filters import FILTER_BLOCKS, build_filters
-from data_recipes.sources import Source, ToySource, iter_source_texts, make_reader
+from data_recipes.sources import READ_ERRORS, Source, ToySource, iter_source_texts, make_reader, read_errors
 from data_recipes.tokenizer import EOS_TOKEN
 from data_recipes.words import RegexWordTokenizer
 
@@ -239,6 +239,10 @@ def curate_corpus(
     reader = make_reader(corpus.source, name, out_dir, toy_world, tasks)
     stats = runner.run("filter", [reader, *filters.values(), JsonlWriter(str(out_dir / "filtered"))], tasks)
     read_counts = _counts(stats.stats[0])
+    try:
+        bad_files = read_errors(out_dir / READ_ERRORS)
+    except ValueError as exc:
+        raise ValueError(f"corpus '{name}': {exc}") from None
     docs_in = read_counts.get("documents", 0)
     steps = [(key, _counts(s)) for key, s in zip(filters, stats.stats[1:])]
     if docs_in == 0:
@@ -293,6 +297,7 @@ def curate_corpus(
         "tokens": sum(s["tokens"] for s in shards),
         "corrupt_lines": read_counts.get("corrupt_lines", 0),
         "missing_text": read_counts.get("missing_text", 0),
+        "bad_lines_by_file": bad_files,  # each: file, lines, bad_lines, first_bad_line
         "dropped": {key: {"total": c.get("dropped", 0),
                           **{k.removeprefix("dropped_"): v for k, v in c.items() if k.startswith("dropped_")}}
                     for key, c in steps},

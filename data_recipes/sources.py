@@ -1,13 +1,16 @@
 """Corpus sources: the built-in toy world, local JSONL/Parquet files, and HF datasets.
 
-Each source becomes a datatrove reader. Local readers count lines they cannot parse
-(`corrupt_lines`) or that have no text (`missing_text`) in the step stats instead of
-failing, because one bad line in a multi-GB dump must not kill a curation run.
+Each source becomes a datatrove reader. Local readers skip and count lines they cannot parse
+(`corrupt_lines`: not UTF-8, not JSON) or that have no text (`missing_text`) instead of
+failing, because one bad line in a multi-GB dump must not kill a curation run; a file whose
+unreadable share exceeds MAX_BAD_LINE_SHARE fails it, naming the file.
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -54,22 +57,60 @@ class HFSource(BaseModel):
 Source = Union[ToySource, JsonlSource, ParquetSource, HFSource]
 
 
+# A source file with a larger share of unreadable lines fails its curation: that is a wrong or
+# broken file, not the odd bad line of a large dump.
+MAX_BAD_LINE_SHARE = 0.05
+READ_ERRORS = "read_errors"  # folder of per-file reports of unreadable lines, in the curation dir
+
+
 class CountingJsonlReader(JsonlReader):
-    """JsonlReader that counts unparseable and text-less lines in its stats rather than only logging them."""
+    """JsonlReader that skips unreadable lines (not UTF-8, not a JSON object) and text-less ones,
+    counting both in its stats, and reports each file's unreadable lines (how many of how many,
+    the first one's number) as `errors_dir/<hash>.json`."""
+
+    def __init__(self, data_folder, errors_dir: str | None = None, **kwargs):
+        super().__init__(data_folder, **kwargs)
+        self.errors_dir = errors_dir
 
     def read_file(self, filepath: str):
-        with self.data_folder.open(filepath, "r", compression=self.compression) as f:
+        lines = bad = 0
+        first_bad = None
+        with self.data_folder.open(filepath, "rb", compression=self.compression) as f:
             for line_no, line in enumerate(f):
+                if not line.strip():
+                    continue
+                lines += 1
                 with self.track_time():
                     try:
-                        document = self.get_document_from_dict(orjson.loads(line), filepath, line_no)
-                    except (orjson.JSONDecodeError, EOFError, TypeError, AttributeError):
+                        document = self.get_document_from_dict(orjson.loads(line.decode("utf-8")), filepath, line_no)
+                    except (UnicodeDecodeError, orjson.JSONDecodeError, EOFError, TypeError, AttributeError):
                         self.stat_update("corrupt_lines")
+                        bad += 1
+                        first_bad = first_bad or line_no + 1
                         continue
                     if document is None:
                         self.stat_update("missing_text")
                         continue
                 yield document
+        if bad and self.errors_dir:
+            report = {"file": self.data_folder.resolve_paths(filepath), "lines": lines, "bad_lines": bad,
+                      "first_bad_line": first_bad}
+            name = hashlib.sha256(filepath.encode()).hexdigest()[:16]
+            Path(self.errors_dir).mkdir(parents=True, exist_ok=True)
+            (Path(self.errors_dir) / f"{name}.json").write_text(json.dumps(report))
+
+
+def read_errors(errors_dir: Path) -> list[dict]:
+    """The per-file reports of unreadable lines, worst share first; raises ValueError naming the
+    first file over MAX_BAD_LINE_SHARE."""
+    reports = [json.loads(p.read_text()) for p in sorted(Path(errors_dir).glob("*.json"))]
+    reports.sort(key=lambda r: -r["bad_lines"] / r["lines"])
+    for r in reports:
+        if r["bad_lines"] / r["lines"] > MAX_BAD_LINE_SHARE:
+            raise ValueError(f"{r['file']}: {r['bad_lines']} of {r['lines']} lines are unreadable "
+                             f"(first: line {r['first_bad_line']}), more than the {MAX_BAD_LINE_SHARE:.0%} "
+                             f"a source file may have")
+    return reports
 
 
 def expand_paths(patterns: list[str], corpus: str) -> list[str]:
@@ -120,8 +161,10 @@ def make_reader(source: Source, corpus: str, work_dir: Path, toy_world=None, tas
     root = os.path.commonpath([os.path.dirname(f) for f in files])
     paths_file = work_dir / "source_paths.txt"
     paths_file.write_text("".join(os.path.relpath(f, root) + "\n" for f in files))
-    reader_cls = ParquetReader if isinstance(source, ParquetSource) else CountingJsonlReader
-    return reader_cls(root, paths_file=str(paths_file), text_key=text_key, id_key=id_key)
+    options = dict(paths_file=str(paths_file), text_key=text_key, id_key=id_key)
+    if isinstance(source, ParquetSource):
+        return ParquetReader(root, **options)
+    return CountingJsonlReader(root, errors_dir=str(work_dir / READ_ERRORS), **options)
 
 
 def iter_source_texts(corpus, toy_world: ToyWorldConfig | dict | None = None) -> Iterator[str]:

@@ -403,6 +403,17 @@ def _decision_figure(decision) -> Figure:
                   _png(fig))
 
 
+def _unreadable(curation: dict) -> str:
+    """Unreadable source lines: the total, and the worst file with its first bad line."""
+    files = curation.get("bad_lines_by_file") or []
+    if not files:
+        return str(curation.get("corrupt_lines", 0))
+    worst = files[0]
+    more = f" (+{len(files) - 1} more files)" if len(files) > 1 else ""
+    return (f"{curation.get('corrupt_lines', 0)}: {Path(worst['file']).name} {worst['bad_lines']}/{worst['lines']}, "
+            f"first at line {worst['first_bad_line']}{more}")
+
+
 def _data_section(doc: Doc, results: SweepResults) -> None:
     if not results.curation:
         return
@@ -416,9 +427,9 @@ def _data_section(doc: Doc, results: SweepResults) -> None:
         docs_in, docs_out = c.get("docs_in"), c.get("docs_out")
         kept = f"{docs_out / docs_in:.1%}" if docs_in else "–"
         rows.append([name, str(docs_in), str(docs_out), kept, top or "–", str(contaminated),
-                     f"{c.get('tokens', 0):,}"])
+                     f"{c.get('tokens', 0):,}", _unreadable(c)])
     doc.table(["corpus", "docs in", "docs out", "kept", "dropped by step (top reasons)", "contaminated",
-               "tokens"], rows)
+               "tokens", "unreadable lines (skipped)"], rows)
     mix_rows = []
     for info in results.midtrain:
         cfg = info.manifest["config"]

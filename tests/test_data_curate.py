@@ -88,13 +88,17 @@ def test_planted_duplicates_and_contamination_are_removed_and_nothing_else(env, 
     rng.shuffle(rows)
     rows += ["{broken json", "[1, 2]", json.dumps({"id": "no-text", "body": "x"})]
     source = _write_jsonl(tmp_path / "mix.jsonl", rows)
+    with source.open("ab") as f:  # a line that is not UTF-8: skipped and counted, not fatal
+        f.write(b'{"id": "latin-1", "text": "caf\xe9"}\n')
 
     out = tmp_path / "out"
     corpus = CorpusConfig(source={"type": "jsonl", "paths": [str(tmp_path / "*.jsonl")]},
                           curation={"preset": "math", "filters": {"math_quality": {"min_words": 3}}})
     summary = curate_corpus(corpus, env["tokenizer"], env["benchmarks"], out, ExecutorConfig(), name="mix")
 
-    assert summary["corrupt_lines"] == 2 and summary["missing_text"] == 1
+    assert summary["corrupt_lines"] == 3 and summary["missing_text"] == 1
+    assert summary["bad_lines_by_file"] == [{"file": str(source), "lines": len(rows) + 1, "bad_lines": 3,
+                                             "first_bad_line": len(rows) - 2}]
     assert summary["contaminated"] == {"probe": 10, "eval": 8}
     removed_leaks = {d["id"] for d in _jsonl(out / "excluded" / "decontamination")}
     assert removed_leaks == {d["id"] for d in leaks}
@@ -121,7 +125,8 @@ def test_empty_corpus_names_corpus_and_filter(env, tmp_path):
 
     _write_jsonl(tmp_path / "broken.jsonl", ["{oops", "not json"])
     corpus = CorpusConfig(source={"type": "jsonl", "paths": [str(tmp_path / "broken.jsonl")]})
-    with pytest.raises(ValueError, match=r"corpus 'broken': the source produced no documents.*2 corrupt lines"):
+    with pytest.raises(ValueError, match=r"corpus 'broken': \S*broken.jsonl: 2 of 2 lines are unreadable "
+                                         r"\(first: line 1\), more than the 5% a source file may have"):
         curate_corpus(corpus, env["tokenizer"], [], tmp_path / "out2", name="broken")
     with pytest.raises(ValueError, match=r"corpus 'nothing': no files match"):
         curate_corpus(CorpusConfig(source={"type": "jsonl", "paths": [str(tmp_path / "none*.jsonl")]}),
