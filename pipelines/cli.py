@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pipelines import preflight
 from pipelines.errors import InputError, StageFailed
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -56,13 +57,15 @@ def plan(sweep: Path = typer.Argument(..., help="sweep YAML file"), workspace: O
 
     spec = load_sweep(sweep)
     the_plan = build_plan(spec, sweep)
-    store = RunStore(_workspace(spec.workspace, workspace))
+    path = preflight.workspace(_workspace(spec.workspace, workspace))
+    store = RunStore(path) if (path / "index.sqlite").is_file() else None  # plan writes nothing
     memory = midtrain_memory(spec, sweep)
     table = Table(title=f"sweep {spec.name}: {len(the_plan.runs())} stage runs", title_justify="left")
     for col in ("stage run", "key", "inputs", "state", "memory/GPU (estimate)"):
         table.add_column(col)
     for run in the_plan.runs():
-        state = "[green]cached[/]" if run.stage == "external" or store.is_done(run) else \
+        state = "to run" if store is None and run.stage != "external" else \
+            "[green]cached[/]" if run.stage == "external" or store.is_done(run) else \
             ("[yellow]partial[/]" if store.partial_path(run).exists() else "to run")
         inputs = ", ".join(dep.label or dep.ref for dep in run.inputs.values() if dep.stage != "external")
         per_gpu = f"{memory.total / GIB:.1f} GiB" if memory and run.stage == "midtrain" else ""
@@ -74,6 +77,12 @@ def plan(sweep: Path = typer.Argument(..., help="sweep YAML file"), workspace: O
 
 
 SeedsOpt = typer.Option(None, "--seeds", help="comma-separated probe seeds (default: the sweep's)")
+
+
+def _refuse(errors: list[str], prefix: str = "") -> None:
+    """Bad input found by a preflight check: its first line, exit 2."""
+    if errors:
+        raise InputError(f"{prefix}: {errors[0]}" if prefix else errors[0])
 
 
 def _seed_list(seeds: str, option: str = "--seeds") -> list[int]:
@@ -100,9 +109,8 @@ def _run_sweep(sweep_path: Path, workspace: Optional[Path], executor: Optional[s
     from pipelines.store import RunStore
 
     spec = _load(sweep_path, seeds)
-    overrides = {k: v for k, v in (("type", executor), ("parallel", parallel)) if v is not None}
-    exec_cfg = spec.executor.model_copy(update=overrides)
-    store = RunStore(_workspace(spec.workspace, workspace))
+    exec_cfg = preflight.executor(spec.executor, type=executor, parallel=parallel)
+    store = RunStore(preflight.workspace(_workspace(spec.workspace, workspace)))
     the_plan = build_plan(spec, sweep_path)
     started = time.time()
     try:
@@ -207,14 +215,21 @@ def probe(checkpoints: list[str] = typer.Argument(..., help="HF checkpoint direc
     for option, path in (("--train-set", train_set), ("--eval-set", eval_set)):
         if path and not path.is_file():
             raise InputError(f"{option}: file not found: {path}")
+        if path:
+            _refuse(preflight.problem_file_errors(path), option)
+    if name:
+        _refuse(preflight.safe_name(name, "--name"))
+    probe_executor = preflight.executor(ExecutorSection(), parallel=parallel)
     seed_list = _seed_list(seeds)
     dirs = _checkpoint_dirs(checkpoints)
+    for path in dirs.values():
+        _refuse(preflight.checkpoint_errors(path, "checkpoint"))
     sets = ((ProblemSet(toy_split="probe", n=512, difficulty=[2, 3]), ProblemSet(toy_split="eval", n=128, difficulty=[2, 3]))
             if toy else (ProblemSet(path=str(train_set.resolve())), ProblemSet(path=str(eval_set.resolve()))))
     job = name or f"probe-{stable_hash(sorted(str(p) for p in dirs.values()), 8)}"
     the_plan = build_checkpoint_plan(job, dirs, PROBE_SPECS[spec], seed_list, *sets,
-                                     executor=ExecutorSection(parallel=parallel))
-    store = RunStore(workspace.resolve())
+                                     executor=probe_executor)
+    store = RunStore(preflight.workspace(workspace.resolve()))
     run_plan(the_plan, store, console)
     typer.echo(_write_report_named(job, store, f"midprobe · checkpoints · {job}"))
 
@@ -236,8 +251,10 @@ def validate_probe(sweep: Path = typer.Argument(..., help="sweep YAML file"),
         raise InputError("--multiplier: the target must be at least 2x the probe's steps")
     if target_eval_set is not None and not target_eval_set.is_file():
         raise InputError(f"--target-eval-set: file not found: {target_eval_set}")
+    if target_eval_set is not None:
+        _refuse(preflight.problem_file_errors(target_eval_set), "--target-eval-set")
     spec = _load(sweep, seeds)
-    store = RunStore(_workspace(spec.workspace, workspace))
+    store = RunStore(preflight.workspace(_workspace(spec.workspace, workspace)))
     short, target = target_plan(spec, sweep, multiplier, _seed_list(target_seeds, "--target-seeds"),
                                 target_eval_set.resolve() if target_eval_set else None)
     run_plan(short, store, console)
@@ -271,7 +288,9 @@ def report(sweep: Path = typer.Argument(..., help="sweep YAML file"), workspace:
     from pipelines.sweep import load_sweep
 
     spec = load_sweep(sweep)
-    typer.echo(_write_report(spec, RunStore(_workspace(spec.workspace, workspace))))
+    path = _workspace(spec.workspace, workspace)
+    preflight.finished_probe(path, spec.name)
+    typer.echo(_write_report(spec, RunStore(path)))
 
 
 @app.command()
@@ -326,8 +345,17 @@ def convert(source: Path = typer.Argument(..., help="an HF Llama directory, or a
         raise InputError(f"{source}: not found")
     if out.exists():
         raise InputError(f"{out}: already exists; conversion never overwrites")
-    if to == "megatron" and not (source / "config.json").is_file():
-        raise InputError(f"{source}: not an HF model directory (config.json missing)")
+    if to == "megatron":
+        if not (source / "config.json").is_file():
+            raise InputError(f"{source}: not an HF model directory (config.json missing)")
+        _refuse(preflight.checkpoint_errors(source, "SRC"))
+    else:
+        from midtrain.checkpoint import resolve_checkpoint
+
+        try:
+            resolve_checkpoint(source)
+        except FileNotFoundError as exc:
+            raise InputError(str(exc)) from None
     partial = out.parent / f".{out.name}.partial"  # renamed into place only when complete
     shutil.rmtree(partial, ignore_errors=True)
     if to == "megatron":

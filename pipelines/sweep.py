@@ -9,6 +9,7 @@ turns every problem into a line ``<field.path>: <what is wrong>``.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,8 +41,8 @@ class StageMix(_Strict):
     def _weights(cls, mix: dict[str, float]) -> dict[str, float]:
         if not mix:
             raise ValueError("needs at least one corpus")
-        if any(w < 0 for w in mix.values()):
-            raise ValueError("weights must be non-negative")
+        if not all(math.isfinite(w) and w >= 0 for w in mix.values()):
+            raise ValueError("weights must be finite and non-negative")
         total = sum(mix.values())
         if abs(total - 1.0) > 1e-6:
             raise ValueError(f"weights must sum to 1, got {total:g}")
@@ -310,15 +311,30 @@ def validate_sweep(path: str | Path) -> list[str]:
     path = Path(path)
     sweep, errors = _parse(path)
     if sweep is not None:
-        errors = cross_check(sweep, path)
+        from pipelines.preflight import check_sweep
+
+        errors = cross_check(sweep, path) + check_sweep(sweep, path)
     return errors
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that repeats a key (plain YAML lets the last win)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key}'", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def _parse(path: Path) -> tuple[Sweep | None, list[str]]:
     if not path.is_file():
         raise InputError(f"{path}: sweep file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

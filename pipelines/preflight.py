@@ -1,0 +1,286 @@
+"""Preflight: everything about a sweep that can be checked without training, checked first.
+
+`validate`, `run`, `plan`, `probe` and `report` call these before any stage starts and before
+anything is written, so a typo or a broken file costs seconds instead of the upstream stages:
+source files exist and parse with their text field, problem sets carry the probe's fields,
+the base is an architecture midprobe trains and its embedding fits the tokenizer, budgets
+buy at least one optimizer step, names are safe path components, the workspace can be written.
+Each problem is one line ``<field.path or file>: <what is wrong>``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from pipelines.errors import InputError
+from pipelines.sweep import ExecutorSection, Sweep, resolve_path, split_nproc
+
+SAMPLE_LINES = 100  # of each source file: enough to find a wrong text field, cheap on a large corpus
+SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # a path component, never '.' or '..'
+# the probe reads these from every problem (rl_probe.embedded)
+PROBLEM_FIELDS = ("id", "question", "answer", "data_source")
+
+
+def check_sweep(sweep: Sweep, source: Path) -> list[str]:
+    """Every data-level problem of a schema-valid sweep."""
+    errors = _names(sweep)
+    errors += _sources(sweep)
+    errors += _problem_sets(sweep, source.parent)
+    errors += _base(sweep, source.parent)
+    errors += _budgets(sweep)
+    return errors
+
+
+def safe_name(name: str, field: str) -> list[str]:
+    if SAFE_NAME.match(name):
+        return []
+    return [f"{field}: '{name}' is not a safe name (letters, digits, '_', '.', '-'; not starting with '.')"]
+
+
+def _names(sweep: Sweep) -> list[str]:
+    errors = safe_name(sweep.name, "name")
+    for section, names in (("corpora", sweep.corpora), ("recipes", sweep.recipes)):
+        for name in names:
+            errors += safe_name(name, f"{section}.{name}")
+    return errors
+
+
+def _sources(sweep: Sweep) -> list[str]:
+    from data_recipes.curate import CorpusConfig
+    from data_recipes.sources import JsonlSource, ParquetSource
+
+    errors = []
+    for name, raw in sweep.corpora.items():
+        try:
+            source = CorpusConfig.model_validate(raw).source
+        except ValidationError:  # reported by the schema check
+            continue
+        if not isinstance(source, JsonlSource):  # ParquetSource is a JsonlSource too
+            continue
+        for i, pattern in enumerate(source.paths):
+            field = f"corpora.{name}.source.paths.{i}"
+            files = source_files(pattern)
+            if not files:
+                errors.append(f"{field}: no readable file matches '{pattern}'")
+            for path in files:
+                problem = (_parquet_problem if isinstance(source, ParquetSource) else _jsonl_problem)(
+                    path, source.text_field)
+                if problem:
+                    errors.append(f"{field}: {path}: {problem}")
+    return errors
+
+
+def source_files(pattern: str) -> list[str]:
+    """The readable files a source path or glob names (as the curation reader expands it)."""
+    import glob
+
+    return sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True)
+                  if os.path.isfile(p) and os.access(p, os.R_OK))
+
+
+def _jsonl_problem(path: str, text_field: str) -> str | None:
+    """Why the first lines of a (possibly compressed) JSONL file give no document, if they do not."""
+    import fsspec
+
+    seen = bad = 0
+    first_bad = None
+    try:
+        with fsspec.open(path, "rt", compression="infer", encoding="utf-8") as f:
+            for line_no, line in enumerate(f, 1):
+                if line_no > SAMPLE_LINES:
+                    break
+                if not line.strip():
+                    continue
+                seen += 1
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    bad += 1
+                    first_bad = first_bad or f"line {line_no} is not JSON"
+                    continue
+                if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+                    bad += 1
+                    keys = ", ".join(sorted(record)) if isinstance(record, dict) else type(record).__name__
+                    first_bad = first_bad or f"line {line_no} has no string field '{text_field}' (has: {keys})"
+    except UnicodeDecodeError:
+        return f"not UTF-8 text within its first {SAMPLE_LINES} lines"
+    except (OSError, EOFError) as exc:  # a truncated or mislabelled archive
+        return f"cannot be read ({exc})"
+    if seen == 0:
+        return "empty"
+    if bad == seen:
+        return f"no usable document in the first {seen} lines: {first_bad}"
+    return None
+
+
+def _parquet_problem(path: str, text_field: str) -> str | None:
+    import pyarrow.parquet as pq
+
+    try:
+        names = pq.read_schema(path).names
+    except Exception as exc:  # pyarrow raises its own error types for a non-parquet file
+        return f"not a parquet file ({str(exc).splitlines()[0]})"
+    if text_field not in names:
+        return f"no column '{text_field}' (has: {', '.join(names)})"
+    return None
+
+
+def _problem_sets(sweep: Sweep, here: Path) -> list[str]:
+    from data_recipes.toyworld import ToyWorldConfig
+
+    errors = []
+    try:
+        levels = ToyWorldConfig.model_validate(sweep.toy_world).difficulties
+    except ValidationError:  # reported by the schema check
+        levels = None
+    for field in ("train_set", "eval_set"):
+        problem_set = getattr(sweep.probe, field)
+        if problem_set.path:
+            path = resolve_path(problem_set.path, here)
+            if path.is_file():
+                errors += [f"probe.{field}.path: {line}" for line in problem_file_errors(path)]
+        elif levels is not None:
+            unknown = sorted(set(problem_set.difficulty or []) - set(levels))
+            if unknown:
+                errors.append(f"probe.{field}.difficulty: level(s) {unknown} are not in the toy world's "
+                              f"difficulties {levels}")
+    return errors
+
+
+def problem_file_errors(path: Path) -> list[str]:
+    """A problem set's file problems (at most one line): every line a JSON object with the probe's
+    fields, ids unique."""
+    ids: dict[str, int] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        return [f"{path}: not UTF-8 text"]
+    count = 0
+    for line_no, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        count += 1
+        try:
+            problem = json.loads(line)
+        except ValueError:
+            return [f"{path}: line {line_no} is not JSON"]
+        missing = [f for f in PROBLEM_FIELDS if not isinstance(problem, dict) or f not in problem]
+        if missing:
+            return [f"{path}: line {line_no} has no {', '.join(repr(f) for f in missing)}"]
+        if str(problem["id"]) in ids:
+            return [f"{path}: line {line_no} repeats id {problem['id']!r} of line {ids[str(problem['id'])]}"]
+        ids[str(problem["id"])] = line_no
+    return [] if count else [f"{path}: no problems"]
+
+
+def checkpoint_errors(path: Path, field: str) -> list[str]:
+    """An HF checkpoint directory midprobe can train or probe: a supported architecture."""
+    from midtrain.spec import ModelSpec
+
+    try:
+        ModelSpec.from_hf_config(path)
+    except (ValueError, KeyError) as exc:
+        what = f"missing {exc}" if isinstance(exc, KeyError) else str(exc).removeprefix(f"{path / 'config.json'}: ")
+        return [f"{field}: {path} is not a supported model ({what})"]
+    return []
+
+
+def _vocab_size(tokenizer_dir: Path) -> int:
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).get_vocab_size(with_added_tokens=True)
+
+
+def _base(sweep: Sweep, here: Path) -> list[str]:
+    if not sweep.base.hf_path:
+        return []
+    base = resolve_path(sweep.base.hf_path, here)
+    if not (base / "config.json").is_file():
+        return []  # reported by the schema check
+    errors = checkpoint_errors(base, "base.hf_path")
+    if errors:
+        return errors
+    embedding = json.loads((base / "config.json").read_text()).get("vocab_size")
+    if sweep.tokenizer.train_on:
+        vocab, field = sweep.tokenizer.vocab_size, "tokenizer.vocab_size"
+    else:
+        tokenizer = resolve_path(sweep.tokenizer.path, here) if sweep.tokenizer.path else base
+        if not (tokenizer / "tokenizer.json").is_file():
+            return [] if sweep.tokenizer.path else [f"base.hf_path: no tokenizer.json in {base} (set tokenizer.path)"]
+        vocab, field = _vocab_size(tokenizer), "tokenizer.path" if sweep.tokenizer.path else "base.hf_path"
+    if embedding is not None and vocab > embedding:
+        return [f"{field}: the tokenizer has {vocab} tokens, more than the base's embedding ({embedding} rows)"]
+    return []
+
+
+def _budgets(sweep: Sweep) -> list[str]:
+    """Every mid-training stage buys at least one optimizer step."""
+    from midtrain.train import TrainConfig
+
+    settings, nproc = split_nproc(sweep.midtrain)
+    try:
+        cfg = TrainConfig.model_validate({**settings, "tokens": 1})
+    except ValidationError:  # reported by the schema check
+        return []
+    model_parallel = cfg.tensor_model_parallel_size * cfg.pipeline_model_parallel_size
+    data_parallel = max(1, nproc // model_parallel) if isinstance(nproc, int) else 1
+    step = cfg.seq_length * cfg.micro_batch_size * cfg.grad_accum * data_parallel
+    stages = [("base.pretrain", sweep.base.pretrain)] + [
+        (f"recipes.{name}.{phase}", getattr(recipe, phase))
+        for name, recipe in sweep.recipes.items() for phase in ("stable", "decay")]
+    return [f"{field}.tokens: {stage.tokens} is below one optimizer step ({step} tokens = seq_length "
+            f"{cfg.seq_length} x micro_batch_size {cfg.micro_batch_size} x grad_accum {cfg.grad_accum} "
+            f"x {data_parallel} data-parallel)"
+            for field, stage in stages if stage is not None and stage.tokens < step]
+
+
+def executor(section: ExecutorSection, **overrides) -> ExecutorSection:
+    """The sweep's executor with command-line overrides, validated like the sweep file itself."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return ExecutorSection.model_validate({**section.model_dump(), **given})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        option = {"type": "--executor"}.get(str(err["loc"][0]), "--" + str(err["loc"][0]).replace("_", "-"))
+        raise InputError(f"{option}: {err['msg'].removeprefix('Value error, ')} (got {err['input']!r})") from None
+
+
+def workspace(path: Path) -> Path:
+    """A workspace that exists as a writable directory or can be created as one; nothing is created."""
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{path}: the workspace is a file, not a directory")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{path}: the workspace is not writable ({existing} is not a writable directory)")
+    return path
+
+
+def finished_workspace(path: Path) -> Path:
+    """A workspace some run has already written (for commands that only read it)."""
+    if not (path / "index.sqlite").is_file():
+        raise InputError(f"{path}: not a midprobe workspace (no index.sqlite)")
+    return path
+
+
+def finished_probe(workspace: Path, sweep: str) -> None:
+    """A sweep with at least one finished probe in `workspace` (read only: a refused `report`
+    writes nothing, not even the index's lock)."""
+    import sqlite3
+
+    finished_workspace(workspace)
+    # immutable: no -wal/-shm files appear; a check may miss a probe finishing this very moment
+    db = sqlite3.connect(f"file:{workspace / 'index.sqlite'}?mode=ro&immutable=1", uri=True)
+    try:
+        keys = [key for (key,) in db.execute(
+            "SELECT key FROM sweep_members WHERE sweep=? AND stage='probe'", (sweep,))]
+    finally:
+        db.close()
+    if not any((workspace / "probe" / key / "manifest.json").is_file() for key in keys):
+        raise InputError(f"{workspace}: no finished probe of sweep '{sweep}' (midprobe run writes them)")
