@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -196,7 +197,21 @@ class _Slot:
                 outer.set_exception(exc)
 
         inner.add_done_callback(settle)
+        threading.Thread(target=self._watch, args=(inner,), daemon=True).start()
         return outer
+
+    def _watch(self, inner: cf.Future) -> None:
+        """End a dead worker's tree as soon as it dies: its children inherited the pool's pipes,
+        so the pool sees the death (and fails the run) only once they are gone too."""
+        while not inner.done():
+            try:  # WNOWAIT: look without reaping; the pool reaps its own process
+                died = os.waitid(os.P_PID, self.worker.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:  # already reaped
+                died = True
+            if died:
+                self.end()
+                return
+            time.sleep(0.5)
 
     def end(self) -> None:
         """Kill the worker and everything it started (a no-op for what is already gone)."""

@@ -1,12 +1,14 @@
 """Process containment: a dying stage worker fails only its own stage run, and everything an
 orchestrator started (workers, what they fork, what leaves their process group) dies with it."""
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -15,17 +17,40 @@ from pipelines.execute import LocalBackend
 from pipelines.processes import TAGS_ENV
 
 
-def test_a_dying_worker_fails_only_its_own_run_and_its_slot_gets_a_new_worker():
+def _marked(mark: str) -> list[int]:
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if f"MARK={mark}".encode() in open(f"/proc/{pid}/environ", "rb").read().split(b"\0"):
+                pids.append(int(pid))
+        except OSError:
+            pass
+    return pids
+
+
+def test_a_dying_worker_fails_only_its_own_run_and_takes_what_it_started_along(monkeypatch):
+    mark = uuid.uuid4().hex
+    monkeypatch.setenv("MARK", mark)  # inherited by the workers and everything they start
     backend = LocalBackend(2)
     try:
         slow = backend.call("slow run", time.sleep, 3)
-        dying = backend.call("dying run", os.abort)
+        # the worker starts a process in a session of its own (as torchrun does its ranks), then dies
+        dying = backend.call("dying run", os.system, "setsid sleep 300 & sleep 0.5; kill -ABRT $PPID; sleep 300")
         with pytest.raises(StageFailed, match=r"dying run: its worker process \d+ died \(killed by SIGABRT\)"):
             dying.result(timeout=60)
         assert slow.result(timeout=60) is None  # the other in-flight run went on
-        assert backend.call("next run", os.getpid).result(timeout=60) > 0  # the slot was rebuilt
+        assert _sleeps(mark) == []  # what the dead worker started went with it
+        assert backend.call("next run", os.getpid).result(timeout=60) > 0  # the slot has a new worker
     finally:
         backend.close()
+
+
+def _sleeps(mark: str) -> list[str]:
+    commands = []
+    for pid in _marked(mark):
+        with contextlib.suppress(OSError):
+            commands.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+    return [c for c in commands if "sleep" in c]
 
 
 ORCHESTRATOR = """
@@ -38,17 +63,6 @@ if __name__ == "__main__":
     print("started", flush=True)
     time.sleep(300)
 """
-
-
-def _marked(mark: str) -> list[int]:
-    pids = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if f"MARK={mark}".encode() in open(f"/proc/{pid}/environ", "rb").read().split(b"\0"):
-                pids.append(int(pid))
-        except OSError:
-            pass
-    return pids
 
 
 def test_kill_9_of_the_orchestrator_ends_every_process_it_started(tmp_path):
