@@ -26,7 +26,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 TAGS_ENV = "MIDPROBE_PROCESS_TAGS"
 _PR_SET_PDEATHSIG = 1

@@ -276,10 +276,6 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(setup, prepare, expe
     assert not (tmp / "ws").exists()
 
 
-def test_there_are_at_least_thirty_cases():
-    assert len(CASES) >= 30
-
-
 def test_plan_on_a_new_workspace_creates_nothing(setup, monkeypatch, capsys):
     tmp, sweep = setup
     _write(tmp, sweep)
