@@ -7,6 +7,8 @@ import sys
 
 import pytest
 import torch
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
 from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
 
@@ -128,14 +130,17 @@ def write_sweep(tmp_path, model: str, midtrain: dict):
     base = tmp_path / "base"
     base.mkdir(parents=True)
     (base / "config.json").write_text(json.dumps(preset(model).to_hf_config()))
+    # data that passes preflight (a readable corpus, problems with the probe's fields, a tokenizer)
+    Tokenizer(WordLevel({"<unk>": 0, "1": 1}, unk_token="<unk>")).save(str(base / "tokenizer.json"))
+    (tmp_path / "web.jsonl").write_text('{"id": "d1", "text": "1 + 1 = 2"}\n')
     problems = tmp_path / "problems.jsonl"
-    problems.write_text('{"id": "1", "question": "1+1?", "answer": "2"}\n')
+    problems.write_text('{"id": "1", "question": "1+1?", "answer": "2", "data_source": "toy"}\n')
     sweep = {
         "name": "real", "base": {"hf_path": str(base)},
-        "corpora": {"web": {"source": {"type": "jsonl", "paths": [str(tmp_path / "*.jsonl")],
+        "corpora": {"web": {"source": {"type": "jsonl", "paths": [str(tmp_path / "web.jsonl")],
                                        "text_field": "text"}, "curation": {"preset": "math"}}},
-        "recipes": {"a": {"stable": {"tokens": 1000, "mix": {"web": 1.0}},
-                          "decay": {"tokens": 100, "mix": {"web": 1.0}}}},
+        "recipes": {"a": {"stable": {"tokens": 2 * 10**10, "mix": {"web": 1.0}},
+                          "decay": {"tokens": 2 * 10**9, "mix": {"web": 1.0}}}},
         "midtrain": midtrain,
         "probe": {"spec": "octothinker-v1", "train_set": {"path": str(problems)},
                   "eval_set": {"path": str(problems)}},
