@@ -46,7 +46,7 @@ def test_toy_corpus_round_trips_through_megatron(env):
     assert summary == json.loads((out / "curation.json").read_text())
     assert summary["preset"] == "qa" and summary["docs_in"] == 600
     assert set(summary["contaminated"]) == {"probe", "eval"}
-    assert set(summary["dropped"]) == {"gopher_repetition", "math_quality", "minhash_dedup", "decontamination"}
+    assert set(summary["dropped"]) == {"prose_repetition", "math_quality", "minhash_dedup", "decontamination"}
     dropped = sum(step["total"] for step in summary["dropped"].values())
     assert summary["docs_out"] == 600 - dropped > 570
 

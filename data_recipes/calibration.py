@@ -1,0 +1,37 @@
+"""The bundled real *train* data (data/README.md) as calibration sets for filters, decontamination
+and the reward. Test splits are never read here: they are evaluation data."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from functools import cache
+from pathlib import Path
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+GSM8K_TRAIN = DATA_DIR / "gsm8k" / "train.jsonl"
+MATH_TRAIN = DATA_DIR / "math" / "train.jsonl.gz"
+
+
+@cache
+def gsm8k_train() -> tuple[dict, ...]:
+    """GSM8K train records: `question`, `answer` (worked solution ending in `#### <number>`)."""
+    with GSM8K_TRAIN.open() as f:
+        return tuple(json.loads(line) for line in f)
+
+
+@cache
+def math_train() -> tuple[dict, ...]:
+    """MATH train records: `id`, `problem`, `level`, `type`, `solution` (answer in `\\boxed{}`)."""
+    with gzip.open(MATH_TRAIN, "rt") as f:
+        return tuple(json.loads(line) for line in f)
+
+
+def real_math_documents(every: int = 1) -> dict[str, list[str]]:
+    """The documents a math corpus must keep, by kind; `every` > 1 takes every n-th record."""
+    gsm, math = gsm8k_train()[::every], math_train()[::every]
+    return {
+        "gsm8k_question": [r["question"] for r in gsm],
+        "gsm8k_question_solution": [f"{r['question']}\n{r['answer']}" for r in gsm],
+        "math_question_solution": [f"{r['problem']}\n{r['solution']}" for r in math],
+    }
