@@ -3,15 +3,16 @@
 Model output is only ever treated as text: numbers are compared with
 `fractions.Fraction` on literal syntax (never evaluated), and everything the
 fast path cannot decide goes to math-verify in a killable child process
-(`rl_probe.verify_worker`). Every step is length-capped, so a pathological
-response (100k chars, deeply nested LaTeX, `9^9^9^9`) is scored in bounded time.
+(`rl_probe.verify_worker`). Every step is length-capped, and a call's
+math-verify work must finish by a wall-clock deadline counted from the call
+(`SCORE_WALL_S`), so a pathological response (100k chars, deeply nested LaTeX,
+`9^9^9^9`) is scored in bounded wall time even on a busy machine.
 """
 
 from __future__ import annotations
 
 import atexit
 import json
-import os
 import re
 import selectors
 import subprocess
@@ -20,7 +21,6 @@ import threading
 import time
 from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 
@@ -29,25 +29,39 @@ MAX_BOX_CHARS = 1000  # a boxed answer longer than this is treated as unterminat
 MAX_ANSWER_CHARS = 256  # longer answers are not sent to math-verify (they are wrong)
 MAX_REPETITION_CHARS = 32768  # repetition is looked for in the last this-many chars
 MAX_REPETITION_PERIOD = 256  # longest repeated span considered
-# Per math-verify call: the worker may spend VERIFY_CPU_S of CPU time, and is
-# killed after VERIFY_WALL_S whatever happens. The verdict hangs on CPU time,
-# not wall time, so that a busy machine does not turn right answers into
-# wrong ones (which would make rewards, and runs, depend on machine load).
-VERIFY_CPU_S = 0.5
-VERIFY_WALL_S = 10.0
+# Wall-clock budget of one score() call, counted from the call: math-verify gets what is left
+# of it and is killed (its verdict: not equal) when it runs over. A wall-clock bound means a
+# very slow machine can turn an answer that only math-verify can decide into a wrong one;
+# the normalisation below decides the common forms (numbers, fractions, prefixes, units,
+# percent, intervals) without math-verify, which keeps that rare. Gold answers of MATH train
+# solutions are all decided within it with two CPU-bound processes competing (README).
+SCORE_WALL_S = 1.0
+# of the budget, kept for the rest of score() and for being scheduled late on a loaded machine
+_VERIFY_MARGIN_S = 0.3
 WORKER_START_TIMEOUT_S = 60.0
-_POLL_S = 0.02
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+SPARE_WORKERS = 2  # started ahead, so that a killed worker's replacement is already loaded
 
-REWARD_VARIANTS = ("default", "wrong-half", "repetition")
+# single-box: OctoThinker's format rule, several \boxed{} in one response are a format error.
+REWARD_VARIANTS = ("default", "wrong-half", "repetition", "single-box")
 # SimpleRL-Zoo's reflection keywords.
 REFLECTION_RE = re.compile(r"\b(recheck|rethink|try again|wait|alternatively|retry|however)\b", re.IGNORECASE)
 _GSM8K_RE = re.compile(r"####\s*(-?[0-9][0-9,]*(?:\.[0-9]+)?)")
 _BOXED = "\\boxed"
-_NUMBER_RE = re.compile(r"-?(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]+)?")
+_NUMBER_RE = re.compile(r"-?(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]+)?|-?\.[0-9]+")
 _FRAC_RE = re.compile(r"(-?)\\[dt]?frac\{(-?[0-9]+)\}\{(-?[0-9]+)\}")
 _SLASH_RE = re.compile(r"(-?[0-9]+)/([0-9]+)")
-_LATEX_NOISE_RE = re.compile(r"\\[!,;: ]|\\left|\\right|\s|\$")
+_LATEX_NOISE_RE = re.compile(r"\\[!,;: ]|\\left|\\right|\\displaystyle|\s|\$")
+# `\text{ cm}`, `\mbox{...}`, `\textbf{...}`: the content is the answer (or a unit, dropped below)
+_TEXT_WRAPPER_RE = re.compile(r"\\(?:text|textbf|textit|mbox|mathrm|mathbf|operatorname)\{([^{}]*)\}")
+_THOUSANDS_RE = re.compile(r"(?<=\d)(?:\{,\}|,\\!)(?=\d{3})")
+# "x = 58,500", "k=\frac{-33}{2}", "x \in [-2,7]", "f(x) = ...": a variable and = or \in before the answer
+_VARIABLE_PREFIX_RE = re.compile(r"^\s*[A-Za-z](?:_\{?\w+\}?)?(?:\([A-Za-z]\))?\s*(?:=|\\in\b)\s*(?=\S)")
+_BASE_SUBSCRIPT_RE = re.compile(r"[0-9A-Za-z]_\{?[0-9]")  # a number in base b: 43_5, 1011_{2}
+_PERCENT_RE = re.compile(r"\s*\\?%\s*$")
+_DEGREES_RE = re.compile(r"\^\s*\{?\\circ\}?|\\circ|°")
+_DOLLAR_RE = re.compile(r"\\\$|^\$")
+# a unit word (2+ letters) after a number and a space: "45 seconds", "2 euros", "200 \text{ cm}^2"; not "2i"
+_UNIT_SUFFIX_RE = re.compile(r"^(-?[0-9][0-9,.]*(?:/[0-9]+)?)\s+[A-Za-z]{2,}[A-Za-z. ]*(?:\^\{?[23]\}?)?$")
 
 
 @dataclass(frozen=True)
@@ -60,14 +74,17 @@ class RewardResult:
 
 
 def score(response: str, ground_truth: str, variant: str = "default") -> RewardResult:
-    """Score one response against its reference answer.
+    """Score one response against its reference answer, within SCORE_WALL_S of wall time.
 
-    Format is OK when the response has exactly one `\\boxed{}`, or no box and a
-    GSM8K-style `#### n`. Several boxes are a format error (OctoThinker's
-    wformat: "answer, then loop" Llama outputs box again and again).
-    `default`: +1 correct, 0 wrong, -1 bad format. `wrong-half`: wrong is -0.5.
-    `repetition`: like default, and -1 when a span of >= 5 chars repeats 5 times.
+    The answer is the last `\\boxed{}` (reference solutions box an intermediate
+    result and then the answer), or with no box a GSM8K-style `#### n`; the
+    format is OK when there is one. `default`: +1 correct, 0 wrong, -1 bad
+    format. `wrong-half`: wrong is -0.5. `repetition`: like default, and -1 when
+    a span of >= 5 chars repeats 5 times. `single-box`: like default, and
+    several boxes are a format error (OctoThinker's rule: "answer, then loop"
+    Llama outputs box again and again).
     """
+    deadline = time.monotonic() + SCORE_WALL_S - _VERIFY_MARGIN_S
     if variant not in REWARD_VARIANTS:
         raise ValueError(f"unknown reward variant {variant!r}; known: {REWARD_VARIANTS}")
     n_boxes = response.count(_BOXED)
@@ -75,8 +92,8 @@ def score(response: str, ground_truth: str, variant: str = "default") -> RewardR
     if pred is None and n_boxes == 0:
         gsm = _GSM8K_RE.findall(response[-MAX_BOX_CHARS:])
         pred = gsm[-1] if gsm else None
-    format_ok = pred is not None and n_boxes <= 1
-    acc = pred is not None and answers_equal(pred, ground_truth)
+    format_ok = pred is not None and (n_boxes <= 1 or variant != "single-box")
+    acc = pred is not None and answers_equal(pred, ground_truth, deadline)
     repeated = has_repetition(response)
     if not format_ok or (variant == "repetition" and repeated):
         reward = -1.0
@@ -137,24 +154,42 @@ def has_repetition(text: str, min_period: int = 5, min_repeats: int = 5) -> bool
     return False
 
 
-def answers_equal(pred: str, ground_truth: str) -> bool:
-    """Exact or numeric equality first; math-verify (bounded, out of process) otherwise."""
-    a, b = _normalize(pred), _normalize(ground_truth)
-    if a == b:
+def answers_equal(pred: str, ground_truth: str, deadline: float | None = None) -> bool:
+    """Exact or numeric equality after normalisation first; math-verify (out of process, done by
+    `deadline`, a time.monotonic() value; default SCORE_WALL_S from now) otherwise."""
+    deadline = time.monotonic() + SCORE_WALL_S - _VERIFY_MARGIN_S if deadline is None else deadline
+    if len(pred) > MAX_ANSWER_CHARS or len(ground_truth) > MAX_ANSWER_CHARS:
+        return _compact(pred) == _compact(ground_truth)
+    a, b = normalize_answer(pred), normalize_answer(ground_truth)
+    ca, cb = _compact(a), _compact(b)
+    if ca == cb:
         return True
-    fa, fb = _as_fraction(a), _as_fraction(b)
+    fa, fb = _as_fraction(ca), _as_fraction(cb)
     if fa is not None and fb is not None:
         return fa == fb
-    if len(pred) > MAX_ANSWER_CHARS or len(ground_truth) > MAX_ANSWER_CHARS:
-        return False
-    return _verifier.equal(pred, ground_truth)
+    if _BASE_SUBSCRIPT_RE.search(ca) or _BASE_SUBSCRIPT_RE.search(cb):
+        return False  # math-verify drops the base: it takes 43_6 for 43_5
+    return _verifier.equal(a, b, deadline)
 
 
-def _normalize(answer: str) -> str:
-    answer = _LATEX_NOISE_RE.sub("", answer[:MAX_ANSWER_CHARS + 1])
-    if answer.startswith("\\text{") and answer.endswith("}"):
-        answer = answer[6:-1]
-    return answer.rstrip(".")
+def normalize_answer(answer: str) -> str:
+    """The answer without what does not change its value: `\\text{}` wrappers, a variable prefix
+    (`x = `, `x \\in `), thousands separators (`10,\\!080`, `18{,}360`), a percent sign,
+    degrees, a dollar sign, a unit after a number; spacing is kept for math-verify."""
+    answer = answer[:MAX_ANSWER_CHARS].strip()
+    for _ in range(3):  # nested wrappers, innermost first
+        answer = _TEXT_WRAPPER_RE.sub(r"\1", answer)
+    answer = _THOUSANDS_RE.sub(",", answer)
+    answer = _VARIABLE_PREFIX_RE.sub("", answer)
+    answer = _DEGREES_RE.sub("", _DOLLAR_RE.sub("", answer))
+    answer = _PERCENT_RE.sub("", answer).strip().rstrip(".").strip()
+    if m := _UNIT_SUFFIX_RE.match(answer):
+        answer = m.group(1)
+    return answer
+
+
+def _compact(answer: str) -> str:
+    return _LATEX_NOISE_RE.sub("", answer[: MAX_ANSWER_CHARS + 1]).rstrip(".")
 
 
 def _as_fraction(answer: str) -> Fraction | None:
@@ -171,57 +206,107 @@ def _as_fraction(answer: str) -> Fraction | None:
 
 
 class _VerifyWorker:
-    """A long-lived math-verify child process, killed and replaced on a timeout.
+    """A long-lived math-verify child process, killed and replaced when it runs past a deadline.
 
-    A spare process is kept started, so that replacing a killed worker costs
-    no start-up time inside the next call's time limit.
+    SPARE_WORKERS processes are kept started ahead by a background thread, which also reaps
+    killed ones: nothing on a call's path forks, loads math-verify or waits for a dying
+    process. Only the very first call, when nobody warmed up, waits for a worker to load.
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one call at a time talks to the active worker
+        self._pool_lock = threading.Lock()  # spares and killed workers, shared with the refill thread
         self._active: subprocess.Popen | None = None
-        self._spare: subprocess.Popen | None = None
+        self._spares: list[subprocess.Popen] = []
+        self._killed: list[subprocess.Popen] = []
+        self._starting = 0  # spares being started by a refill thread
         atexit.register(self.close)
 
-    def equal(self, pred: str, ground_truth: str) -> bool:
-        with self._lock:
-            proc = self._ensure_active()
-            cpu_before = _cpu_seconds(proc.pid)
+    def equal(self, pred: str, ground_truth: str, deadline: float) -> bool:
+        if not self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            return False
+        try:
+            if self._active is None and not self._spares:
+                self._start_first()  # a caller that did not warm up pays the one start-up here
+                deadline = max(deadline, time.monotonic() + SCORE_WALL_S - _VERIFY_MARGIN_S)
+            proc = self._ready_worker(deadline)
+            if proc is None:  # no loaded worker in time: not verified
+                return False
             proc.stdin.write(json.dumps({"pred": pred, "gt": ground_truth}) + "\n")
             proc.stdin.flush()
-            line = None
-            deadline = time.monotonic() + VERIFY_WALL_S
-            while line is None and time.monotonic() < deadline:
-                line = _readline(proc, _POLL_S)
-                if line is None and _cpu_seconds(proc.pid) - cpu_before > VERIFY_CPU_S:
-                    break
+            line = _readline(proc, max(0.0, deadline - time.monotonic()))
             if line is None:  # stuck in parsing or sympy: kill it, the answer counts as wrong
-                _kill(proc)
+                proc.kill()
                 self._active = None
+                with self._pool_lock:
+                    self._killed.append(proc)
+                self._refill()
                 return False
             return json.loads(line)["equal"]
+        finally:
+            self._lock.release()
 
     def warm_up(self) -> None:
+        """Block until a loaded worker is active (after a kill: until a spare has loaded)."""
         with self._lock:
-            self._ensure_active()
+            if self._active is None and not self._spares and not self._starting:
+                self._start_first()
+                return
+            deadline = time.monotonic() + WORKER_START_TIMEOUT_S
+            while self._ready_worker(deadline) is None:  # None also while the refill thread starts one
+                if time.monotonic() > deadline:
+                    raise RuntimeError("math-verify worker did not start (is math-verify installed?)")
+                time.sleep(0.05)
 
-    def _ensure_active(self) -> subprocess.Popen:
-        if self._active is None or self._active.poll() is not None:
-            proc = self._spare if self._spare is not None and self._spare.poll() is None else _start_worker()
-            self._spare = None
-            if _readline(proc, WORKER_START_TIMEOUT_S) != "ready":
-                _kill(proc)
-                raise RuntimeError("math-verify worker did not start (is math-verify installed?)")
-            self._active = proc
-        if self._spare is None:
-            self._spare = _start_worker()
-        return self._active
+    def _start_first(self) -> None:
+        proc = _start_worker()
+        if _readline(proc, WORKER_START_TIMEOUT_S) != "ready":
+            _kill(proc)
+            raise RuntimeError("math-verify worker did not start (is math-verify installed?)")
+        self._active = proc
+        self._refill()
+
+    def _ready_worker(self, deadline: float) -> subprocess.Popen | None:
+        """The active worker, or the first spare once it has printed `ready` (by the deadline)."""
+        if self._active is not None and self._active.poll() is None:
+            return self._active
+        self._active = None
+        with self._pool_lock:
+            proc = self._spares.pop(0) if self._spares else None
+        self._refill()
+        if proc is None:
+            return None
+        if _readline(proc, max(0.0, deadline - time.monotonic())) != "ready":
+            with self._pool_lock:
+                self._spares.insert(0, proc)  # still loading: it stays first in line
+            return None
+        self._active = proc
+        return proc
+
+    def _refill(self) -> None:
+        threading.Thread(target=self._refill_now, daemon=True).start()
+
+    def _refill_now(self) -> None:
+        # Starting a process waits for its exec, seconds on a loaded machine: never under the lock.
+        with self._pool_lock:
+            killed, self._killed = self._killed, []
+            self._spares = [p for p in self._spares if p.poll() is None]
+            missing = SPARE_WORKERS - len(self._spares) - self._starting
+            self._starting += max(0, missing)
+        for proc in killed:
+            proc.wait()
+        for _ in range(missing):
+            proc = _start_worker()
+            with self._pool_lock:
+                self._spares.append(proc)
+                self._starting -= 1
 
     def close(self) -> None:
-        for proc in (self._active, self._spare):
-            if proc is not None:
-                _kill(proc)
-        self._active = self._spare = None
+        with self._pool_lock:
+            for proc in [self._active, *self._spares, *self._killed]:
+                if proc is not None:
+                    _kill(proc)
+            self._active, self._spares, self._killed = None, [], []
 
 
 def _start_worker() -> subprocess.Popen:
@@ -244,15 +329,6 @@ def _readline(proc: subprocess.Popen, timeout_s: float) -> str | None:
     return line.strip() if line else None
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, from /proc (Linux); 0 elsewhere, leaving the wall-clock limit."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
-
-
 def _kill(proc: subprocess.Popen) -> None:
     proc.kill()
     proc.wait()
@@ -262,5 +338,6 @@ _verifier = _VerifyWorker()
 
 
 def warm_up_verifier() -> None:
-    """Start the math-verify worker now, so that the first scored call is not slowed by its start-up."""
+    """Start the math-verify worker now (or wait for a replacement of a killed one), so that no
+    scored call waits for a worker to load."""
     _verifier.warm_up()

@@ -17,7 +17,7 @@ LossAggMode = Literal[
     "token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"
 ]
 KlType = Literal["kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3"]
-RewardVariant = Literal["default", "wrong-half", "repetition"]
+RewardVariant = Literal["default", "wrong-half", "repetition", "single-box"]
 
 
 class ProbeSpec(BaseModel):
@@ -191,6 +191,7 @@ PROBE_SPECS: dict[str, ProbeSpec] = {
             passk_ks=(1, 2, 4, 8, 16, 32, 64, 128, 256),
             profile_problems=128,
             fewshot_k=4,
+            reward_variant="single-box",  # OctoThinker's format rule: a repeated box is a format error
         ),
     )
 }

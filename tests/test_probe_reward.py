@@ -1,13 +1,14 @@
-import os
 import random
 import re
 import string
+import subprocess
+import sys
 import time
 
 import pytest
 
-from rl_probe import reward
-from rl_probe.reward import VERIFY_WALL_S, has_repetition, score, warm_up_verifier
+from rl_probe.reward import SCORE_WALL_S, has_repetition, score, warm_up_verifier
+from rl_probe.reward_calibration import adversarial_outputs, gsm8k_cases, math_cases, measure, measure_wall_bound
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -25,7 +26,9 @@ def verifier():
         ("\\boxed{\\sqrt{4}}", "2", (1.0, True, True)),
         ("\\boxed{3}", "4", (0.0, False, True)),
         ("the answer is 4", "4", (-1.0, False, False)),  # no box
-        ("\\boxed{4} so \\boxed{4}", "4", (-1.0, True, False)),  # several boxes
+        ("\\boxed{4} so \\boxed{4}", "4", (1.0, True, True)),  # several boxes: the last one counts
+        ("\\boxed{3} so \\boxed{4}", "4", (1.0, True, True)),
+        ("\\boxed{4} so \\boxed{3}", "4", (0.0, False, True)),
         ("\\boxed{4", "4", (-1.0, False, False)),  # unterminated box
         ("6 * 12 = 72\n#### 72", "72", (1.0, True, True)),  # GSM8K style
         ("#### 71", "72", (0.0, False, True)),
@@ -37,6 +40,8 @@ def test_default_variant_hand_cases(response, truth, expected):
 
 
 def test_variants():
+    assert score("\\boxed{3} so \\boxed{4}", "4", "single-box").score == -1.0  # OctoThinker's format rule
+    assert score("\\boxed{4}", "4", "single-box").score == 1.0
     assert score("\\boxed{3}", "4", "wrong-half").score == -0.5
     assert score("\\boxed{4}", "4", "wrong-half").score == 1.0
     looping = "\\boxed{4} I am done. I am done. I am done. I am done. I am done."
@@ -74,36 +79,56 @@ ADVERSARIAL = [
 ]
 
 
-def _scoring_work(response: str, truth: str):
-    """(result, CPU seconds spent on this call by this process and the math-verify worker).
-
-    A killed worker's CPU time reaches os.times() when it is reaped; its CPU
-    time before the call (start-up) is read from /proc and taken off.
-    """
-    reward.warm_up_verifier()  # a worker killed by the previous call is replaced now, not inside the call
-    worker = reward._verifier._active
-    worker_before = reward._cpu_seconds(worker.pid)
-    t0 = os.times()
-    result = score(response, truth)
-    t1 = os.times()
-    own = (t1.user + t1.system) - (t0.user + t0.system)
-    reaped = (t1.children_user + t1.children_system) - (t0.children_user + t0.children_system)
-    return result, own + max(0.0, reaped - worker_before)
-
-
 @pytest.mark.parametrize("response", ADVERSARIAL)
-def test_adversarial_outputs_scored_within_a_second(response):
-    # The bound is on work (CPU seconds), which is what the reward enforces: on
-    # an idle machine that is also the wall time, on a loaded one wall time
-    # stretches but the verdict does not change. Wall time is capped anyway.
+def test_adversarial_outputs_scored_within_the_wall_budget(response):
+    # SCORE_WALL_S holds with room to spare on an idle machine; the factor 3 is for the shared
+    # test machine, where this process itself waits for a core (see the slow test for the goal).
     started = time.monotonic()
-    result, cpu = _scoring_work(response, "5")
-    assert cpu < 1.0
-    assert time.monotonic() - started < VERIFY_WALL_S + 1.0
+    result = score(response, "5")
+    assert time.monotonic() - started < 3 * SCORE_WALL_S
     assert not result.acc
 
 
 def test_scoring_works_after_a_timeout():
-    score("\\boxed{9^{9^{9^{9}}}}", "5")  # kills the worker; the spare takes over
-    result, cpu = _scoring_work("\\boxed{2^{10}}", "1024")
-    assert result.acc and cpu < 1.0
+    score("\\boxed{9^{9^{9^{9}}}}", "5")  # kills the worker; a spare takes over
+    warm_up_verifier()  # waits for the spare to load (seconds on a busy machine)
+    assert score("\\boxed{x^2+1}", "1+x^2").acc
+
+
+@pytest.mark.parametrize(
+    "pred, gold",
+    [("x = 58,500", "58500"), ("x = 10,\\!080", "10080"), ("18{,}360", "18360"), ("x \\in [-2,7]", "[-2,7]"),
+     ("10", "10\\%"), ("10\\%", "10"), ("\\text{x = (A)}", "(A)"), ("2 \\text{ euros}", "2"), ("\\$42409", "42409"),
+     ("k = \\frac{-33}{2}", "-\\frac{33}{2}"), ("90^\\circ", "90"), ("45 \\text{ seconds}", "45"), ("\\text{(C)}", "(C)")],
+)
+def test_normalisation_accepts_equal_answers(pred, gold):
+    assert score(f"so \\boxed{{{pred}}}", gold).acc
+
+
+@pytest.mark.parametrize("pred, gold", [("x = 58,501", "58500"), ("2i", "2"), ("3x", "3"), ("10\\%", "1"),
+                                        ("x \\in [-2,8]", "[-2,7]"), ("5", "50")])
+def test_normalisation_rejects_different_answers(pred, gold):
+    assert not score(f"so \\boxed{{{pred}}}", gold).acc
+
+
+def test_real_train_solutions_score_right_and_never_accept_a_wrong_answer():
+    # every 25th GSM8K/MATH train solution (data/README.md); the full sets: dev/reward_bound.py
+    warm_up_verifier()  # the adversarial tests above killed workers: start from a loaded one
+    for cases in (gsm8k_cases(every=25), math_cases(every=25)):
+        result = measure(cases)
+        assert result["accuracy"] >= 0.995 and result["accuracy_normalized_gold"] >= 0.995, result
+        assert result["wrong_answers"] > 0.9 * len(cases) and result["wrong_accepted"] == 0, result
+
+
+@pytest.mark.slow
+def test_adversarial_wall_bound_under_load():
+    """The goal: 1,000 adversarial outputs, each within SCORE_WALL_S while two CPU-bound processes
+    run, none raising. Meaningful on a machine with a core to spare for this test."""
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        result = measure_wall_bound(adversarial_outputs(1000))
+    finally:
+        for proc in burners:
+            proc.kill()
+            proc.wait()
+    assert result["raised"] == 0 and result["max_wall_s"] <= SCORE_WALL_S, result
