@@ -1,69 +1,85 @@
-"""Offline n-gram decontamination index for datatrove's NGramsDecontFilter.
+"""Benchmark decontamination that names what it matched: word n-grams for long items, the whole
+item for items too short to have an n-gram.
 
-datatrove's NGramsDecontIndexer always loads lighteval tasks from the hub inside `run()`,
-which cannot work offline; its filter only needs `<task>.index.hashes` files. This module
-writes those files from local benchmark JSONL, hashing with the indexer's own
-`compute_hashes` so the filter sees exactly the n-grams datatrove would have produced.
+datatrove's NGramsDecontIndexer loads lighteval tasks from the hub inside `run()` (no use
+offline) and its index maps an n-gram to a task only. This index is built from local benchmark
+JSONL with the indexer's own `compute_hashes` (query, answer and query-answer overlap n-grams,
+datatrove's text normalisation and hash), and keeps which item each n-gram came from, so every
+removed document can be listed with the benchmark item and the span that matched it.
+
+A problem shorter than n words ("Simplify $\\sqrt{242}$.", 3 words) has no n-gram; it is
+matched as a whole: its normalised words appearing consecutively in a document.
+Normalisation: Asymptote figure code and LaTeX spacing and sizing commands dropped (`\\,`, `\\!`,
+`\\left`, `\\dfrac` -> `\\frac`), then datatrove's (lowercase, punctuation to spaces, whitespace collapsed; numbers kept,
+since with them normalised every arithmetic problem of one template would collide).
 """
 
 from __future__ import annotations
 
+import gzip
+import json
 import re
 from pathlib import Path
 
 import numpy as np
 import orjson
+from datatrove.data import Document
 from datatrove.pipeline.decont import NGramsDecontConfig
 from datatrove.pipeline.decont.n_grams import NGramsDecontIndexer
+from datatrove.pipeline.filters.base_filter import BaseFilter
+from datatrove.pipeline.writers.disk_base import DiskWriter
 from datatrove.utils.hashing import create_hash_func
-from datatrove.utils.text import TextNormConfig
-from datatrove.utils.word_tokenizers import WordTokenizer
+from datatrove.utils.text import TextNormConfig, ngrams, simplify_text
+
+from data_recipes.words import RegexWordTokenizer
 
 QUESTION_FIELDS = ("question", "problem", "prompt", "query")
 ANSWER_FIELDS = ("answer", "solution", "gold", "target")
+MIN_WHOLE_ITEM_WORDS = 3  # shorter items ("Factor $x^2$") would match ordinary text
+_LATEX_SPACING = re.compile(r"\\[!,;: ]|\\left\b|\\right\b|\\displaystyle\b|\{,\}")
+_LATEX_FRAC = re.compile(r"\\[dt]frac\b")
+# Asymptote figure code is drawing boilerplate shared across problems ("pen dps=linewidth(0.7)+
+# fontsize(10)"), not problem text: it made most of MATH train's n-gram matches between problems.
+_ASY = re.compile(r"\[asy\].*?(?:\[/asy\]|$)", re.DOTALL)  # an unterminated one: to the end
+_NORM = TextNormConfig(norm_numbers=False)
 
 
 def decont_config(n_grams: int) -> NGramsDecontConfig:
     # Query n-grams on: math benchmarks are mostly question text (datatrove's default found 0 of 40
-    # question-only leaks). Numbers are kept: with datatrove's default number normalization every
-    # arithmetic problem of one template would collide.
-    return NGramsDecontConfig(n_grams=n_grams, find_query_ngrams=True, find_overlap_ngrams=True,
-                              norm_config=TextNormConfig(norm_numbers=False))
+    # question-only leaks).
+    return NGramsDecontConfig(n_grams=n_grams, find_query_ngrams=True, find_overlap_ngrams=True, norm_config=_NORM)
 
 
-class LocalNGramsIndexer:
-    """Builds `<task>.index.hashes` from local JSONL with NGramsDecontIndexer.compute_hashes."""
+def normalize(text: str) -> str:
+    text = _ASY.sub(" ", text.lower())  # lowercase first: the LaTeX patterns are lowercase
+    return simplify_text(_LATEX_FRAC.sub(r"\\frac", _LATEX_SPACING.sub(" ", text)), _NORM)
+
+
+class _Hasher:
+    """NGramsDecontIndexer.compute_hashes; it simplifies text again, which normalize()d text survives."""
+
+    def __init__(self, config: NGramsDecontConfig):
+        self.config = config
+        self.tokenizer = RegexWordTokenizer()
+        self.hash_func = create_hash_func(config.hash_config)
 
     compute_hashes = NGramsDecontIndexer.compute_hashes
 
-    def __init__(self, config: NGramsDecontConfig, tokenizer: WordTokenizer):
-        self.config = config
-        self.tokenizer = tokenizer
-        self.hash_func = create_hash_func(config.hash_config)
 
-    def index_file(self, path: Path) -> set[int]:
-        hashes: set[int] = set()
-        with open(path, "rb") as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                record = orjson.loads(line)
-                query = next((str(record[k]) for k in QUESTION_FIELDS if record.get(k)), None)
-                label = next((str(record[k]) for k in ANSWER_FIELDS if record.get(k) is not None), "")
-                if query is None:
-                    raise ValueError(f"{path}:{line_no}: benchmark record has none of the fields {QUESTION_FIELDS}")
-                hashes.update(self.compute_hashes(label, query))
-        return hashes
-
-    def write_index(self, benchmarks: list[Path], out_dir: Path) -> dict[str, int]:
-        """One hash file per benchmark, named after it; returns task name -> number of n-gram hashes."""
-        out_dir.mkdir(parents=True, exist_ok=True)
-        counts = {}
-        for task, path in benchmark_names(benchmarks).items():
-            hashes = np.array(sorted(self.index_file(path)), dtype=self.config.hash_config.np_descr)
-            hashes.tofile(out_dir / f"{task}.index.hashes")
-            counts[task] = int(hashes.size)
-        return counts
+def read_benchmark(path: Path) -> list[dict]:
+    """Items of one benchmark JSONL: `question` (or problem/prompt/query), `answer` (or ...)."""
+    items = []
+    with open(path, "rb") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            record = orjson.loads(line)
+            question = next((str(record[k]) for k in QUESTION_FIELDS if record.get(k)), None)
+            if question is None:
+                raise ValueError(f"{path}:{line_no}: benchmark record has none of the fields {QUESTION_FIELDS}")
+            answer = next((str(record[k]) for k in ANSWER_FIELDS if record.get(k) is not None), "")
+            items.append({"line": line_no, "id": str(record.get("id", line_no)), "question": question, "answer": answer})
+    return items
 
 
 def benchmark_names(benchmarks: list[Path]) -> dict[str, Path]:
@@ -75,3 +91,87 @@ def benchmark_names(benchmarks: list[Path]) -> dict[str, Path]:
         names[re.sub(r"[^\w.-]", "_", name)] = Path(path)
     return names
 
+
+def write_index(benchmarks: list[Path], n_grams: int, out_dir: Path) -> dict[str, int]:
+    """`items.jsonl`, `ngrams.npy` (hash, item row) and `whole.json` (short items' words) in
+    out_dir; returns task name -> number of items."""
+    hasher = _Hasher(decont_config(n_grams))
+    words = RegexWordTokenizer()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows, hashes, owners, whole, counts = [], [], [], {}, {}
+    for task, path in benchmark_names(benchmarks).items():
+        items = read_benchmark(path)
+        counts[task] = len(items)
+        for item in items:
+            row = len(rows)
+            rows.append({"task": task, "id": item["id"], "line": item["line"], "question": item["question"]})
+            item_hashes = hasher.compute_hashes(normalize(item["answer"]), normalize(item["question"]))
+            hashes += item_hashes
+            owners += [row] * len(item_hashes)
+            question_words = words.word_tokenize(normalize(item["question"]))
+            if MIN_WHOLE_ITEM_WORDS <= len(question_words) < n_grams:
+                whole.setdefault(" ".join(question_words), row)
+    with open(out_dir / "items.jsonl", "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+    np.save(out_dir / "ngrams.npy", np.array([hashes, owners], dtype=np.uint64).T.reshape(-1, 2))
+    (out_dir / "whole.json").write_text(json.dumps({"n_grams": n_grams, "items": whole}))
+    return counts
+
+
+class BenchmarkDecontFilter(BaseFilter):
+    """Drops documents that contain a benchmark item's n-gram or a whole short item; the dropped
+    document's metadata says which (`contamination`: task, item id, question, matched span)."""
+
+    name = "💥 Benchmark decontamination"
+
+    def __init__(self, index_dir: str | Path, exclusion_writer: DiskWriter | None = None):
+        super().__init__(exclusion_writer)
+        self.index_dir = Path(index_dir)
+        self._index = None
+
+    def _load(self):
+        whole = json.loads((self.index_dir / "whole.json").read_text())
+        n_grams = whole["n_grams"]
+        pairs = np.load(self.index_dir / "ngrams.npy")
+        with open(self.index_dir / "items.jsonl") as f:
+            items = [json.loads(line) for line in f]
+        by_length: dict[int, dict[str, int]] = {}
+        for text, row in whole["items"].items():
+            by_length.setdefault(text.count(" ") + 1, {})[text] = row
+        hash_owner = dict(zip(pairs[:, 0].tolist(), pairs[:, 1].tolist()))
+        self._index = (n_grams, hash_owner, by_length, items, create_hash_func(decont_config(n_grams).hash_config))
+
+    def filter(self, doc: Document) -> bool | tuple[bool, str]:
+        if self._index is None:
+            self._load()
+        n_grams, hash_owner, by_length, items, hash_func = self._index
+        words = RegexWordTokenizer().word_tokenize(normalize(doc.text))
+        match = next(((hash_owner[h], gram) for gram in map(" ".join, ngrams(words, n_grams))
+                      if (h := hash_func(gram)) in hash_owner), None)
+        for length, texts in by_length.items():
+            if match is not None:
+                break
+            match = next(((texts[g], g) for g in map(" ".join, ngrams(words, length)) if g in texts), None)
+        if match is None:
+            return True
+        item = items[match[0]]
+        doc.metadata["contamination"] = {"task": item["task"], "item": item["id"], "question": item["question"],
+                                         "matched": match[1]}
+        self.stat_update(f"contaminated_{item['task']}")
+        return False, "contaminated"
+
+
+def contamination_report(excluded_dir: Path, out_path: Path) -> int:
+    """One JSON line per removed document (id, task, item, question, matched span, the text's start)
+    from the decontamination step's exclusion files; returns the number of lines."""
+    rows = []
+    for path in sorted(excluded_dir.glob("*.jsonl*")):
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt") as f:
+            for line in f:
+                doc = json.loads(line)
+                rows.append({"doc_id": doc["id"], **doc["metadata"]["contamination"], "text": doc["text"][:500]})
+    tmp = out_path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    tmp.rename(out_path)
+    return len(rows)

@@ -366,6 +366,50 @@ def convert(source: Path = typer.Argument(..., help="an HF Llama directory, or a
     typer.echo(out / Path(written).resolve().relative_to(partial.resolve()))
 
 
+@app.command()
+def curate(inputs: list[Path] = typer.Argument(..., help="JSONL (.jsonl, .jsonl.gz) or Parquet files"),
+           preset: str = typer.Option(..., "--preset", help="web, math, qa or none"),
+           out_dir: Path = typer.Option(..., "--out", help="output directory (resumes when it exists)"),
+           decontaminate_against: list[Path] = typer.Option(
+               [], "--decontaminate-against", help="benchmark JSONL (question/problem, answer); repeatable"),
+           tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="HF tokenizer dir: also tokenize"),
+           text_field: str = typer.Option("text", "--text-field"),
+           n_grams: Optional[int] = typer.Option(None, "--n-grams", help="decontamination n-gram size (13)")) -> None:
+    """Curate files with the stage's code (filters, MinHash dedup, decontamination) into --out."""
+    from data_recipes.curate import CorpusConfig, curate_corpus
+    from data_recipes.decont import read_benchmark
+    from data_recipes.filters import PRESETS
+
+    for path in [*inputs, *decontaminate_against]:
+        if not path.is_file():
+            raise InputError(f"{path}: file not found")
+    kinds = {"parquet" if p.name.endswith(".parquet") else "jsonl" if ".jsonl" in p.name or p.suffix == ".json"
+             else p.name for p in inputs}
+    if len(kinds) > 1 or not kinds <= {"jsonl", "parquet"}:
+        raise InputError(f"inputs: expected all .jsonl[.gz] or all .parquet files, got {sorted(kinds)}")
+    if preset not in PRESETS:
+        raise InputError(f"--preset: unknown preset '{preset}'; choose one of {', '.join(sorted(PRESETS))}")
+    if tokenizer is not None and not (tokenizer / "tokenizer.json").is_file():
+        raise InputError(f"--tokenizer: no tokenizer.json in {tokenizer}")
+    for path in decontaminate_against:
+        try:
+            read_benchmark(path)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+    corpus = CorpusConfig(source={"type": kinds.pop(), "paths": [str(p.resolve()) for p in inputs],
+                                  "text_field": text_field},
+                          curation={"preset": preset, "decontamination": {} if n_grams is None else {"n_grams": n_grams}})
+    try:
+        summary = curate_corpus(corpus, tokenizer, decontaminate_against, out_dir, name=out_dir.name)
+    except ValueError as exc:  # the source produced nothing, or a step emptied the corpus
+        raise InputError(str(exc)) from None
+    dropped = ", ".join(f"{step} {counts['total']}" for step, counts in summary["dropped"].items())
+    contaminated = sum(summary["contaminated"].values())
+    tokens = f", {summary['tokens']} tokens" if tokenizer else ""
+    typer.echo(f"{out_dir}: {summary['docs_in']} docs in, {summary['docs_out']} out ({dropped}); "
+               f"{contaminated} contaminated{tokens}")
+
+
 @app.command("train-classifier")
 def train_classifier(labelled: Path = typer.Argument(..., help="JSONL rows with a text and a label field"),
                      out: Path = typer.Argument(..., help="where to write the fastText model (.bin)"),
