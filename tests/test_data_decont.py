@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from datatrove.data import Document
 
 from data_recipes.decont import BenchmarkDecontFilter, normalize, write_index
@@ -71,3 +72,16 @@ def test_curate_command_writes_artifacts_and_lists_removed_documents(tmp_path):
     assert bad.returncode == 2 and "missing.jsonl: file not found" in bad.stderr
     bad = subprocess.run([*cmd[:6], "strict", *cmd[7:]], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown preset 'strict'" in bad.stderr
+
+
+@pytest.mark.slow
+def test_every_planted_item_caught_at_13_grams_with_few_false_removals():
+    """Held-out GSM8K/MATH train items as the benchmark (no test split): README's figures."""
+    from data_recipes.decont_calibration import measure
+
+    result = measure(13)
+    for disguise, caught in result["recall"].items():
+        found, planted = map(int, caught.split("/"))
+        assert found == planted, (disguise, caught)
+    removed, corpus = map(int, result["false_removals"].split("/"))
+    assert removed / corpus < 0.02, result["false_removals"]

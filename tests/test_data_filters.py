@@ -72,20 +72,20 @@ def test_overrides_change_and_drop_blocks():
 def test_curation_bench_reports_throughput_and_keep_rates():
     from data_recipes.bench import bench_curation_throughput
 
-    result = bench_curation_throughput(n_docs=40)
+    result = bench_curation_throughput(n_docs=60)
     assert result["unit"] == "docs/CPU-s" and result["ours"] > 0 and result["peer"] > 0
-    assert result["details"]["keep_rate_math_preset"]["latex"] >= 0.9
-    assert result["details"]["keep_rate_stock"]["latex"] <= 0.1
+    assert min(result["details"]["keep_rate_math_preset"].values()) >= 0.95
+    assert result["details"]["keep_rate_stock"]["math_question_solution"] <= 0.2
 
 
 def test_trained_classifier_filters_math_from_prose(tmp_path):
     import json
 
-    from data_recipes.bench import latex_documents
     from data_recipes.classifier import train_classifier
 
     world = ToyWorld()
-    math = latex_documents(150, seed=1) + [d["text"] for d in world.documents("mathweb", 150, seed=1)]
+    solutions = real_math_documents(every=20)["math_question_solution"]
+    math = solutions[:150] + [d["text"] for d in world.documents("mathweb", 150, seed=1)]
     prose = [f"{a} walked to the {b} with {c} and talked about the {d} for a while before going home."
              for a in ("Anna", "The farmer", "My uncle", "A teacher", "Our guide")
              for b in ("market", "river", "station", "library", "garden", "harbour")
@@ -101,12 +101,13 @@ def test_trained_classifier_filters_math_from_prose(tmp_path):
     import fasttext
 
     first, second = fasttext.load_model(str(tmp_path / "math.bin")), fasttext.load_model(str(tmp_path / "again.bin"))
-    texts = latex_documents(20, seed=7) + prose[-20:]
+    texts = solutions[150:170] + prose[-20:]
+    texts = [" ".join(t.split()) for t in texts]  # fastText predicts on one line
     assert [first.predict(t)[0] for t in texts] == [second.predict(t)[0] for t in texts]  # retraining agrees
 
     filters = build_filters("none", {"fasttext_classifier": {"model_url": str(tmp_path / "math.bin"),
                                                              "keep_labels": [["math", 0.5]]}})
-    assert _kept(filters, latex_documents(1, seed=99)[0])[0]
+    assert _kept(filters, solutions[-1])[0]
     assert not _kept(filters, unseen_prose)[0]
     missing = build_filters("none", {"fasttext_classifier": {"model_url": str(tmp_path / "nope.bin"),
                                                              "keep_labels": [["math", 0.5]]}})
@@ -119,11 +120,11 @@ def test_regex_words_equal_spacy_words_on_simplified_text():
     from datatrove.utils.text import TextNormConfig, simplify_text
     from datatrove.utils.word_tokenizers import load_word_tokenizer
 
-    from data_recipes.bench import latex_documents
     from data_recipes.words import RegexWordTokenizer
 
     spacy_words, regex_words = load_word_tokenizer("en"), RegexWordTokenizer()
-    texts = [d["text"] for kind in CORPUS_KINDS for d in ToyWorld().documents(kind, 20)] + latex_documents(20)
+    texts = [d["text"] for kind in CORPUS_KINDS for d in ToyWorld().documents(kind, 20)]
+    texts += real_math_documents(every=400)["math_question_solution"]
     texts.append("Don't stop—it's 3.5% of e-mail, naïve café! (x_1 + y^2) = {z}")
     for text in texts:
         simplified = simplify_text(text, TextNormConfig(norm_numbers=False))
