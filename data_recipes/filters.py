@@ -42,6 +42,9 @@ _NUMBER = re.compile(r"\d|\b(?:one|two|three|four|five|six|seven|eight|nine|ten|
                      r"fifty|hundred|thousand|dozen|half|twice|third|quarter|percent)\b", re.IGNORECASE)
 _QUESTION_OR_TASK = re.compile(r"\b(?:how|what|which|who|whose|when|where|find|compute|calculate|evaluate|simplify|"
                                r"solve|determine|express|show|prove)\b", re.IGNORECASE)
+# Dates, times and ranges of years are not arithmetic ("2019-04-25", "4/25/2019", "10:30", "1999-2004"):
+# on web pages they were most of the "a - b" signals of pages with no math at all.
+_DATE_OR_TIME = re.compile(r"\b\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}\b|\b\d{1,2}:\d{2}\b|\b(?:1[89]|20)\d\d\s?[-–]\s?(?:1[89]|20)?\d\d\b")
 _ALLOWED_CHARS = re.compile(r"[\w\s.,;:!?'\"()\[\]{}$\\=+\-*/^_<>|%&#@~`≤≥×÷±√∑∫π’“”–—]")
 
 
@@ -82,7 +85,7 @@ class MathQualityFilter(BaseFilter):
         if n_words > self.max_words:
             return False, "max_words"
         # per signal, a formula or an Asymptote figure is one word: it is content, not prose
-        n_signals = len(_MATH_SIGNAL.findall(text)) + _asks_for_a_quantity(text)
+        n_signals = len(_MATH_SIGNAL.findall(_DATE_OR_TIME.sub(" ", text))) + _asks_for_a_quantity(text)
         if n_signals == 0 or len(_TOKEN.findall(_math_as_words(text))) / n_signals > self.words_per_signal:
             return False, "no_math"
         junk = len(text) - len(_ALLOWED_CHARS.findall(text))
