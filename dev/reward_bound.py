@@ -4,7 +4,7 @@
 
 Starts two CPU-bound processes (the load), then scores: every GSM8K/MATH train solution
 against its gold answer and against a wrong one (see rl_probe/reward_calibration.py), and the
-adversarial responses, each call timed on the wall clock. Prints one JSON object.
+adversarial responses, each call timed on the wall clock. Prints one JSON line per part.
 """
 
 from __future__ import annotations
@@ -26,15 +26,14 @@ def main() -> None:
     burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
     try:
         warm_up_verifier()
-        result = {"load": "2 CPU-bound processes",
-                  "adversarial": measure_wall_bound(adversarial_outputs(args.adversarial)),
-                  "gsm8k_train": measure(gsm8k_cases(args.every)),
-                  "math_train": measure(math_cases(args.every))}
+        print(json.dumps({"adversarial": measure_wall_bound(adversarial_outputs(args.adversarial))}), flush=True)
+        for name, cases in (("gsm8k_train", gsm8k_cases), ("math_train", math_cases)):
+            warm_up_verifier()
+            print(json.dumps({name: measure(cases(args.every))}), flush=True)
     finally:
         for proc in burners:
             proc.kill()
             proc.wait()
-    print(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

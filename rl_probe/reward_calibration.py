@@ -26,8 +26,10 @@ def gsm8k_cases(every: int = 1) -> list[tuple[str, str]]:
 
 
 def math_cases(every: int = 1) -> list[tuple[str, str]]:
-    """(MATH solution, its answer: the last boxed expression, as MATH-500-style sets define it)."""
-    return [(r["solution"], last_boxed(r["solution"])) for r in math_train()[::every]]
+    """(MATH solution, its answer: the last boxed expression, as MATH-500-style sets define it);
+    the few solutions without one (`\\fbox`, no box) are left out."""
+    cases = [(r["solution"], last_boxed(r["solution"])) for r in math_train()[::every]]
+    return [(solution, answer) for solution, answer in cases if answer is not None]
 
 
 def wrong_answer(answer: str) -> str | None:
