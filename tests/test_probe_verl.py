@@ -34,7 +34,7 @@ def test_config_composes_from_verls_dir_and_carries_the_spec(prepared):
     assert c.actor_rollout_ref.rollout.temperature == 1.0 and c.data.max_response_length == 4096
     assert c.trainer.test_freq == 4 and c.trainer.total_training_steps == OCTO.steps
     assert list(c.trainer.logger) == ["console", "file"]
-    assert c.reward.custom_reward_function.reward_kwargs.variant == "default"
+    assert c.reward.custom_reward_function.reward_kwargs.variant == "single-box"  # OctoThinker: one box
     assert (root / "out" / "verl_config.yaml").exists()
     # the launcher passes the same overrides that were composed and validated
     assert launch.command[1:3] == ["-m", "verl.trainer.main_ppo"]
