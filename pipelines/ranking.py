@@ -2,13 +2,19 @@
 
 The unit of evidence is a probe run: one checkpoint, one probe spec, one seed,
 with held-out accuracy per eval problem at every eval step. A recipe's score
-is the mean over its seeds of a per-run score: by default the area under
-the held-out accuracy curve, i.e. how well the checkpoint does *under* RL, as
-OctoThinker judged recipes. Gain-over-step-0 scores are available too, but
-alone they reward a recipe for starting weak. The bootstrap resamples seeds within each
-recipe and eval problems (the same resampled problems for every run, so
-recipes stay paired), which is what makes "A beats B with probability p"
-meaningful when the runs are few.
+is the mean over its mid-training replicas of the mean over probe seeds of a
+per-run score: by default the area under the held-out accuracy curve, i.e.
+how well the checkpoint does *under* RL, as OctoThinker judged recipes.
+Gain-over-step-0 scores are available too, but alone they reward a recipe for
+starting weak.
+
+The bootstrap is hierarchical (`hierarchical_replicates`): mid-training
+replicas of a recipe (the same recipe mid-trained with other data-order seeds,
+`midtrain.seeds`) at the outer level, probe seeds within each drawn replica,
+and eval problems (the same resampled problems for every run, so recipes stay
+paired). With one mid-training run per recipe the interval is conditional on
+that run: two mid-training runs of one recipe can differ by more than it
+(issue 19), which is why `Ranking.sources` names what an interval includes.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ class ProbeRun:
     profile: dict = field(default_factory=dict)
     cpu_seconds: float = 0.0
     failure_modes: list[str] = field(default_factory=list)
+    replica: int | None = None  # the mid-training seed of its checkpoint; None: one mid-training run
 
     @property
     def accuracy(self) -> np.ndarray:
@@ -95,6 +102,12 @@ class RecipeRanking:
     step0_acc: float
     final_acc: float
     per_seed: list[float]
+    per_replica: dict[int | None, float] = field(default_factory=dict)  # replica seed -> its score
+
+    @property
+    def replica_spread(self) -> float:
+        """max - min of the per-replica scores: how far two mid-training runs of the recipe apart."""
+        return max(self.per_replica.values()) - min(self.per_replica.values())
 
 
 @dataclass
@@ -104,6 +117,7 @@ class Ranking:
     recipes: list[RecipeRanking]  # best first
     beats: dict[tuple[str, str], float]  # P(score_a > score_b) over bootstrap replicates
     replicates: dict[str, np.ndarray]
+    sources: str = ""  # which sources of variance the intervals include, for every interval's label
 
     def difference_ci(self, a: str, b: str) -> tuple[float, float, float]:
         diff = self.replicates[a] - self.replicates[b]
@@ -113,44 +127,95 @@ class Ranking:
         return point, float(np.quantile(diff, alpha)), float(np.quantile(diff, 1 - alpha))
 
 
+def hierarchical_replicates(replicas: list[np.ndarray], score: str, problem_draws: np.ndarray,
+                            replica_draws: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+    """Bootstrap replicates of one recipe's score, [samples].
+
+    `replicas`: per mid-training replica, its probe runs' correctness [seeds, evals, problems].
+    Each replicate draws replicas with replacement (`replica_draws` [samples, n_replicas]
+    indices; None with one replica), then probe seeds with replacement *within each drawn
+    replica*, fresh for every draw (a replica drawn twice contributes two inner resamples,
+    as a two-stage bootstrap does), on the eval problems of `problem_draws` [samples,
+    problems], which every recipe shares. The score of a replicate is the mean over drawn
+    replicas of the mean over their drawn seeds. With one replica this is the seeds-and-
+    problems bootstrap, draw for draw.
+    """
+    samples = problem_draws.shape[0]
+    # per replica: every run's score on every problem resample, [seeds, samples]
+    run_replicates = [run_scores(np.moveaxis(stack[:, :, problem_draws], 2, 1), score)
+                      for stack in replicas]
+
+    def inner(scores: np.ndarray) -> np.ndarray:  # mean over probe seeds drawn with replacement
+        draws = rng.integers(0, len(scores), size=(samples, len(scores)))
+        return np.take_along_axis(scores.T, draws, axis=1).mean(axis=1)
+
+    if replica_draws is None:
+        return inner(run_replicates[0])
+    slots = [np.stack([inner(scores) for scores in run_replicates], axis=1)  # [samples, replicas]
+             for _ in range(replica_draws.shape[1])]
+    drawn = [np.take_along_axis(slot, replica_draws[:, [k]], axis=1)[:, 0] for k, slot in enumerate(slots)]
+    return np.mean(drawn, axis=0)
+
+
+def _sources(by_recipe: dict[str, dict], n_problems: int) -> str:
+    replicas = sorted({len(r) for r in by_recipe.values()})
+    seeds = sorted({len(m) for r in by_recipe.values() for m in r.values()})
+    span = lambda values: "–".join(map(str, sorted({values[0], values[-1]})))  # noqa: E731
+    if replicas == [1]:
+        return (f"probe seeds ({span(seeds)}) and eval problems ({n_problems}); conditional on one "
+                "mid-training run per recipe (`midtrain.seeds` adds replicas)")
+    return (f"mid-training replicas ({span(replicas)} per recipe), probe seeds ({span(seeds)} per "
+            f"replica) and eval problems ({n_problems})")
+
+
 def rank(runs: list[ProbeRun], score: str = "auc_acc", samples: int = 2000,
          confidence: float = 0.95, seed: int = 0) -> Ranking:
     hashes = {r.spec_hash for r in runs}
     if len(hashes) > 1:
         raise ValueError(f"refusing to rank probe runs made with different probe specs: {sorted(hashes)}")
     common = sorted(set.intersection(*(set(r.problem_ids) for r in runs)))
-    by_recipe: dict[str, list[np.ndarray]] = {}
+    # recipe -> mid-training replica -> its probe runs' correctness on the common problems
+    by_recipe: dict[str, dict[int | None, list[np.ndarray]]] = {}
     for run in runs:
         columns = [run.problem_ids.index(i) for i in common]
-        by_recipe.setdefault(run.recipe, []).append(run.correct[:, columns])
-    n_evals = {m.shape[0] for ms in by_recipe.values() for m in ms}
+        by_recipe.setdefault(run.recipe, {}).setdefault(run.replica, []).append(run.correct[:, columns])
+    n_evals = {m.shape[0] for reps in by_recipe.values() for ms in reps.values() for m in ms}
     if len(n_evals) > 1:
         raise ValueError(f"probe runs have different numbers of eval steps: {sorted(n_evals)}")
 
     rng = np.random.default_rng(seed)
     n_problems = len(common)
     problem_draws = rng.integers(0, n_problems, size=(samples, n_problems))
+    replica_sets = {tuple(sorted(reps, key=str)) for reps in by_recipe.values()}
+    # Recipes mid-trained with the same replica seeds are paired like the problems: replica s of
+    # every recipe may share stages (a shared stable stage), so they are drawn together.
+    shared_draws = None
+    if len(replica_sets) == 1 and len(next(iter(replica_sets))) > 1:
+        n = len(next(iter(replica_sets)))
+        shared_draws = rng.integers(0, n, size=(samples, n))
     replicates: dict[str, np.ndarray] = {}
     rankings = []
     alpha = (1 - confidence) / 2
-    for recipe, mats in by_recipe.items():
-        stack = np.stack(mats)  # [seeds, evals, problems]
-        per_seed = run_scores(stack, score)
-        seed_draws = rng.integers(0, len(mats), size=(samples, len(mats)))
-        resampled = stack[:, :, problem_draws]  # [seeds, evals, samples, problems]
-        scores = run_scores(np.moveaxis(resampled, 2, 1), score)  # [seeds, samples]
-        replicates[recipe] = np.take_along_axis(scores.T, seed_draws, axis=1).mean(axis=1)
-        acc = stack.mean(axis=2)
+    for recipe, reps in by_recipe.items():
+        order = sorted(reps, key=str)
+        stacks = [np.stack(reps[r]) for r in order]  # each [seeds, evals, problems]
+        draws = shared_draws
+        if draws is None and len(order) > 1:
+            draws = rng.integers(0, len(order), size=(samples, len(order)))
+        replicates[recipe] = hierarchical_replicates(stacks, score, problem_draws, draws, rng)
+        per_replica = {r: float(run_scores(stack, score).mean()) for r, stack in zip(order, stacks)}
+        everything = np.concatenate(stacks)
+        acc = everything.mean(axis=2)
         rankings.append(RecipeRanking(
-            recipe=recipe, score=float(per_seed.mean()),
+            recipe=recipe, score=float(np.mean(list(per_replica.values()))),
             ci_low=float(np.quantile(replicates[recipe], alpha)),
             ci_high=float(np.quantile(replicates[recipe], 1 - alpha)),
-            seeds=len(mats), step0_acc=float(acc[:, 0].mean()), final_acc=float(acc[:, -1].mean()),
-            per_seed=[float(s) for s in per_seed]))
+            seeds=len(everything), step0_acc=float(acc[:, 0].mean()), final_acc=float(acc[:, -1].mean()),
+            per_seed=[float(s) for s in run_scores(everything, score)], per_replica=per_replica))
     rankings.sort(key=lambda r: -r.score)
     beats = {(a.recipe, b.recipe): float((replicates[a.recipe] > replicates[b.recipe]).mean())
              for a in rankings for b in rankings if a.recipe != b.recipe}
-    return Ranking(score, confidence, rankings, beats, replicates)
+    return Ranking(score, confidence, rankings, beats, replicates, _sources(by_recipe, n_problems))
 
 
 def spearman(x: list[float], y: list[float]) -> float:

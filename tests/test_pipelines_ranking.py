@@ -89,3 +89,54 @@ def test_failure_modes():
                "behaviour/repetition_ratio": _series(np.zeros(steps)),
                "response_length/clip_ratio": _series(np.zeros(steps))}
     assert classify(healthy, np.array([0.2, 0.5])) == []
+
+
+def _replicated(recipe, replica_means, rng, seeds=2, n=400, evals=5):
+    """Probe runs of a recipe mid-trained once per replica; replica r's runs have accuracy
+    replica_means[r] at every eval (probe-seed and problem noise: Bernoulli draws)."""
+    return [ProbeRun(recipe, seed, f"{recipe}-{r}-{seed}", "h1", list(range(evals)),
+                     (rng.random((evals, n)) < mean).astype(float), [str(i) for i in range(n)],
+                     replica=r)
+            for r, mean in enumerate(replica_means) for seed in range(seeds)]
+
+
+def test_interval_widens_with_between_replica_spread_and_covers():
+    """Constructed metrics: 6 mid-training replicas whose true scores scatter with SD 0.08
+    around 0.4. The interval must carry that spread (the seeds-and-problems interval of one
+    replica is far narrower) and cover 0.4 about as often as it claims."""
+    rng = np.random.default_rng(0)
+    covered, widths = 0, []
+    trials = 30
+    for _ in range(trials):
+        runs = _replicated("a", 0.4 + rng.normal(0, 0.08, size=6), rng)
+        r = rank(runs, samples=300, seed=int(rng.integers(1 << 30))).recipes[0]
+        covered += r.ci_low <= 0.4 <= r.ci_high
+        widths.append(r.ci_high - r.ci_low)
+        assert r.per_replica.keys() == set(range(6)) and r.replica_spread > 0
+    conditional = rank([p for p in runs if p.replica == 0], samples=300).recipes[0]
+    # the replica means' SE is 0.08 / sqrt(6) = 0.033: a 95 % interval about 0.13 wide
+    assert 0.09 < np.median(widths) < 0.2
+    assert conditional.ci_high - conditional.ci_low < 0.5 * np.median(widths)
+    # a percentile bootstrap over 6 replicas covers a little under 95 %
+    assert covered / trials >= 0.8
+
+
+def test_replicas_shared_between_recipes_are_paired():
+    """Replica r of both recipes shares its mid-training (a shared stable stage): a constant
+    0.06 lead is separated although each recipe's own interval spans the replica spread."""
+    rng = np.random.default_rng(1)
+    shift = rng.normal(0, 0.1, size=4)
+    runs = _replicated("a", 0.46 + shift, rng) + _replicated("b", 0.40 + shift, rng)
+    ranking = rank(runs, samples=1000)
+    a, b = ranking.recipes
+    assert (a.recipe, b.recipe) == ("a", "b")
+    assert a.ci_low < b.ci_high  # the recipes' intervals overlap ...
+    _, lo, hi = ranking.difference_ci("a", "b")
+    assert 0 < lo < 0.06 < hi  # ... but the paired difference excludes 0
+    assert "mid-training replicas (4 per recipe)" in ranking.sources
+
+
+def test_one_replica_says_its_interval_is_conditional():
+    ranking = rank([_run("a", s, [0.3, 0.4]) for s in range(2)], samples=200)
+    assert "conditional on one mid-training run" in ranking.sources
+    assert ranking.recipes[0].replica_spread == 0
