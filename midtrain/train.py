@@ -40,6 +40,7 @@ from midtrain.convert import export_hf, import_hf, load_megatron_weights
 from midtrain.data import BlendPart, build_blend, collate
 from midtrain.memory import OptimizerChoice, resolve_optimizer
 from midtrain.model import build_gpt_model, init_distributed, seed_all
+from midtrain.reproducibility import reproducibility
 from midtrain.schedule import Schedule, learning_rate
 from midtrain.spec import ModelSpec
 
@@ -507,6 +508,7 @@ def train(model: ModelSpec, cfg: TrainConfig, blend: list[BlendPart], out_dir: s
         "config": cfg.model_dump(),
         "blend": [part.model_dump() for part in blend],
         "init": str(init) if init is not None else None,
+        "reproducibility": reproducibility(device.type == "cuda"),
     }
     export(out_dir / "hf")
     if rank == 0:

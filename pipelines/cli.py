@@ -74,6 +74,10 @@ def plan(sweep: Path = typer.Argument(..., help="sweep YAML file"), workspace: O
     if memory is not None:
         out.print(f"midtrain memory per GPU, every midtrain stage: {memory.describe()}",
                   soft_wrap=True)
+    if the_plan.midtrain or the_plan.base and the_plan.base.stage == "midtrain":
+        from midtrain.reproducibility import CPU, CUDA
+
+        out.print(f"midtrain stages: {CPU}; {CUDA}", soft_wrap=True)
 
 
 SeedsOpt = typer.Option(None, "--seeds", help="comma-separated probe seeds (default: the sweep's)")
@@ -92,23 +96,37 @@ def _seed_list(seeds: str, option: str = "--seeds") -> list[int]:
         raise InputError(f"{option}: expected comma-separated integers, got '{seeds}'") from None
 
 
-def _load(sweep_path: Path, seeds: Optional[str]):
-    """The sweep, with the probe seeds overridden from the command line if asked."""
+def _load(sweep_path: Path, seeds: Optional[str], replicas: Optional[int] = None):
+    """The sweep, with the probe seeds and the number of mid-training replicas overridden
+    from the command line if asked (replicas: seeds from the sweep's midtrain seed up, so
+    the first replica is the sweep's own run and reuses it)."""
+    from midtrain.train import TrainConfig
     from pipelines.sweep import load_sweep
 
     spec = load_sweep(sweep_path)
     if seeds:
         spec = spec.model_copy(update={"probe": spec.probe.model_copy(update={"seeds": _seed_list(seeds)})})
+    if replicas is not None:
+        if replicas < 1:
+            raise InputError(f"--replicas: needs at least 1, got {replicas}")
+        midtrain = {k: v for k, v in spec.midtrain.items() if k not in ("seed", "seeds")}
+        first = spec.midtrain.get("seed", TrainConfig.model_fields["seed"].default)
+        if replicas > 1:
+            midtrain["seeds"] = [first + i for i in range(replicas)]
+        elif first != TrainConfig.model_fields["seed"].default:
+            midtrain["seed"] = first
+        spec = spec.model_copy(update={"midtrain": midtrain})
     return spec
 
 
 def _run_sweep(sweep_path: Path, workspace: Optional[Path], executor: Optional[str],
-               parallel: Optional[int], seeds: Optional[str] = None) -> tuple:
+               parallel: Optional[int], seeds: Optional[str] = None,
+               replicas: Optional[int] = None) -> tuple:
     from pipelines.execute import run_plan
     from pipelines.plan import build_plan
     from pipelines.store import RunStore
 
-    spec = _load(sweep_path, seeds)
+    spec = _load(sweep_path, seeds, replicas)
     exec_cfg = preflight.executor(spec.executor, type=executor, parallel=parallel)
     store = RunStore(preflight.workspace(_workspace(spec.workspace, workspace)))
     the_plan = build_plan(spec, sweep_path)
@@ -159,12 +177,15 @@ def run(sweep: Path = typer.Argument(..., help="sweep YAML file"), workspace: Op
 
 @app.command()
 def demo(preset: str = typer.Option("default", help="default (≈15 min on 2 cores) or smoke (tests)"),
-         workspace: Optional[Path] = WorkspaceOpt, seeds: Optional[str] = SeedsOpt) -> None:
+         workspace: Optional[Path] = WorkspaceOpt, seeds: Optional[str] = SeedsOpt,
+         replicas: Optional[int] = typer.Option(None, "--replicas", help=(
+             "mid-train every recipe this many times (data-order seeds from the sweep's seed up); "
+             "the report's intervals then include mid-training variance"))) -> None:
     """Run the bundled toy-world sweep end to end and print the report's path."""
     from pipelines.sweep import bundled_sweep
 
     sweep_path = bundled_sweep({"default": "toy", "smoke": "toy-smoke"}.get(preset, preset))
-    spec, store = _run_sweep(sweep_path, workspace, None, None, seeds)
+    spec, store = _run_sweep(sweep_path, workspace, None, None, seeds, replicas)
     typer.echo(_write_report(spec, store))
 
 

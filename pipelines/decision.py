@@ -61,8 +61,8 @@ def target_plan(sweep: Sweep, source: Path, multiplier: int, seeds: list[int],
     target = Plan(sweep.name + TARGET_SUFFIX, plan.executor, held_out(plan.problems, eval_set), {},
                   plan.curation_executor, plan.base, plan.midtrain)
     target.role(target.problems, kind="difficulty" if target.problems.stage == "select_problems" else "problems")
-    for recipe in dict.fromkeys(r for r, _ in plan.probes):
-        target.add_probes(recipe, plan.final_checkpoint(recipe), long_spec, seeds, sweep.probe.verl)
+    for recipe, replica, checkpoint in plan.checkpoints():
+        target.add_probes(recipe, checkpoint, long_spec, seeds, sweep.probe.verl, replica)
     return plan, target
 
 

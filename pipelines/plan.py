@@ -12,7 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines.store import StageRun
-from pipelines.sweep import ExecutorSection, ProblemSet, StageMix, Sweep, resolve_path, split_nproc
+from pipelines.sweep import (
+    ExecutorSection,
+    ProblemSet,
+    StageMix,
+    Sweep,
+    resolve_path,
+    split_nproc,
+    split_replicas,
+)
 
 BASE_RECIPE = "base"  # the pseudo-recipe "no mid-training" used as the report's reference
 
@@ -43,10 +51,11 @@ class Plan:
     name: str
     executor: ExecutorSection
     problems: StageRun
-    probes: dict[tuple[str, int], StageRun]  # (recipe, seed) -> probe run
+    probes: dict[tuple[str, int | None, int], StageRun]  # (recipe, replica, probe seed) -> run
     curation_executor: dict = field(default_factory=dict)
     base: StageRun | None = None
-    midtrain: dict[str, list[StageRun]] = field(default_factory=dict)  # recipe -> [stable, decay?]
+    # recipe -> mid-training replica (its seed; None: the sweep has no midtrain.seeds) -> [stable, decay?]
+    midtrain: dict[str, dict[int | None, list[StageRun]]] = field(default_factory=dict)
     roles: dict[StageRun, list[dict]] = field(default_factory=dict)
 
     def role(self, run: StageRun, **info) -> None:
@@ -70,20 +79,38 @@ class Plan:
             visit(run)
         return ordered
 
-    def final_checkpoint(self, recipe: str) -> StageRun:
-        return self.base if recipe == BASE_RECIPE else self.midtrain[recipe][-1]
+    def checkpoints(self) -> list[tuple[str, int | None, StageRun]]:
+        """(recipe, replica, final checkpoint) of every probed recipe replica."""
+        return list(dict.fromkeys((recipe, replica, run.inputs["checkpoint"])
+                                  for (recipe, replica, _), run in self.probes.items()))
 
     def add_probes(self, recipe: str, checkpoint: StageRun, spec, seeds: list[int],
-                   engine_options: dict | None = None) -> None:
+                   engine_options: dict | None = None, replica: int | None = None) -> None:
         for seed in seeds:
             config = {"spec": spec.model_dump(mode="json"), "spec_hash": spec.content_hash(), "seed": seed}
             if spec.engine == "verl":  # GPUs, nodes, rollout engine: how verl lays the run out
                 config["engine_options"] = engine_options or {}
             run = StageRun("probe", config,
                            {"checkpoint": checkpoint, "problems": self.problems},
-                           label=f"probe {recipe} seed {seed}")
-            self.probes[(recipe, seed)] = run
-            self.role(run, kind="probe", recipe=recipe, seed=seed)
+                           label=f"probe {recipe}{_replica_label(replica)} seed {seed}")
+            self.probes[(recipe, replica, seed)] = run
+            self.role(run, kind="probe", recipe=recipe, seed=seed, replica=replica)
+
+
+def _replica_label(replica: int | None) -> str:
+    return "" if replica is None else f" replica {replica}"
+
+
+def _replica_settings(settings: dict, seeds: list[int] | None) -> dict[int | None, dict]:
+    """The midtrain settings of each replica. A replica's seed enters its stages' keys unless
+    it is TrainConfig's default seed: that replica is the sweep's run without `seeds`, and
+    adding replicas to a sweep reuses it."""
+    from midtrain.train import TrainConfig
+
+    default = TrainConfig.model_fields["seed"].default
+    if seeds is None:
+        return {None: settings}
+    return {seed: settings if seed == default else {**settings, "seed": seed} for seed in seeds}
 
 
 def _blend_inputs(mix: StageMix, curate: dict[str, StageRun]) -> dict[str, StageRun]:
@@ -108,8 +135,9 @@ def _keyed_midtrain(midtrain: dict) -> dict:
 def build_plan(sweep: Sweep, source: Path) -> Plan:
     here = source.parent
     probe_cfg = sweep.probe
+    settings, replica_seeds = split_replicas(sweep.midtrain)
     sweep = sweep.model_copy(update={"toy_world": _resolved(sweep.toy_world),
-                                     "midtrain": _keyed_midtrain(sweep.midtrain)})
+                                     "midtrain": _keyed_midtrain(settings)})
     train_set, eval_set = probe_cfg.train_set, probe_cfg.eval_set
     if probe_cfg.difficulty == "auto":  # a pool with n problems at every level to choose from
         levels = len(train_set.difficulty or sweep.toy_world["difficulties"])
@@ -145,23 +173,25 @@ def build_plan(sweep: Sweep, source: Path) -> Plan:
             "tokens": pretrain.tokens, "lr": pretrain.lr, "mix": pretrain.mix, "threads": pretrain.threads,
         }, {"tokenizer": tokenizer, **_blend_inputs(pretrain, curate)}, label=f"pretrain base ({sweep.base.preset})")
 
-    midtrain: dict[str, list[StageRun]] = {}
+    midtrain: dict[str, dict[int | None, list[StageRun]]] = {}
     for rname, recipe in sweep.recipes.items():
-        stable = StageRun("midtrain", {
-            "phase": "stable" if recipe.decay else "full", "settings": sweep.midtrain,
-            "tokens": recipe.stable.tokens, "lr": recipe.stable.lr, "mix": recipe.stable.mix,
-            "threads": recipe.stable.threads,
-        }, {"init": base, "tokenizer": tokenizer, **_blend_inputs(recipe.stable, curate)},
-            label=f"midtrain {rname} stable")
-        stages = [stable]
-        if recipe.decay:
-            stages.append(StageRun("midtrain", {
-                "phase": "decay", "settings": sweep.midtrain, "tokens": recipe.decay.tokens,
-                "threads": recipe.decay.threads,
-                "lr": recipe.decay.lr, "mix": recipe.decay.mix,
-            }, {"init": stable, "tokenizer": tokenizer, **_blend_inputs(recipe.decay, curate)},
-                label=f"midtrain {rname} decay"))
-        midtrain[rname] = stages
+        midtrain[rname] = {}
+        for replica, replica_settings in _replica_settings(sweep.midtrain, replica_seeds).items():
+            stable = StageRun("midtrain", {
+                "phase": "stable" if recipe.decay else "full", "settings": replica_settings,
+                "tokens": recipe.stable.tokens, "lr": recipe.stable.lr, "mix": recipe.stable.mix,
+                "threads": recipe.stable.threads,
+            }, {"init": base, "tokenizer": tokenizer, **_blend_inputs(recipe.stable, curate)},
+                label=f"midtrain {rname} stable{_replica_label(replica)}")
+            stages = [stable]
+            if recipe.decay:
+                stages.append(StageRun("midtrain", {
+                    "phase": "decay", "settings": replica_settings, "tokens": recipe.decay.tokens,
+                    "threads": recipe.decay.threads,
+                    "lr": recipe.decay.lr, "mix": recipe.decay.mix,
+                }, {"init": stable, "tokenizer": tokenizer, **_blend_inputs(recipe.decay, curate)},
+                    label=f"midtrain {rname} decay{_replica_label(replica)}"))
+            midtrain[rname][replica] = stages
 
     from rl_probe.spec import get_probe_spec
 
@@ -171,9 +201,11 @@ def build_plan(sweep: Sweep, source: Path) -> Plan:
     for name, run in curate.items():
         plan.role(run, kind="curate", corpus=name)
     plan.role(base, kind="base")
-    for rname, stages in midtrain.items():
-        for stage in stages:
-            plan.role(stage, kind="midtrain", recipe=rname, phase=stage.config["phase"])
+    for rname, replicas in midtrain.items():
+        for replica, stages in replicas.items():
+            for stage in stages:
+                plan.role(stage, kind="midtrain", recipe=rname, phase=stage.config["phase"],
+                          replica=replica)
     spec = get_probe_spec(probe_cfg.spec)
     if probe_cfg.difficulty == "auto":
         # probes read the selected problems; curation still decontaminates against the whole pool
@@ -183,8 +215,11 @@ def build_plan(sweep: Sweep, source: Path) -> Plan:
             "train_n": probe_cfg.train_set.n, "eval_n": probe_cfg.eval_set.n,
         }, {"pool": problems, "checkpoint": base}, label="difficulty control")
         plan.role(plan.problems, kind="difficulty")
-    for recipe in ([BASE_RECIPE] if probe_cfg.include_base else []) + list(sweep.recipes):
-        plan.add_probes(recipe, plan.final_checkpoint(recipe), spec, probe_cfg.seeds, probe_cfg.verl)
+    if probe_cfg.include_base:
+        plan.add_probes(BASE_RECIPE, base, spec, probe_cfg.seeds, probe_cfg.verl)
+    for recipe, replicas in midtrain.items():
+        for replica, stages in replicas.items():
+            plan.add_probes(recipe, stages[-1], spec, probe_cfg.seeds, probe_cfg.verl, replica)
     return plan
 
 

@@ -157,14 +157,19 @@ def hierarchical_replicates(replicas: list[np.ndarray], score: str, problem_draw
     return np.mean(drawn, axis=0)
 
 
+def _count(values: set[int]) -> str:
+    """'2', or '1–3' where recipes differ (a failed run, the base)."""
+    return f"{min(values)}" if len(values) == 1 else f"{min(values)}–{max(values)}"
+
+
 def _sources(by_recipe: dict[str, dict], n_problems: int) -> str:
-    replicas = sorted({len(r) for r in by_recipe.values()})
-    seeds = sorted({len(m) for r in by_recipe.values() for m in r.values()})
-    span = lambda values: "–".join(map(str, sorted({values[0], values[-1]})))  # noqa: E731
-    if replicas == [1]:
-        return (f"probe seeds ({span(seeds)}) and eval problems ({n_problems}); conditional on one "
+    """Which sources of variance the intervals include, said beside every interval."""
+    replicas = {len(r) for r in by_recipe.values()}
+    seeds = _count({len(m) for r in by_recipe.values() for m in r.values()})
+    if replicas == {1}:
+        return (f"probe seeds ({seeds}) and eval problems ({n_problems}); conditional on one "
                 "mid-training run per recipe (`midtrain.seeds` adds replicas)")
-    return (f"mid-training replicas ({span(replicas)} per recipe), probe seeds ({span(seeds)} per "
+    return (f"mid-training replicas ({_count(replicas)} per recipe), probe seeds ({seeds} per "
             f"replica) and eval problems ({n_problems})")
 
 
@@ -186,22 +191,18 @@ def rank(runs: list[ProbeRun], score: str = "auc_acc", samples: int = 2000,
     rng = np.random.default_rng(seed)
     n_problems = len(common)
     problem_draws = rng.integers(0, n_problems, size=(samples, n_problems))
-    replica_sets = {tuple(sorted(reps, key=str)) for reps in by_recipe.values()}
     # Recipes mid-trained with the same replica seeds are paired like the problems: replica s of
-    # every recipe may share stages (a shared stable stage), so they are drawn together.
-    shared_draws = None
-    if len(replica_sets) == 1 and len(next(iter(replica_sets))) > 1:
-        n = len(next(iter(replica_sets)))
-        shared_draws = rng.integers(0, n, size=(samples, n))
+    # each may share stages (a shared stable stage), so their replicas are drawn together.
+    replica_draws: dict[tuple, np.ndarray] = {}
     replicates: dict[str, np.ndarray] = {}
     rankings = []
     alpha = (1 - confidence) / 2
     for recipe, reps in by_recipe.items():
         order = sorted(reps, key=str)
         stacks = [np.stack(reps[r]) for r in order]  # each [seeds, evals, problems]
-        draws = shared_draws
-        if draws is None and len(order) > 1:
-            draws = rng.integers(0, len(order), size=(samples, len(order)))
+        if len(order) > 1 and tuple(order) not in replica_draws:
+            replica_draws[tuple(order)] = rng.integers(0, len(order), size=(samples, len(order)))
+        draws = replica_draws.get(tuple(order)) if len(order) > 1 else None
         replicates[recipe] = hierarchical_replicates(stacks, score, problem_draws, draws, rng)
         per_replica = {r: float(run_scores(stack, score).mean()) for r, stack in zip(order, stacks)}
         everything = np.concatenate(stacks)

@@ -194,10 +194,13 @@ def build(results: SweepResults, title: str, score: str = "auc_acc", samples: in
     spec_hash = results.probes[0].spec_hash
     spec_name = results.probe_info[results.probes[0].key].manifest["config"]["spec"]["name"]
     seeds = sorted({r.seed for r in results.probes})
+    replicas = sorted({r.replica for r in results.probes if r.replica is not None})
     best, worst = ranking.recipes[0], ranking.recipes[-1]
     point, lo, hi = ranking.difference_ci(best.recipe, worst.recipe)
     doc.para(f"Sweep **{results.sweep}** · probe spec **{spec_name}** (hash `{spec_hash}`) · "
-             f"seeds {', '.join(map(str, seeds))} · generated {time.strftime('%Y-%m-%d %H:%M')}")
+             f"seeds {', '.join(map(str, seeds))}"
+             + (f" · mid-training replicas (seeds) {', '.join(map(str, replicas))}" if replicas else "")
+             + f" · generated {time.strftime('%Y-%m-%d %H:%M')}")
     runner_up = ranking.recipes[1].recipe if len(ranking.recipes) > 1 else None
     verdict = f"**{best.recipe}** ranks first by {score} = {best.score:.3f} " \
               f"[{best.ci_low:.3f}, {best.ci_high:.3f}]"
@@ -206,12 +209,12 @@ def build(results: SweepResults, title: str, score: str = "auc_acc", samples: in
                     f"replicates. Best − worst ({worst.recipe}) = {point:+.3f}, "
                     f"{confidence:.0%} CI [{lo:+.3f}, {hi:+.3f}]"
                     + (" — excludes 0." if lo > 0 else " — includes 0: not separated."))
-    doc.para(verdict)
+    doc.para(verdict + f" (intervals over {ranking.sources}.)")
 
     doc.heading("Ranking")
-    doc.para(f"Score: {SCORES[score]}. Confidence intervals: {confidence:.0%} bootstrap over seeds "
-             f"and eval problems ({samples} replicates). Cost: CPU-hours of the recipe's "
-             "mid-training stages plus its probes.")
+    doc.para(f"Score: {SCORES[score]}. Confidence intervals: {confidence:.0%} hierarchical bootstrap "
+             f"over {ranking.sources} ({samples} replicates). Cost: CPU-hours of the recipe's "
+             "mid-training stages (every replica) plus its probes.")
     modes_by_recipe = {r: sorted({m for p in results.probes if p.recipe == r for m in p.failure_modes})
                        for r in order}
     rows = []
@@ -227,6 +230,7 @@ def build(results: SweepResults, title: str, score: str = "auc_acc", samples: in
                      str(r.seeds)])
     doc.table(["#", "recipe", score, f"{confidence:.0%} CI", "step-0 acc", "final acc", "gain",
                "P(beats next)", "failure modes", "CPU-h", "seeds"], rows)
+    _replica_section(doc, ranking)
 
     doc.heading("Probe")
     doc.figure(_accuracy_figure(results, colors))
@@ -256,7 +260,7 @@ def build(results: SweepResults, title: str, score: str = "auc_acc", samples: in
     doc.table(["recipe", "step-0 pass@8 (probe set)", "uniform groups, steps ≤ 10",
                "final held-out acc ± SE", f"fitted gain, {confidence:.0%} CI", "eval problems"], diag)
     doc.para(f"Fitted gain: {SCORES['fitted_gain']}; an interval above 0 means the probe's RL really "
-             "improved the checkpoint on held-out problems.")
+             f"improved the checkpoint on held-out problems. Intervals over {ranking.sources}.")
     if results.difficulty:
         d = results.difficulty.read_json("difficulty.json")
         levels = ", ".join(f"level {lvl}: {v:.2f}" for lvl, v in d["pass_at_k_by_level"].items())
@@ -284,7 +288,8 @@ def build(results: SweepResults, title: str, score: str = "auc_acc", samples: in
 
     doc.heading("Provenance")
     doc.para("Every number above is read from these stage runs (workspace-relative directories).")
-    prov = [[p.recipe, str(p.seed), f"probe/{p.key}"] for p in results.probes]
+    prov = [[p.recipe + ("" if p.replica is None else f" · replica {p.replica}"), str(p.seed),
+             f"probe/{p.key}"] for p in results.probes]
     prov += [[", ".join(m.role["recipes"]) or "base", m.role.get("phase", ""), f"midtrain/{m.key}"]
              for m in results.midtrain]
     if results.base:
@@ -292,6 +297,29 @@ def build(results: SweepResults, title: str, score: str = "auc_acc", samples: in
     prov += [[name, "curation", info.ref] for name, info in results.curation.items()]
     doc.table(["recipe / corpus", "seed / phase", "stage run"], prov)
     return doc, ranking
+
+
+def _replica_section(doc: Doc, ranking: Ranking) -> None:
+    """Each recipe's score per mid-training replica, and whether the order holds in each."""
+    replicated = [r for r in ranking.recipes if len(r.per_replica) > 1]
+    if not replicated:
+        return
+    doc.heading("Mid-training replicas", 3)
+    replicas = sorted({k for r in replicated for k in r.per_replica})
+    doc.para(f"Each recipe mid-trained once per seed ({', '.join(map(str, replicas))}), every replica "
+             f"probed with every probe seed. {ranking.score_name} per replica (mean over probe seeds) "
+             "and the between-replica spread (max − min): the variation a single mid-training run "
+             "hides, and which the intervals above include.")
+    doc.table(["recipe"] + [f"replica {k}" for k in replicas] + ["spread"],
+              [[r.recipe] + [_fmt(r.per_replica.get(k)) for k in replicas] + [f"{r.replica_spread:.3f}"]
+               for r in replicated])
+    overall = [r.recipe for r in replicated]
+    holds = []
+    for k in replicas:
+        order = sorted((r for r in replicated if k in r.per_replica), key=lambda r: -r.per_replica[k])
+        holds.append(f"replica {k}: {' > '.join(r.recipe for r in order)}"
+                     + (" (the overall order)" if [r.recipe for r in order] == overall else " (differs)"))
+    doc.para("Order within each replica — " + "; ".join(holds) + ".")
 
 
 def _cheap_signals(doc: Doc, results: SweepResults, ranking: Ranking) -> None:

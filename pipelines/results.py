@@ -79,7 +79,8 @@ def collect(store: RunStore, sweep: str) -> SweepResults:
                        spec_hash=info.manifest["config"]["spec_hash"], eval_steps=steps,
                        correct=correct, problem_ids=ids, metrics=info.metrics,
                        profile=info.read_json("profile.json") or summary.get("profile", {}),
-                       cpu_seconds=info.manifest.get("cpu_seconds", 0.0))
+                       cpu_seconds=info.manifest.get("cpu_seconds", 0.0),
+                       replica=info.role.get("replica"))
         run.failure_modes = classify(info.metrics, run.accuracy)
         probes.append(run)
         probe_info[info.key] = info

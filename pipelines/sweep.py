@@ -182,6 +182,26 @@ def split_nproc(midtrain: dict) -> tuple[dict, int]:
     return settings, settings.pop("nproc_per_node", 1)
 
 
+def split_replicas(midtrain: dict) -> tuple[dict, list[int] | None]:
+    """The sweep's midtrain section without `seeds`, and those seeds: each recipe is
+    mid-trained once per seed (its data order and initialisation), a *replica* probed
+    like a recipe of its own and resampled by the ranking. None: one mid-training run."""
+    settings = dict(midtrain)
+    return settings, settings.pop("seeds", None)
+
+
+def _replica_errors(seeds: Any, settings: dict) -> list[str]:
+    if seeds is None:
+        return []
+    if not (isinstance(seeds, list) and seeds and all(type(s) is int for s in seeds)):
+        return [f"midtrain.seeds: expected a non-empty list of integers, got {seeds!r}"]
+    if len(set(seeds)) != len(seeds):
+        return [f"midtrain.seeds: seeds repeat ({seeds}); each replica needs its own seed"]
+    if "seed" in settings:
+        return ["midtrain.seeds: give either midtrain.seed (one run) or midtrain.seeds (replicas)"]
+    return []
+
+
 def _nproc_errors(nproc: Any, cfg) -> list[str]:
     # megatron splits the processes into groups of tp x pp ranks; the rest is data parallel
     model_parallel = cfg.tensor_model_parallel_size * cfg.pipeline_model_parallel_size
@@ -245,7 +265,9 @@ def cross_check(sweep: Sweep, source: Path) -> list[str]:
     here = source.parent
     _check_section(ToyWorldConfig, sweep.toy_world, ("toy_world",), errors)
     _check_section(ExecutorConfig, sweep.curation_executor, ("curation_executor",), errors)
-    settings, nproc = split_nproc(sweep.midtrain)
+    settings, replica_seeds = split_replicas(sweep.midtrain)
+    errors += _replica_errors(replica_seeds, settings)
+    settings, nproc = split_nproc(settings)
     train_cfg = _check_section(TrainConfig, settings, ("midtrain",), errors, tokens=1)
     if train_cfg is not None:
         errors += _nproc_errors(nproc, train_cfg)

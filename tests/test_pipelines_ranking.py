@@ -140,3 +140,22 @@ def test_one_replica_says_its_interval_is_conditional():
     ranking = rank([_run("a", s, [0.3, 0.4]) for s in range(2)], samples=200)
     assert "conditional on one mid-training run" in ranking.sources
     assert ranking.recipes[0].replica_spread == 0
+
+
+def test_report_shows_each_replica_and_whether_the_order_holds_in_it():
+    from pipelines.report import Doc, _replica_section
+
+    rng = np.random.default_rng(2)
+    # replica 1 of "b" is so good that it beats "a" in that replica only
+    ranking = rank(_replicated("a", [0.5, 0.5], rng) + _replicated("b", [0.2, 0.6], rng), samples=200)
+    doc = Doc()
+    _replica_section(doc, ranking)
+    (_, (header, rows)), = [b for b in doc.blocks if b[0] == "table"]
+    assert header == ["recipe", "replica 0", "replica 1", "spread"]
+    spread = {row[0]: float(row[-1]) for row in rows}
+    assert spread["b"] == pytest.approx(0.4, abs=0.05) and spread["a"] < 0.05
+    order = next(text for kind, text in doc.blocks if kind == "p" and text.startswith("Order"))
+    assert "replica 0: a > b (the overall order)" in order and "replica 1: b > a (differs)" in order
+    single = Doc()
+    _replica_section(single, rank([_run("a", 0, [0.2, 0.3])], samples=100))
+    assert not single.blocks  # nothing to show without replicas

@@ -61,18 +61,46 @@ def test_missing_base_model_path(tmp_path):
 def test_shared_stable_stage_is_one_run_and_changes_propagate(tmp_path):
     sweep = load_sweep(TOY_SMOKE)
     plan = build_plan(sweep, TOY_SMOKE)
-    stables = {plan.midtrain[r][0].key for r in plan.midtrain}
-    decays = {plan.midtrain[r][1].key for r in plan.midtrain}
+    stables = {plan.midtrain[r][None][0].key for r in plan.midtrain}
+    decays = {plan.midtrain[r][None][1].key for r in plan.midtrain}
     assert len(stables) == 1 and len(decays) == 3
-    assert plan.midtrain["qa_cot"][1].inputs["init"] is plan.midtrain["qa_cot"][0]
+    assert plan.midtrain["qa_cot"][None][1].inputs["init"] is plan.midtrain["qa_cot"][None][0]
 
     changed = _write(tmp_path, lambda d: d["corpora"]["qa_short"]["source"].update(docs=801))
     plan2 = build_plan(load_sweep(changed), changed)
-    assert plan2.midtrain["qa_cot"][1].key == plan.midtrain["qa_cot"][1].key
-    assert plan2.midtrain["qa_short"][1].key != plan.midtrain["qa_short"][1].key
+    assert plan2.midtrain["qa_cot"][None][1].key == plan.midtrain["qa_cot"][None][1].key
+    assert plan2.midtrain["qa_short"][None][1].key != plan.midtrain["qa_short"][None][1].key
     assert plan2.base.key == plan.base.key
-    assert plan2.probes[("qa_short", 0)].key != plan.probes[("qa_short", 0)].key
-    assert plan2.probes[("control", 0)].key == plan.probes[("control", 0)].key
+    assert plan2.probes[("qa_short", None, 0)].key != plan.probes[("qa_short", None, 0)].key
+    assert plan2.probes[("control", None, 0)].key == plan.probes[("control", None, 0)].key
+
+
+
+def test_midtrain_replicas_are_separate_chains_keyed_by_seed_and_the_default_seed_keeps_keys(tmp_path):
+    plan = build_plan(load_sweep(TOY_SMOKE), TOY_SMOKE)
+    replicated = _write(tmp_path, lambda d: d["midtrain"].update(seeds=[1234, 7]))
+    plan2 = build_plan(load_sweep(replicated), replicated)
+    # the default seed's replica is the sweep's run without `seeds`: cached runs are reused
+    assert plan2.midtrain["qa_cot"][1234][1].key == plan.midtrain["qa_cot"][None][1].key
+    assert plan2.probes[("qa_cot", 1234, 0)].key == plan.probes[("qa_cot", None, 0)].key
+    other = plan2.midtrain["qa_cot"][7]
+    assert other[0].config["settings"]["seed"] == 7 and other[1].inputs["init"] is other[0]
+    assert {plan2.midtrain[r][7][0].key for r in plan2.midtrain} == {other[0].key}  # still shared
+    assert other[0].key != plan.midtrain["qa_cot"][None][0].key
+    assert plan2.base.key == plan.base.key  # the base is not replicated
+    # 3 recipes x 2 replicas x 2 probe seeds, and the base's 2
+    assert len(plan2.probes) == 14 and plan2.probes[("base", None, 0)].key == plan.probes[("base", None, 0)].key
+    roles = plan2.roles[plan2.probes[("qa_cot", 7, 1)]]
+    assert roles == [{"kind": "probe", "recipe": "qa_cot", "seed": 1, "replica": 7}]
+
+
+@pytest.mark.parametrize("seeds, message", [
+    ([], "non-empty list of integers"), ([1, 1], "seeds repeat"), ("0,1", "non-empty list of integers")])
+def test_bad_midtrain_seeds_name_the_field(tmp_path, seeds, message):
+    errors = validate_sweep(_write(tmp_path, lambda d: d["midtrain"].update(seeds=seeds)))
+    assert any(e.startswith("midtrain.seeds:") and message in e for e in errors), errors
+    both = validate_sweep(_write(tmp_path, lambda d: d["midtrain"].update(seeds=[1, 2], seed=3)))
+    assert any("either midtrain.seed" in e for e in both)
 
 
 def _cli(*args, cwd=None):
@@ -106,10 +134,10 @@ def test_verl_engine_options_reach_the_probe_runs(tmp_path):
     path = _write(tmp_path, lambda d: d["probe"].update(
         spec="octothinker-v1", verl={"n_gpus_per_node": 4, "rollout_engine": "sglang"}))
     plan = build_plan(load_sweep(path), path)
-    probe = plan.probes[("qa_cot", 0)]
+    probe = plan.probes[("qa_cot", None, 0)]
     assert probe.config["spec"]["engine"] == "verl"
     assert probe.config["engine_options"] == {"n_gpus_per_node": 4, "rollout_engine": "sglang"}
-    assert "engine_options" not in build_plan(load_sweep(TOY_SMOKE), TOY_SMOKE).probes[("qa_cot", 0)].config
+    assert "engine_options" not in build_plan(load_sweep(TOY_SMOKE), TOY_SMOKE).probes[("qa_cot", None, 0)].config
 
 
 def test_every_ranking_score_can_be_chosen_in_a_sweep():

@@ -1,0 +1,24 @@
+"""When a midtrain stage's weights are a function of its stage key alone.
+
+On CPU in fp32 they are, at the stage's thread count and process layout (both in
+its key): torch's CPU kernels, MKL's GEMMs and `midtrain.kernels` split work by
+thread index and thread count, never by timing, so a busy machine changes how
+long a stage takes but not its bits. `tests/test_midtrain_reproducible.py` checks
+a 2-thread stage alone against the same stage beside two CPU-bound processes.
+
+On CUDA this has not been verified: cuBLAS, TransformerEngine's attention backward
+and the embedding backward may accumulate in a run-dependent order unless torch's
+deterministic mode is on, which midtrain does not set.
+"""
+
+from __future__ import annotations
+
+CPU = ("bitwise: CPU fp32 at the stage's thread count and process layout (both in its key); "
+       "machine load does not change the result")
+CUDA = ("not verified bitwise on CUDA: cuBLAS, TransformerEngine attention and the embedding "
+        "backward may accumulate in a run-dependent order (torch's deterministic mode is not set)")
+
+
+def reproducibility(cuda: bool) -> dict:
+    """What a midtrain stage run on this device promises; recorded in its summary.json."""
+    return {"bitwise": not cuda, "statement": CUDA if cuda else CPU}
