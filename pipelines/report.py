@@ -229,7 +229,7 @@ def build(results: SweepResults, title: str, score: str = "auc_acc", samples: in
                      ", ".join(flagged) or "none", f"{recipe_cost_hours(results, r.recipe):.3f}",
                      str(r.seeds)])
     doc.table(["#", "recipe", score, f"{confidence:.0%} CI", "step-0 acc", "final acc", "gain",
-               "P(beats next)", "failure modes", "CPU-h", "seeds"], rows)
+               "P(beats next)", "failure modes", "CPU-h", "probe runs"], rows)
     _replica_section(doc, ranking)
 
     doc.heading("Probe")

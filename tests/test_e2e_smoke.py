@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -15,11 +16,11 @@ import yaml
 from pipelines.sweep import bundled_sweep
 
 
-def _demo(workspace: Path) -> subprocess.CompletedProcess:
+def _demo(workspace: Path, *options: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "offline"}
     return subprocess.run([sys.executable, "-m", "pipelines.cli", "demo", "--preset", "smoke",
-                           "--workspace", str(workspace)], capture_output=True, text=True, env=env,
-                          timeout=900)
+                           "--workspace", str(workspace), *options], capture_output=True, text=True,
+                          env=env, timeout=900)
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +92,18 @@ def test_validate_probe_measures_decision_accuracy_against_longer_runs(smoke_run
     assert "## Decision accuracy" in (workspace / "reports" / "toy-smoke" / "report.md").read_text()
     problems = [json.loads(p.read_text())["config"] for p in (workspace / "problems").glob("*/manifest.json")]
     assert any(c["eval_set"].get("offset") for c in problems)  # the target's own held-out problems
+
+
+@pytest.mark.slow
+def test_a_second_replica_reuses_the_first_and_the_report_includes_it(smoke_run, tmp_path):
+    workspace = tmp_path / "replicas"
+    shutil.copytree(smoke_run[0], workspace)
+    result = _demo(workspace, "--replicas", "2")
+    assert result.returncode == 0, result.stderr[-4000:]
+    trained = [line for line in result.stderr.splitlines() if line.startswith("▶ midtrain")]
+    # only the new replica trains: one shared stable stage and three decay branches
+    assert len(trained) == 4 and all("replica 1235" in line for line in trained), trained
+    md = (workspace / "reports" / "toy-smoke" / "report.md").read_text()
+    assert "mid-training replicas (1–2 per recipe)" in md  # the base is one model, not replicated
+    assert "### Mid-training replicas" in md and "replica 1234" in md and "replica 1235" in md
+    assert "Order within each replica" in md
