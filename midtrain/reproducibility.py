@@ -13,12 +13,26 @@ deterministic mode is on, which midtrain does not set.
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 CPU = ("bitwise: CPU fp32 at the stage's thread count and process layout (both in its key); "
        "machine load does not change the result")
 CUDA = ("not verified bitwise on CUDA: cuBLAS, TransformerEngine attention and the embedding "
         "backward may accumulate in a run-dependent order (torch's deterministic mode is not set)")
 
 
-def reproducibility(cuda: bool) -> dict:
-    """What a midtrain stage run on this device promises; recorded in its summary.json."""
-    return {"bitwise": not cuda, "statement": CUDA if cuda else CPU}
+def weights_digest(hf_dir: Path) -> str:
+    """sha256 over an HF export's safetensors files, in name order."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(hf_dir).glob("*.safetensors")):
+        with path.open("rb") as f:
+            digest.update(hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()
+
+
+def reproducibility(cuda: bool, hf_dir: Path) -> dict:
+    """What a midtrain stage run on this device promises, and the digest of the weights it
+    made; recorded in its summary.json."""
+    return {"bitwise": not cuda, "statement": CUDA if cuda else CPU,
+            "weights_sha256": weights_digest(hf_dir)}

@@ -508,10 +508,11 @@ def train(model: ModelSpec, cfg: TrainConfig, blend: list[BlendPart], out_dir: s
         "config": cfg.model_dump(),
         "blend": [part.model_dump() for part in blend],
         "init": str(init) if init is not None else None,
-        "reproducibility": reproducibility(device.type == "cuda"),
     }
     export(out_dir / "hf")
     if rank == 0:
+        # the digest makes "same stage key, same weights" checkable across runs and machines
+        summary["reproducibility"] = reproducibility(device.type == "cuda", out_dir / "hf")
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     torch.distributed.barrier()
     return summary

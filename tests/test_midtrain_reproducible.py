@@ -19,7 +19,7 @@ from midtrain.train import TrainConfig, TrainJob
 BUSY_LOOP = "while True: pass"
 
 
-def _train(job: TrainJob, tmp_path, name: str, busy: int) -> tuple[bytes, list]:
+def _train(job: TrainJob, tmp_path, name: str, busy: int) -> tuple[bytes, list, str]:
     job = job.model_copy(update={"out_dir": tmp_path / name})
     job.out_dir.mkdir()
     (job.out_dir / "job.json").write_text(job.model_dump_json())
@@ -33,7 +33,8 @@ def _train(job: TrainJob, tmp_path, name: str, busy: int) -> tuple[bytes, list]:
             process.wait()
     metrics = [json.loads(line)["data"] for line in (job.out_dir / "metrics.jsonl").read_text().splitlines()]
     trace = [(m["train/loss"], m["train/grad_norm"]) for m in metrics]
-    return (job.out_dir / "hf" / "model.safetensors").read_bytes(), trace
+    digest = json.loads((job.out_dir / "summary.json").read_text())["reproducibility"]["weights_sha256"]
+    return (job.out_dir / "hf" / "model.safetensors").read_bytes(), trace, digest
 
 
 @pytest.mark.slow
@@ -57,4 +58,4 @@ def test_two_thread_stage_is_bitwise_equal_alone_and_under_load(tmp_path):
     alone = _train(job, tmp_path, "alone", busy=0)
     loaded = _train(job, tmp_path, "loaded", busy=2)
     assert loaded[1] == alone[1]  # every step's loss and gradient norm, to the bit
-    assert loaded[0] == alone[0]
+    assert loaded[0] == alone[0] and loaded[2] == alone[2]

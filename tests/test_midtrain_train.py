@@ -138,6 +138,9 @@ def test_resume_after_crash_is_bitwise_identical(corpus, tmp_path):
     resumed = load_file(tmp_path / "resumed" / "hf" / "model.safetensors")
     assert straight.keys() == resumed.keys()
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    promise = {name: json.loads((tmp_path / name / "summary.json").read_text())["reproducibility"]
+               for name in ("straight", "resumed")}
+    assert promise["straight"] == promise["resumed"] and promise["straight"]["bitwise"]  # on CPU
 
     def losses(name):
         return [(m["step"], m["data"]["train/loss"]) for m in read_metrics(tmp_path / name)]
