@@ -1,10 +1,12 @@
 """When a midtrain stage's weights are a function of its stage key alone.
 
-On CPU in fp32 they are, at the stage's thread count and process layout (both in
-its key): torch's CPU kernels, MKL's GEMMs and `midtrain.kernels` split work by
-thread index and thread count, never by timing, so a busy machine changes how
-long a stage takes but not its bits. `tests/test_midtrain_reproducible.py` checks
-a 2-thread stage alone against the same stage beside two CPU-bound processes.
+On CPU in fp32 they should be, at the stage's thread count and process layout
+(both in its key): torch's CPU kernels, MKL's GEMMs and `midtrain.kernels` split
+work by thread index and thread count, not by timing, so a busy machine should
+change how long a stage takes but not its bits. `tests/test_midtrain_reproducible.py`
+checks a 2-thread stage alone against the same stage beside two CPU-bound
+processes. Two differences seen before (README "Reproducibility") remain
+unexplained, so each run records the digest of its weights.
 
 On CUDA this has not been verified: cuBLAS, TransformerEngine's attention backward
 and the embedding backward may accumulate in a run-dependent order unless torch's
@@ -16,8 +18,9 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-CPU = ("bitwise: CPU fp32 at the stage's thread count and process layout (both in its key); "
-       "machine load does not change the result")
+CPU = ("bitwise on CPU in fp32 at the stage's thread count and process layout (both in its key), "
+       "whatever else the machine runs (tested; two unexplained differences were seen before, "
+       "so compare weights_sha256 of reruns)")
 CUDA = ("not verified bitwise on CUDA: cuBLAS, TransformerEngine attention and the embedding "
         "backward may accumulate in a run-dependent order (torch's deterministic mode is not set)")
 
