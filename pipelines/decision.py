@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from itertools import combinations
 from pathlib import Path
 
@@ -211,6 +211,17 @@ class Judge:
         return float(np.mean(points)), (float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha)))
 
 
+def first_replica(runs: list[ProbeRun]) -> list[ProbeRun]:
+    """Each recipe's probe runs on its first mid-training replica (`midtrain.seeds`): probe
+    budgets and cheap signals are judged on one mid-training run per recipe, seed-paired
+    across recipes, while the target ranks with every replica."""
+    first: dict[str, int | None] = {}
+    for run in runs:
+        if run.recipe not in first or (run.replica is not None and run.replica < first[run.recipe]):
+            first[run.recipe] = run.replica
+    return [run for run in runs if run.replica == first[run.recipe]]
+
+
 def stack_runs(runs: list[ProbeRun], recipes: list[str]) -> tuple[np.ndarray, list[int], list[int]]:
     """[recipes, seeds, evals, problems] correctness on the eval problems every run shares,
     seeds in the same order for every recipe (runs with the same seed share their RL prompt
@@ -286,6 +297,7 @@ def decide(probes: SweepResults, target_runs: list[ProbeRun], score: str, sample
                   np.array([r.score for r in target.recipes]),
                   np.stack([target.replicates[r] for r in recipes], axis=-1), confidence)
 
+    probes = replace(probes, probes=first_replica(probes.probes))
     stack, seeds, eval_steps = stack_runs(probes.probes, recipes)
     costs = {(r.recipe, r.seed): RunCost.of(r, probes.probe_info[r.key].read_json("summary.json"))
              for r in probes.probes if r.recipe in index}

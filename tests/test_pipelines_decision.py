@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from pipelines.decision import (
-    agreement, budget_problems, budget_steps, decide, entropy_fit_ceiling, held_out, save, split_pairs,
-    target_plan)
+    agreement, budget_problems, budget_steps, decide, entropy_fit_ceiling, first_replica, held_out, save,
+    split_pairs, target_plan)
 from pipelines.plan import build_plan
 from pipelines.ranking import ProbeRun, rank
 from pipelines.results import StageInfo, SweepResults
@@ -163,12 +163,13 @@ def test_validation_sweep_reuses_the_demo_stages():
     validation = build_plan(load_sweep(validation_path), validation_path)
     assert len(validation.midtrain) >= 8 and len(load_sweep(validation_path).probe.seeds) >= 3
     assert validation.base.key == toy.base.key and validation.problems.key == toy.problems.key
-    stables = {stages[0].key for stages in [*toy.midtrain.values(), *validation.midtrain.values()]}
+    # one mid-training run per recipe (replica None) in both sweeps
+    stables = {r[None][0].key for r in [*toy.midtrain.values(), *validation.midtrain.values()]}
     assert len(stables) == 1  # one shared stable stage
-    for recipe, stages in toy.midtrain.items():  # the demo's four decay branches, by the same names
-        assert validation.midtrain[recipe][-1].key == stages[-1].key
-    assert {run.key for (r, s), run in toy.probes.items()} <= {run.key for run in validation.probes.values()}
-    decays = {stages[-1].key for stages in validation.midtrain.values()}
+    for recipe, replicas in toy.midtrain.items():  # the demo's four decay branches, by the same names
+        assert validation.midtrain[recipe][None][-1].key == replicas[None][-1].key
+    assert {run.key for run in toy.probes.values()} <= {run.key for run in validation.probes.values()}
+    decays = {r[None][-1].key for r in validation.midtrain.values()}
     assert len(decays) == len(validation.midtrain)  # every recipe its own branch
 
 
@@ -244,3 +245,15 @@ def test_validate_probe_refuses_bad_options_before_running(tmp_path, option, val
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and option in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "ws").exists()
+
+
+def test_budgets_use_each_recipes_first_mid_training_replica():
+    runs = [_run("base", s, [0.1, 0.2]) for s in (0, 1)]
+    for replica in (1235, 1234):
+        for seed in (0, 1):
+            run = _run("qa", seed, [0.3, 0.4])
+            run.replica = replica
+            runs.append(run)
+    kept = first_replica(runs)
+    assert sorted((r.recipe, r.replica, r.seed) for r in kept) == [
+        ("base", None, 0), ("base", None, 1), ("qa", 1234, 0), ("qa", 1234, 1)]
