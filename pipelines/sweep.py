@@ -235,7 +235,7 @@ def midtrain_memory(sweep: Sweep, source: Path):
     model = planned_model(sweep, source)
     if model is None:
         return None
-    settings, nproc = split_nproc(sweep.midtrain)
+    settings, nproc = split_nproc(split_replicas(sweep.midtrain)[0])
     return estimate_memory(model, TrainConfig(**{**settings, "tokens": 1}), nproc, cuda=True)
 
 
