@@ -18,7 +18,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from pipelines.errors import InputError
-from pipelines.sweep import ExecutorSection, Sweep, resolve_path, split_nproc
+from pipelines.sweep import ExecutorSection, Sweep, resolve_path, split_nproc, split_replicas
 
 SAMPLE_LINES = 100  # of each source file: enough to find a wrong text field, cheap on a large corpus
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # a path component, never '.' or '..'
@@ -222,7 +222,7 @@ def _budgets(sweep: Sweep) -> list[str]:
     """Every mid-training stage buys at least one optimizer step."""
     from midtrain.train import TrainConfig
 
-    settings, nproc = split_nproc(sweep.midtrain)
+    settings, nproc = split_nproc(split_replicas(sweep.midtrain)[0])
     try:
         cfg = TrainConfig.model_validate({**settings, "tokens": 1})
     except ValidationError:  # reported by the schema check
