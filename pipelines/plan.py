@@ -11,6 +11,7 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from midtrain.config import TrainConfig, phase_schedule, phase_warmup
 from pipelines.store import StageRun
 from pipelines.sweep import ExecutorSection, ProblemSet, StageMix, Sweep, resolve_path, split_nproc
 
@@ -105,6 +106,18 @@ def _keyed_midtrain(midtrain: dict) -> dict:
     return midtrain if nproc != 1 else settings
 
 
+def _phase_config(phase: str, stage: StageMix, midtrain: dict, lr: float | None) -> dict:
+    """A midtrain stage's config: its budget, mix and LR, and the LR schedule and warmup
+    its phase runs (stable-then-decay as the field runs it; midtrain.config)."""
+    default = TrainConfig.model_fields
+    return {"phase": phase, "settings": midtrain, "tokens": stage.tokens, "mix": stage.mix,
+            "threads": stage.threads, "lr": lr or midtrain.get("lr", default["lr"].default),
+            "schedule": phase_schedule(phase, stage.schedule,
+                                       midtrain.get("schedule", default["schedule"].default)),
+            "warmup_tokens": phase_warmup(phase, midtrain.get("warmup_tokens",
+                                                              default["warmup_tokens"].default))}
+
+
 def build_plan(sweep: Sweep, source: Path) -> Plan:
     here = source.parent
     probe_cfg = sweep.probe
@@ -141,26 +154,23 @@ def build_plan(sweep: Sweep, source: Path) -> Plan:
     else:
         pretrain = sweep.base.pretrain
         base = StageRun("midtrain", {
-            "phase": "pretrain", "model_preset": sweep.base.preset, "settings": sweep.midtrain,
-            "tokens": pretrain.tokens, "lr": pretrain.lr, "mix": pretrain.mix, "threads": pretrain.threads,
+            **_phase_config("pretrain", pretrain, sweep.midtrain, pretrain.lr),
+            "model_preset": sweep.base.preset,
         }, {"tokenizer": tokenizer, **_blend_inputs(pretrain, curate)}, label=f"pretrain base ({sweep.base.preset})")
 
     midtrain: dict[str, list[StageRun]] = {}
     for rname, recipe in sweep.recipes.items():
-        stable = StageRun("midtrain", {
-            "phase": "stable" if recipe.decay else "full", "settings": sweep.midtrain,
-            "tokens": recipe.stable.tokens, "lr": recipe.stable.lr, "mix": recipe.stable.mix,
-            "threads": recipe.stable.threads,
-        }, {"init": base, "tokenizer": tokenizer, **_blend_inputs(recipe.stable, curate)},
-            label=f"midtrain {rname} stable")
+        stable = StageRun("midtrain", _phase_config("stable" if recipe.decay else "full", recipe.stable,
+                                                    sweep.midtrain, recipe.stable.lr),
+                          {"init": base, "tokenizer": tokenizer, **_blend_inputs(recipe.stable, curate)},
+                          label=f"midtrain {rname} stable")
         stages = [stable]
-        if recipe.decay:
-            stages.append(StageRun("midtrain", {
-                "phase": "decay", "settings": sweep.midtrain, "tokens": recipe.decay.tokens,
-                "threads": recipe.decay.threads,
-                "lr": recipe.decay.lr, "mix": recipe.decay.mix,
-            }, {"init": stable, "tokenizer": tokenizer, **_blend_inputs(recipe.decay, curate)},
-                label=f"midtrain {rname} decay"))
+        if recipe.decay:  # continues at the stable stage's LR (the sweep refuses another)
+            stages.append(StageRun("midtrain", _phase_config("decay", recipe.decay, sweep.midtrain,
+                                                             stable.config["lr"]),
+                                   {"init": stable, "tokenizer": tokenizer,
+                                    **_blend_inputs(recipe.decay, curate)},
+                                   label=f"midtrain {rname} decay"))
         midtrain[rname] = stages
 
     from rl_probe.spec import get_probe_spec

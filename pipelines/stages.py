@@ -68,15 +68,14 @@ def _curate(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metri
 def _midtrain(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metrics,
               threads: int = 1) -> None:
     from midtrain.spec import MODEL_PRESETS, ModelSpec
-    from midtrain.train import BlendPart, TrainConfig, TrainJob, train
+    from midtrain.config import TrainConfig
+    from midtrain.train import BlendPart, TrainJob, train
 
     cfg = run.config
     settings, nproc = split_nproc(cfg["settings"])
-    if cfg["lr"] is not None:
-        settings["lr"] = cfg["lr"]
     # the processes share the stage's thread budget
     settings.update(tokens=cfg["tokens"], threads=max(1, (cfg["threads"] or threads) // nproc),
-                    schedule=_phase_schedule(cfg["phase"], settings.get("schedule")))
+                    lr=cfg["lr"], schedule=cfg["schedule"], warmup_tokens=cfg["warmup_tokens"])
     train_cfg = TrainConfig(**settings)
     blend = []
     for name, weight in sorted(cfg["mix"].items()):
@@ -100,11 +99,6 @@ def _midtrain(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Met
     else:
         torchrun(TrainJob(model=model, config=train_cfg, blend=blend, out_dir=out, init=init,
                            tokenizer_dir=inputs["tokenizer"]), nproc, on_metrics)
-
-
-def _phase_schedule(phase: str, configured: str | None) -> str:
-    """Stable stages hold the LR constant so decay branches can fork from them."""
-    return {"stable": "constant", "decay": "linear-decay"}.get(phase, configured or "wsd")
 
 
 def _vocab_size(tokenizer_dir: Path) -> int:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from midtrain.config import Schedule, TrainConfig, phase_schedule
 from pipelines.errors import InputError
 
 BUNDLED_SWEEPS = Path(__file__).parent / "sweeps"
@@ -35,6 +36,10 @@ class StageMix(_Strict):
         "torch threads for this stage (default: the executor's threads_per_run). Worth setting on "
         "stages nothing else can run beside (the base, a shared stable stage). Part of the stage's "
         "key: the thread count changes floating-point results"))
+    schedule: Schedule | None = Field(default=None, description=(
+        "this stage's LR schedule. Default: midtrain.schedule where training runs start to end "
+        "(base pretraining, a recipe without decay); constant for a stable stage with decay "
+        "branches; linear-decay for a decay branch (which may choose cosine)"))
 
     @field_validator("mix")
     @classmethod
@@ -210,7 +215,6 @@ def midtrain_memory(sweep: Sweep, source: Path):
     """Estimated peak bytes per GPU of the sweep's midtrain stages (one settings block,
     one model: the same for every stage), or None without a known model."""
     from midtrain.memory import estimate_memory
-    from midtrain.train import TrainConfig
 
     model = planned_model(sweep, source)
     if model is None:
@@ -233,12 +237,30 @@ def _memory_errors(sweep: Sweep, source: Path, cfg) -> list[str]:
             "lower micro_batch_size or seq_length, or set recompute_activations"]
 
 
+def _schedule_errors(sweep: Sweep) -> list[str]:
+    """Stable-then-decay as the field runs it: a schedule a phase cannot run, or a decay LR
+    other than the stable stage's (a jump at the fork), is refused, never replaced."""
+    errors = []
+    for rname, recipe in sweep.recipes.items():
+        if recipe.decay is None:
+            continue
+        for phase, stage in (("stable", recipe.stable), ("decay", recipe.decay)):
+            try:
+                phase_schedule(phase, stage.schedule, "constant")
+            except ValueError as exc:
+                errors.append(f"recipes.{rname}.{phase}.schedule: {exc}")
+        stable_lr = recipe.stable.lr or sweep.midtrain.get("lr", TrainConfig.model_fields["lr"].default)
+        if recipe.decay.lr is not None and recipe.decay.lr != stable_lr:
+            errors.append(f"recipes.{rname}.decay.lr: a decay branch continues at its stable stage's "
+                          f"LR ({stable_lr:g}); leave it out, not {recipe.decay.lr:g}")
+    return errors
+
+
 def cross_check(sweep: Sweep, source: Path) -> list[str]:
     """Checks that need more than one section, or a stage package's config model."""
     from data_recipes.curate import CorpusConfig, ExecutorConfig
     from data_recipes.toyworld import ToyWorldConfig
     from midtrain.spec import MODEL_PRESETS
-    from midtrain.train import TrainConfig
     from rl_probe.spec import PROBE_SPECS
 
     errors: list[str] = []
@@ -257,6 +279,7 @@ def cross_check(sweep: Sweep, source: Path) -> list[str]:
         stages.append((("recipes", rname, "stable"), recipe.stable))
         if recipe.decay:
             stages.append((("recipes", rname, "decay"), recipe.decay))
+    errors += _schedule_errors(sweep)
     for loc, stage in stages:
         for corpus in stage.mix:
             if corpus not in sweep.corpora:

@@ -59,6 +59,24 @@ def test_every_number_traces_to_a_finished_stage_run(smoke_run):
     assert not list(workspace.glob("*/.*.partial"))
 
 
+def test_decay_branches_start_at_the_stable_lr(smoke_run):
+    """On the forks the demo really ran: a decay branch's first step trains at the LR its
+    stable stage ended with (no second warmup), and its last at min_lr."""
+    workspace, _, _ = smoke_run
+
+    def metrics(ref):
+        return [json.loads(line)["data"] for line in (workspace / ref / "metrics.jsonl").read_text().splitlines()]
+
+    decays = [json.loads(p.read_text()) for p in workspace.glob("midtrain/*/manifest.json")
+              if json.loads(p.read_text())["config"]["phase"] == "decay"]
+    assert len(decays) == 3
+    for decay in decays:
+        stable = metrics(decay["inputs"]["init"])
+        branch = metrics(f"midtrain/{decay['key']}")
+        assert branch[0]["train/lr"] == stable[-1]["train/lr"] == decay["config"]["lr"]
+        assert branch[-1]["train/lr"] == pytest.approx(decay["config"]["settings"]["min_lr"])
+
+
 def test_second_demo_reuses_every_stage(smoke_run):
     workspace, first, first_seconds = smoke_run
     started = time.time()
