@@ -50,7 +50,7 @@ def validate(sweep: Path = typer.Argument(..., help="sweep YAML file")) -> None:
 @app.command()
 def plan(sweep: Path = typer.Argument(..., help="sweep YAML file"), workspace: Optional[Path] = WorkspaceOpt) -> None:
     """Show the stage DAG and what the run store already has."""
-    from pipelines.plan import build_plan
+    from pipelines.plan import build_plan, why_run
     from pipelines.store import RunStore
     from midtrain.memory import GIB
     from pipelines.sweep import load_sweep, midtrain_memory
@@ -61,15 +61,16 @@ def plan(sweep: Path = typer.Argument(..., help="sweep YAML file"), workspace: O
     store = RunStore(path) if (path / "index.sqlite").is_file() else None  # plan writes nothing
     memory = midtrain_memory(spec, sweep)
     table = Table(title=f"sweep {spec.name}: {len(the_plan.runs())} stage runs", title_justify="left")
-    for col in ("stage run", "key", "inputs", "state", "memory/GPU (estimate)"):
+    for col in ("stage run", "key", "inputs", "state", "memory/GPU (estimate)", "why it runs"):
         table.add_column(col)
     for run in the_plan.runs():
-        state = "to run" if store is None and run.stage != "external" else \
-            "[green]cached[/]" if run.stage == "external" or store.is_done(run) else \
+        cached = run.stage == "external" or (store is not None and store.is_done(run))
+        state = "[green]cached[/]" if cached else "to run" if store is None else \
             ("[yellow]partial[/]" if store.partial_path(run).exists() else "to run")
         inputs = ", ".join(dep.label or dep.ref for dep in run.inputs.values() if dep.stage != "external")
         per_gpu = f"{memory.total / GIB:.1f} GiB" if memory and run.stage == "midtrain" else ""
-        table.add_row(run.label or run.stage, run.key[:10], inputs, state, per_gpu)
+        why = "" if cached else why_run(run, store.previous(run, spec.name) if store else None)
+        table.add_row(run.label or run.stage, run.key[:10], inputs, state, per_gpu, why)
     out.print(table)
     if memory is not None:
         out.print(f"midtrain memory per GPU, every midtrain stage: {memory.describe()}",

@@ -8,14 +8,45 @@ store trains it once and both decay branches fork from it.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from midtrain.config import TrainConfig, phase_schedule, phase_warmup
 from pipelines.store import StageRun
 from pipelines.sweep import ExecutorSection, ProblemSet, StageMix, Sweep, resolve_path, split_nproc
 
 BASE_RECIPE = "base"  # the pseudo-recipe "no mid-training" used as the report's reference
+
+
+def config_changes(old: Any, new: Any, path: str = "") -> list[str]:
+    """The fields that differ between two resolved configs, as `dotted.path old → new`."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [change for name in sorted(set(old) | set(new), key=str)
+                for change in config_changes(old.get(name, _ABSENT), new.get(name, _ABSENT),
+                                             f"{path}.{name}" if path else str(name))]
+    return [] if old == new else [f"{path} {_shown(old)} → {_shown(new)}"]
+
+
+_ABSENT = object()
+
+
+def _shown(value: Any, width: int = 40) -> str:
+    text = "(absent)" if value is _ABSENT else json.dumps(value, default=str)
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def why_run(run: StageRun, previous: dict | None) -> str:
+    """Why a run that is not in the store will run: new, which config fields changed since the
+    last run of the same stage and name, or which inputs did."""
+    if previous is None:
+        return "new"
+    changed = config_changes(previous["config"], run.config)
+    if changed:
+        return "config: " + "; ".join(changed)
+    inputs = sorted(role for role, dep in run.inputs.items() if previous["inputs"].get(role) != dep.ref)
+    return "input changed: " + ", ".join(inputs) if inputs else "new"
 
 
 def fingerprint(path: Path) -> str:
@@ -80,15 +111,21 @@ class Plan:
             config = {"spec": spec.model_dump(mode="json"), "spec_hash": spec.content_hash(), "seed": seed}
             if spec.engine == "verl":  # GPUs, nodes, rollout engine: how verl lays the run out
                 config["engine_options"] = engine_options or {}
-            run = StageRun("probe", config,
-                           {"checkpoint": checkpoint, "problems": self.problems},
-                           label=f"probe {recipe} seed {seed}")
+            run = stage_run("probe", config, {"checkpoint": checkpoint, "problems": self.problems},
+                            label=f"probe {recipe} seed {seed}")
             self.probes[(recipe, seed)] = run
             self.role(run, kind="probe", recipe=recipe, seed=seed)
 
 
 def _blend_inputs(mix: StageMix, curate: dict[str, StageRun]) -> dict[str, StageRun]:
     return {f"corpus:{name}": curate[name] for name in sorted(mix.mix)}
+
+
+def stage_run(stage: str, config: dict, inputs: dict[str, StageRun] | None = None, label: str = "") -> StageRun:
+    """A stage run whose key covers its stage's code version next to its resolved config."""
+    from pipelines.stages import code_versions
+
+    return StageRun(stage, {**config, "code_version": code_versions()[stage]}, inputs or {}, label=label)
 
 
 def _resolved(toy_world: dict) -> dict:
@@ -98,31 +135,43 @@ def _resolved(toy_world: dict) -> dict:
     return ToyWorldConfig(**toy_world).model_dump()
 
 
-def _keyed_midtrain(midtrain: dict) -> dict:
-    """The midtrain settings as they enter stage keys. nproc_per_node is in them when above 1
-    (the processes beyond the tensor-parallel ones are data-parallel replicas, which multiply
-    the global batch), and left out at its default 1, so keys stay those of sweeps without it."""
-    settings, nproc = split_nproc(midtrain)
-    return midtrain if nproc != 1 else settings
+def _curation_config(name: str, corpus: dict, toy_world: dict) -> dict:
+    """A curation run's config: the corpus config with every default, the preset it resolves
+    to and every argument of that preset's filter blocks (a changed threshold re-curates)."""
+    from data_recipes.curate import CorpusConfig
+    from data_recipes.filters import resolved_filter_settings
+
+    cfg = CorpusConfig(**corpus)
+    return {"corpus": name, "corpus_config": cfg.model_dump(mode="json"), "preset": cfg.preset(),
+            "filters": resolved_filter_settings(cfg.preset(), cfg.curation.filters), "toy_world": toy_world}
+
+
+# TrainConfig fields that do not change what a stage produces: the thread count is the stage's
+# own `threads` (None: the executor's), the memory budget only gates validation.
+RUNTIME_FIELDS = {"threads", "gpu_memory_gb"}
 
 
 def _phase_config(phase: str, stage: StageMix, midtrain: dict, lr: float | None) -> dict:
-    """A midtrain stage's config: its budget, mix and LR, and the LR schedule and warmup
-    its phase runs (stable-then-decay as the field runs it; midtrain.config)."""
-    default = TrainConfig.model_fields
-    return {"phase": phase, "settings": midtrain, "tokens": stage.tokens, "mix": stage.mix,
-            "threads": stage.threads, "lr": lr or midtrain.get("lr", default["lr"].default),
-            "schedule": phase_schedule(phase, stage.schedule,
-                                       midtrain.get("schedule", default["schedule"].default)),
-            "warmup_tokens": phase_warmup(phase, midtrain.get("warmup_tokens",
-                                                              default["warmup_tokens"].default))}
+    """A midtrain stage's config: TrainConfig with every default, this stage's budget and LR,
+    and the LR schedule and warmup its phase runs (stable-then-decay as the field runs it;
+    midtrain.config). Threads are the stage's own setting (None: the executor's)."""
+    settings, nproc = split_nproc(midtrain)
+    default_schedule = TrainConfig.model_fields["schedule"].default
+    train = TrainConfig(**{
+        **settings, "tokens": stage.tokens, "lr": lr or settings.get("lr", TrainConfig.model_fields["lr"].default),
+        "schedule": phase_schedule(phase, stage.schedule, settings.get("schedule", default_schedule)),
+        "warmup_tokens": phase_warmup(phase, settings.get("warmup_tokens",
+                                                          TrainConfig.model_fields["warmup_tokens"].default))})
+    return {"phase": phase, "train": train.model_dump(mode="json", exclude=RUNTIME_FIELDS),
+            "threads": stage.threads, "nproc_per_node": nproc, "mix": stage.mix}
 
 
 def build_plan(sweep: Sweep, source: Path) -> Plan:
+    from midtrain.spec import MODEL_PRESETS
+
     here = source.parent
     probe_cfg = sweep.probe
-    sweep = sweep.model_copy(update={"toy_world": _resolved(sweep.toy_world),
-                                     "midtrain": _keyed_midtrain(sweep.midtrain)})
+    sweep = sweep.model_copy(update={"toy_world": _resolved(sweep.toy_world)})
     train_set, eval_set = probe_cfg.train_set, probe_cfg.eval_set
     if probe_cfg.difficulty == "auto":  # a pool with n problems at every level to choose from
         levels = len(train_set.difficulty or sweep.toy_world["difficulties"])
@@ -135,9 +184,12 @@ def build_plan(sweep: Sweep, source: Path) -> Plan:
     elif sweep.base.hf_path and not sweep.tokenizer.train_on:
         tokenizer = external(resolve_path(sweep.base.hf_path, here), "tokenizer (base model's)")
     else:
-        tokenizer = StageRun("tokenizer", {
+        from data_recipes.curate import CorpusConfig
+
+        tokenizer = stage_run("tokenizer", {
             "vocab_size": sweep.tokenizer.vocab_size, "toy_world": sweep.toy_world,
-            "corpora": {name: sweep.corpora[name] for name in sorted(sweep.tokenizer.train_on)},
+            "sources": {name: CorpusConfig(**sweep.corpora[name]).source.model_dump(mode="json")
+                        for name in sorted(sweep.tokenizer.train_on)},
         }, label="tokenizer")
 
     benchmarks = [external(resolve_path(b, here), f"benchmark {b}") for b in probe_cfg.benchmarks]
@@ -145,32 +197,31 @@ def build_plan(sweep: Sweep, source: Path) -> Plan:
     for name, corpus in sweep.corpora.items():
         inputs = {"tokenizer": tokenizer, "problems": problems}
         inputs.update({f"benchmark:{i}": b for i, b in enumerate(benchmarks)})
-        curate[name] = StageRun("curate", {"corpus": name, "source": corpus,
-                                           "toy_world": sweep.toy_world},
-                                inputs, label=f"curate {name}")
+        curate[name] = stage_run("curate", _curation_config(name, corpus, sweep.toy_world),
+                                 inputs, label=f"curate {name}")
 
     if sweep.base.hf_path:
         base = external(resolve_path(sweep.base.hf_path, here), "base model")
     else:
         pretrain = sweep.base.pretrain
-        base = StageRun("midtrain", {
+        base = stage_run("midtrain", {
             **_phase_config("pretrain", pretrain, sweep.midtrain, pretrain.lr),
-            "model_preset": sweep.base.preset,
+            "model_preset": sweep.base.preset, "model": MODEL_PRESETS[sweep.base.preset].model_dump(mode="json"),
         }, {"tokenizer": tokenizer, **_blend_inputs(pretrain, curate)}, label=f"pretrain base ({sweep.base.preset})")
 
     midtrain: dict[str, list[StageRun]] = {}
     for rname, recipe in sweep.recipes.items():
-        stable = StageRun("midtrain", _phase_config("stable" if recipe.decay else "full", recipe.stable,
-                                                    sweep.midtrain, recipe.stable.lr),
-                          {"init": base, "tokenizer": tokenizer, **_blend_inputs(recipe.stable, curate)},
-                          label=f"midtrain {rname} stable")
+        stable = stage_run("midtrain", _phase_config("stable" if recipe.decay else "full", recipe.stable,
+                                                     sweep.midtrain, recipe.stable.lr),
+                           {"init": base, "tokenizer": tokenizer, **_blend_inputs(recipe.stable, curate)},
+                           label=f"midtrain {rname} stable")
         stages = [stable]
         if recipe.decay:  # continues at the stable stage's LR (the sweep refuses another)
-            stages.append(StageRun("midtrain", _phase_config("decay", recipe.decay, sweep.midtrain,
-                                                             stable.config["lr"]),
-                                   {"init": stable, "tokenizer": tokenizer,
-                                    **_blend_inputs(recipe.decay, curate)},
-                                   label=f"midtrain {rname} decay"))
+            stages.append(stage_run("midtrain", _phase_config("decay", recipe.decay, sweep.midtrain,
+                                                              stable.config["train"]["lr"]),
+                                    {"init": stable, "tokenizer": tokenizer,
+                                     **_blend_inputs(recipe.decay, curate)},
+                                    label=f"midtrain {rname} decay"))
         midtrain[rname] = stages
 
     from rl_probe.spec import get_probe_spec
@@ -187,7 +238,7 @@ def build_plan(sweep: Sweep, source: Path) -> Plan:
     spec = get_probe_spec(probe_cfg.spec)
     if probe_cfg.difficulty == "auto":
         # probes read the selected problems; curation still decontaminates against the whole pool
-        plan.problems = StageRun("select_problems", {
+        plan.problems = stage_run("select_problems", {
             "spec": spec.model_dump(mode="json"), "k": probe_cfg.difficulty_k,
             "target": list(probe_cfg.difficulty_target),
             "train_n": probe_cfg.train_set.n, "eval_n": probe_cfg.eval_set.n,
@@ -207,8 +258,8 @@ def problems_run(toy_world: dict, train_set: ProblemSet, eval_set: ProblemSet, h
             cfg.update(path=str(path), fingerprint=fingerprint(path))
         return cfg
 
-    return StageRun("problems", {"toy_world": toy_world, "train_set": source(train_set),
-                                 "eval_set": source(eval_set)}, label="probe/eval problems")
+    return stage_run("problems", {"toy_world": toy_world, "train_set": source(train_set),
+                                  "eval_set": source(eval_set)}, label="probe/eval problems")
 
 
 def build_checkpoint_plan(name: str, checkpoints: dict[str, Path], spec, seeds: list[int],

@@ -15,7 +15,6 @@ from typing import Callable
 
 from pipelines.processes import torchrun
 from pipelines.store import StageRun
-from pipelines.sweep import split_nproc
 
 Metrics = Callable[[int, dict], None]
 
@@ -47,8 +46,8 @@ def _tokenizer(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Me
     toy_world = run.config["toy_world"]
 
     def texts():
-        for corpus in run.config["corpora"].values():
-            yield from iter_source_texts(CorpusConfig(**corpus), toy_world=toy_world)
+        for source in run.config["sources"].values():
+            yield from iter_source_texts(CorpusConfig(source=source), toy_world=toy_world)
 
     train_tokenizer(texts(), run.config["vocab_size"], out)
 
@@ -59,7 +58,7 @@ def _curate(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metri
 
     benchmarks = [inputs["problems"] / "train.jsonl", inputs["problems"] / "eval.jsonl"]
     benchmarks += [path for role, path in sorted(inputs.items()) if role.startswith("benchmark:")]
-    curate_corpus(CorpusConfig(**run.config["source"]), name=run.config["corpus"],
+    curate_corpus(CorpusConfig(**run.config["corpus_config"]), name=run.config["corpus"],
                   toy_world=run.config["toy_world"], tokenizer_dir=inputs["tokenizer"],
                   decontaminate_against=benchmarks, out_dir=out,
                   executor=ExecutorConfig(**(executor or {})))
@@ -67,16 +66,14 @@ def _curate(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metri
 
 def _midtrain(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metrics,
               threads: int = 1) -> None:
-    from midtrain.spec import MODEL_PRESETS, ModelSpec
+    from midtrain.spec import ModelSpec
     from midtrain.config import TrainConfig
     from midtrain.train import BlendPart, TrainJob, train
 
     cfg = run.config
-    settings, nproc = split_nproc(cfg["settings"])
+    nproc = cfg["nproc_per_node"]
     # the processes share the stage's thread budget
-    settings.update(tokens=cfg["tokens"], threads=max(1, (cfg["threads"] or threads) // nproc),
-                    lr=cfg["lr"], schedule=cfg["schedule"], warmup_tokens=cfg["warmup_tokens"])
-    train_cfg = TrainConfig(**settings)
+    train_cfg = TrainConfig(**cfg["train"], threads=max(1, (cfg["threads"] or threads) // nproc))
     blend = []
     for name, weight in sorted(cfg["mix"].items()):
         corpus_dir = inputs[f"corpus:{name}"]
@@ -89,7 +86,7 @@ def _midtrain(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Met
         # base); a decay branch continues its stable stage, optimizer state included
         init = checkpoint_dir(init)
     if init is None:
-        model = MODEL_PRESETS[cfg["model_preset"]].model_copy(
+        model = ModelSpec.model_validate(cfg["model"]).model_copy(
             update={"vocab_size": _vocab_size(inputs["tokenizer"])})
     else:
         model = ModelSpec.from_hf_config(checkpoint_dir(init))
@@ -147,6 +144,24 @@ def _select_problems(run: StageRun, inputs: dict[str, Path], out: Path, on_metri
     (out / "difficulty.json").write_text(json.dumps({
         "k": cfg["k"], "target": cfg["target"], "pass_at_k_by_level": measured, "chosen_levels": levels},
         indent=2))
+
+
+# Bump a stage's own version when its function here changes what it writes for the same config.
+PROBLEMS_CODE_VERSION = 1
+
+
+def code_versions() -> dict[str, int]:
+    """Each stage's code version, part of its runs' keys: a behaviour change must bump it so that
+    no finished run made by the old code is reused."""
+    from data_recipes.curate import CURATION_CODE_VERSION
+    from data_recipes.tokenizer import TOKENIZER_CODE_VERSION
+    from midtrain.config import MIDTRAIN_CODE_VERSION
+    from rl_probe.difficulty import DIFFICULTY_CODE_VERSION
+    from rl_probe.spec import PROBE_CODE_VERSION
+
+    return {"problems": PROBLEMS_CODE_VERSION, "select_problems": DIFFICULTY_CODE_VERSION,
+            "tokenizer": TOKENIZER_CODE_VERSION, "curate": CURATION_CODE_VERSION,
+            "midtrain": MIDTRAIN_CODE_VERSION, "probe": PROBE_CODE_VERSION}
 
 
 STAGES: dict[str, Callable] = {

@@ -163,6 +163,18 @@ class RunStore:
             sql, params = sql + " AND stage=?", (sweep, stage)
         return [(r["stage"], r["key"], json.loads(r["role"])) for r in self.query(sql, params)]
 
+    def previous(self, run: StageRun, sweep: str) -> dict | None:
+        """The resolved config and input refs of the last other run of `run`'s stage under its
+        label (this sweep's own first): what `midprobe plan` compares a run to be run against."""
+        rows = self.query(
+            "SELECT r.config, r.inputs FROM runs r LEFT JOIN sweep_members m "
+            "ON m.stage=r.stage AND m.key=r.key AND m.sweep=? "
+            "WHERE r.stage=? AND r.label=? AND r.key!=? AND r.config IS NOT NULL "
+            "ORDER BY m.sweep IS NULL, COALESCE(r.finished, r.started, 0) DESC LIMIT 1",
+            (sweep, run.stage, run.label, run.key))
+        return {"config": json.loads(rows[0]["config"]), "inputs": json.loads(rows[0]["inputs"] or "{}")} \
+            if rows else None
+
     def _set_status(self, run: StageRun, status: str, **fields: Any) -> None:
         cols = ", ".join(f"{k}=?" for k in fields)
         with self._db() as db:

@@ -18,6 +18,10 @@ LossAggMode = Literal[
 ]
 KlType = Literal["kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3"]
 RewardVariant = Literal["default", "wrong-half", "repetition"]
+# Bump when an engine (embedded or verl) runs a spec differently — other rollouts, updates or
+# metrics for the same spec, checkpoint and seed (part of every probe stage key; the spec's
+# content hash covers the spec itself).
+PROBE_CODE_VERSION = 1
 
 
 class ProbeSpec(BaseModel):

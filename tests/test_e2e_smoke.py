@@ -73,8 +73,8 @@ def test_decay_branches_start_at_the_stable_lr(smoke_run):
     for decay in decays:
         stable = metrics(decay["inputs"]["init"])
         branch = metrics(f"midtrain/{decay['key']}")
-        assert branch[0]["train/lr"] == stable[-1]["train/lr"] == decay["config"]["lr"]
-        assert branch[-1]["train/lr"] == pytest.approx(decay["config"]["settings"]["min_lr"])
+        assert branch[0]["train/lr"] == stable[-1]["train/lr"] == decay["config"]["train"]["lr"]
+        assert branch[-1]["train/lr"] == pytest.approx(decay["config"]["train"]["min_lr"])
 
 
 def test_second_demo_reuses_every_stage(smoke_run):

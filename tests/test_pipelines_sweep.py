@@ -125,10 +125,11 @@ def test_decay_branch_continues_at_the_stable_lr_without_warmup():
     from midtrain.schedule import learning_rate
 
     plan = build_plan(load_sweep(TOY_SMOKE), TOY_SMOKE)  # sets midtrain.warmup_tokens 2048
-    stable, decay = (run.config for run in plan.midtrain["qa_cot"])
+    stable, decay = (run.config["train"] for run in plan.midtrain["qa_cot"])
     assert (stable["schedule"], stable["warmup_tokens"]) == ("constant", 2048)
     assert (decay["schedule"], decay["warmup_tokens"], decay["lr"]) == ("linear-decay", 0, stable["lr"])
-    assert (plan.base.config["schedule"], plan.base.config["warmup_tokens"]) == ("wsd", 2048)
+    base = plan.base.config["train"]
+    assert (base["schedule"], base["warmup_tokens"]) == ("wsd", 2048)
     lrs = [learning_rate(step, total_steps=10, warmup_steps=decay["warmup_tokens"], lr=decay["lr"],
                          min_lr=1e-4, schedule=decay["schedule"], decay_fraction=0.2) for step in range(10)]
     assert lrs[0] == stable["lr"] and lrs[-1] == pytest.approx(1e-4)
@@ -151,6 +152,6 @@ def test_a_schedule_is_honoured_or_refused_in_one_line(tmp_path):
     honoured = _write(tmp_path, lambda d: (d["recipes"]["qa_cot"]["decay"].update(schedule="cosine"),
                                            d["midtrain"].update(schedule="cosine")))
     plan = build_plan(load_sweep(honoured), honoured)
-    assert plan.midtrain["qa_cot"][1].config["schedule"] == "cosine"
-    assert plan.midtrain["qa_short"][1].config["schedule"] == "linear-decay"
-    assert plan.base.config["schedule"] == "cosine"  # midtrain.schedule: stages run start to end
+    assert plan.midtrain["qa_cot"][1].config["train"]["schedule"] == "cosine"
+    assert plan.midtrain["qa_short"][1].config["train"]["schedule"] == "linear-decay"
+    assert plan.base.config["train"]["schedule"] == "cosine"  # midtrain.schedule: stages run start to end
