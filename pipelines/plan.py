@@ -172,12 +172,7 @@ def build_plan(sweep: Sweep, source: Path) -> Plan:
     here = source.parent
     probe_cfg = sweep.probe
     sweep = sweep.model_copy(update={"toy_world": _resolved(sweep.toy_world)})
-    train_set, eval_set = probe_cfg.train_set, probe_cfg.eval_set
-    if probe_cfg.difficulty == "auto":  # a pool with n problems at every level to choose from
-        levels = len(train_set.difficulty or sweep.toy_world["difficulties"])
-        train_set = train_set.model_copy(update={"n": train_set.n * levels})
-        eval_set = eval_set.model_copy(update={"n": eval_set.n * levels})
-    problems = problems_run(sweep.toy_world, train_set, eval_set, here)
+    problems = problems_run(sweep.toy_world, probe_cfg.train_set, probe_cfg.eval_set, here)
 
     if sweep.tokenizer.path:
         tokenizer = external(resolve_path(sweep.tokenizer.path, here), "tokenizer")
@@ -236,38 +231,58 @@ def build_plan(sweep: Sweep, source: Path) -> Plan:
         for stage in stages:
             plan.role(stage, kind="midtrain", recipe=rname, phase=stage.config["phase"])
     spec = get_probe_spec(probe_cfg.spec)
-    if probe_cfg.difficulty == "auto":
-        # probes read the selected problems; curation still decontaminates against the whole pool
-        plan.problems = stage_run("select_problems", {
-            "spec": spec.model_dump(mode="json"), "k": probe_cfg.difficulty_k,
-            "target": list(probe_cfg.difficulty_target),
-            "train_n": probe_cfg.train_set.n, "eval_n": probe_cfg.eval_set.n,
-        }, {"pool": problems, "checkpoint": base}, label="difficulty control")
-        plan.role(plan.problems, kind="difficulty")
+    # probes read the selected problems; curation decontaminates against the whole pool, so
+    # how the probe picks its problems never re-keys curation or mid-training
+    plan.problems = selection_run(problems, probe_cfg.train_set, probe_cfg.eval_set, probe_cfg.difficulty,
+                                  auto={"spec": spec.model_dump(mode="json"), "k": probe_cfg.difficulty_k,
+                                        "target": list(probe_cfg.difficulty_target), "checkpoint": base})
+    plan.role(plan.problems, kind="difficulty" if probe_cfg.difficulty == "auto" else "problems")
     for recipe in ([BASE_RECIPE] if probe_cfg.include_base else []) + list(sweep.recipes):
         plan.add_probes(recipe, plan.final_checkpoint(recipe), spec, probe_cfg.seeds, probe_cfg.verl)
     return plan
 
 
 def problems_run(toy_world: dict, train_set: ProblemSet, eval_set: ProblemSet, here: Path) -> StageRun:
-    """The probe's train/eval problems; user files enter the key by content fingerprint."""
+    """The pool the probe's train/eval problems are chosen from, and that every corpus is
+    decontaminated against: a toy set's n problems at *every* difficulty level of the world,
+    or a user file whole (keyed by its content fingerprint). Which levels the probe uses is
+    the selection's business (`selection_run`), so it never re-keys curation."""
     def source(problem_set: ProblemSet) -> dict:
-        cfg = problem_set.model_dump()
         if problem_set.path:
             path = resolve_path(problem_set.path, here)
-            cfg.update(path=str(path), fingerprint=fingerprint(path))
-        return cfg
+            return {"path": str(path), "fingerprint": fingerprint(path)}
+        return {"toy_split": problem_set.toy_split, "n": problem_set.n}
 
     return stage_run("problems", {"toy_world": toy_world, "train_set": source(train_set),
-                                  "eval_set": source(eval_set)}, label="probe/eval problems")
+                                  "eval_set": source(eval_set)}, label="probe/eval problem pool")
+
+
+def selection_run(pool: StageRun, train_set: ProblemSet, eval_set: ProblemSet, difficulty: str,
+                  auto: dict | None = None) -> StageRun:
+    """The probe's problems, picked from the pool: at the sets' difficulty levels (fixed), or at
+    the levels where the base's pass@k lies in the target band (auto: SimpleRL-Zoo's difficulty
+    control, among the sets' levels if they name any). A toy set takes n problems in equal
+    shares of its levels; a file set every problem at its levels."""
+    def picked(problem_set: ProblemSet) -> dict:
+        return {"levels": problem_set.difficulty, "n": None if problem_set.path else problem_set.n}
+
+    config = {"difficulty": difficulty, "train_set": picked(train_set), "eval_set": picked(eval_set)}
+    inputs = {"pool": pool}
+    if difficulty == "auto":
+        inputs["checkpoint"] = auto.pop("checkpoint")
+        config.update(auto)
+    return stage_run("select_problems", config, inputs,
+                     label="difficulty control" if difficulty == "auto" else "probe/eval problems")
 
 
 def build_checkpoint_plan(name: str, checkpoints: dict[str, Path], spec, seeds: list[int],
                           train_set: ProblemSet, eval_set: ProblemSet, executor: ExecutorSection,
                           toy_world: dict | None = None) -> Plan:
     """A checkpoint sweep job: probe HF checkpoints made anywhere, no sweep file needed."""
-    plan = Plan(name, executor, problems_run(_resolved(toy_world or {}), train_set, eval_set, Path.cwd()), {})
-    plan.role(plan.problems, kind="problems")
+    pool = problems_run(_resolved(toy_world or {}), train_set, eval_set, Path.cwd())
+    plan = Plan(name, executor, selection_run(pool, train_set, eval_set, "fixed"), {})
+    for run in (pool, plan.problems):
+        plan.role(run, kind="problems")
     for label, path in checkpoints.items():
         plan.add_probes(label, external(path, f"checkpoint {label}"), spec, seeds)
     return plan

@@ -20,23 +20,20 @@ Metrics = Callable[[int, dict], None]
 
 
 def _problems(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metrics) -> None:
+    """The problem pool: a user file whole, or a toy set's n problems at every level."""
     from data_recipes.toyworld import ToyWorld, ToyWorldConfig, write_problems
 
     world = ToyWorld(ToyWorldConfig(**run.config["toy_world"]))
     for name in ("train", "eval"):
         cfg = run.config[f"{name}_set"]
-        if cfg["path"]:
+        if "path" in cfg:
             shutil.copyfile(cfg["path"], out / f"{name}.jsonl")
-        else:  # an equal share of the problems at each requested difficulty
-            levels = cfg["difficulty"] or [None]
-            problems = []
-            # offset: skip the first problems (a long-run target's own held-out eval set); a
-            # smaller n is a prefix of a larger one, so the rest are disjoint from them
-            for i, level in enumerate(levels):
-                n, skip = (total // len(levels) + (i < total % len(levels))
-                           for total in (cfg["n"], cfg.get("offset", 0)))
-                problems += world.problems(cfg["toy_split"], skip + n, difficulty=level)[skip:]
-            write_problems(problems, out / f"{name}.jsonl")
+        else:  # n at every level, after the first `offset` of each (a long-run target's own
+            # held-out eval set: a smaller n is a prefix of a larger one, so they are disjoint)
+            skip = cfg.get("offset", 0)
+            write_problems([p for level in world.cfg.difficulties
+                            for p in world.problems(cfg["toy_split"], skip + cfg["n"], difficulty=level)[skip:]],
+                           out / f"{name}.jsonl")
 
 
 def _tokenizer(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metrics) -> None:
@@ -124,26 +121,40 @@ def _probe(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metric
            on_metrics=on_metrics, **run.config.get("engine_options", {}))
 
 
-def _select_problems(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metrics) -> None:
-    from rl_probe.difficulty import choose_levels, pass_at_k_by_difficulty
-    from rl_probe.embedded import load_problems
-    from rl_probe.spec import ProbeSpec
+def _read_problems(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
+
+def _pick(pool: list[dict], levels: list[int] | None, n: int | None) -> list[dict]:
+    """Problems of `pool` at `levels` (None: every level in it): n in equal shares of the levels
+    (the first ones of each, as the pool's order is the generator's), or all when n is None."""
+    if n is None:
+        return [p for p in pool if levels is None or p.get("difficulty") in levels]
+    levels = levels or sorted({p["difficulty"] for p in pool})
+    groups = [[p for p in pool if p["difficulty"] == level] for level in levels]
+    return [p for i, group in enumerate(groups) for p in group[:n // len(levels) + (i < n % len(levels))]]
+
+
+def _select_problems(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metrics) -> None:
     cfg = run.config
-    spec = ProbeSpec.model_validate(cfg["spec"])
-    train = load_problems(inputs["pool"] / "train.jsonl")
-    measured = pass_at_k_by_difficulty(checkpoint_dir(inputs["checkpoint"]), train, spec, k=cfg["k"])
-    low, high = cfg["target"]
-    levels = choose_levels(measured, low, high)
-    on_metrics(0, {f"difficulty/pass@{cfg['k']}/level_{level}": value for level, value in measured.items()})
-    for name, n in (("train", cfg["train_n"]), ("eval", cfg["eval_n"])):
-        pool = load_problems(inputs["pool"] / f"{name}.jsonl")
-        chosen = [[p for p in pool if p["difficulty"] == level] for level in levels]
-        picked = [p for i, group in enumerate(chosen) for p in group[:n // len(levels) + (i < n % len(levels))]]
+    pool = {name: _read_problems(inputs["pool"] / f"{name}.jsonl") for name in ("train", "eval")}
+    levels = {name: cfg[f"{name}_set"]["levels"] for name in pool}
+    if cfg["difficulty"] == "auto":
+        from rl_probe.difficulty import choose_levels, pass_at_k_by_difficulty
+        from rl_probe.spec import ProbeSpec
+
+        measured = pass_at_k_by_difficulty(  # at the sets' levels if they name any
+            checkpoint_dir(inputs["checkpoint"]), _pick(pool["train"], levels["train"], None),
+            ProbeSpec.model_validate(cfg["spec"]), k=cfg["k"])
+        chosen = choose_levels(measured, *cfg["target"])
+        levels = {name: chosen for name in pool}
+        on_metrics(0, {f"difficulty/pass@{cfg['k']}/level_{level}": value for level, value in measured.items()})
+        (out / "difficulty.json").write_text(json.dumps({
+            "k": cfg["k"], "target": cfg["target"], "pass_at_k_by_level": measured, "chosen_levels": chosen},
+            indent=2))
+    for name, problems in pool.items():
+        picked = _pick(problems, levels[name], cfg[f"{name}_set"]["n"])
         (out / f"{name}.jsonl").write_text("".join(json.dumps(p) + "\n" for p in picked))
-    (out / "difficulty.json").write_text(json.dumps({
-        "k": cfg["k"], "target": cfg["target"], "pass_at_k_by_level": measured, "chosen_levels": levels},
-        indent=2))
 
 
 # Bump a stage's own version when its function here changes what it writes for the same config.

@@ -2,6 +2,7 @@
 version, and nothing a stage does not read; `plan` says why a run will run."""
 
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -122,3 +123,49 @@ def test_plan_says_why_each_run_will_run(tmp_path):
     assert why["probe qa_cot seed 0"] == "input changed: checkpoint"
     assert why["midtrain qa_new decay"] == "new"
     assert why["curate web"] == "new"  # unchanged: same key, nothing to compare (and it is cached)
+
+
+@pytest.mark.parametrize("change", ["spec", "seeds", "difficulty_fixed", "difficulty_levels", "band"])
+def test_probe_side_choices_never_rekey_curation_or_training(tmp_path, change):
+    """Curation decontaminates against the whole candidate pool (every level), so how the probe
+    picks its problems leaves the data and training stages alone."""
+    data = yaml.safe_load(TOY_SMOKE.read_text())
+    data["probe"].update({"spec": {"spec": "toy-cpu-v5"}, "seeds": {"seeds": [3]},
+                          "difficulty_fixed": {"difficulty": "fixed"},
+                          "difficulty_levels": {"train_set": {**data["probe"]["train_set"], "difficulty": [3, 4]}},
+                          "band": {"difficulty_target": [0.1, 0.9]}}[change])
+    edited = tmp_path / "sweep.yaml"
+    edited.write_text(yaml.safe_dump(data))
+    before, after = build_plan(load_sweep(TOY_SMOKE), TOY_SMOKE), build_plan(load_sweep(edited), edited)
+    upstream = ("problems", "tokenizer", "curate", "midtrain")
+    assert {r.key for r in before.runs() if r.stage in upstream} == {r.key for r in after.runs() if r.stage in upstream}
+    assert {r.key for r in before.probes.values()}.isdisjoint(r.key for r in after.probes.values())
+
+
+def test_the_selection_picks_from_the_pool_what_the_world_would_draw(tmp_path):
+    """A fixed selection takes n problems in equal shares of its levels from a pool that has
+    every level; they are the world's own draws at those levels, and the pool holds them all."""
+    from data_recipes.toyworld import ToyWorld, ToyWorldConfig
+    from pipelines.stages import STAGES
+    from pipelines.sweep import ProblemSet
+
+    data = yaml.safe_load(TOY_SMOKE.read_text())
+    data["probe"]["difficulty"] = "fixed"
+    edited = tmp_path / "sweep.yaml"
+    edited.write_text(yaml.safe_dump(data))
+    plan = build_plan(load_sweep(edited), edited)
+    pool_run, selection = plan.problems.inputs["pool"], plan.problems
+    (tmp_path / "pool").mkdir()
+    (tmp_path / "picked").mkdir()
+    STAGES["problems"](pool_run, {}, tmp_path / "pool", print)
+    STAGES["select_problems"](selection, {"pool": tmp_path / "pool"}, tmp_path / "picked", print)
+
+    def ids(path):
+        return [json.loads(line)["id"] for line in path.read_text().splitlines()]
+
+    world = ToyWorld(ToyWorldConfig(**pool_run.config["toy_world"]))
+    train = ProblemSet(**data["probe"]["train_set"])  # n 32 at levels [1, 2]
+    expected = [p.id for level in train.difficulty for p in world.problems("probe", train.n // 2, difficulty=level)]
+    assert ids(tmp_path / "picked" / "train.jsonl") == expected
+    pool_levels = {json.loads(line)["difficulty"] for line in (tmp_path / "pool" / "train.jsonl").read_text().splitlines()}
+    assert pool_levels == set(world.cfg.difficulties) and set(expected) <= set(ids(tmp_path / "pool" / "train.jsonl"))
