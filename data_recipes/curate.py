@@ -51,6 +51,7 @@ from data_recipes.filters import FILTER_BLOCKS, build_filters
 from data_recipes.sources import READ_ERRORS, Source, ToySource, iter_source_texts, make_reader, read_errors
 from data_recipes.tokenizer import EOS_TOKEN
 from data_recipes.words import RegexWordTokenizer
+from runfiles import atomic_write
 
 __all__ = ["CorpusConfig", "CurationConfig", "ExecutorConfig", "curate_corpus", "iter_source_texts"]
 
@@ -310,9 +311,7 @@ def curate_corpus(
         "decontamination_index": index_sizes,
         "seconds": runner.seconds,
     }
-    tmp = out_dir / "curation.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    tmp.rename(out_dir / "curation.json")
+    atomic_write(out_dir / "curation.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 

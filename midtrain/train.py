@@ -43,6 +43,7 @@ from midtrain.model import build_gpt_model, init_distributed, seed_all
 from midtrain.config import TrainConfig
 from midtrain.schedule import learning_rate
 from midtrain.spec import ModelSpec
+from runfiles import METRICS_FILE, append_metrics, atomic_write, keep_metrics_through
 
 MetricsCallback = Callable[[int, dict], None]
 
@@ -306,18 +307,14 @@ class _MetricsLog:
         self.path, self.enabled, self.on_metrics = path, enabled, on_metrics
 
     def truncate_after(self, step: int) -> None:
-        """Drop lines past a resumed checkpoint; they will be logged again."""
-        if not self.enabled or not self.path.exists():
-            return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        """Drop lines past a resumed checkpoint (they will be logged again) and torn ones."""
+        if self.enabled:
+            keep_metrics_through(self.path, step)
 
     def log(self, step: int, data: dict) -> None:
         if not self.enabled:
             return
-        with self.path.open("a") as f:
-            f.write(json.dumps({"step": step, "data": data}) + "\n")
+        append_metrics(self.path, step, data)
         if self.on_metrics is not None:
             self.on_metrics(step, data)
 
@@ -361,9 +358,9 @@ def train(model: ModelSpec, cfg: TrainConfig, blend: list[BlendPart], out_dir: s
         blend, seq_length=cfg.seq_length, train_samples=total_steps * global_batch,
         valid_samples=math.ceil(cfg.eval_tokens / cfg.seq_length),
         valid_percent=cfg.valid_percent, seed=cfg.seed, vocab_size=model.vocab_size,
-        eod=_eos_id(tokenizer_dir),
+        eod=_eos_id(tokenizer_dir), cache_dir=out_dir / "dataset_cache",
     )
-    metrics = _MetricsLog(out_dir / "metrics.jsonl", rank == 0, on_metrics)
+    metrics = _MetricsLog(out_dir / METRICS_FILE, rank == 0, on_metrics)
 
     start_step, last_train = 0, {}
     latest = checkpoint.latest_checkpoint(state_dir)
@@ -449,7 +446,7 @@ def train(model: ModelSpec, cfg: TrainConfig, blend: list[BlendPart], out_dir: s
     }
     export(out_dir / "hf")
     if rank == 0:
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        atomic_write(out_dir / "summary.json", json.dumps(summary, indent=2))
     torch.distributed.barrier()
     return summary
 

@@ -26,6 +26,7 @@ from pipelines.failures import FAILURE_MODES  # noqa: E402
 from pipelines.ranking import SCORES, Ranking, rank, spearman  # noqa: E402
 from pipelines.results import SweepResults, recipe_cost_hours  # noqa: E402
 from rl_probe.difficulty import pooled_pass_at_k  # noqa: E402
+from runfiles import atomic_write  # noqa: E402
 
 PROBE_CURVES = [
     ("critic/score/mean", "training reward"),
@@ -578,7 +579,5 @@ def write(doc: Doc, out_dir: Path, title: str) -> tuple[Path, Path]:
     md, page = out_dir / "report.md", out_dir / "report.html"
     # write-then-rename so a reader never sees half a report
     for path, text in ((md, to_markdown(doc, "figures")), (page, to_html(doc, title))):
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        atomic_write(path, text)
     return md, page

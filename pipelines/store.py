@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from pipelines import locks
+from runfiles import METRICS_FILE, atomic_write, fsync_dir, read_metrics
 
 MANIFEST = "manifest.json"
-METRICS_FILE = "metrics.jsonl"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -240,25 +240,21 @@ class RunStore:
                 "platform": platform.platform(), "started": started, "finished": time.time(),
                 "wall_seconds": time.time() - started, "cpu_seconds": cpu_seconds,
             }
-            (partial / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+            atomic_write(partial / MANIFEST, json.dumps(manifest, indent=2, default=str))
             final = self.path(run)
             if final.exists():  # a directory without manifest: debris of an older layout
                 shutil.rmtree(final)
             os.rename(partial, final)
+            fsync_dir(final.parent)
             self.ingest_metrics(run)
             self._set_status(run, "done", finished=manifest["finished"], cpu_seconds=cpu_seconds)
             return final, False
 
     def ingest_metrics(self, run: StageRun) -> None:
         """Copy a published run's metrics.jsonl into the index (idempotent)."""
-        path = self.path(run) / METRICS_FILE
-        if not path.is_file():
-            return
+        records = read_metrics(self.path(run) / METRICS_FILE)
         with self._db() as db:
-            for line in path.read_text().splitlines():
-                if not line.strip():
-                    continue
-                record = json.loads(line)
+            for record in records:
                 db.executemany("INSERT OR REPLACE INTO metrics VALUES (?,?,?,?,?)",
                                [(run.stage, run.key, int(record["step"]), name, float(value))
                                 for name, value in record["data"].items()

@@ -87,12 +87,25 @@ def test_second_demo_reuses_every_stage(smoke_run):
     assert again.stdout.strip().splitlines()[-1] == first.stdout.strip().splitlines()[-1]
 
 
+def _published_runs(workspace: Path) -> list[Path]:
+    return [manifest.parent for manifest in workspace.glob("*/*/manifest.json")]
+
+
 def test_validate_probe_measures_decision_accuracy_against_longer_runs(smoke_run):
+    """New probes of the demo's checkpoints, with every published run read-only."""
     workspace, _, _ = smoke_run
     env = {**os.environ, "WANDB_MODE": "offline"}
-    result = subprocess.run([sys.executable, "-m", "pipelines.cli", "validate-probe", str(bundled_sweep("toy-smoke")),
-                             "--workspace", str(workspace), "--multiplier", "2", "--target-seeds", "1000"],
-                            capture_output=True, text=True, env=env, timeout=900)
+    published = _published_runs(workspace)
+    for run in published:
+        subprocess.run(["chmod", "-R", "a-w", str(run)], check=True)
+    try:
+        result = subprocess.run([sys.executable, "-m", "pipelines.cli", "validate-probe",
+                                 str(bundled_sweep("toy-smoke")), "--workspace", str(workspace),
+                                 "--multiplier", "2", "--target-seeds", "1000"],
+                                capture_output=True, text=True, env=env, timeout=900)
+    finally:
+        for run in published:
+            subprocess.run(["chmod", "-R", "u+w", str(run)], check=True)
     assert result.returncode == 0, result.stderr[-4000:]
     counted = re.search(r"decision accuracy: (\S+) over (\d+) recipe pairs", result.stdout)
     saved = json.loads((workspace / "reports" / "toy-smoke" / "decision.json").read_text())
@@ -109,3 +122,17 @@ def test_validate_probe_measures_decision_accuracy_against_longer_runs(smoke_run
     assert "## Decision accuracy" in (workspace / "reports" / "toy-smoke" / "report.md").read_text()
     problems = [json.loads(p.read_text())["config"] for p in (workspace / "problems").glob("*/manifest.json")]
     assert any(c["eval_set"].get("offset") for c in problems)  # the target's own held-out problems
+
+
+def test_no_stage_writes_into_a_published_run(smoke_run):
+    """A run is published whole (its manifest written last, then renamed into place) and never
+    written again: no file in it is newer than its manifest, across the demo, its re-run and
+    validate-probe (the read-only check above cannot stop root; this one can see root's
+    writes). Mid-training kept megatron's dataset index cache in the curation runs it read."""
+    workspace, _, _ = smoke_run
+    runs = _published_runs(workspace)
+    assert len(runs) > 20
+    for run in runs:
+        written = (run / "manifest.json").stat().st_mtime_ns
+        later = [str(p.relative_to(run)) for p in run.rglob("*") if p.is_file() and p.stat().st_mtime_ns > written]
+        assert not later, f"{run}: written after publishing: {later[:5]}"
