@@ -3,6 +3,7 @@ import them without the model stack (as `rl_probe.spec` is for the probe)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -12,6 +13,17 @@ from midtrain.memory import OptimizerChoice
 # Bump when `midtrain.train.train` gives other weights or metrics for the same config and
 # inputs: it is part of every midtrain stage key, so finished runs are not reused across it.
 MIDTRAIN_CODE_VERSION = 1
+
+def is_hf_dir(path: str | Path) -> bool:
+    """An HF model directory: one that `from_pretrained` reads (its config.json is there)."""
+    return (Path(path) / "config.json").is_file()
+
+
+def hf_dir(path: str | Path) -> Path:
+    """The HF directory of a checkpoint: a midtrain run's export (`<run>/hf`) or `path` itself."""
+    path = Path(path)
+    return path / "hf" if is_hf_dir(path / "hf") else path
+
 
 Schedule = Literal["constant", "cosine", "wsd", "linear-decay"]
 # A stable stage that decay branches fork from, and the branches: stable-then-decay as the
@@ -48,12 +60,25 @@ def phase_warmup(phase: Phase, warmup_tokens: int) -> int:
     return 0 if phase == "decay" else warmup_tokens
 
 
-class TrainConfig(BaseModel):
-    """One mid-training stage. Token counts are converted to whole optimizer steps."""
+def check_parallel_layout(world: int, tensor_model_parallel_size: int,
+                          pipeline_model_parallel_size: int) -> int:
+    """The data-parallel size world / (tp·pp); a ValueError naming the sizes if the
+    world does not split into whole tensor×pipeline model replicas."""
+    model_parallel = tensor_model_parallel_size * pipeline_model_parallel_size
+    if type(world) is not int or world <= 0 or world % model_parallel:
+        raise ValueError(
+            f"{world!r} processes do not split into tensor_model_parallel_size "
+            f"{tensor_model_parallel_size} x pipeline_model_parallel_size "
+            f"{pipeline_model_parallel_size} = {model_parallel}; launch a positive multiple of "
+            f"{model_parallel} processes")
+    return world // model_parallel
+
+
+class TrainSettings(BaseModel):
+    """What every stage of a sweep shares (the sweep's `midtrain` section, less the launch)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    tokens: int = Field(gt=0, description="training token budget")
     seq_length: int = Field(256, gt=0)
     micro_batch_size: int = Field(8, gt=0)
     grad_accum: int = Field(1, gt=0)
@@ -79,7 +104,6 @@ class TrainConfig(BaseModel):
     eval_tokens: int = Field(16384, gt=0, description="validation tokens per blend part")
     valid_percent: float = Field(2.0, gt=0, lt=50, description="documents held out per prefix")
     seed: int = 1234
-    threads: int = Field(1, gt=0)
     tensor_model_parallel_size: int = Field(
         1, gt=0, description="megatron tensor parallelism; launch a multiple of it in ranks")
     pipeline_model_parallel_size: int = Field(
@@ -106,8 +130,37 @@ class TrainConfig(BaseModel):
         return pp
 
     @model_validator(mode="after")
-    def _check(self) -> "TrainConfig":
+    def _check(self) -> "TrainSettings":
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr {self.min_lr} exceeds lr {self.lr}")
         return self
+
+
+class TrainConfig(TrainSettings):
+    """One mid-training stage. Token counts are converted to whole optimizer steps."""
+
+    tokens: int = Field(gt=0, description="training token budget")
+    threads: int = Field(1, gt=0, description="torch threads per process: a runtime choice, "
+                                              "set per stage (StageMix.threads) or by the executor")
+
+
+class MidtrainSettings(TrainSettings):
+    """The sweep's `midtrain` section: TrainConfig's shared fields and the launch."""
+
+    nproc_per_node: int = Field(1, description=(
+        "training processes a midtrain stage run starts on its node (1: the stage worker "
+        "itself; more: torchrun); a multiple of tensor x pipeline parallel size, the rest "
+        "data-parallel replicas that multiply the global batch"))
+
+    @field_validator("nproc_per_node")
+    @classmethod
+    def _whole_replicas(cls, nproc: int, info) -> int:
+        tp = info.data.get("tensor_model_parallel_size", 1)
+        pp = info.data.get("pipeline_model_parallel_size", 1)
+        check_parallel_layout(nproc, tp, pp)
+        return nproc
+
+    def train_config(self, **stage) -> TrainConfig:
+        """This stage's TrainConfig: the shared settings and the stage's own fields."""
+        return TrainConfig(**{**self.model_dump(exclude={"nproc_per_node"}), **stage})
 

@@ -40,7 +40,7 @@ from midtrain.convert import export_hf, import_hf, load_megatron_weights
 from midtrain.data import BlendPart, build_blend, collate
 from midtrain.memory import resolve_optimizer
 from midtrain.model import build_gpt_model, init_distributed, seed_all
-from midtrain.config import TrainConfig
+from midtrain.config import TrainConfig, is_hf_dir
 from midtrain.schedule import learning_rate
 from midtrain.spec import ModelSpec
 from runfiles import METRICS_FILE, append_metrics, atomic_write, keep_metrics_through
@@ -56,7 +56,7 @@ def _resolve_init(init: Path) -> tuple[str, Path]:
     """('hf', dir) for an HF model, ('megatron', checkpoint dir) for a midtrain run or
     a converted checkpoint."""
     init = Path(init)
-    if (init / "config.json").exists():
+    if is_hf_dir(init):
         return "hf", init
     return "megatron", checkpoint.resolve_checkpoint(init)
 

@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from midtrain.config import hf_dir, is_hf_dir
 from pipelines import preflight
 from pipelines.errors import InputError, StageFailed
 
@@ -177,10 +178,8 @@ def _checkpoint_dirs(patterns: list[str]) -> dict[str, Path]:
     for pattern in patterns:
         matches = sorted(glob.glob(os.path.expanduser(pattern))) or [pattern]
         for match in matches:
-            path = Path(match).resolve()
-            if (path / "hf" / "config.json").is_file():  # a midprobe midtrain run directory
-                path = path / "hf"
-            if not (path / "config.json").is_file():
+            path = hf_dir(Path(match).resolve())  # a midprobe midtrain run: its export
+            if not is_hf_dir(path):
                 raise InputError(f"{match}: not an HF checkpoint directory (config.json missing)")
             dirs.append(path)
     labels: dict[str, Path] = {}
@@ -347,7 +346,7 @@ def convert(source: Path = typer.Argument(..., help="an HF Llama directory, or a
     if out.exists():
         raise InputError(f"{out}: already exists; conversion never overwrites")
     if to == "megatron":
-        if not (source / "config.json").is_file():
+        if not is_hf_dir(source):
             raise InputError(f"{source}: not an HF model directory (config.json missing)")
         _refuse(preflight.checkpoint_errors(source, "SRC"))
     else:

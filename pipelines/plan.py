@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from midtrain.config import TrainConfig, phase_schedule, phase_warmup
+from midtrain.config import MidtrainSettings, phase_schedule, phase_warmup
 from pipelines.store import StageRun
-from pipelines.sweep import ExecutorSection, ProblemSet, StageMix, Sweep, resolve_path, split_nproc
+from pipelines.sweep import ExecutorSection, ProblemSet, StageMix, Sweep, resolve_path
 
 BASE_RECIPE = "base"  # the pseudo-recipe "no mid-training" used as the report's reference
 
@@ -135,15 +135,13 @@ def _resolved(toy_world: dict) -> dict:
     return ToyWorldConfig(**toy_world).model_dump()
 
 
-def _curation_config(name: str, corpus: dict, toy_world: dict) -> dict:
+def _curation_config(name: str, corpus, toy_world: dict) -> dict:
     """A curation run's config: the corpus config with every default, the preset it resolves
     to and every argument of that preset's filter blocks (a changed threshold re-curates)."""
-    from data_recipes.curate import CorpusConfig
     from data_recipes.filters import resolved_filter_settings
 
-    cfg = CorpusConfig(**corpus)
-    return {"corpus": name, "corpus_config": cfg.model_dump(mode="json"), "preset": cfg.preset(),
-            "filters": resolved_filter_settings(cfg.preset(), cfg.curation.filters), "toy_world": toy_world}
+    return {"corpus": name, "corpus_config": corpus.model_dump(mode="json"), "preset": corpus.preset(),
+            "filters": resolved_filter_settings(corpus.preset(), corpus.curation.filters), "toy_world": toy_world}
 
 
 # TrainConfig fields that do not change what a stage produces: the thread count is the stage's
@@ -151,19 +149,16 @@ def _curation_config(name: str, corpus: dict, toy_world: dict) -> dict:
 RUNTIME_FIELDS = {"threads", "gpu_memory_gb"}
 
 
-def _phase_config(phase: str, stage: StageMix, midtrain: dict, lr: float | None) -> dict:
+def _phase_config(phase: str, stage: StageMix, midtrain: MidtrainSettings, lr: float | None) -> dict:
     """A midtrain stage's config: TrainConfig with every default, this stage's budget and LR,
     and the LR schedule and warmup its phase runs (stable-then-decay as the field runs it;
     midtrain.config). Threads are the stage's own setting (None: the executor's)."""
-    settings, nproc = split_nproc(midtrain)
-    default_schedule = TrainConfig.model_fields["schedule"].default
-    train = TrainConfig(**{
-        **settings, "tokens": stage.tokens, "lr": lr or settings.get("lr", TrainConfig.model_fields["lr"].default),
-        "schedule": phase_schedule(phase, stage.schedule, settings.get("schedule", default_schedule)),
-        "warmup_tokens": phase_warmup(phase, settings.get("warmup_tokens",
-                                                          TrainConfig.model_fields["warmup_tokens"].default))})
+    train = midtrain.train_config(
+        tokens=stage.tokens, lr=lr or midtrain.lr,
+        schedule=phase_schedule(phase, stage.schedule, midtrain.schedule),
+        warmup_tokens=phase_warmup(phase, midtrain.warmup_tokens))
     return {"phase": phase, "train": train.model_dump(mode="json", exclude=RUNTIME_FIELDS),
-            "threads": stage.threads, "nproc_per_node": nproc, "mix": stage.mix}
+            "threads": stage.threads, "nproc_per_node": midtrain.nproc_per_node, "mix": stage.mix}
 
 
 def build_plan(sweep: Sweep, source: Path) -> Plan:
@@ -171,19 +166,17 @@ def build_plan(sweep: Sweep, source: Path) -> Plan:
 
     here = source.parent
     probe_cfg = sweep.probe
-    sweep = sweep.model_copy(update={"toy_world": _resolved(sweep.toy_world)})
-    problems = problems_run(sweep.toy_world, probe_cfg.train_set, probe_cfg.eval_set, here)
+    toy_world = sweep.toy_world.model_dump()
+    problems = problems_run(toy_world, probe_cfg.train_set, probe_cfg.eval_set, here)
 
     if sweep.tokenizer.path:
         tokenizer = external(resolve_path(sweep.tokenizer.path, here), "tokenizer")
     elif sweep.base.hf_path and not sweep.tokenizer.train_on:
         tokenizer = external(resolve_path(sweep.base.hf_path, here), "tokenizer (base model's)")
     else:
-        from data_recipes.curate import CorpusConfig
-
         tokenizer = stage_run("tokenizer", {
-            "vocab_size": sweep.tokenizer.vocab_size, "toy_world": sweep.toy_world,
-            "sources": {name: CorpusConfig(**sweep.corpora[name]).source.model_dump(mode="json")
+            "vocab_size": sweep.tokenizer.vocab_size, "toy_world": toy_world,
+            "sources": {name: sweep.corpora[name].source.model_dump(mode="json")
                         for name in sorted(sweep.tokenizer.train_on)},
         }, label="tokenizer")
 
@@ -192,7 +185,7 @@ def build_plan(sweep: Sweep, source: Path) -> Plan:
     for name, corpus in sweep.corpora.items():
         inputs = {"tokenizer": tokenizer, "problems": problems}
         inputs.update({f"benchmark:{i}": b for i, b in enumerate(benchmarks)})
-        curate[name] = stage_run("curate", _curation_config(name, corpus, sweep.toy_world),
+        curate[name] = stage_run("curate", _curation_config(name, corpus, toy_world),
                                  inputs, label=f"curate {name}")
 
     if sweep.base.hf_path:
@@ -221,7 +214,7 @@ def build_plan(sweep: Sweep, source: Path) -> Plan:
 
     from rl_probe.spec import get_probe_spec
 
-    plan = Plan(sweep.name, sweep.executor, problems, {}, sweep.curation_executor, base, midtrain)
+    plan = Plan(sweep.name, sweep.executor, problems, {}, sweep.curation_executor.model_dump(), base, midtrain)
     plan.role(problems, kind="problems")
     plan.role(tokenizer, kind="tokenizer")
     for name, run in curate.items():

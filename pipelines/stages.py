@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+from midtrain.config import hf_dir
 from pipelines.processes import torchrun
 from pipelines.store import StageRun
 
@@ -81,12 +82,12 @@ def _midtrain(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Met
     if init is not None and cfg["phase"] != "decay":
         # a new phase from a base model takes its weights only (like mid-training a released
         # base); a decay branch continues its stable stage, optimizer state included
-        init = checkpoint_dir(init)
+        init = hf_dir(init)
     if init is None:
         model = ModelSpec.model_validate(cfg["model"]).model_copy(
             update={"vocab_size": _vocab_size(inputs["tokenizer"])})
     else:
-        model = ModelSpec.from_hf_config(checkpoint_dir(init))
+        model = ModelSpec.from_hf_config(hf_dir(init))
     if nproc == 1:
         train(model, train_cfg, blend, out_dir=out, init=init, tokenizer_dir=inputs["tokenizer"],
               on_metrics=on_metrics)
@@ -101,9 +102,6 @@ def _vocab_size(tokenizer_dir: Path) -> int:
     return len(AutoTokenizer.from_pretrained(tokenizer_dir))
 
 
-def checkpoint_dir(path: Path) -> Path:
-    """The HF directory of a checkpoint input: a midtrain run's export, or an HF dir itself."""
-    return path / "hf" if (path / "hf" / "config.json").is_file() else path
 
 
 def _probe(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metrics) -> None:
@@ -116,7 +114,7 @@ def _probe(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metric
         raise RuntimeError(f"probe spec '{spec.name}' no longer hashes to {run.config['spec_hash']}")
     # both engines write the same artifacts with verl's metric names (DESIGN: one vocabulary)
     engine = run_probe_verl if spec.engine == "verl" else run_probe
-    engine(checkpoint_dir(inputs["checkpoint"]), spec, inputs["problems"] / "train.jsonl",
+    engine(hf_dir(inputs["checkpoint"]), spec, inputs["problems"] / "train.jsonl",
            inputs["problems"] / "eval.jsonl", seed=run.config["seed"], out_dir=out,
            on_metrics=on_metrics, **run.config.get("engine_options", {}))
 
@@ -144,7 +142,7 @@ def _select_problems(run: StageRun, inputs: dict[str, Path], out: Path, on_metri
         from rl_probe.spec import ProbeSpec
 
         measured = pass_at_k_by_difficulty(  # at the sets' levels if they name any
-            checkpoint_dir(inputs["checkpoint"]), _pick(pool["train"], levels["train"], None),
+            hf_dir(inputs["checkpoint"]), _pick(pool["train"], levels["train"], None),
             ProbeSpec.model_validate(cfg["spec"]), k=cfg["k"])
         chosen = choose_levels(measured, *cfg["target"])
         levels = {name: chosen for name in pool}

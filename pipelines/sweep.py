@@ -16,7 +16,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from midtrain.config import Schedule, TrainConfig, phase_schedule
+from data_recipes.curate import CorpusConfig, ExecutorConfig
+from data_recipes.toyworld import ToyWorldConfig
+from midtrain.config import MidtrainSettings, Schedule, is_hf_dir, phase_schedule
 from pipelines.errors import InputError
 
 BUNDLED_SWEEPS = Path(__file__).parent / "sweeps"
@@ -142,13 +144,13 @@ class ExecutorSection(_Strict):
 class Sweep(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     workspace: str = "./midprobe-runs"
-    toy_world: dict[str, Any] = Field(default_factory=dict)
+    toy_world: ToyWorldConfig = Field(default_factory=ToyWorldConfig)
     tokenizer: TokenizerSection = Field(default_factory=TokenizerSection)
     base: BaseModelSection
-    corpora: dict[str, dict[str, Any]]
-    curation_executor: dict[str, Any] = Field(default_factory=dict)
+    corpora: dict[str, CorpusConfig]
+    curation_executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     recipes: dict[str, Recipe] = Field(min_length=1)
-    midtrain: dict[str, Any] = Field(default_factory=dict)
+    midtrain: MidtrainSettings = Field(default_factory=MidtrainSettings)
     probe: ProbeSection
     report: ReportSection = Field(default_factory=ReportSection)
     executor: ExecutorSection = Field(default_factory=ExecutorSection)
@@ -168,32 +170,6 @@ def _pydantic_errors(exc: ValidationError, prefix: tuple = ()) -> list[str]:
             msg = "unknown key"
         lines.append(f"{_loc(prefix + tuple(err['loc']))}: {msg}")
     return lines
-
-
-def _check_section(model: type[BaseModel], data: dict, prefix: tuple, errors: list[str],
-                   **fixed: Any) -> BaseModel | None:
-    try:
-        return model.model_validate({**data, **fixed})
-    except ValidationError as exc:
-        errors.extend(_pydantic_errors(exc, prefix))
-        return None
-
-
-def split_nproc(midtrain: dict) -> tuple[dict, int]:
-    """The sweep's midtrain section as TrainConfig's fields and `nproc_per_node`: how many
-    training processes a midtrain stage run starts on its node (1: the worker itself; more:
-    torchrun). Not a TrainConfig field, since train() runs inside one of those processes."""
-    settings = dict(midtrain)
-    return settings, settings.pop("nproc_per_node", 1)
-
-
-def _nproc_errors(nproc: Any, cfg) -> list[str]:
-    # megatron splits the processes into groups of tp x pp ranks; the rest is data parallel
-    model_parallel = cfg.tensor_model_parallel_size * cfg.pipeline_model_parallel_size
-    if type(nproc) is int and nproc > 0 and nproc % model_parallel == 0:
-        return []
-    return [f"midtrain.nproc_per_node: {nproc!r} is not a positive multiple of "
-            f"tensor_model_parallel_size x pipeline_model_parallel_size = {model_parallel}"]
 
 
 def planned_model(sweep: Sweep, source: Path):
@@ -219,20 +195,21 @@ def midtrain_memory(sweep: Sweep, source: Path):
     model = planned_model(sweep, source)
     if model is None:
         return None
-    settings, nproc = split_nproc(sweep.midtrain)
-    return estimate_memory(model, TrainConfig(**{**settings, "tokens": 1}), nproc, cuda=True)
+    return estimate_memory(model, sweep.midtrain.train_config(tokens=1), sweep.midtrain.nproc_per_node,
+                           cuda=True)
 
 
-def _memory_errors(sweep: Sweep, source: Path, cfg) -> list[str]:
+def _memory_errors(sweep: Sweep, source: Path) -> list[str]:
     from midtrain.memory import GIB
 
-    if cfg.gpu_memory_gb is None:
+    budget = sweep.midtrain.gpu_memory_gb
+    if budget is None:
         return []
     estimate = midtrain_memory(sweep, source)
-    if estimate is None or estimate.total <= cfg.gpu_memory_gb * GIB:
+    if estimate is None or estimate.total <= budget * GIB:
         return []
     return [f"midtrain.gpu_memory_gb: the midtrain stages need an estimated "
-            f"{estimate.describe()}, more than the declared {cfg.gpu_memory_gb:g} GiB; raise "
+            f"{estimate.describe()}, more than the declared {budget:g} GiB; raise "
             "tensor_model_parallel_size or nproc_per_node (distributed optimizer state), "
             "lower micro_batch_size or seq_length, or set recompute_activations"]
 
@@ -249,7 +226,7 @@ def _schedule_errors(sweep: Sweep) -> list[str]:
                 phase_schedule(phase, stage.schedule, "constant")
             except ValueError as exc:
                 errors.append(f"recipes.{rname}.{phase}.schedule: {exc}")
-        stable_lr = recipe.stable.lr or sweep.midtrain.get("lr", TrainConfig.model_fields["lr"].default)
+        stable_lr = recipe.stable.lr or sweep.midtrain.lr
         if recipe.decay.lr is not None and recipe.decay.lr != stable_lr:
             errors.append(f"recipes.{rname}.decay.lr: a decay branch continues at its stable stage's "
                           f"LR ({stable_lr:g}); leave it out, not {recipe.decay.lr:g}")
@@ -258,21 +235,11 @@ def _schedule_errors(sweep: Sweep) -> list[str]:
 
 def cross_check(sweep: Sweep, source: Path) -> list[str]:
     """Checks that need more than one section, or a stage package's config model."""
-    from data_recipes.curate import CorpusConfig, ExecutorConfig
-    from data_recipes.toyworld import ToyWorldConfig
     from midtrain.spec import MODEL_PRESETS
     from rl_probe.spec import PROBE_SPECS
 
     errors: list[str] = []
     here = source.parent
-    _check_section(ToyWorldConfig, sweep.toy_world, ("toy_world",), errors)
-    _check_section(ExecutorConfig, sweep.curation_executor, ("curation_executor",), errors)
-    settings, nproc = split_nproc(sweep.midtrain)
-    train_cfg = _check_section(TrainConfig, settings, ("midtrain",), errors, tokens=1)
-    if train_cfg is not None:
-        errors += _nproc_errors(nproc, train_cfg)
-    for name, corpus in sweep.corpora.items():
-        _check_section(CorpusConfig, corpus, ("corpora", name), errors)
 
     stages = [(("base", "pretrain"), sweep.base.pretrain)] if sweep.base.pretrain else []
     for rname, recipe in sweep.recipes.items():
@@ -294,7 +261,7 @@ def cross_check(sweep: Sweep, source: Path) -> list[str]:
                       f"(known: {', '.join(sorted(MODEL_PRESETS))})")
     if sweep.base.hf_path:
         path = resolve_path(sweep.base.hf_path, here)
-        if not (path / "config.json").is_file():
+        if not is_hf_dir(path):
             errors.append(f"base.hf_path: no HF model directory at {path} (config.json missing)")
     if sweep.base.preset and not sweep.tokenizer.path and not sweep.tokenizer.train_on:
         errors.append("tokenizer: a preset base needs tokenizer.path or tokenizer.train_on")
@@ -311,8 +278,8 @@ def cross_check(sweep: Sweep, source: Path) -> list[str]:
     for i, bench in enumerate(sweep.probe.benchmarks):
         if not resolve_path(bench, here).is_file():
             errors.append(f"probe.benchmarks.{i}: file not found: {bench}")
-    if train_cfg is not None and not errors:  # the estimate needs a valid model and layout
-        errors += _memory_errors(sweep, source, train_cfg)
+    if not errors:  # the estimate needs a valid model and layout
+        errors += _memory_errors(sweep, source)
     return errors
 
 

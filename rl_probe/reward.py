@@ -21,8 +21,11 @@ import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
+
+from rl_probe.spec import RewardVariant
 
 # Bounds on the work done per response.
 MAX_BOX_CHARS = 1000  # a boxed answer longer than this is treated as unterminated
@@ -39,7 +42,7 @@ WORKER_START_TIMEOUT_S = 60.0
 _POLL_S = 0.02
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
-REWARD_VARIANTS = ("default", "wrong-half", "repetition")
+REWARD_VARIANTS = get_args(RewardVariant)
 # SimpleRL-Zoo's reflection keywords.
 REFLECTION_RE = re.compile(r"\b(recheck|rethink|try again|wait|alternatively|retry|however)\b", re.IGNORECASE)
 _GSM8K_RE = re.compile(r"####\s*(-?[0-9][0-9,]*(?:\.[0-9]+)?)")

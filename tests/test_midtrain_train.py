@@ -195,13 +195,13 @@ def test_corpus_too_small_for_validation_split_is_a_clear_error(tmp_path):
 def test_parallel_sizes_validate_and_unsupported_settings_are_refused(corpus, tmp_path):
     from pydantic import ValidationError
 
-    from midtrain.model import check_parallel_layout
+    from midtrain.config import check_parallel_layout
 
     assert config(tensor_model_parallel_size=2).tensor_model_parallel_size == 2
     with pytest.raises(ValueError):
         config(tensor_model_parallel_size=0)
     assert check_parallel_layout(8, 2, 2) == 2
-    with pytest.raises(ValueError, match="world size 6 is not divisible by "
+    with pytest.raises(ValueError, match="6 processes do not split into "
                                          "tensor_model_parallel_size 2 x "
                                          "pipeline_model_parallel_size 2 = 4"):
         check_parallel_layout(6, 2, 2)
@@ -210,7 +210,7 @@ def test_parallel_sizes_validate_and_unsupported_settings_are_refused(corpus, tm
         config(pipeline_model_parallel_size=2)
     tokenizer, blend = corpus
     # This one-rank process cannot host a tp=2 model replica, nor bf16 without a GPU.
-    with pytest.raises(ValueError, match="world size 1 is not divisible"):
+    with pytest.raises(ValueError, match="1 processes do not split"):
         train(SPEC, config(tensor_model_parallel_size=2), blend, tmp_path, None, tokenizer)
     with pytest.raises(ValueError, match="midtrain.bf16 needs a GPU"):
         train(SPEC, config(bf16=True), blend, tmp_path, None, tokenizer)

@@ -36,18 +36,26 @@ def _changed(before: dict[str, str], after: dict[str, str]) -> set[str]:
     return {label for label in before if before[label] != after[label]}
 
 
-def _patch_default(monkeypatch, model, name: str, value) -> None:
-    field = copy.copy(model.model_fields[name])
-    field.default = value
-    monkeypatch.setitem(model.model_fields, name, field)
-    model.model_rebuild(force=True)
+def _with_default(monkeypatch, rebuilt: list, model, name: str, value) -> None:
+    """What editing a field's default in the source does: the class that declares it, its
+    subclasses, and the sweep schema that embeds them, rebuilt with the new default."""
+    from pipelines.sweep import Sweep
+
+    for cls in (model, *model.__subclasses__()):
+        field = copy.copy(cls.model_fields[name])
+        field.default = value
+        monkeypatch.setitem(cls.model_fields, name, field)
+        rebuilt.append(cls)
+    rebuilt.append(Sweep)
+    for cls in rebuilt:
+        cls.model_rebuild(force=True)
 
 
 @pytest.fixture
-def rebuild(monkeypatch):
-    """Pydantic models whose defaults a test patched are rebuilt once their fields are restored."""
-    models = []
-    yield models.append
+def rebuilt(monkeypatch):
+    """Models a test gave another default are rebuilt once their fields are restored."""
+    models: list = []
+    yield models
     monkeypatch.undo()
     for model in models:
         model.model_rebuild(force=True)
@@ -55,7 +63,7 @@ def rebuild(monkeypatch):
 
 @pytest.mark.parametrize("case", ["train_default", "decont_default", "filter_default", "toy_world_default",
                                   "midtrain_code", "curation_code", "probe_code", "problems_code"])
-def test_a_changed_default_or_code_version_changes_exactly_the_dependent_keys(case, monkeypatch, rebuild):
+def test_a_changed_default_or_code_version_changes_exactly_the_dependent_keys(case, monkeypatch, rebuilt):
     from data_recipes import curate, filters, toyworld
     from midtrain import config
     from pipelines import stages
@@ -63,20 +71,17 @@ def test_a_changed_default_or_code_version_changes_exactly_the_dependent_keys(ca
 
     before = _keys()
     if case == "train_default":
-        rebuild(config.TrainConfig)
-        _patch_default(monkeypatch, config.TrainConfig, "weight_decay", 0.05)
+        _with_default(monkeypatch, rebuilt, config.TrainSettings, "weight_decay", 0.05)
         expected = _downstream_of({"midtrain"})
     elif case == "decont_default":
-        rebuild(curate.DecontaminationConfig)
-        _patch_default(monkeypatch, curate.DecontaminationConfig, "n_grams", 13)
+        _with_default(monkeypatch, rebuilt, curate.DecontaminationConfig, "n_grams", 13)
         expected = _downstream_of({"curate"})
     elif case == "filter_default":  # a threshold of a filter block the qa preset uses, not web's
         init = filters.MathQualityFilter.__init__
         monkeypatch.setattr(init, "__defaults__", (init.__defaults__[0], 50_000, *init.__defaults__[2:]))
         expected = _downstream_of({"curate qa_cot", "curate qa_short"})
     elif case == "toy_world_default":
-        rebuild(toyworld.ToyWorldConfig)
-        _patch_default(monkeypatch, toyworld.ToyWorldConfig, "web_qa_rate", 0.2)
+        _with_default(monkeypatch, rebuilt, toyworld.ToyWorldConfig, "web_qa_rate", 0.2)
         expected = set(before)
     else:
         stage = case.removesuffix("_code")
