@@ -65,6 +65,17 @@ def read_metrics(path: str | Path) -> list[dict]:
     return read_jsonl(path, parse_metrics_line)
 
 
+def last_metrics(path: str | Path, tail_bytes: int = 1 << 14) -> dict | None:
+    """The last readable record of a metrics file that may be growing (from its tail only)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - tail_bytes))
+            lines = f.read().decode(errors="replace").splitlines()
+    except FileNotFoundError:
+        return None
+    return next((r for r in map(parse_metrics_line, reversed(lines)) if r is not None), None)
+
+
 def append_metrics(path: str | Path, step: int, data: dict) -> None:
     """Append one record as one line (a single write, so a kill tears at most this line)."""
     with open(path, "a") as f:
