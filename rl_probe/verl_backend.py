@@ -298,9 +298,17 @@ def import_verl_run(out_dir: Path, spec: ProbeSpec, seed: int, checkpoint: Path,
 
 
 def _write_rollouts(validation_dump: Path, path: Path, step: int, spec: ProbeSpec) -> None:
+    """A validation dump as the probe's eval rollouts: per response its problem id (from the
+    reward module's extra info), so ranking reads per-problem correctness as for the embedded
+    engine."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        for row in read_jsonl(validation_dump):
-            result: RewardResult = score(row["output"], str(row["gts"]), spec.reward_variant)
-            f.write(json.dumps({"step": step, "prompt": row["input"], "response": row["output"],
-                                "reward": row["score"], "acc": result.acc, "pred": result.pred}) + "\n")
+    rows = []
+    for row in read_jsonl(validation_dump):
+        if not row.get("id"):
+            raise ValueError(f"{validation_dump}: a validation response carries no problem id "
+                             "(verl ran without midprobe's reward module, rl_probe/verl_reward.py)")
+        result: RewardResult = score(row["output"], str(row["gts"]), spec.reward_variant)
+        rows.append({"step": step, "id": row["id"], "data_source": row.get("data_source"),
+                     "prompt": row["input"], "response": row["output"], "reward": row["score"],
+                     "acc": result.acc, "pred": result.pred})
+    atomic_write(path, "".join(json.dumps(row) + "\n" for row in rows))
