@@ -60,7 +60,7 @@ def target_plan(sweep: Sweep, source: Path, multiplier: int, seeds: list[int],
         "eval_every": spec.eval_every * multiplier, "checkpoint_every": spec.checkpoint_every * multiplier})
     target = Plan(sweep.name + TARGET_SUFFIX, plan.executor, held_out(plan.problems, eval_set), {},
                   plan.curation_executor, plan.base, plan.midtrain)
-    target.role(target.problems, kind="difficulty" if target.problems.stage == "select_problems" else "problems")
+    target.role(target.problems, kind="difficulty" if target.problems.config["difficulty"] == "auto" else "problems")
     for recipe in dict.fromkeys(r for r, _ in plan.probes):
         target.add_probes(recipe, plan.final_checkpoint(recipe), long_spec, seeds, sweep.probe.verl)
     return plan, target
