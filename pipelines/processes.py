@@ -27,8 +27,6 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-from runfiles import METRICS_FILE, parse_metrics_line
-
 TAGS_ENV = "MIDPROBE_PROCESS_TAGS"
 _PR_SET_PDEATHSIG = 1
 # loaded once in the parent, so a forked child about to exec needs no dlopen
@@ -155,6 +153,7 @@ def torchrun(job, nproc: int, on_metrics: Metrics) -> None:
     `on_metrics` from the metrics.jsonl that the trainer's rank 0 writes.
     """
     from pipelines.errors import StageFailed
+    from runfiles import METRICS_FILE
 
     job_file = job.out_dir / TRAIN_JOB
     job_file.write_text(job.model_dump_json(indent=2))
@@ -198,6 +197,8 @@ class MetricsTail:
         if (stat.st_size, stat.st_mtime_ns) == self.seen_stat:
             return
         self.seen_stat = stat.st_size, stat.st_mtime_ns
+        from runfiles import parse_metrics_line  # here: the reaper runs this file with only the stdlib
+
         for line in self.path.read_text(errors="replace").splitlines(keepends=True):
             if not line.endswith("\n"):  # still being written
                 break
