@@ -51,8 +51,13 @@ from data_recipes.filters import FILTER_BLOCKS, build_filters
 from data_recipes.sources import READ_ERRORS, Source, ToySource, iter_source_texts, make_reader, read_errors
 from data_recipes.tokenizer import EOS_TOKEN
 from data_recipes.words import RegexWordTokenizer
+from runfiles import atomic_write
 
 __all__ = ["CorpusConfig", "CurationConfig", "ExecutorConfig", "curate_corpus", "iter_source_texts"]
+
+# Bump when curate_corpus keeps, drops or tokenizes other documents for the same config and
+# inputs: it is part of every curation stage key, so finished runs are not reused across it.
+CURATION_CODE_VERSION = 1
 
 # Toy corpora are curated with the preset written for their kind; boxed_repeat is the
 # deliberately pathological corpus, so no quality filter may remove it.
@@ -323,9 +328,7 @@ def curate_corpus(
     }
     if index_sizes:
         contamination_report(out_dir / "excluded" / "decontamination", out_dir / "decontamination.jsonl")
-    tmp = out_dir / "curation.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    tmp.rename(out_dir / "curation.json")
+    atomic_write(out_dir / "curation.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 

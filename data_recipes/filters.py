@@ -9,6 +9,7 @@ tests/test_data_filters.py); real corpora tune them with per-corpus overrides.
 
 from __future__ import annotations
 
+import inspect
 import re
 import zlib
 
@@ -174,9 +175,9 @@ PRESETS: dict[str, dict[str, dict]] = {
 }
 
 
-def build_filters(preset: str, overrides: dict[str, dict | None] | None = None) -> dict[str, BaseFilter]:
-    """datatrove filter blocks for `preset`, in pipeline order, by name; `overrides` maps a block
-    name to extra kwargs, or to None to drop it."""
+def filter_settings(preset: str, overrides: dict[str, dict | None] | None = None) -> dict[str, dict]:
+    """The keyword arguments of `preset`'s filter blocks, in pipeline order, with `overrides`
+    (block name -> extra kwargs, or None to drop the block) applied."""
     if preset not in PRESETS:
         raise ValueError(f"unknown curation preset {preset!r}; choose one of {sorted(PRESETS)}")
     spec = {name: dict(kwargs) for name, kwargs in PRESETS[preset].items()}
@@ -187,4 +188,30 @@ def build_filters(preset: str, overrides: dict[str, dict | None] | None = None) 
             spec.pop(name, None)
         else:
             spec[name] = {**spec.get(name, {}), **kwargs}
-    return {name: FILTER_BLOCKS[name](**kwargs) for name, kwargs in spec.items()}
+    return spec
+
+
+def resolved_filter_settings(preset: str, overrides: dict[str, dict | None] | None = None) -> dict[str, dict]:
+    """Every argument of every filter block as it will run, its class's defaults filled in
+    (JSON-able: objects by class name): what a curation stage key hashes, so a changed
+    threshold re-curates."""
+    def plain(value):
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        return type(value).__qualname__
+
+    resolved = {}
+    for name, kwargs in filter_settings(preset, overrides).items():
+        params = inspect.signature(FILTER_BLOCKS[name].__init__).parameters
+        defaults = {k: p.default for k, p in params.items()
+                    if k not in ("self", "exclusion_writer") and p.default is not inspect.Parameter.empty}
+        resolved[name] = {k: plain(v) for k, v in {**defaults, **kwargs}.items()}
+    return resolved
+
+
+def build_filters(preset: str, overrides: dict[str, dict | None] | None = None) -> dict[str, BaseFilter]:
+    """datatrove filter blocks for `preset`, in pipeline order, by name; `overrides` maps a block
+    name to extra kwargs, or to None to drop it."""
+    return {name: FILTER_BLOCKS[name](**kwargs) for name, kwargs in filter_settings(preset, overrides).items()}

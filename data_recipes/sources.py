@@ -21,6 +21,7 @@ from datatrove.pipeline.readers import HuggingFaceDatasetReader, JsonlReader, Pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from data_recipes.toyworld import CORPUS_KINDS, ToyWorld, ToyWorldConfig
+from runfiles import replace_durably
 
 
 class ToySource(BaseModel):
@@ -137,7 +138,7 @@ def write_toy_documents(source: ToySource, toy_world: ToyWorldConfig | dict | No
         with tmp.open("wb") as f:
             for _ in range(count):
                 f.write(orjson.dumps(next(docs)) + b"\n")
-        tmp.rename(path)
+        replace_durably(tmp, path)
     return paths
 
 

@@ -9,6 +9,9 @@ from typing import Iterable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 EOS_TOKEN = "<|endoftext|>"
+# Bump when train_tokenizer gives another tokenizer for the same texts and vocab size (part of
+# the tokenizer stage's key).
+TOKENIZER_CODE_VERSION = 1
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path) -> Path:

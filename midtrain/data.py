@@ -98,11 +98,13 @@ def _flatten(blend: list[BlendPart], split: str) -> tuple[list[str], list[float]
 
 def build_blend(blend: list[BlendPart], *, seq_length: int, train_samples: int,
                 valid_samples: int, valid_percent: float, seed: int, vocab_size: int,
-                eod: int) -> BlendData:
+                eod: int, cache_dir: Path) -> BlendData:
     """Train samples from the weighted blend and `valid_samples` held-out samples per part.
 
     Every prefix is split by document into train / validation ranges
-    (`valid_percent`), so validation text is never trained on.
+    (`valid_percent`), so validation text is never trained on. megatron's sample indices are
+    cached in `cache_dir`, the training run's own directory: by default megatron writes them
+    beside the `.bin/.idx` files, into another (published, possibly read-only) run.
     """
     if len({p.name for p in blend}) != len(blend):
         raise ValueError("blend part names must be unique")
@@ -111,7 +113,7 @@ def build_blend(blend: list[BlendPart], *, seq_length: int, train_samples: int,
     def build(prefixes, weights, sizes):
         config = GPTDatasetConfig(
             random_seed=seed, sequence_length=seq_length, blend=(prefixes, weights),
-            split=split, path_to_cache=None, tokenizer=_TokenIds(vocab_size, eod),
+            split=split, path_to_cache=str(cache_dir), tokenizer=_TokenIds(vocab_size, eod),
             reset_position_ids=False, reset_attention_mask=False, eod_mask_loss=False,
             # The model's attention is causal by construction; a mask per sample is waste.
             create_attention_mask=False, mmap_bin_files=True,

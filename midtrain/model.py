@@ -20,6 +20,7 @@ from megatron.core.models.gpt.gpt_layer_specs import (
 from megatron.core.transformer.spec_utils import ModuleSpec
 
 from midtrain import cpu_compat
+from midtrain.config import check_parallel_layout
 from midtrain.kernels import CausalSDPAttention, SwiGLU, vocab_parallel_cross_entropy
 from midtrain.spec import ModelSpec, RopeScaling, to_transformer_config
 
@@ -96,20 +97,6 @@ def build_gpt_model(spec: ModelSpec, bf16: bool = False, autocast: bool = True,
         rope_scaling=scaling is not None,
         rope_scaling_factor=scaling.factor if scaling else 8.0,
     )
-
-
-def check_parallel_layout(world: int, tensor_model_parallel_size: int,
-                          pipeline_model_parallel_size: int) -> int:
-    """The data-parallel size world / (tp·pp); a ValueError naming the sizes if the
-    world does not split into whole tensor×pipeline model replicas."""
-    model_parallel = tensor_model_parallel_size * pipeline_model_parallel_size
-    if world % model_parallel:
-        raise ValueError(
-            f"world size {world} is not divisible by tensor_model_parallel_size "
-            f"{tensor_model_parallel_size} x pipeline_model_parallel_size "
-            f"{pipeline_model_parallel_size} = {model_parallel}; launch a multiple of "
-            f"{model_parallel} processes")
-    return world // model_parallel
 
 
 def init_distributed(tensor_model_parallel_size: int = 1,

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
 
-Schedule = Literal["constant", "cosine", "wsd", "linear-decay"]
+from midtrain.config import Schedule
 
 
 def learning_rate(step: int, *, total_steps: int, warmup_steps: int, lr: float, min_lr: float,

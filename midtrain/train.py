@@ -33,80 +33,20 @@ import torch
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
 from megatron.core.transformer.module import param_is_not_shared
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel
 
 from midtrain import checkpoint, cpu_compat
 from midtrain.convert import export_hf, import_hf, load_megatron_weights
 from midtrain.data import BlendPart, build_blend, collate
-from midtrain.memory import OptimizerChoice, resolve_optimizer
+from midtrain.memory import resolve_optimizer
 from midtrain.model import build_gpt_model, init_distributed, seed_all
+from midtrain.config import TrainConfig, is_hf_dir
 from midtrain.reproducibility import reproducibility
-from midtrain.schedule import Schedule, learning_rate
+from midtrain.schedule import learning_rate
 from midtrain.spec import ModelSpec
+from runfiles import METRICS_FILE, append_metrics, atomic_write, keep_metrics_through
 
 MetricsCallback = Callable[[int, dict], None]
-
-
-class TrainConfig(BaseModel):
-    """One mid-training stage. Token counts are converted to whole optimizer steps."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    tokens: int = Field(gt=0, description="training token budget")
-    seq_length: int = Field(256, gt=0)
-    micro_batch_size: int = Field(8, gt=0)
-    grad_accum: int = Field(1, gt=0)
-    lr: float = Field(1e-3, gt=0)
-    min_lr: float = Field(1e-4, ge=0)
-    schedule: Schedule = "cosine"
-    decay_fraction: float = Field(0.2, gt=0, le=1, description="wsd: share of steps decaying")
-    warmup_tokens: int = Field(0, ge=0)
-    weight_decay: float = Field(0.1, ge=0)
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    adam_eps: float = 1e-8
-    clip_grad: float = Field(1.0, ge=0, description="max global grad norm; 0 disables clipping")
-    # Saves after the first cost ~0.15 s at toy scale (the first ~4 s: dist_checkpointing
-    # starts a helper process); raise this for large global batches.
-    checkpoint_every_tokens: int | None = Field(
-        262_144, gt=0, description="None: only the final checkpoint")
-    export_hf_checkpoints: bool = Field(
-        True, description="also export each checkpoint to hf_checkpoints/<tokens>/")
-    eval_every_steps: int = Field(50, gt=0)
-    eval_tokens: int = Field(16384, gt=0, description="validation tokens per blend part")
-    valid_percent: float = Field(2.0, gt=0, lt=50, description="documents held out per prefix")
-    seed: int = 1234
-    threads: int = Field(1, gt=0)
-    tensor_model_parallel_size: int = Field(
-        1, gt=0, description="megatron tensor parallelism; launch a multiple of it in ranks")
-    pipeline_model_parallel_size: int = Field(
-        1, gt=0, description="megatron pipeline parallelism; not implemented, must be 1")
-    bf16: bool = Field(False, description="bf16 mixed precision; GPU only (see `optimizer`)")
-    optimizer: OptimizerChoice = Field(
-        "auto", description="torch-adamw (fp32 weights, full AdamW state on every rank), "
-        "megatron-distributed (megatron-core DDP + DistributedOptimizer), or auto: "
-        "megatron-distributed with CUDA, torch-adamw without")
-    recompute_activations: bool = Field(
-        False, description="megatron full activation recomputation: each layer keeps only "
-        "its input for backward")
-    gpu_memory_gb: float | None = Field(
-        None, gt=0, description="GiB per GPU (80 for an H100 80GB); validate/plan/run refuse "
-        "settings whose estimate (midtrain.memory) exceeds it. Does not change results")
-
-    @field_validator("pipeline_model_parallel_size")
-    @classmethod
-    def _refuse_pipeline_parallelism(cls, pp: int) -> int:
-        if pp != 1:
-            raise ValueError(f"pipeline parallelism is not implemented: set midtrain."
-                             f"pipeline_model_parallel_size to 1 (got {pp}) and scale with "
-                             "tensor_model_parallel_size or data-parallel ranks")
-        return pp
-
-    @model_validator(mode="after")
-    def _check(self) -> "TrainConfig":
-        if self.min_lr > self.lr:
-            raise ValueError(f"min_lr {self.min_lr} exceeds lr {self.lr}")
-        return self
 
 
 class TrainingDivergedError(RuntimeError):
@@ -117,7 +57,7 @@ def _resolve_init(init: Path) -> tuple[str, Path]:
     """('hf', dir) for an HF model, ('megatron', checkpoint dir) for a midtrain run or
     a converted checkpoint."""
     init = Path(init)
-    if (init / "config.json").exists():
+    if is_hf_dir(init):
         return "hf", init
     return "megatron", checkpoint.resolve_checkpoint(init)
 
@@ -368,18 +308,14 @@ class _MetricsLog:
         self.path, self.enabled, self.on_metrics = path, enabled, on_metrics
 
     def truncate_after(self, step: int) -> None:
-        """Drop lines past a resumed checkpoint; they will be logged again."""
-        if not self.enabled or not self.path.exists():
-            return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        """Drop lines past a resumed checkpoint (they will be logged again) and torn ones."""
+        if self.enabled:
+            keep_metrics_through(self.path, step)
 
     def log(self, step: int, data: dict) -> None:
         if not self.enabled:
             return
-        with self.path.open("a") as f:
-            f.write(json.dumps({"step": step, "data": data}) + "\n")
+        append_metrics(self.path, step, data)
         if self.on_metrics is not None:
             self.on_metrics(step, data)
 
@@ -423,9 +359,9 @@ def train(model: ModelSpec, cfg: TrainConfig, blend: list[BlendPart], out_dir: s
         blend, seq_length=cfg.seq_length, train_samples=total_steps * global_batch,
         valid_samples=math.ceil(cfg.eval_tokens / cfg.seq_length),
         valid_percent=cfg.valid_percent, seed=cfg.seed, vocab_size=model.vocab_size,
-        eod=_eos_id(tokenizer_dir),
+        eod=_eos_id(tokenizer_dir), cache_dir=out_dir / "dataset_cache",
     )
-    metrics = _MetricsLog(out_dir / "metrics.jsonl", rank == 0, on_metrics)
+    metrics = _MetricsLog(out_dir / METRICS_FILE, rank == 0, on_metrics)
 
     start_step, last_train = 0, {}
     latest = checkpoint.latest_checkpoint(state_dir)
@@ -513,7 +449,7 @@ def train(model: ModelSpec, cfg: TrainConfig, blend: list[BlendPart], out_dir: s
     if rank == 0:
         # the digest makes "same stage key, same weights" checkable across runs and machines
         summary["reproducibility"] = reproducibility(device.type == "cuda", out_dir / "hf")
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        atomic_write(out_dir / "summary.json", json.dumps(summary, indent=2))
     torch.distributed.barrier()
     return summary
 

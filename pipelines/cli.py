@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from midtrain.config import hf_dir, is_hf_dir
 from pipelines import preflight
 from pipelines.errors import InputError, StageFailed
 
@@ -50,7 +51,7 @@ def validate(sweep: Path = typer.Argument(..., help="sweep YAML file")) -> None:
 @app.command()
 def plan(sweep: Path = typer.Argument(..., help="sweep YAML file"), workspace: Optional[Path] = WorkspaceOpt) -> None:
     """Show the stage DAG and what the run store already has."""
-    from pipelines.plan import build_plan
+    from pipelines.plan import build_plan, why_run
     from pipelines.store import RunStore
     from midtrain.memory import GIB
     from pipelines.sweep import load_sweep, midtrain_memory
@@ -61,15 +62,16 @@ def plan(sweep: Path = typer.Argument(..., help="sweep YAML file"), workspace: O
     store = RunStore(path) if (path / "index.sqlite").is_file() else None  # plan writes nothing
     memory = midtrain_memory(spec, sweep)
     table = Table(title=f"sweep {spec.name}: {len(the_plan.runs())} stage runs", title_justify="left")
-    for col in ("stage run", "key", "inputs", "state", "memory/GPU (estimate)"):
+    for col in ("stage run", "key", "inputs", "state", "memory/GPU (estimate)", "why it runs"):
         table.add_column(col)
     for run in the_plan.runs():
-        state = "to run" if store is None and run.stage != "external" else \
-            "[green]cached[/]" if run.stage == "external" or store.is_done(run) else \
+        cached = run.stage == "external" or (store is not None and store.is_done(run))
+        state = "[green]cached[/]" if cached else "to run" if store is None else \
             ("[yellow]partial[/]" if store.partial_path(run).exists() else "to run")
         inputs = ", ".join(dep.label or dep.ref for dep in run.inputs.values() if dep.stage != "external")
         per_gpu = f"{memory.total / GIB:.1f} GiB" if memory and run.stage == "midtrain" else ""
-        table.add_row(run.label or run.stage, run.key[:10], inputs, state, per_gpu)
+        why = "" if cached else why_run(run, store.previous(run, spec.name) if store else None)
+        table.add_row(run.label or run.stage, run.key[:10], inputs, state, per_gpu, why)
     out.print(table)
     if memory is not None:
         out.print(f"midtrain memory per GPU, every midtrain stage: {memory.describe()}",
@@ -100,7 +102,7 @@ def _load(sweep_path: Path, seeds: Optional[str], replicas: Optional[int] = None
     """The sweep, with the probe seeds and the number of mid-training replicas overridden
     from the command line if asked (replicas: seeds from the sweep's midtrain seed up, so
     the first replica is the sweep's own run and reuses it)."""
-    from midtrain.train import TrainConfig
+    from midtrain.config import MidtrainSettings
     from pipelines.sweep import load_sweep
 
     spec = load_sweep(sweep_path)
@@ -109,13 +111,13 @@ def _load(sweep_path: Path, seeds: Optional[str], replicas: Optional[int] = None
     if replicas is not None:
         if replicas < 1:
             raise InputError(f"--replicas: needs at least 1, got {replicas}")
-        midtrain = {k: v for k, v in spec.midtrain.items() if k not in ("seed", "seeds")}
-        first = spec.midtrain.get("seed", TrainConfig.model_fields["seed"].default)
+        midtrain = spec.midtrain.model_dump(exclude_unset=True, exclude={"seed", "seeds"})
+        first = spec.midtrain.seed
         if replicas > 1:
             midtrain["seeds"] = [first + i for i in range(replicas)]
-        elif first != TrainConfig.model_fields["seed"].default:
+        elif first != MidtrainSettings.model_fields["seed"].default:
             midtrain["seed"] = first
-        spec = spec.model_copy(update={"midtrain": midtrain})
+        spec = spec.model_copy(update={"midtrain": MidtrainSettings(**midtrain)})
     return spec
 
 
@@ -197,10 +199,8 @@ def _checkpoint_dirs(patterns: list[str]) -> dict[str, Path]:
     for pattern in patterns:
         matches = sorted(glob.glob(os.path.expanduser(pattern))) or [pattern]
         for match in matches:
-            path = Path(match).resolve()
-            if (path / "hf" / "config.json").is_file():  # a midprobe midtrain run directory
-                path = path / "hf"
-            if not (path / "config.json").is_file():
+            path = hf_dir(Path(match).resolve())  # a midprobe midtrain run: its export
+            if not is_hf_dir(path):
                 raise InputError(f"{match}: not an HF checkpoint directory (config.json missing)")
             dirs.append(path)
     labels: dict[str, Path] = {}
@@ -367,7 +367,7 @@ def convert(source: Path = typer.Argument(..., help="an HF Llama directory, or a
     if out.exists():
         raise InputError(f"{out}: already exists; conversion never overwrites")
     if to == "megatron":
-        if not (source / "config.json").is_file():
+        if not is_hf_dir(source):
             raise InputError(f"{source}: not an HF model directory (config.json missing)")
         _refuse(preflight.checkpoint_errors(source, "SRC"))
     else:

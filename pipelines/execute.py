@@ -2,13 +2,15 @@
 
 Each stage run executes through ``execute_stage_run`` — a top-level, picklable
 function — in a worker process (local), a Slurm job (submitit) or a Ray task.
-All of them write to the same workspace layout and the same SQLite index, so
-the orchestrator only ever looks at the run store to decide what is left.
+All of them write to the same workspace layout; only the orchestrator opens the
+SQLite index (workers may sit on other hosts of a shared filesystem, where SQLite's
+locking does not hold) and ingests what each worker left in its run directory.
 """
 
 from __future__ import annotations
 
 import abc
+import dataclasses
 import concurrent.futures as cf
 import contextlib
 import json
@@ -30,7 +32,8 @@ from pipelines.locks import WAIT_REPORT_SECONDS, Busy
 from pipelines.plan import Plan
 from pipelines.processes import Containment, end_tree, init_worker, worker_tag
 from pipelines.stages import STAGES, THREADED
-from pipelines.store import RunStore, StageRun
+from pipelines.store import TRACKED_METRICS, RunStore, StageRun
+from runfiles import last_metrics
 from pipelines.sweep import ExecutorSection
 
 
@@ -44,6 +47,10 @@ class Runtime:
     curation_executor: dict | None = None
     # False under an orchestrator: a run another process holds comes back as Busy, not a wait
     wait_for_locks: bool = True
+    # False in the orchestrator's workers: only the orchestrator opens index.sqlite (SQLite's
+    # locks do not hold across hosts or on NFS); a worker leaves status and metrics in the
+    # run's directory, and the orchestrator ingests them
+    owns_index: bool = True
 
 
 STAGE_LOG = "stage.log"
@@ -82,7 +89,7 @@ def artifact_path(store: RunStore, run: StageRun) -> Path:
 
 def execute_stage_run(run: StageRun, runtime: Runtime) -> tuple[str, bool]:
     """Run one stage run to completion in this process (or reuse it). Picklable entry point."""
-    store = RunStore(Path(runtime.workspace))
+    store = RunStore(Path(runtime.workspace), index=runtime.owns_index)
     if run.stage == "external":
         def work(out: Path) -> None:
             (out / "source.json").write_text(json.dumps(run.config, indent=2))
@@ -222,10 +229,11 @@ class _Slot:
 class SlurmBackend(_Backend):
     """One Slurm job per stage run, through submitit; the orchestrator waits on a thread."""
 
-    def __init__(self, workspace: Path, slurm: dict, parallel: int):
+    def __init__(self, workspace: Path, slurm: dict, parallel: int, cluster: str = "slurm"):
         import submitit
 
-        self.executor = submitit.AutoExecutor(folder=workspace / "slurm" / "%j", cluster="slurm")
+        # cluster="local": submitit's local executor, the same jobs as processes on this host (tests)
+        self.executor = submitit.AutoExecutor(folder=workspace / "slurm" / "%j", cluster=cluster)
         self.executor.update_parameters(**slurm_parameters(slurm))
         self.waiters = cf.ThreadPoolExecutor(max(parallel, 8))
 
@@ -285,6 +293,7 @@ def run_plan(plan: Plan, store: RunStore, console: Console, executor: ExecutorSe
     cfg = executor or plan.executor
     runtime = Runtime(workspace=str(store.workspace), sweep=plan.name, threads=cfg.threads_per_run,
                       curation_executor=plan.curation_executor or None, wait_for_locks=False)
+    worker_runtime = dataclasses.replace(runtime, owns_index=False)
     store.reconcile()
     runs = plan.runs()
     store.set_members(plan.name, {run: plan.roles.get(run, [{}]) for run in runs})
@@ -294,6 +303,8 @@ def run_plan(plan: Plan, store: RunStore, console: Console, executor: ExecutorSe
     for run in runs:  # externals and finished runs need no worker
         if run.stage == "external" or store.is_done(run):
             execute_stage_run(run, runtime)
+            if run.stage != "external" and store.status(run) != "done":
+                store.ingest(run)  # published by a worker whose orchestrator died before ingesting
             outcome[run.ref] = True
     reused = len(outcome)
     if reused:
@@ -328,7 +339,8 @@ def run_plan(plan: Plan, store: RunStore, console: Console, executor: ExecutorSe
                     if run.ref not in busy_until:  # a retry of a run held elsewhere is not news
                         progress.console.print(f"[cyan]▶[/] {run.label}  [dim]{run.ref}[/]")
                     task = progress.add_task(run.label, status="", total=None)
-                    running[backend.submit(run, runtime)] = (run, time.time(), task)
+                    store.mark_submitted(run)
+                    running[backend.submit(run, worker_runtime)] = (run, time.time(), task)
                 if not running:
                     if not busy_until:
                         break
@@ -353,10 +365,12 @@ def run_plan(plan: Plan, store: RunStore, console: Console, executor: ExecutorSe
                         continue
                     except Exception as exc:  # a failed stage run fails its dependants, not the sweep
                         failed[run.ref] = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+                        store.mark_failed(run, failed[run.ref])
                         log = store.partial_path(run) / STAGE_LOG
                         progress.console.print(f"[red]✗[/] {run.label}: {failed[run.ref]}"
                                                + (f"  [dim](log: {log})[/]" if log.exists() else ""))
                         continue
+                    store.ingest(run)  # what the worker left in the run's directory
                     outcome[run.ref] = was_reused
                     busy_until.pop(run.ref, None)
                     note = "reused (finished by another process)" if was_reused else f"{time.time() - started:.0f}s"
@@ -380,9 +394,15 @@ def _latest_metric(store: RunStore, run: StageRun) -> str:
     rows = store.query("SELECT step, name, value FROM metrics WHERE stage=? AND key=? AND step="
                        "(SELECT MAX(step) FROM metrics WHERE stage=? AND key=?)",
                        (run.stage, run.key, run.stage, run.key))
-    values = {r["name"]: r["value"] for r in rows}
+    if rows:
+        step, values = rows[0]["step"], {r["name"]: r["value"] for r in rows}
+    else:  # a worker's run: its latest record in its directory
+        record = last_metrics(store.partial_path(run) / TRACKED_METRICS)
+        if record is None:
+            return ""
+        step, values = record["step"], record["data"]
     shown = next((f"{name} {values[name]:.3f}" for name in PROGRESS_METRICS if name in values), "")
-    return f"step {rows[0]['step']} {shown}" if rows else ""
+    return f"step {step} {shown}"
 
 
 def blocked_refs(failed: dict[str, str], runs: list[StageRun]) -> set[str]:

@@ -8,21 +8,45 @@ store trains it once and both decay branches fork from it.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from midtrain.config import MidtrainSettings, phase_schedule, phase_warmup
 from pipelines.store import StageRun
-from pipelines.sweep import (
-    ExecutorSection,
-    ProblemSet,
-    StageMix,
-    Sweep,
-    resolve_path,
-    split_nproc,
-    split_replicas,
-)
+from pipelines.sweep import ExecutorSection, ProblemSet, StageMix, Sweep, resolve_path
 
 BASE_RECIPE = "base"  # the pseudo-recipe "no mid-training" used as the report's reference
+
+
+def config_changes(old: Any, new: Any, path: str = "") -> list[str]:
+    """The fields that differ between two resolved configs, as `dotted.path old → new`."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [change for name in sorted(set(old) | set(new), key=str)
+                for change in config_changes(old.get(name, _ABSENT), new.get(name, _ABSENT),
+                                             f"{path}.{name}" if path else str(name))]
+    return [] if old == new else [f"{path} {_shown(old)} → {_shown(new)}"]
+
+
+_ABSENT = object()
+
+
+def _shown(value: Any, width: int = 40) -> str:
+    text = "(absent)" if value is _ABSENT else json.dumps(value, default=str)
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def why_run(run: StageRun, previous: dict | None) -> str:
+    """Why a run that is not in the store will run: new, which config fields changed since the
+    last run of the same stage and name, or which inputs did."""
+    if previous is None:
+        return "new"
+    changed = config_changes(previous["config"], run.config)
+    if changed:
+        return "config: " + "; ".join(changed)
+    inputs = sorted(role for role, dep in run.inputs.items() if previous["inputs"].get(role) != dep.ref)
+    return "input changed: " + ", ".join(inputs) if inputs else "new"
 
 
 def fingerprint(path: Path) -> str:
@@ -90,9 +114,8 @@ class Plan:
             config = {"spec": spec.model_dump(mode="json"), "spec_hash": spec.content_hash(), "seed": seed}
             if spec.engine == "verl":  # GPUs, nodes, rollout engine: how verl lays the run out
                 config["engine_options"] = engine_options or {}
-            run = StageRun("probe", config,
-                           {"checkpoint": checkpoint, "problems": self.problems},
-                           label=f"probe {recipe}{_replica_label(replica)} seed {seed}")
+            run = stage_run("probe", config, {"checkpoint": checkpoint, "problems": self.problems},
+                            label=f"probe {recipe}{_replica_label(replica)} seed {seed}")
             self.probes[(recipe, replica, seed)] = run
             self.role(run, kind="probe", recipe=recipe, seed=seed, replica=replica)
 
@@ -101,20 +124,15 @@ def _replica_label(replica: int | None) -> str:
     return "" if replica is None else f" replica {replica}"
 
 
-def _replica_settings(settings: dict, seeds: list[int] | None) -> dict[int | None, dict]:
-    """The midtrain settings of each replica. A replica's seed enters its stages' keys unless
-    it is TrainConfig's default seed: that replica is the sweep's run without `seeds`, and
-    adding replicas to a sweep reuses it."""
-    from midtrain.train import TrainConfig
-
-    default = TrainConfig.model_fields["seed"].default
-    if seeds is None:
-        return {None: settings}
-    return {seed: settings if seed == default else {**settings, "seed": seed} for seed in seeds}
-
-
 def _blend_inputs(mix: StageMix, curate: dict[str, StageRun]) -> dict[str, StageRun]:
     return {f"corpus:{name}": curate[name] for name in sorted(mix.mix)}
+
+
+def stage_run(stage: str, config: dict, inputs: dict[str, StageRun] | None = None, label: str = "") -> StageRun:
+    """A stage run whose key covers its stage's code version next to its resolved config."""
+    from pipelines.stages import code_versions
+
+    return StageRun(stage, {**config, "code_version": code_versions()[stage]}, inputs or {}, label=label)
 
 
 def _resolved(toy_world: dict) -> dict:
@@ -124,35 +142,49 @@ def _resolved(toy_world: dict) -> dict:
     return ToyWorldConfig(**toy_world).model_dump()
 
 
-def _keyed_midtrain(midtrain: dict) -> dict:
-    """The midtrain settings as they enter stage keys. nproc_per_node is in them when above 1
-    (the processes beyond the tensor-parallel ones are data-parallel replicas, which multiply
-    the global batch), and left out at its default 1, so keys stay those of sweeps without it."""
-    settings, nproc = split_nproc(midtrain)
-    return midtrain if nproc != 1 else settings
+def _curation_config(name: str, corpus, toy_world: dict) -> dict:
+    """A curation run's config: the corpus config with every default, the preset it resolves
+    to and every argument of that preset's filter blocks (a changed threshold re-curates)."""
+    from data_recipes.filters import resolved_filter_settings
+
+    return {"corpus": name, "corpus_config": corpus.model_dump(mode="json"), "preset": corpus.preset(),
+            "filters": resolved_filter_settings(corpus.preset(), corpus.curation.filters), "toy_world": toy_world}
+
+
+# TrainConfig fields that do not change what a stage produces: the thread count is the stage's
+# own `threads` (None: the executor's), the memory budget only gates validation.
+RUNTIME_FIELDS = {"threads", "gpu_memory_gb"}
+
+
+def _phase_config(phase: str, stage: StageMix, midtrain: MidtrainSettings, lr: float | None) -> dict:
+    """A midtrain stage's config: TrainConfig with every default, this stage's budget and LR,
+    and the LR schedule and warmup its phase runs (stable-then-decay as the field runs it;
+    midtrain.config). Threads are the stage's own setting (None: the executor's)."""
+    train = midtrain.train_config(
+        tokens=stage.tokens, lr=lr or midtrain.lr,
+        schedule=phase_schedule(phase, stage.schedule, midtrain.schedule),
+        warmup_tokens=phase_warmup(phase, midtrain.warmup_tokens))
+    return {"phase": phase, "train": train.model_dump(mode="json", exclude=RUNTIME_FIELDS),
+            "threads": stage.threads, "nproc_per_node": midtrain.nproc_per_node, "mix": stage.mix}
 
 
 def build_plan(sweep: Sweep, source: Path) -> Plan:
+    from midtrain.spec import MODEL_PRESETS
+
     here = source.parent
     probe_cfg = sweep.probe
-    settings, replica_seeds = split_replicas(sweep.midtrain)
-    sweep = sweep.model_copy(update={"toy_world": _resolved(sweep.toy_world),
-                                     "midtrain": _keyed_midtrain(settings)})
-    train_set, eval_set = probe_cfg.train_set, probe_cfg.eval_set
-    if probe_cfg.difficulty == "auto":  # a pool with n problems at every level to choose from
-        levels = len(train_set.difficulty or sweep.toy_world["difficulties"])
-        train_set = train_set.model_copy(update={"n": train_set.n * levels})
-        eval_set = eval_set.model_copy(update={"n": eval_set.n * levels})
-    problems = problems_run(sweep.toy_world, train_set, eval_set, here)
+    toy_world = sweep.toy_world.model_dump()
+    problems = problems_run(toy_world, probe_cfg.train_set, probe_cfg.eval_set, here)
 
     if sweep.tokenizer.path:
         tokenizer = external(resolve_path(sweep.tokenizer.path, here), "tokenizer")
     elif sweep.base.hf_path and not sweep.tokenizer.train_on:
         tokenizer = external(resolve_path(sweep.base.hf_path, here), "tokenizer (base model's)")
     else:
-        tokenizer = StageRun("tokenizer", {
-            "vocab_size": sweep.tokenizer.vocab_size, "toy_world": sweep.toy_world,
-            "corpora": {name: sweep.corpora[name] for name in sorted(sweep.tokenizer.train_on)},
+        tokenizer = stage_run("tokenizer", {
+            "vocab_size": sweep.tokenizer.vocab_size, "toy_world": toy_world,
+            "sources": {name: sweep.corpora[name].source.model_dump(mode="json")
+                        for name in sorted(sweep.tokenizer.train_on)},
         }, label="tokenizer")
 
     benchmarks = [external(resolve_path(b, here), f"benchmark {b}") for b in probe_cfg.benchmarks]
@@ -160,42 +192,38 @@ def build_plan(sweep: Sweep, source: Path) -> Plan:
     for name, corpus in sweep.corpora.items():
         inputs = {"tokenizer": tokenizer, "problems": problems}
         inputs.update({f"benchmark:{i}": b for i, b in enumerate(benchmarks)})
-        curate[name] = StageRun("curate", {"corpus": name, "source": corpus,
-                                           "toy_world": sweep.toy_world},
-                                inputs, label=f"curate {name}")
+        curate[name] = stage_run("curate", _curation_config(name, corpus, toy_world),
+                                 inputs, label=f"curate {name}")
 
     if sweep.base.hf_path:
         base = external(resolve_path(sweep.base.hf_path, here), "base model")
     else:
         pretrain = sweep.base.pretrain
-        base = StageRun("midtrain", {
-            "phase": "pretrain", "model_preset": sweep.base.preset, "settings": sweep.midtrain,
-            "tokens": pretrain.tokens, "lr": pretrain.lr, "mix": pretrain.mix, "threads": pretrain.threads,
+        base = stage_run("midtrain", {
+            **_phase_config("pretrain", pretrain, sweep.midtrain, pretrain.lr),
+            "model_preset": sweep.base.preset, "model": MODEL_PRESETS[sweep.base.preset].model_dump(mode="json"),
         }, {"tokenizer": tokenizer, **_blend_inputs(pretrain, curate)}, label=f"pretrain base ({sweep.base.preset})")
 
     midtrain: dict[str, dict[int | None, list[StageRun]]] = {}
     for rname, recipe in sweep.recipes.items():
         midtrain[rname] = {}
-        for replica, replica_settings in _replica_settings(sweep.midtrain, replica_seeds).items():
-            stable = StageRun("midtrain", {
-                "phase": "stable" if recipe.decay else "full", "settings": replica_settings,
-                "tokens": recipe.stable.tokens, "lr": recipe.stable.lr, "mix": recipe.stable.mix,
-                "threads": recipe.stable.threads,
-            }, {"init": base, "tokenizer": tokenizer, **_blend_inputs(recipe.stable, curate)},
-                label=f"midtrain {rname} stable{_replica_label(replica)}")
+        for replica, settings in sweep.midtrain.replicas().items():
+            stable = stage_run("midtrain", _phase_config("stable" if recipe.decay else "full", recipe.stable,
+                                                         settings, recipe.stable.lr),
+                               {"init": base, "tokenizer": tokenizer, **_blend_inputs(recipe.stable, curate)},
+                               label=f"midtrain {rname} stable{_replica_label(replica)}")
             stages = [stable]
-            if recipe.decay:
-                stages.append(StageRun("midtrain", {
-                    "phase": "decay", "settings": replica_settings, "tokens": recipe.decay.tokens,
-                    "threads": recipe.decay.threads,
-                    "lr": recipe.decay.lr, "mix": recipe.decay.mix,
-                }, {"init": stable, "tokenizer": tokenizer, **_blend_inputs(recipe.decay, curate)},
-                    label=f"midtrain {rname} decay{_replica_label(replica)}"))
+            if recipe.decay:  # continues at the stable stage's LR (the sweep refuses another)
+                stages.append(stage_run("midtrain", _phase_config("decay", recipe.decay, settings,
+                                                                  stable.config["train"]["lr"]),
+                                        {"init": stable, "tokenizer": tokenizer,
+                                         **_blend_inputs(recipe.decay, curate)},
+                                        label=f"midtrain {rname} decay{_replica_label(replica)}"))
             midtrain[rname][replica] = stages
 
     from rl_probe.spec import get_probe_spec
 
-    plan = Plan(sweep.name, sweep.executor, problems, {}, sweep.curation_executor, base, midtrain)
+    plan = Plan(sweep.name, sweep.executor, problems, {}, sweep.curation_executor.model_dump(), base, midtrain)
     plan.role(problems, kind="problems")
     plan.role(tokenizer, kind="tokenizer")
     for name, run in curate.items():
@@ -207,14 +235,12 @@ def build_plan(sweep: Sweep, source: Path) -> Plan:
                 plan.role(stage, kind="midtrain", recipe=rname, phase=stage.config["phase"],
                           replica=replica)
     spec = get_probe_spec(probe_cfg.spec)
-    if probe_cfg.difficulty == "auto":
-        # probes read the selected problems; curation still decontaminates against the whole pool
-        plan.problems = StageRun("select_problems", {
-            "spec": spec.model_dump(mode="json"), "k": probe_cfg.difficulty_k,
-            "target": list(probe_cfg.difficulty_target),
-            "train_n": probe_cfg.train_set.n, "eval_n": probe_cfg.eval_set.n,
-        }, {"pool": problems, "checkpoint": base}, label="difficulty control")
-        plan.role(plan.problems, kind="difficulty")
+    # probes read the selected problems; curation decontaminates against the whole pool, so
+    # how the probe picks its problems never re-keys curation or mid-training
+    plan.problems = selection_run(problems, probe_cfg.train_set, probe_cfg.eval_set, probe_cfg.difficulty,
+                                  auto={"spec": spec.model_dump(mode="json"), "k": probe_cfg.difficulty_k,
+                                        "target": list(probe_cfg.difficulty_target), "checkpoint": base})
+    plan.role(plan.problems, kind="difficulty" if probe_cfg.difficulty == "auto" else "problems")
     if probe_cfg.include_base:
         plan.add_probes(BASE_RECIPE, base, spec, probe_cfg.seeds, probe_cfg.verl)
     for recipe, replicas in midtrain.items():
@@ -224,24 +250,46 @@ def build_plan(sweep: Sweep, source: Path) -> Plan:
 
 
 def problems_run(toy_world: dict, train_set: ProblemSet, eval_set: ProblemSet, here: Path) -> StageRun:
-    """The probe's train/eval problems; user files enter the key by content fingerprint."""
+    """The pool the probe's train/eval problems are chosen from, and that every corpus is
+    decontaminated against: a toy set's n problems at *every* difficulty level of the world,
+    or a user file whole (keyed by its content fingerprint). Which levels the probe uses is
+    the selection's business (`selection_run`), so it never re-keys curation."""
     def source(problem_set: ProblemSet) -> dict:
-        cfg = problem_set.model_dump()
         if problem_set.path:
             path = resolve_path(problem_set.path, here)
-            cfg.update(path=str(path), fingerprint=fingerprint(path))
-        return cfg
+            return {"path": str(path), "fingerprint": fingerprint(path)}
+        return {"toy_split": problem_set.toy_split, "n": problem_set.n}
 
-    return StageRun("problems", {"toy_world": toy_world, "train_set": source(train_set),
-                                 "eval_set": source(eval_set)}, label="probe/eval problems")
+    return stage_run("problems", {"toy_world": toy_world, "train_set": source(train_set),
+                                  "eval_set": source(eval_set)}, label="probe/eval problem pool")
+
+
+def selection_run(pool: StageRun, train_set: ProblemSet, eval_set: ProblemSet, difficulty: str,
+                  auto: dict | None = None) -> StageRun:
+    """The probe's problems, picked from the pool: at the sets' difficulty levels (fixed), or at
+    the levels where the base's pass@k lies in the target band (auto: SimpleRL-Zoo's difficulty
+    control, among the sets' levels if they name any). A toy set takes n problems in equal
+    shares of its levels; a file set every problem at its levels."""
+    def picked(problem_set: ProblemSet) -> dict:
+        return {"levels": problem_set.difficulty, "n": None if problem_set.path else problem_set.n}
+
+    config = {"difficulty": difficulty, "train_set": picked(train_set), "eval_set": picked(eval_set)}
+    inputs = {"pool": pool}
+    if difficulty == "auto":
+        inputs["checkpoint"] = auto.pop("checkpoint")
+        config.update(auto)
+    return stage_run("select_problems", config, inputs,
+                     label="difficulty control" if difficulty == "auto" else "probe/eval problems")
 
 
 def build_checkpoint_plan(name: str, checkpoints: dict[str, Path], spec, seeds: list[int],
                           train_set: ProblemSet, eval_set: ProblemSet, executor: ExecutorSection,
                           toy_world: dict | None = None) -> Plan:
     """A checkpoint sweep job: probe HF checkpoints made anywhere, no sweep file needed."""
-    plan = Plan(name, executor, problems_run(_resolved(toy_world or {}), train_set, eval_set, Path.cwd()), {})
-    plan.role(plan.problems, kind="problems")
+    pool = problems_run(_resolved(toy_world or {}), train_set, eval_set, Path.cwd())
+    plan = Plan(name, executor, selection_run(pool, train_set, eval_set, "fixed"), {})
+    for run in (pool, plan.problems):
+        plan.role(run, kind="problems")
     for label, path in checkpoints.items():
         plan.add_probes(label, external(path, f"checkpoint {label}"), spec, seeds)
     return plan

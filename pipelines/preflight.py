@@ -18,7 +18,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from pipelines.errors import InputError
-from pipelines.sweep import ExecutorSection, Sweep, resolve_path, split_nproc, split_replicas
+from pipelines.sweep import ExecutorSection, Sweep, resolve_path
 
 SAMPLE_LINES = 100  # of each source file: enough to find a wrong text field, cheap on a large corpus
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # a path component, never '.' or '..'
@@ -51,15 +51,11 @@ def _names(sweep: Sweep) -> list[str]:
 
 
 def _sources(sweep: Sweep) -> list[str]:
-    from data_recipes.curate import CorpusConfig
     from data_recipes.sources import JsonlSource, ParquetSource
 
     errors = []
-    for name, raw in sweep.corpora.items():
-        try:
-            source = CorpusConfig.model_validate(raw).source
-        except ValidationError:  # reported by the schema check
-            continue
+    for name, corpus in sweep.corpora.items():
+        source = corpus.source
         if not isinstance(source, JsonlSource):  # ParquetSource is a JsonlSource too
             continue
         for i, pattern in enumerate(source.paths):
@@ -131,13 +127,8 @@ def _parquet_problem(path: str, text_field: str) -> str | None:
 
 
 def _problem_sets(sweep: Sweep, here: Path) -> list[str]:
-    from data_recipes.toyworld import ToyWorldConfig
-
     errors = []
-    try:
-        levels = ToyWorldConfig.model_validate(sweep.toy_world).difficulties
-    except ValidationError:  # reported by the schema check
-        levels = None
+    levels = sweep.toy_world.difficulties
     for field in ("train_set", "eval_set"):
         problem_set = getattr(sweep.probe, field)
         if problem_set.path:
@@ -220,15 +211,8 @@ def _base(sweep: Sweep, here: Path) -> list[str]:
 
 def _budgets(sweep: Sweep) -> list[str]:
     """Every mid-training stage buys at least one optimizer step."""
-    from midtrain.train import TrainConfig
-
-    settings, nproc = split_nproc(split_replicas(sweep.midtrain)[0])
-    try:
-        cfg = TrainConfig.model_validate({**settings, "tokens": 1})
-    except ValidationError:  # reported by the schema check
-        return []
-    model_parallel = cfg.tensor_model_parallel_size * cfg.pipeline_model_parallel_size
-    data_parallel = max(1, nproc // model_parallel) if isinstance(nproc, int) else 1
+    cfg = sweep.midtrain
+    data_parallel = cfg.nproc_per_node // (cfg.tensor_model_parallel_size * cfg.pipeline_model_parallel_size)
     step = cfg.seq_length * cfg.micro_batch_size * cfg.grad_accum * data_parallel
     stages = [("base.pretrain", sweep.base.pretrain)] + [
         (f"recipes.{name}.{phase}", getattr(recipe, phase))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import os
 import select
 import signal
@@ -154,7 +153,7 @@ def torchrun(job, nproc: int, on_metrics: Metrics) -> None:
     `on_metrics` from the metrics.jsonl that the trainer's rank 0 writes.
     """
     from pipelines.errors import StageFailed
-    from pipelines.store import METRICS_FILE
+    from runfiles import METRICS_FILE
 
     job_file = job.out_dir / TRAIN_JOB
     job_file.write_text(job.model_dump_json(indent=2))
@@ -198,10 +197,14 @@ class MetricsTail:
         if (stat.st_size, stat.st_mtime_ns) == self.seen_stat:
             return
         self.seen_stat = stat.st_size, stat.st_mtime_ns
-        for line in self.path.read_text().splitlines(keepends=True):
+        from runfiles import parse_metrics_line  # here: the reaper runs this file with only the stdlib
+
+        for line in self.path.read_text(errors="replace").splitlines(keepends=True):
             if not line.endswith("\n"):  # still being written
                 break
-            record = json.loads(line)
+            record = parse_metrics_line(line)
+            if record is None:  # torn by a killed attempt; the resumed trainer drops it
+                continue
             if self.sent.get(record["step"]) != line:
                 self.sent[record["step"]] = line
                 self.on_metrics(record["step"], record["data"])

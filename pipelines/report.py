@@ -26,6 +26,7 @@ from pipelines.failures import FAILURE_MODES  # noqa: E402
 from pipelines.ranking import SCORES, Ranking, rank, spearman  # noqa: E402
 from pipelines.results import SweepResults, recipe_cost_hours  # noqa: E402
 from rl_probe.difficulty import pooled_pass_at_k  # noqa: E402
+from runfiles import atomic_write  # noqa: E402
 
 PROBE_CURVES = [
     ("critic/score/mean", "training reward"),
@@ -161,17 +162,29 @@ def _loss_figure(results: SweepResults) -> Figure | None:
     runs = [m for m in [results.base, *results.midtrain] if m and "train/loss" in m.metrics]
     if not runs:
         return None
-    fig, ax = plt.subplots(figsize=(7.5, 3.2))
+    by_ref = {info.ref: info for info in runs}
+
+    def start(info) -> float:
+        """Tokens trained before this stage on its chain (base, stable, decay): one x axis on
+        which a decay branch continues where its stable stage ended."""
+        parent = by_ref.get(info.manifest.get("inputs", {}).get("init", ""))
+        return start(parent) + _last(parent.metrics.get("train/tokens")) if parent else 0.0
+
+    fig, (ax, ax_lr) = plt.subplots(1, 2, figsize=(11, 3.2))
     cmap = plt.get_cmap("tab10")
     for i, info in enumerate(runs):
-        steps, loss = zip(*info.metrics["train/loss"])
-        tokens = dict(info.metrics.get("train/tokens", []))
-        x = [tokens.get(s, s) for s in steps]
-        ax.plot(x, loss, lw=1.2, color=cmap(i % 10), label=_stage_name(info))
-    _style(ax, "Training loss", "tokens")
+        offset, tokens = start(info), dict(info.metrics.get("train/tokens", []))
+        for axis, name in ((ax, "train/loss"), (ax_lr, "train/lr")):
+            if name in info.metrics:
+                steps, values = zip(*info.metrics[name])
+                axis.plot([offset + tokens.get(s, s) for s in steps], values, lw=1.2, color=cmap(i % 10),
+                          label=_stage_name(info))
+    _style(ax, "Training loss", "tokens since the base's pretraining")
     ax.set_yscale("log")
-    ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1, 0.5))
-    return Figure("training_loss", "Training loss of the base and every mid-training stage.", _png(fig))
+    _style(ax_lr, "Learning rate", "tokens since the base's pretraining")
+    ax_lr.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1, 0.5))
+    return Figure("training_loss", "Training loss and learning rate of the base and every mid-training "
+                  "stage; each decay branch continues where its stable stage ended.", _png(fig))
 
 
 def _stage_name(info) -> str:
@@ -464,9 +477,9 @@ def _data_section(doc: Doc, results: SweepResults) -> None:
         parts = []
         for corpus, weight in sorted(cfg["mix"].items()):
             available = results.curation[corpus].read_json("curation.json").get("tokens", 0) if corpus in results.curation else 0
-            epochs = cfg["tokens"] * weight / available if available else float("nan")
+            epochs = cfg["train"]["tokens"] * weight / available if available else float("nan")
             parts.append(f"{corpus} {weight:.0%} ({epochs:.1f} ep)")
-        mix_rows.append([_stage_name(info), f"{cfg['tokens']:,}", "; ".join(parts)])
+        mix_rows.append([_stage_name(info), f"{cfg['train']['tokens']:,}", "; ".join(parts)])
     doc.heading("Token mix", 3)
     doc.table(["stage", "tokens", "mix (epochs of the curated corpus)"], mix_rows)
 
@@ -594,7 +607,5 @@ def write(doc: Doc, out_dir: Path, title: str) -> tuple[Path, Path]:
     md, page = out_dir / "report.md", out_dir / "report.html"
     # write-then-rename so a reader never sees half a report
     for path, text in ((md, to_markdown(doc, "figures")), (page, to_html(doc, title))):
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        atomic_write(path, text)
     return md, page

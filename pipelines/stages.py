@@ -13,31 +13,28 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+from midtrain.config import hf_dir
 from pipelines.processes import torchrun
 from pipelines.store import StageRun
-from pipelines.sweep import split_nproc
 
 Metrics = Callable[[int, dict], None]
 
 
 def _problems(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metrics) -> None:
+    """The problem pool: a user file whole, or a toy set's n problems at every level."""
     from data_recipes.toyworld import ToyWorld, ToyWorldConfig, write_problems
 
     world = ToyWorld(ToyWorldConfig(**run.config["toy_world"]))
     for name in ("train", "eval"):
         cfg = run.config[f"{name}_set"]
-        if cfg["path"]:
+        if "path" in cfg:
             shutil.copyfile(cfg["path"], out / f"{name}.jsonl")
-        else:  # an equal share of the problems at each requested difficulty
-            levels = cfg["difficulty"] or [None]
-            problems = []
-            # offset: skip the first problems (a long-run target's own held-out eval set); a
-            # smaller n is a prefix of a larger one, so the rest are disjoint from them
-            for i, level in enumerate(levels):
-                n, skip = (total // len(levels) + (i < total % len(levels))
-                           for total in (cfg["n"], cfg.get("offset", 0)))
-                problems += world.problems(cfg["toy_split"], skip + n, difficulty=level)[skip:]
-            write_problems(problems, out / f"{name}.jsonl")
+        else:  # n at every level, after the first `offset` of each (a long-run target's own
+            # held-out eval set: a smaller n is a prefix of a larger one, so they are disjoint)
+            skip = cfg.get("offset", 0)
+            write_problems([p for level in world.cfg.difficulties
+                            for p in world.problems(cfg["toy_split"], skip + cfg["n"], difficulty=level)[skip:]],
+                           out / f"{name}.jsonl")
 
 
 def _tokenizer(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metrics) -> None:
@@ -47,8 +44,8 @@ def _tokenizer(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Me
     toy_world = run.config["toy_world"]
 
     def texts():
-        for corpus in run.config["corpora"].values():
-            yield from iter_source_texts(CorpusConfig(**corpus), toy_world=toy_world)
+        for source in run.config["sources"].values():
+            yield from iter_source_texts(CorpusConfig(source=source), toy_world=toy_world)
 
     train_tokenizer(texts(), run.config["vocab_size"], out)
 
@@ -59,7 +56,7 @@ def _curate(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metri
 
     benchmarks = [inputs["problems"] / "train.jsonl", inputs["problems"] / "eval.jsonl"]
     benchmarks += [path for role, path in sorted(inputs.items()) if role.startswith("benchmark:")]
-    curate_corpus(CorpusConfig(**run.config["source"]), name=run.config["corpus"],
+    curate_corpus(CorpusConfig(**run.config["corpus_config"]), name=run.config["corpus"],
                   toy_world=run.config["toy_world"], tokenizer_dir=inputs["tokenizer"],
                   decontaminate_against=benchmarks, out_dir=out,
                   executor=ExecutorConfig(**(executor or {})))
@@ -67,17 +64,14 @@ def _curate(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metri
 
 def _midtrain(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metrics,
               threads: int = 1) -> None:
-    from midtrain.spec import MODEL_PRESETS, ModelSpec
-    from midtrain.train import BlendPart, TrainConfig, TrainJob, train
+    from midtrain.spec import ModelSpec
+    from midtrain.config import TrainConfig
+    from midtrain.train import BlendPart, TrainJob, train
 
     cfg = run.config
-    settings, nproc = split_nproc(cfg["settings"])
-    if cfg["lr"] is not None:
-        settings["lr"] = cfg["lr"]
+    nproc = cfg["nproc_per_node"]
     # the processes share the stage's thread budget
-    settings.update(tokens=cfg["tokens"], threads=max(1, (cfg["threads"] or threads) // nproc),
-                    schedule=_phase_schedule(cfg["phase"], settings.get("schedule")))
-    train_cfg = TrainConfig(**settings)
+    train_cfg = TrainConfig(**cfg["train"], threads=max(1, (cfg["threads"] or threads) // nproc))
     blend = []
     for name, weight in sorted(cfg["mix"].items()):
         corpus_dir = inputs[f"corpus:{name}"]
@@ -88,12 +82,12 @@ def _midtrain(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Met
     if init is not None and cfg["phase"] != "decay":
         # a new phase from a base model takes its weights only (like mid-training a released
         # base); a decay branch continues its stable stage, optimizer state included
-        init = checkpoint_dir(init)
+        init = hf_dir(init)
     if init is None:
-        model = MODEL_PRESETS[cfg["model_preset"]].model_copy(
+        model = ModelSpec.model_validate(cfg["model"]).model_copy(
             update={"vocab_size": _vocab_size(inputs["tokenizer"])})
     else:
-        model = ModelSpec.from_hf_config(checkpoint_dir(init))
+        model = ModelSpec.from_hf_config(hf_dir(init))
     if nproc == 1:
         train(model, train_cfg, blend, out_dir=out, init=init, tokenizer_dir=inputs["tokenizer"],
               on_metrics=on_metrics)
@@ -102,20 +96,12 @@ def _midtrain(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Met
                            tokenizer_dir=inputs["tokenizer"]), nproc, on_metrics)
 
 
-def _phase_schedule(phase: str, configured: str | None) -> str:
-    """Stable stages hold the LR constant so decay branches can fork from them."""
-    return {"stable": "constant", "decay": "linear-decay"}.get(phase, configured or "wsd")
-
-
 def _vocab_size(tokenizer_dir: Path) -> int:
     from transformers import AutoTokenizer
 
     return len(AutoTokenizer.from_pretrained(tokenizer_dir))
 
 
-def checkpoint_dir(path: Path) -> Path:
-    """The HF directory of a checkpoint input: a midtrain run's export, or an HF dir itself."""
-    return path / "hf" if (path / "hf" / "config.json").is_file() else path
 
 
 def _probe(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metrics) -> None:
@@ -128,31 +114,63 @@ def _probe(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metric
         raise RuntimeError(f"probe spec '{spec.name}' no longer hashes to {run.config['spec_hash']}")
     # both engines write the same artifacts with verl's metric names (DESIGN: one vocabulary)
     engine = run_probe_verl if spec.engine == "verl" else run_probe
-    engine(checkpoint_dir(inputs["checkpoint"]), spec, inputs["problems"] / "train.jsonl",
+    engine(hf_dir(inputs["checkpoint"]), spec, inputs["problems"] / "train.jsonl",
            inputs["problems"] / "eval.jsonl", seed=run.config["seed"], out_dir=out,
            on_metrics=on_metrics, **run.config.get("engine_options", {}))
 
 
-def _select_problems(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metrics) -> None:
-    from rl_probe.difficulty import choose_levels, pass_at_k_by_difficulty
-    from rl_probe.embedded import load_problems
-    from rl_probe.spec import ProbeSpec
+def _read_problems(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
+
+def _pick(pool: list[dict], levels: list[int] | None, n: int | None) -> list[dict]:
+    """Problems of `pool` at `levels` (None: every level in it): n in equal shares of the levels
+    (the first ones of each, as the pool's order is the generator's), or all when n is None."""
+    if n is None:
+        return [p for p in pool if levels is None or p.get("difficulty") in levels]
+    levels = levels or sorted({p["difficulty"] for p in pool})
+    groups = [[p for p in pool if p["difficulty"] == level] for level in levels]
+    return [p for i, group in enumerate(groups) for p in group[:n // len(levels) + (i < n % len(levels))]]
+
+
+def _select_problems(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metrics) -> None:
     cfg = run.config
-    spec = ProbeSpec.model_validate(cfg["spec"])
-    train = load_problems(inputs["pool"] / "train.jsonl")
-    measured = pass_at_k_by_difficulty(checkpoint_dir(inputs["checkpoint"]), train, spec, k=cfg["k"])
-    low, high = cfg["target"]
-    levels = choose_levels(measured, low, high)
-    on_metrics(0, {f"difficulty/pass@{cfg['k']}/level_{level}": value for level, value in measured.items()})
-    for name, n in (("train", cfg["train_n"]), ("eval", cfg["eval_n"])):
-        pool = load_problems(inputs["pool"] / f"{name}.jsonl")
-        chosen = [[p for p in pool if p["difficulty"] == level] for level in levels]
-        picked = [p for i, group in enumerate(chosen) for p in group[:n // len(levels) + (i < n % len(levels))]]
+    pool = {name: _read_problems(inputs["pool"] / f"{name}.jsonl") for name in ("train", "eval")}
+    levels = {name: cfg[f"{name}_set"]["levels"] for name in pool}
+    if cfg["difficulty"] == "auto":
+        from rl_probe.difficulty import choose_levels, pass_at_k_by_difficulty
+        from rl_probe.spec import ProbeSpec
+
+        measured = pass_at_k_by_difficulty(  # at the sets' levels if they name any
+            hf_dir(inputs["checkpoint"]), _pick(pool["train"], levels["train"], None),
+            ProbeSpec.model_validate(cfg["spec"]), k=cfg["k"])
+        chosen = choose_levels(measured, *cfg["target"])
+        levels = {name: chosen for name in pool}
+        on_metrics(0, {f"difficulty/pass@{cfg['k']}/level_{level}": value for level, value in measured.items()})
+        (out / "difficulty.json").write_text(json.dumps({
+            "k": cfg["k"], "target": cfg["target"], "pass_at_k_by_level": measured, "chosen_levels": chosen},
+            indent=2))
+    for name, problems in pool.items():
+        picked = _pick(problems, levels[name], cfg[f"{name}_set"]["n"])
         (out / f"{name}.jsonl").write_text("".join(json.dumps(p) + "\n" for p in picked))
-    (out / "difficulty.json").write_text(json.dumps({
-        "k": cfg["k"], "target": cfg["target"], "pass_at_k_by_level": measured, "chosen_levels": levels},
-        indent=2))
+
+
+# Bump a stage's own version when its function here changes what it writes for the same config.
+PROBLEMS_CODE_VERSION = 1
+
+
+def code_versions() -> dict[str, int]:
+    """Each stage's code version, part of its runs' keys: a behaviour change must bump it so that
+    no finished run made by the old code is reused."""
+    from data_recipes.curate import CURATION_CODE_VERSION
+    from data_recipes.tokenizer import TOKENIZER_CODE_VERSION
+    from midtrain.config import MIDTRAIN_CODE_VERSION
+    from rl_probe.difficulty import DIFFICULTY_CODE_VERSION
+    from rl_probe.spec import PROBE_CODE_VERSION
+
+    return {"problems": PROBLEMS_CODE_VERSION, "select_problems": DIFFICULTY_CODE_VERSION,
+            "tokenizer": TOKENIZER_CODE_VERSION, "curate": CURATION_CODE_VERSION,
+            "midtrain": MIDTRAIN_CODE_VERSION, "probe": PROBE_CODE_VERSION}
 
 
 STAGES: dict[str, Callable] = {

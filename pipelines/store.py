@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from pipelines import locks
+from runfiles import METRICS_FILE, append_metrics, atomic_write, fsync_dir, read_metrics
 
 MANIFEST = "manifest.json"
-METRICS_FILE = "metrics.jsonl"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -48,6 +48,15 @@ CREATE TABLE IF NOT EXISTS sweep_members (
 
 _VERSIONED_PACKAGES = ("midprobe", "torch", "megatron-core", "datatrove", "verl",
                        "transformers", "math-verify")
+
+
+# Metrics a stage reports through its callback, kept in its run directory by a worker that
+# does not own the index, for the orchestrator to ingest with metrics.jsonl.
+TRACKED_METRICS = "tracked_metrics.jsonl"
+
+
+class IndexNotOwned(RuntimeError):
+    """A worker's store touched index.sqlite, which only the orchestrator may open."""
 
 
 def stable_hash(obj: Any, length: int = 16) -> str:
@@ -95,11 +104,19 @@ def library_versions() -> dict[str, str]:
 
 
 class RunStore:
-    def __init__(self, workspace: Path):
+    """A workspace. With `index=False` (a stage worker: another process, maybe on another
+    host, over a shared filesystem where SQLite's locking does not hold) it never opens
+    index.sqlite: a run's status and metrics live in its directory (manifest.json,
+    metrics.jsonl, tracked_metrics.jsonl) and the orchestrator ingests them (`ingest`)."""
+
+    def __init__(self, workspace: Path, index: bool = True):
         self.workspace = Path(workspace).resolve()
         self.workspace.mkdir(parents=True, exist_ok=True)
         (self.workspace / "locks").mkdir(exist_ok=True)
         self.db_path = self.workspace / "index.sqlite"
+        self.index = index
+        if not index:
+            return
         # Switching to WAL takes an exclusive lock that SQLite's busy handler does not wait for:
         # two processes opening a new workspace at once made one fail with "database is locked".
         # WAL is a persistent property of the file, so it is set once, under a file lock.
@@ -116,6 +133,8 @@ class RunStore:
     # -- SQLite -------------------------------------------------------------
     @contextlib.contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
+        if not self.index:
+            raise IndexNotOwned(f"{self.db_path}: a stage worker never opens the index")
         db = sqlite3.connect(self.db_path, timeout=60)
         db.execute("PRAGMA busy_timeout=60000")
         try:
@@ -163,7 +182,21 @@ class RunStore:
             sql, params = sql + " AND stage=?", (sweep, stage)
         return [(r["stage"], r["key"], json.loads(r["role"])) for r in self.query(sql, params)]
 
+    def previous(self, run: StageRun, sweep: str) -> dict | None:
+        """The resolved config and input refs of the last other run of `run`'s stage under its
+        label (this sweep's own first): what `midprobe plan` compares a run to be run against."""
+        rows = self.query(
+            "SELECT r.config, r.inputs FROM runs r LEFT JOIN sweep_members m "
+            "ON m.stage=r.stage AND m.key=r.key AND m.sweep=? "
+            "WHERE r.stage=? AND r.label=? AND r.key!=? AND r.config IS NOT NULL "
+            "ORDER BY m.sweep IS NULL, COALESCE(r.finished, r.started, 0) DESC LIMIT 1",
+            (sweep, run.stage, run.label, run.key))
+        return {"config": json.loads(rows[0]["config"]), "inputs": json.loads(rows[0]["inputs"] or "{}")} \
+            if rows else None
+
     def _set_status(self, run: StageRun, status: str, **fields: Any) -> None:
+        if not self.index:  # the orchestrator records it
+            return
         cols = ", ".join(f"{k}=?" for k in fields)
         with self._db() as db:
             db.execute("INSERT OR IGNORE INTO runs(stage, key, status, label, config, inputs) "
@@ -174,6 +207,9 @@ class RunStore:
                        (status, *fields.values(), run.stage, run.key))
 
     def record_metrics(self, run: StageRun, step: int, metrics: dict[str, float]) -> None:
+        if not self.index:
+            append_metrics(self.partial_path(run) / TRACKED_METRICS, step, metrics)
+            return
         rows = [(run.stage, run.key, int(step), name, float(value))
                 for name, value in metrics.items() if isinstance(value, (int, float))]
         with self._db() as db:
@@ -228,25 +264,42 @@ class RunStore:
                 "platform": platform.platform(), "started": started, "finished": time.time(),
                 "wall_seconds": time.time() - started, "cpu_seconds": cpu_seconds,
             }
-            (partial / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+            atomic_write(partial / MANIFEST, json.dumps(manifest, indent=2, default=str))
             final = self.path(run)
             if final.exists():  # a directory without manifest: debris of an older layout
                 shutil.rmtree(final)
             os.rename(partial, final)
-            self.ingest_metrics(run)
-            self._set_status(run, "done", finished=manifest["finished"], cpu_seconds=cpu_seconds)
+            fsync_dir(final.parent)
+            if self.index:
+                self.ingest(run)
             return final, False
 
+    def status(self, run: StageRun) -> str | None:
+        rows = self.query("SELECT status FROM runs WHERE stage=? AND key=?", (run.stage, run.key))
+        return rows[0]["status"] if rows else None
+
+    def mark_submitted(self, run: StageRun) -> None:
+        """A worker works on it for this orchestrator (alive while this process is)."""
+        self._set_status(run, "running", host=socket.gethostname(), pid=os.getpid(),
+                         started=time.time(), error=None)
+
+    def mark_failed(self, run: StageRun, error: str) -> None:
+        self._set_status(run, "failed", finished=time.time(), error=error)
+
+    def ingest(self, run: StageRun) -> None:
+        """Index a published run from its directory: status and timings from its manifest, its
+        metrics files (idempotent; the orchestrator's half of a worker's publish)."""
+        manifest = self.manifest(run)
+        self._set_status(run, "done", host=manifest.get("host"), started=manifest.get("started"),
+                         finished=manifest.get("finished"), cpu_seconds=manifest.get("cpu_seconds"),
+                         error=None)
+        self.ingest_metrics(run)
+
     def ingest_metrics(self, run: StageRun) -> None:
-        """Copy a published run's metrics.jsonl into the index (idempotent)."""
-        path = self.path(run) / METRICS_FILE
-        if not path.is_file():
-            return
+        """Copy a published run's metrics files into the index (idempotent)."""
+        records = read_metrics(self.path(run) / TRACKED_METRICS) + read_metrics(self.path(run) / METRICS_FILE)
         with self._db() as db:
-            for line in path.read_text().splitlines():
-                if not line.strip():
-                    continue
-                record = json.loads(line)
+            for record in records:
                 db.executemany("INSERT OR REPLACE INTO metrics VALUES (?,?,?,?,?)",
                                [(run.stage, run.key, int(record["step"]), name, float(value))
                                 for name, value in record["data"].items()

@@ -16,6 +16,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from data_recipes.curate import CorpusConfig, ExecutorConfig
+from data_recipes.toyworld import ToyWorldConfig
+from midtrain.config import MidtrainSettings, Schedule, is_hf_dir, phase_schedule
 from pipelines.errors import InputError
 
 BUNDLED_SWEEPS = Path(__file__).parent / "sweeps"
@@ -35,6 +38,10 @@ class StageMix(_Strict):
         "torch threads for this stage (default: the executor's threads_per_run). Worth setting on "
         "stages nothing else can run beside (the base, a shared stable stage). Part of the stage's "
         "key: the thread count changes floating-point results"))
+    schedule: Schedule | None = Field(default=None, description=(
+        "this stage's LR schedule. Default: midtrain.schedule where training runs start to end "
+        "(base pretraining, a recipe without decay); constant for a stable stage with decay "
+        "branches; linear-decay for a decay branch (which may choose cosine)"))
 
     @field_validator("mix")
     @classmethod
@@ -137,13 +144,13 @@ class ExecutorSection(_Strict):
 class Sweep(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     workspace: str = "./midprobe-runs"
-    toy_world: dict[str, Any] = Field(default_factory=dict)
+    toy_world: ToyWorldConfig = Field(default_factory=ToyWorldConfig)
     tokenizer: TokenizerSection = Field(default_factory=TokenizerSection)
     base: BaseModelSection
-    corpora: dict[str, dict[str, Any]]
-    curation_executor: dict[str, Any] = Field(default_factory=dict)
+    corpora: dict[str, CorpusConfig]
+    curation_executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     recipes: dict[str, Recipe] = Field(min_length=1)
-    midtrain: dict[str, Any] = Field(default_factory=dict)
+    midtrain: MidtrainSettings = Field(default_factory=MidtrainSettings)
     probe: ProbeSection
     report: ReportSection = Field(default_factory=ReportSection)
     executor: ExecutorSection = Field(default_factory=ExecutorSection)
@@ -165,52 +172,6 @@ def _pydantic_errors(exc: ValidationError, prefix: tuple = ()) -> list[str]:
     return lines
 
 
-def _check_section(model: type[BaseModel], data: dict, prefix: tuple, errors: list[str],
-                   **fixed: Any) -> BaseModel | None:
-    try:
-        return model.model_validate({**data, **fixed})
-    except ValidationError as exc:
-        errors.extend(_pydantic_errors(exc, prefix))
-        return None
-
-
-def split_nproc(midtrain: dict) -> tuple[dict, int]:
-    """The sweep's midtrain section as TrainConfig's fields and `nproc_per_node`: how many
-    training processes a midtrain stage run starts on its node (1: the worker itself; more:
-    torchrun). Not a TrainConfig field, since train() runs inside one of those processes."""
-    settings = dict(midtrain)
-    return settings, settings.pop("nproc_per_node", 1)
-
-
-def split_replicas(midtrain: dict) -> tuple[dict, list[int] | None]:
-    """The sweep's midtrain section without `seeds`, and those seeds: each recipe is
-    mid-trained once per seed (its data order and initialisation), a *replica* probed
-    like a recipe of its own and resampled by the ranking. None: one mid-training run."""
-    settings = dict(midtrain)
-    return settings, settings.pop("seeds", None)
-
-
-def _replica_errors(seeds: Any, settings: dict) -> list[str]:
-    if seeds is None:
-        return []
-    if not (isinstance(seeds, list) and seeds and all(type(s) is int for s in seeds)):
-        return [f"midtrain.seeds: expected a non-empty list of integers, got {seeds!r}"]
-    if len(set(seeds)) != len(seeds):
-        return [f"midtrain.seeds: seeds repeat ({seeds}); each replica needs its own seed"]
-    if "seed" in settings:
-        return ["midtrain.seeds: give either midtrain.seed (one run) or midtrain.seeds (replicas)"]
-    return []
-
-
-def _nproc_errors(nproc: Any, cfg) -> list[str]:
-    # megatron splits the processes into groups of tp x pp ranks; the rest is data parallel
-    model_parallel = cfg.tensor_model_parallel_size * cfg.pipeline_model_parallel_size
-    if type(nproc) is int and nproc > 0 and nproc % model_parallel == 0:
-        return []
-    return [f"midtrain.nproc_per_node: {nproc!r} is not a positive multiple of "
-            f"tensor_model_parallel_size x pipeline_model_parallel_size = {model_parallel}"]
-
-
 def planned_model(sweep: Sweep, source: Path):
     """The ModelSpec the midtrain stages train, as far as it is known before anything
     runs: an HF base's config.json, or a preset at the sweep's tokenizer vocabulary
@@ -230,55 +191,62 @@ def midtrain_memory(sweep: Sweep, source: Path):
     """Estimated peak bytes per GPU of the sweep's midtrain stages (one settings block,
     one model: the same for every stage), or None without a known model."""
     from midtrain.memory import estimate_memory
-    from midtrain.train import TrainConfig
 
     model = planned_model(sweep, source)
     if model is None:
         return None
-    settings, nproc = split_nproc(split_replicas(sweep.midtrain)[0])
-    return estimate_memory(model, TrainConfig(**{**settings, "tokens": 1}), nproc, cuda=True)
+    return estimate_memory(model, sweep.midtrain.train_config(tokens=1), sweep.midtrain.nproc_per_node,
+                           cuda=True)
 
 
-def _memory_errors(sweep: Sweep, source: Path, cfg) -> list[str]:
+def _memory_errors(sweep: Sweep, source: Path) -> list[str]:
     from midtrain.memory import GIB
 
-    if cfg.gpu_memory_gb is None:
+    budget = sweep.midtrain.gpu_memory_gb
+    if budget is None:
         return []
     estimate = midtrain_memory(sweep, source)
-    if estimate is None or estimate.total <= cfg.gpu_memory_gb * GIB:
+    if estimate is None or estimate.total <= budget * GIB:
         return []
     return [f"midtrain.gpu_memory_gb: the midtrain stages need an estimated "
-            f"{estimate.describe()}, more than the declared {cfg.gpu_memory_gb:g} GiB; raise "
+            f"{estimate.describe()}, more than the declared {budget:g} GiB; raise "
             "tensor_model_parallel_size or nproc_per_node (distributed optimizer state), "
             "lower micro_batch_size or seq_length, or set recompute_activations"]
 
 
+def _schedule_errors(sweep: Sweep) -> list[str]:
+    """Stable-then-decay as the field runs it: a schedule a phase cannot run, or a decay LR
+    other than the stable stage's (a jump at the fork), is refused, never replaced."""
+    errors = []
+    for rname, recipe in sweep.recipes.items():
+        if recipe.decay is None:
+            continue
+        for phase, stage in (("stable", recipe.stable), ("decay", recipe.decay)):
+            try:
+                phase_schedule(phase, stage.schedule, "constant")
+            except ValueError as exc:
+                errors.append(f"recipes.{rname}.{phase}.schedule: {exc}")
+        stable_lr = recipe.stable.lr or sweep.midtrain.lr
+        if recipe.decay.lr is not None and recipe.decay.lr != stable_lr:
+            errors.append(f"recipes.{rname}.decay.lr: a decay branch continues at its stable stage's "
+                          f"LR ({stable_lr:g}); leave it out, not {recipe.decay.lr:g}")
+    return errors
+
+
 def cross_check(sweep: Sweep, source: Path) -> list[str]:
     """Checks that need more than one section, or a stage package's config model."""
-    from data_recipes.curate import CorpusConfig, ExecutorConfig
-    from data_recipes.toyworld import ToyWorldConfig
     from midtrain.spec import MODEL_PRESETS
-    from midtrain.train import TrainConfig
     from rl_probe.spec import PROBE_SPECS
 
     errors: list[str] = []
     here = source.parent
-    _check_section(ToyWorldConfig, sweep.toy_world, ("toy_world",), errors)
-    _check_section(ExecutorConfig, sweep.curation_executor, ("curation_executor",), errors)
-    settings, replica_seeds = split_replicas(sweep.midtrain)
-    errors += _replica_errors(replica_seeds, settings)
-    settings, nproc = split_nproc(settings)
-    train_cfg = _check_section(TrainConfig, settings, ("midtrain",), errors, tokens=1)
-    if train_cfg is not None:
-        errors += _nproc_errors(nproc, train_cfg)
-    for name, corpus in sweep.corpora.items():
-        _check_section(CorpusConfig, corpus, ("corpora", name), errors)
 
     stages = [(("base", "pretrain"), sweep.base.pretrain)] if sweep.base.pretrain else []
     for rname, recipe in sweep.recipes.items():
         stages.append((("recipes", rname, "stable"), recipe.stable))
         if recipe.decay:
             stages.append((("recipes", rname, "decay"), recipe.decay))
+    errors += _schedule_errors(sweep)
     for loc, stage in stages:
         for corpus in stage.mix:
             if corpus not in sweep.corpora:
@@ -293,7 +261,7 @@ def cross_check(sweep: Sweep, source: Path) -> list[str]:
                       f"(known: {', '.join(sorted(MODEL_PRESETS))})")
     if sweep.base.hf_path:
         path = resolve_path(sweep.base.hf_path, here)
-        if not (path / "config.json").is_file():
+        if not is_hf_dir(path):
             errors.append(f"base.hf_path: no HF model directory at {path} (config.json missing)")
     if sweep.base.preset and not sweep.tokenizer.path and not sweep.tokenizer.train_on:
         errors.append("tokenizer: a preset base needs tokenizer.path or tokenizer.train_on")
@@ -310,8 +278,8 @@ def cross_check(sweep: Sweep, source: Path) -> list[str]:
     for i, bench in enumerate(sweep.probe.benchmarks):
         if not resolve_path(bench, here).is_file():
             errors.append(f"probe.benchmarks.{i}: file not found: {bench}")
-    if train_cfg is not None and not errors:  # the estimate needs a valid model and layout
-        errors += _memory_errors(sweep, source, train_cfg)
+    if not errors:  # the estimate needs a valid model and layout
+        errors += _memory_errors(sweep, source)
     return errors
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -30,6 +29,7 @@ from verl.trainer.ppo.metric_utils import compute_data_metrics
 from rl_probe.reward import RewardResult, boxed_first, has_reflection, score, warm_up_verifier
 from rl_probe.sampler import Rollout, sample, teacher_forced
 from rl_probe.spec import ProbeSpec
+from runfiles import METRICS_FILE, append_metrics, atomic_write, keep_metrics_through, read_metrics, replace_durably
 
 GENERATION_BATCH = 128  # sequences per sampler call in evaluation and profiling
 FEWSHOT_STOP = "\nQuestion:"  # a base model continues with the next few-shot example
@@ -65,7 +65,7 @@ def run_probe(
 
     state = CheckpointState(out_dir / "state", spec, seed)
     start_step = state.restore(model, optimizer)
-    log = MetricsLog(out_dir / "metrics.jsonl", keep_through_step=start_step, on_metrics=on_metrics)
+    log = MetricsLog(out_dir / METRICS_FILE, keep_through_step=start_step, on_metrics=on_metrics)
     timings: dict[str, float] = defaultdict(float)
 
     if start_step == 0:
@@ -439,7 +439,7 @@ class CheckpointState:
         tmp = self.dir / f".{final.name}.tmp"
         torch.save({"step": step, "spec_hash": self.spec_hash, "seed": self.seed,
                     "model": model.state_dict(), "optimizer": optimizer.state_dict()}, tmp)
-        os.replace(tmp, final)
+        replace_durably(tmp, final)
         for older in self._checkpoints():
             if older != final:
                 older.unlink()
@@ -451,33 +451,16 @@ class MetricsLog:
     def __init__(self, path: Path, keep_through_step: int, on_metrics: MetricsCallback | None) -> None:
         self.path = path
         self.on_metrics = on_metrics
-        kept = [r for r in read_metrics(path) if r["step"] <= keep_through_step] if keep_through_step else []
-        tmp = path.with_suffix(".jsonl.tmp")
-        _write_jsonl(tmp, kept)
-        os.replace(tmp, path)
+        keep_metrics_through(path, keep_through_step or -1)  # a fresh start keeps nothing, step 0 included
 
     def write(self, step: int, data: dict) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, "data": data}) + "\n")
+        append_metrics(self.path, step, data)
         if self.on_metrics is not None:
             self.on_metrics(step, data)
 
 
-def read_metrics(path: Path) -> list[dict]:
-    """Lines of a verl-format metrics file; a torn last line (killed writer) is skipped."""
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
-
-
 def _summary(spec: ProbeSpec, seed: int, checkpoint: Path, out_dir: Path, timings: dict) -> dict:
-    rows = read_metrics(out_dir / "metrics.jsonl")
+    rows = read_metrics(out_dir / METRICS_FILE)
     evals = {r["step"]: {k: v for k, v in r["data"].items() if k.startswith("val-core/")} for r in rows}
     evals = {step: values for step, values in evals.items() if values}
     final_step = max(evals)
@@ -506,12 +489,8 @@ def _summary(spec: ProbeSpec, seed: int, checkpoint: Path, out_dir: Path, timing
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=2) + "\n")
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    with open(path, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
+    atomic_write(path, "".join(json.dumps(row) + "\n" for row in rows))

@@ -21,8 +21,11 @@ import threading
 import time
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import get_args
 
 import numpy as np
+
+from rl_probe.spec import RewardVariant
 
 # Bounds on the work done per response.
 MAX_BOX_CHARS = 1000  # a boxed answer longer than this is treated as unterminated
@@ -42,7 +45,7 @@ WORKER_START_TIMEOUT_S = 60.0
 SPARE_WORKERS = 2  # started ahead, so that a killed worker's replacement is already loaded
 
 # single-box: OctoThinker's format rule, several \boxed{} in one response are a format error.
-REWARD_VARIANTS = ("default", "wrong-half", "repetition", "single-box")
+REWARD_VARIANTS = get_args(RewardVariant)
 # SimpleRL-Zoo's reflection keywords.
 REFLECTION_RE = re.compile(r"\b(recheck|rethink|try again|wait|alternatively|retry|however)\b", re.IGNORECASE)
 _GSM8K_RE = re.compile(r"####\s*(-?[0-9][0-9,]*(?:\.[0-9]+)?)")

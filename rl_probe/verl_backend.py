@@ -30,9 +30,10 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import AutoTokenizer
 
 from rl_probe import verl_reward
-from rl_probe.embedded import MetricsCallback, Prompter, behaviour_metrics, load_problems, read_metrics
+from rl_probe.embedded import MetricsCallback, Prompter, behaviour_metrics, load_problems
 from rl_probe.reward import RewardResult, score
 from rl_probe.spec import ProbeSpec
+from runfiles import METRICS_FILE, atomic_write, read_jsonl, read_metrics
 
 VERL_CONFIG_DIR = Path(verl.__file__).parent / "trainer" / "config"
 REWARD_MODULE = Path(verl_reward.__file__)
@@ -248,7 +249,7 @@ def read_verl_logs(out_dir: Path) -> list[dict]:
 
 def dump_behaviour(dump_file: Path, tokenizer, spec: ProbeSpec) -> dict:
     """behaviour/* and probe/* metrics from one verl rollout dump (rows of a group are consecutive)."""
-    rows = read_metrics(dump_file)
+    rows = read_jsonl(dump_file)
     texts = [r["output"] for r in rows]
     results = [score(r["output"], str(r["gts"]), spec.reward_variant) for r in rows]
     lengths = np.array([len(tokenizer.encode(t, add_special_tokens=False)) for t in texts])
@@ -268,11 +269,10 @@ def import_verl_run(out_dir: Path, spec: ProbeSpec, seed: int, checkpoint: Path,
         validation = out_dir / "verl_validation" / f"{row['step']}.jsonl"
         if validation.exists():
             _write_rollouts(validation, out_dir / "rollouts" / f"step_{row['step']}.jsonl", row["step"], spec)
-    with open(out_dir / "metrics.jsonl", "w") as f:
+    atomic_write(out_dir / METRICS_FILE, "".join(json.dumps(row) + "\n" for row in rows))
+    if on_metrics is not None:
         for row in rows:
-            f.write(json.dumps(row) + "\n")
-            if on_metrics is not None:
-                on_metrics(row["step"], row["data"])
+            on_metrics(row["step"], row["data"])
     evals = {r["step"]: {k: v for k, v in r["data"].items() if k.startswith("val-core/")} for r in rows}
     evals = {step: values for step, values in evals.items() if values}
     final_step = max(evals) if evals else None
@@ -293,14 +293,22 @@ def import_verl_run(out_dir: Path, spec: ProbeSpec, seed: int, checkpoint: Path,
         "base_pass_at_k": None,  # the step-0 profile is the embedded engine's (run it on one GPU)
         "base_fewshot_acc": None,
     }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 
 def _write_rollouts(validation_dump: Path, path: Path, step: int, spec: ProbeSpec) -> None:
+    """A validation dump as the probe's eval rollouts: per response its problem id (from the
+    reward module's extra info), so ranking reads per-problem correctness as for the embedded
+    engine."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        for row in read_metrics(validation_dump):
-            result: RewardResult = score(row["output"], str(row["gts"]), spec.reward_variant)
-            f.write(json.dumps({"step": step, "prompt": row["input"], "response": row["output"],
-                                "reward": row["score"], "acc": result.acc, "pred": result.pred}) + "\n")
+    rows = []
+    for row in read_jsonl(validation_dump):
+        if not row.get("id"):
+            raise ValueError(f"{validation_dump}: a validation response carries no problem id "
+                             "(verl ran without midprobe's reward module, rl_probe/verl_reward.py)")
+        result: RewardResult = score(row["output"], str(row["gts"]), spec.reward_variant)
+        rows.append({"step": step, "id": row["id"], "data_source": row.get("data_source"),
+                     "prompt": row["input"], "response": row["output"], "reward": row["score"],
+                     "acc": result.acc, "pred": result.pred})
+    atomic_write(path, "".join(json.dumps(row) + "\n" for row in rows))

@@ -60,6 +60,24 @@ def test_every_number_traces_to_a_finished_stage_run(smoke_run):
     assert not list(workspace.glob("*/.*.partial"))
 
 
+def test_decay_branches_start_at_the_stable_lr(smoke_run):
+    """On the forks the demo really ran: a decay branch's first step trains at the LR its
+    stable stage ended with (no second warmup), and its last at min_lr."""
+    workspace, _, _ = smoke_run
+
+    def metrics(ref):
+        return [json.loads(line)["data"] for line in (workspace / ref / "metrics.jsonl").read_text().splitlines()]
+
+    decays = [json.loads(p.read_text()) for p in workspace.glob("midtrain/*/manifest.json")
+              if json.loads(p.read_text())["config"]["phase"] == "decay"]
+    assert len(decays) == 3
+    for decay in decays:
+        stable = metrics(decay["inputs"]["init"])
+        branch = metrics(f"midtrain/{decay['key']}")
+        assert branch[0]["train/lr"] == stable[-1]["train/lr"] == decay["config"]["train"]["lr"]
+        assert branch[-1]["train/lr"] == pytest.approx(decay["config"]["train"]["min_lr"])
+
+
 def test_second_demo_reuses_every_stage(smoke_run):
     workspace, first, first_seconds = smoke_run
     started = time.time()
@@ -70,12 +88,25 @@ def test_second_demo_reuses_every_stage(smoke_run):
     assert again.stdout.strip().splitlines()[-1] == first.stdout.strip().splitlines()[-1]
 
 
+def _published_runs(workspace: Path) -> list[Path]:
+    return [manifest.parent for manifest in workspace.glob("*/*/manifest.json")]
+
+
 def test_validate_probe_measures_decision_accuracy_against_longer_runs(smoke_run):
+    """New probes of the demo's checkpoints, with every published run read-only."""
     workspace, _, _ = smoke_run
     env = {**os.environ, "WANDB_MODE": "offline"}
-    result = subprocess.run([sys.executable, "-m", "pipelines.cli", "validate-probe", str(bundled_sweep("toy-smoke")),
-                             "--workspace", str(workspace), "--multiplier", "2", "--target-seeds", "1000"],
-                            capture_output=True, text=True, env=env, timeout=900)
+    published = _published_runs(workspace)
+    for run in published:
+        subprocess.run(["chmod", "-R", "a-w", str(run)], check=True)
+    try:
+        result = subprocess.run([sys.executable, "-m", "pipelines.cli", "validate-probe",
+                                 str(bundled_sweep("toy-smoke")), "--workspace", str(workspace),
+                                 "--multiplier", "2", "--target-seeds", "1000"],
+                                capture_output=True, text=True, env=env, timeout=900)
+    finally:
+        for run in published:
+            subprocess.run(["chmod", "-R", "u+w", str(run)], check=True)
     assert result.returncode == 0, result.stderr[-4000:]
     counted = re.search(r"decision accuracy: (\S+) over (\d+) recipe pairs", result.stdout)
     saved = json.loads((workspace / "reports" / "toy-smoke" / "decision.json").read_text())
@@ -107,3 +138,17 @@ def test_a_second_replica_reuses_the_first_and_the_report_includes_it(smoke_run,
     assert "mid-training replicas (1–2 per recipe)" in md  # the base is one model, not replicated
     assert "### Mid-training replicas" in md and "replica 1234" in md and "replica 1235" in md
     assert "Order within each replica" in md
+
+
+def test_no_stage_writes_into_a_published_run(smoke_run):
+    """A run is published whole (its manifest written last, then renamed into place) and never
+    written again: no file in it is newer than its manifest, across the demo, its re-run and
+    validate-probe (the read-only check above cannot stop root; this one can see root's
+    writes). Mid-training kept megatron's dataset index cache in the curation runs it read."""
+    workspace, _, _ = smoke_run
+    runs = _published_runs(workspace)
+    assert len(runs) > 20
+    for run in runs:
+        written = (run / "manifest.json").stat().st_mtime_ns
+        later = [str(p.relative_to(run)) for p in run.rglob("*") if p.is_file() and p.stat().st_mtime_ns > written]
+        assert not later, f"{run}: written after publishing: {later[:5]}"

@@ -2,6 +2,7 @@
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,15 +100,18 @@ def test_training_lowers_loss_and_writes_artifacts(corpus, tmp_path):
     assert len(read_metrics(tmp_path)) == 24
 
 
-def test_blend_share_matches_weights(corpus):
+def test_blend_share_matches_weights(corpus, tmp_path):
     _, blend = corpus
     data = build_blend(blend, seq_length=64, train_samples=5000, valid_samples=8,
-                       valid_percent=2.0, seed=7, vocab_size=VOCAB, eod=0)
+                       valid_percent=2.0, seed=7, vocab_size=VOCAB, eod=0, cache_dir=tmp_path / "cache")
     parts = Counter(data.part_of_dataset[int(data.train[i]["dataset_id"])]
                     for i in range(len(data.train)))
     assert abs(parts[0] / len(data.train) - 0.3) < 0.02
     assert abs(parts[1] / len(data.train) - 0.7) < 0.02
     assert set(data.valid) == {"ones", "threes"}
+    # megatron's index cache stays in the consuming run's directory, not beside the data
+    assert any((tmp_path / "cache").iterdir())
+    assert not any((Path(prefix).parent / "cache").exists() for part in blend for prefix in part.prefixes)
 
 
 class Crash(Exception):
@@ -131,6 +135,8 @@ def test_resume_after_crash_is_bitwise_identical(corpus, tmp_path):
             train(SPEC, cfg, blend, tmp_path / "resumed", None, tokenizer,
                   on_metrics=crash_after(crash_step))
     assert latest_checkpoint(tmp_path / "resumed" / "state").name == "step_00000008"
+    with open(tmp_path / "resumed" / "metrics.jsonl", "a") as f:  # a writer killed mid-line
+        f.write('{"step": 12, "data": {"train/lo')
     summary = train(SPEC, cfg, blend, tmp_path / "resumed", None, tokenizer)
     assert summary["resumed_from_step"] == 8
 
@@ -186,19 +192,19 @@ def test_corpus_too_small_for_validation_split_is_a_clear_error(tmp_path):
                      weight=1.0)
     with pytest.raises(ValueError, match="10 documents are too few"):
         build_blend([part], seq_length=64, train_samples=10, valid_samples=4, valid_percent=2.0,
-                    seed=1, vocab_size=VOCAB, eod=0)
+                    seed=1, vocab_size=VOCAB, eod=0, cache_dir=tmp_path / "cache")
 
 
 def test_parallel_sizes_validate_and_unsupported_settings_are_refused(corpus, tmp_path):
     from pydantic import ValidationError
 
-    from midtrain.model import check_parallel_layout
+    from midtrain.config import check_parallel_layout
 
     assert config(tensor_model_parallel_size=2).tensor_model_parallel_size == 2
     with pytest.raises(ValueError):
         config(tensor_model_parallel_size=0)
     assert check_parallel_layout(8, 2, 2) == 2
-    with pytest.raises(ValueError, match="world size 6 is not divisible by "
+    with pytest.raises(ValueError, match="6 processes do not split into "
                                          "tensor_model_parallel_size 2 x "
                                          "pipeline_model_parallel_size 2 = 4"):
         check_parallel_layout(6, 2, 2)
@@ -207,7 +213,7 @@ def test_parallel_sizes_validate_and_unsupported_settings_are_refused(corpus, tm
         config(pipeline_model_parallel_size=2)
     tokenizer, blend = corpus
     # This one-rank process cannot host a tp=2 model replica, nor bf16 without a GPU.
-    with pytest.raises(ValueError, match="world size 1 is not divisible"):
+    with pytest.raises(ValueError, match="1 processes do not split"):
         train(SPEC, config(tensor_model_parallel_size=2), blend, tmp_path, None, tokenizer)
     with pytest.raises(ValueError, match="midtrain.bf16 needs a GPU"):
         train(SPEC, config(bf16=True), blend, tmp_path, None, tokenizer)

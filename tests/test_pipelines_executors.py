@@ -50,5 +50,5 @@ def test_ray_executor_runs_stage_runs_on_a_local_instance(tmp_path):
         ray.shutdown()
     assert outcome == {plan.problems.ref: False}
     out = store.path(plan.problems)
-    assert (out / "train.jsonl").read_text().count("\n") == 20
+    assert (out / "train.jsonl").read_text().count("\n") == 20 * 4  # the pool: n at each of 4 levels
     assert store.is_done(plan.problems)

@@ -63,8 +63,8 @@ def workspace(tmp_path_factory) -> Path:
 
 def test_nproc_must_be_a_multiple_of_the_model_parallel_size(tmp_path):
     errors = validate_sweep(_sweep(tmp_path, nproc_per_node=3, tensor_model_parallel_size=2))
-    assert errors == ["midtrain.nproc_per_node: 3 is not a positive multiple of "
-                      "tensor_model_parallel_size x pipeline_model_parallel_size = 2"]
+    assert errors == ["midtrain.nproc_per_node: 3 processes do not split into tensor_model_parallel_size 2 "
+                      "x pipeline_model_parallel_size 1 = 2; launch a positive multiple of 2 processes"]
     assert validate_sweep(_sweep(tmp_path, nproc_per_node=0))[0].startswith("midtrain.nproc_per_node: 0 ")
     assert validate_sweep(_sweep(tmp_path, nproc_per_node=4, tensor_model_parallel_size=2)) == []
 

@@ -84,7 +84,7 @@ def test_midtrain_replicas_are_separate_chains_keyed_by_seed_and_the_default_see
     assert plan2.midtrain["qa_cot"][1234][1].key == plan.midtrain["qa_cot"][None][1].key
     assert plan2.probes[("qa_cot", 1234, 0)].key == plan.probes[("qa_cot", None, 0)].key
     other = plan2.midtrain["qa_cot"][7]
-    assert other[0].config["settings"]["seed"] == 7 and other[1].inputs["init"] is other[0]
+    assert other[0].config["train"]["seed"] == 7 and other[1].inputs["init"] is other[0]
     assert {plan2.midtrain[r][7][0].key for r in plan2.midtrain} == {other[0].key}  # still shared
     assert other[0].key != plan.midtrain["qa_cot"][None][0].key
     assert plan2.base.key == plan.base.key  # the base is not replicated
@@ -95,12 +95,12 @@ def test_midtrain_replicas_are_separate_chains_keyed_by_seed_and_the_default_see
 
 
 @pytest.mark.parametrize("seeds, message", [
-    ([], "non-empty list of integers"), ([1, 1], "seeds repeat"), ("0,1", "non-empty list of integers")])
+    ([], "at least 1 item"), ([1, 1], "seeds repeat"), ("0,1", "valid list")])
 def test_bad_midtrain_seeds_name_the_field(tmp_path, seeds, message):
     errors = validate_sweep(_write(tmp_path, lambda d: d["midtrain"].update(seeds=seeds)))
-    assert any(e.startswith("midtrain.seeds:") and message in e for e in errors), errors
+    assert any(e.startswith("midtrain") and "seeds" in e and message in e for e in errors), errors
     both = validate_sweep(_write(tmp_path, lambda d: d["midtrain"].update(seeds=[1, 2], seed=3)))
-    assert any("either midtrain.seed" in e for e in both)
+    assert any("either seed (one run) or seeds" in e for e in both)
 
 
 def _cli(*args, cwd=None):
@@ -147,3 +147,39 @@ def test_every_ranking_score_can_be_chosen_in_a_sweep():
     from pipelines.sweep import ReportSection
 
     assert set(get_args(ReportSection.model_fields["score"].annotation)) == set(SCORES)
+
+
+def test_decay_branch_continues_at_the_stable_lr_without_warmup():
+    from midtrain.schedule import learning_rate
+
+    plan = build_plan(load_sweep(TOY_SMOKE), TOY_SMOKE)  # sets midtrain.warmup_tokens 2048
+    stable, decay = (run.config["train"] for run in plan.midtrain["qa_cot"][None])
+    assert (stable["schedule"], stable["warmup_tokens"]) == ("constant", 2048)
+    assert (decay["schedule"], decay["warmup_tokens"], decay["lr"]) == ("linear-decay", 0, stable["lr"])
+    base = plan.base.config["train"]
+    assert (base["schedule"], base["warmup_tokens"]) == ("wsd", 2048)
+    lrs = [learning_rate(step, total_steps=10, warmup_steps=decay["warmup_tokens"], lr=decay["lr"],
+                         min_lr=1e-4, schedule=decay["schedule"], decay_fraction=0.2) for step in range(10)]
+    assert lrs[0] == stable["lr"] and lrs[-1] == pytest.approx(1e-4)
+
+
+def test_a_schedule_is_honoured_or_refused_in_one_line(tmp_path):
+    def mutate(d):
+        d["recipes"]["control"]["stable"] = {**d["recipes"]["control"]["stable"], "schedule": "cosine"}
+        d["recipes"]["qa_short"]["decay"]["schedule"] = "wsd"
+        d["recipes"]["qa_cot"]["decay"]["lr"] = 0.0005
+
+    assert sorted(validate_sweep(_write(tmp_path, mutate))) == [
+        "recipes.control.stable.schedule: a stable stage that decay branches fork from holds its LR: "
+        "schedule constant, not 'cosine'",
+        "recipes.qa_cot.decay.lr: a decay branch continues at its stable stage's LR (0.001); "
+        "leave it out, not 0.0005",
+        "recipes.qa_short.decay.schedule: a decay branch continues at its stable stage's LR and decays "
+        "to min_lr: schedule linear-decay or cosine, not 'wsd'",
+    ]
+    honoured = _write(tmp_path, lambda d: (d["recipes"]["qa_cot"]["decay"].update(schedule="cosine"),
+                                           d["midtrain"].update(schedule="cosine")))
+    plan = build_plan(load_sweep(honoured), honoured)
+    assert plan.midtrain["qa_cot"][None][1].config["train"]["schedule"] == "cosine"
+    assert plan.midtrain["qa_short"][None][1].config["train"]["schedule"] == "linear-decay"
+    assert plan.base.config["train"]["schedule"] == "cosine"  # midtrain.schedule: stages run start to end

@@ -118,6 +118,8 @@ def test_resume_after_crash_is_bitwise_equal(inputs, reference_run, tmp_path):
     with pytest.raises(_Crash):
         _run(inputs, tmp_path, on_metrics=crash_at_step_3)
     assert [p.name for p in (tmp_path / "state").glob("step_*.pt")] == ["step_000002.pt"]
+    with open(tmp_path / "metrics.jsonl", "a") as f:  # a writer killed mid-line
+        f.write('{"step": 4, "data": {"critic/sc')
     resumed = _run(inputs, tmp_path)
     assert _stable(read_metrics(tmp_path / "metrics.jsonl")) == _stable(read_metrics(ref_out / "metrics.jsonl"))
     _assert_same_weights(_final_weights(tmp_path), _final_weights(ref_out))

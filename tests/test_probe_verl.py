@@ -1,6 +1,7 @@
 import json
 import shlex
 
+import pandas as pd
 import pytest
 from transformers import AutoTokenizer
 
@@ -103,6 +104,22 @@ def _write_generations(path, outputs, step):
                             for o in outputs))
 
 
+def _validation_dump(path, step, val_rows, outputs):
+    """A validation dump as verl's trainer writes it: per response the input, output, ground
+    truth, score and step, plus every key the reward module returned (reward_extra_info) for
+    the parquet row's data_source, ground truth and extra_info."""
+    from rl_probe.verl_reward import compute_score
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for row, output in zip(val_rows, outputs):
+        gts = row["reward_model"]["ground_truth"]
+        extra = compute_score(row["data_source"], output, gts, extra_info=row["extra_info"])
+        rows.append({"input": row["prompt"][0]["content"], "output": output, "gts": gts,
+                     "score": extra["score"], "step": step, "reward": extra["score"], **extra})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
 def test_reads_back_verl_logs_across_attempts(prepared, monkeypatch):
     from verl.utils.tracking import FileLogger
 
@@ -120,7 +137,8 @@ def test_reads_back_verl_logs_across_attempts(prepared, monkeypatch):
     second.finish()
     outputs = ["\\boxed{4}", "\\boxed{5}", "no", "Wait, \\boxed{4}"] + ["x"] * 4
     _write_generations(out / "verl_rollouts" / "2.jsonl", outputs, step=2)
-    _write_generations(out / "verl_validation" / "2.jsonl", ["\\boxed{4}"], step=2)
+    val_rows = pd.read_parquet(launch.config.data.val_files).to_dict("records")
+    _validation_dump(out / "verl_validation" / "2.jsonl", 2, val_rows[:1], ["\\boxed{4}"])
 
     seen = []
     spec = OCTO.model_copy(update={"group_size": 4})
@@ -131,6 +149,52 @@ def test_reads_back_verl_logs_across_attempts(prepared, monkeypatch):
     assert rows[2]["data"]["probe/uniform_group_ratio"] == 0.5
     assert rows[2]["data"]["behaviour/reflection_rate"] == 1 / 8
     rollout = json.loads((out / "rollouts" / "step_2.jsonl").read_text())
-    assert rollout["acc"] is True and rollout["response"] == "\\boxed{4}"
+    assert rollout["response"] == "\\boxed{4}" and rollout["id"] == val_rows[0]["extra_info"]["id"]
+    assert rollout["acc"] == (val_rows[0]["reward_model"]["ground_truth"] == "4")
     assert summary["final"] == {"val-core/toy/eval/acc/mean@1": 0.5} and summary["engine"] == "verl"
     assert summary["spec_hash"] == spec.content_hash()
+
+
+def test_verl_results_go_through_rank_and_the_report(prepared, monkeypatch, tmp_path):
+    """Probe runs made by the verl engine, read back from verl's own logs and validation dumps
+    (ids from the reward module), rank and report like the embedded engine's."""
+    from verl.utils.tracking import FileLogger
+
+    from pipelines.ranking import rank
+    from pipelines.report import build, write
+    from pipelines.results import collect
+    from pipelines.store import RunStore, StageRun
+
+    _, checkpoint, launch = prepared
+    val_rows = pd.read_parquet(launch.config.data.val_files).to_dict("records")
+    answers = [row["reward_model"]["ground_truth"] for row in val_rows]
+    store = RunStore(tmp_path / "ws")
+    roles = {}
+    for recipe, right_at_end in (("qa_cot", 7), ("qa_short", 2)):  # of the 8 eval problems
+        for seed in (0, 1):
+            def work(out, right_at_end=right_at_end, seed=seed):
+                (out / "verl_logs").mkdir()
+                monkeypatch.setenv("VERL_FILE_LOGGER_PATH", str(out / "verl_logs" / "attempt_000.jsonl"))
+                logger = FileLogger("midprobe", "attempt0")
+                for step, right in ((0, 1 + seed), (2, right_at_end)):
+                    outputs = [f"\\boxed{{{a}}}" if i < right else "\\boxed{-1}" for i, a in enumerate(answers)]
+                    _validation_dump(out / "verl_validation" / f"{step}.jsonl", step, val_rows, outputs)
+                    logger.log({"val-core/toy/eval/acc/mean@1": right / len(answers), "critic/score/mean": 0.0},
+                               step=step)
+                logger.finish()
+                import_verl_run(out, OCTO, seed, checkpoint)
+
+            run = StageRun("probe", {"spec": OCTO.model_dump(mode="json"), "spec_hash": OCTO.content_hash(),
+                                     "seed": seed, "recipe": recipe})
+            store.execute(run, work)
+            roles[run] = [{"kind": "probe", "recipe": recipe, "seed": seed}]
+    store.set_members("verl-sweep", roles)
+
+    results = collect(store, "verl-sweep")
+    assert {len(p.problem_ids) for p in results.probes} == {len(answers)}
+    ranking = rank(results.probes, samples=200)
+    assert [r.recipe for r in ranking.recipes] == ["qa_cot", "qa_short"]
+    doc, _ = build(results, "verl sweep", samples=200)
+    md, _ = write(doc, tmp_path / "report", "verl sweep")
+    ranked = md.read_text().split("## Ranking", 1)[1]
+    assert ranked.index("qa_cot") < ranked.index("qa_short")
