@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pipelines.failures import FAILURE_MODES  # noqa: E402
-from pipelines.ranking import SCORES, Ranking, rank, spearman  # noqa: E402
+from pipelines.ranking import SCORES, Ranking, rank, spearman, verdict  # noqa: E402
 from pipelines.results import SweepResults, recipe_cost_hours  # noqa: E402
 from rl_probe.difficulty import pooled_pass_at_k  # noqa: E402
 
@@ -195,21 +195,11 @@ def build(results: SweepResults, title: str, score: str = "auc_acc", samples: in
     spec_name = results.probe_info[results.probes[0].key].manifest["config"]["spec"]["name"]
     seeds = sorted({r.seed for r in results.probes})
     replicas = sorted({r.replica for r in results.probes if r.replica is not None})
-    best, worst = ranking.recipes[0], ranking.recipes[-1]
-    point, lo, hi = ranking.difference_ci(best.recipe, worst.recipe)
+    doc.para(verdict(ranking, results.probes) + f" (Intervals over {ranking.sources}.)")
     doc.para(f"Sweep **{results.sweep}** · probe spec **{spec_name}** (hash `{spec_hash}`) · "
              f"seeds {', '.join(map(str, seeds))}"
              + (f" · mid-training replicas (seeds) {', '.join(map(str, replicas))}" if replicas else "")
              + f" · generated {time.strftime('%Y-%m-%d %H:%M')}")
-    runner_up = ranking.recipes[1].recipe if len(ranking.recipes) > 1 else None
-    verdict = f"**{best.recipe}** ranks first by {score} = {best.score:.3f} " \
-              f"[{best.ci_low:.3f}, {best.ci_high:.3f}]"
-    if runner_up:
-        verdict += (f"; it beats {runner_up} in {ranking.beats[(best.recipe, runner_up)]:.0%} of bootstrap "
-                    f"replicates. Best − worst ({worst.recipe}) = {point:+.3f}, "
-                    f"{confidence:.0%} CI [{lo:+.3f}, {hi:+.3f}]"
-                    + (" — excludes 0." if lo > 0 else " — includes 0: not separated."))
-    doc.para(verdict + f" (intervals over {ranking.sources}.)")
 
     doc.heading("Ranking")
     doc.para(f"Score: {SCORES[score]}. Confidence intervals: {confidence:.0%} hierarchical bootstrap "
@@ -555,7 +545,7 @@ def to_html(doc: Doc, title: str) -> str:
             body.append(f"<h{level}>{html.escape(text)}</h{level}>")
         elif kind == "p":
             paragraphs += 1
-            cls = ' class="verdict"' if paragraphs == 2 else ""
+            cls = ' class="verdict"' if paragraphs == 1 else ""
             body.append(f"<p{cls}>{_inline(value)}</p>")
         elif kind == "table":
             header, rows = value
