@@ -190,10 +190,10 @@ def demo(preset: str = typer.Option("default", help="default (≈15 min on 2 cor
 
 
 def _checkpoint_dirs(patterns: list[str]) -> dict[str, Path]:
-    """HF checkpoint directories from paths or globs, labelled by their names."""
+    """HF checkpoint directories from paths or globs, labelled by what tells them apart."""
     import glob
 
-    dirs = []
+    dirs: list[Path] = []
     for pattern in patterns:
         matches = sorted(glob.glob(os.path.expanduser(pattern))) or [pattern]
         for match in matches:
@@ -202,14 +202,26 @@ def _checkpoint_dirs(patterns: list[str]) -> dict[str, Path]:
                 path = path / "hf"
             if not (path / "config.json").is_file():
                 raise InputError(f"{match}: not an HF checkpoint directory (config.json missing)")
-            dirs.append(path)
-    labels: dict[str, Path] = {}
-    for path in dirs:
-        label = path.name if path.name != "hf" else path.parent.name
-        if label in labels:
-            label = f"{path.parent.name}/{label}"
-        labels[label] = path
-    return labels
+            if path not in dirs:
+                dirs.append(path)
+    return {checkpoint_label(path, dirs): path for path in dirs}
+
+
+def checkpoint_label(path: Path, all_dirs: list[Path]) -> str:
+    """A name a person recognises: the part of the path that differs between the checkpoints
+    (`run7/step_100`), or for a midprobe stage run, whose directory is its key, the run's own
+    label with the key beside it (`qa_cot decay · midtrain/3f9a…`)."""
+    run_dir = path.parent if path.name == "hf" else path
+    manifest = run_dir / "manifest.json"
+    if manifest.is_file():
+        import json
+
+        info = json.loads(manifest.read_text())
+        return f"{info['label'].removeprefix('midtrain ')} · {info['stage']}/{info['key'][:10]}"
+    run_dirs = [d for d in (d.parent if d.name == "hf" else d for d in all_dirs)
+                if not (d / "manifest.json").is_file()]
+    shared = len(Path(os.path.commonpath(run_dirs)).parts) if len(run_dirs) > 1 else len(run_dir.parts) - 1
+    return "/".join(run_dir.parts[shared:])
 
 
 @app.command()
@@ -315,12 +327,20 @@ def report(sweep: Path = typer.Argument(..., help="sweep YAML file"), workspace:
 
 
 @app.command()
-def status(workspace: Path = typer.Option(Path("./midprobe-runs"), "--workspace", "-w"),
-           sweep: Optional[str] = typer.Option(None, help="only this sweep's stage runs")) -> None:
+def status(sweep_file: Optional[Path] = typer.Argument(
+               None, metavar="[SWEEP]", help="a sweep YAML file: its workspace, only its stage runs"),
+           workspace: Optional[Path] = typer.Option(None, "--workspace", "-w",
+                                                    help="workspace directory (default: the sweep's, else ./midprobe-runs)"),
+           sweep: Optional[str] = typer.Option(None, help="only the stage runs of the sweep (or probe job) of this name")) -> None:
     """Table of stage runs in a workspace: running, done, failed; and who holds which lock."""
     from pipelines.locks import describe, lock_states
     from pipelines.store import RunStore
+    from pipelines.sweep import load_sweep
 
+    if sweep_file is not None:
+        spec = load_sweep(sweep_file)
+        sweep = sweep or spec.name
+    workspace = _workspace(spec.workspace if sweep_file is not None else None, workspace)
     if not (workspace / "index.sqlite").is_file():
         raise InputError(f"{workspace}: not a midprobe workspace (no index.sqlite)")
     store = RunStore(workspace)
