@@ -132,6 +132,15 @@ def _keyed_midtrain(midtrain: dict) -> dict:
     return midtrain if nproc != 1 else settings
 
 
+def _corpus_paths_resolved(corpus: dict, here: Path) -> dict:
+    """A corpus whose source files (`source.paths`) are relative to the sweep file, as every other
+    path in a sweep is, rather than to wherever midprobe was started."""
+    paths = corpus.get("source", {}).get("paths")
+    if not paths:
+        return corpus
+    return {**corpus, "source": {**corpus["source"], "paths": [str(resolve_path(p, here)) for p in paths]}}
+
+
 def build_plan(sweep: Sweep, source: Path) -> Plan:
     here = source.parent
     probe_cfg = sweep.probe
@@ -160,7 +169,7 @@ def build_plan(sweep: Sweep, source: Path) -> Plan:
     for name, corpus in sweep.corpora.items():
         inputs = {"tokenizer": tokenizer, "problems": problems}
         inputs.update({f"benchmark:{i}": b for i, b in enumerate(benchmarks)})
-        curate[name] = StageRun("curate", {"corpus": name, "source": corpus,
+        curate[name] = StageRun("curate", {"corpus": name, "source": _corpus_paths_resolved(corpus, here),
                                            "toy_world": sweep.toy_world},
                                 inputs, label=f"curate {name}")
 

@@ -147,3 +147,14 @@ def test_every_ranking_score_can_be_chosen_in_a_sweep():
     from pipelines.sweep import ReportSection
 
     assert set(get_args(ReportSection.model_fields["score"].annotation)) == set(SCORES)
+
+
+def test_corpus_files_are_relative_to_the_sweep_file(tmp_path):
+    def mutate(d):
+        d["corpora"]["gsm8k"] = {"source": {"type": "qa", "paths": ["data/*.jsonl"], "style": "worked"}}
+        d["recipes"]["control"]["decay"]["mix"] = {"gsm8k": 1.0}
+
+    path = _write(tmp_path, mutate)
+    plan = build_plan(load_sweep(path), path)
+    curate = next(run for run in plan.runs() if run.stage == "curate" and run.config["corpus"] == "gsm8k")
+    assert curate.config["source"]["source"]["paths"] == [str(tmp_path / "data" / "*.jsonl")]
