@@ -58,6 +58,13 @@ def test_missing_base_model_path(tmp_path):
     assert any(e.startswith("base.hf_path: no HF model directory") for e in errors)
 
 
+def test_a_missing_bundled_real_model_says_how_to_make_it(tmp_path):
+    model = tmp_path / "models" / "smollm2-135m-instruct"
+    errors = validate_sweep(_write(tmp_path, lambda d: d.update(base={"hf_path": str(model)})))
+    assert f"base.hf_path: no HF model directory at {model} (config.json missing; create it with: " \
+           f"midprobe materialize smollm2 --out {model})" in errors
+
+
 def test_shared_stable_stage_is_one_run_and_changes_propagate(tmp_path):
     sweep = load_sweep(TOY_SMOKE)
     plan = build_plan(sweep, TOY_SMOKE)
