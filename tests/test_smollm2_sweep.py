@@ -2,6 +2,7 @@
 from its PyPI wheel, mid-trained with megatron-core on GSM8K-train text and probed in its chat
 template for a few steps. Slow (tens of minutes on 2 shared cores)."""
 
+import gzip
 import json
 import os
 import subprocess
@@ -50,9 +51,12 @@ def test_smollm2_smoke_sweep_end_to_end(smollm2, tmp_path):
     ranking = md.split("## Ranking", 1)[1].split("## Probe", 1)[0]
     assert "| cot |" in ranking and "| short |" in ranking
 
-    for curation in workspace.glob("curate/*/curation.json"):  # every probe/eval problem is GSM8K train
-        summary = json.loads(curation.read_text())
-        assert summary["docs_in"] == 7473 and sum(summary["contaminated"].values()) >= 24
+    questions = [json.loads(line)["question"].strip() for name in ("probe-2step-smoke", "eval-2step-smoke")
+                 for line in (REPO / "data" / "gsm8k" / f"{name}.jsonl").read_text().splitlines()]
+    for curated in workspace.glob("curate/*/curated"):  # every probe/eval problem is from GSM8K train too
+        assert json.loads((curated.parent / "curation.json").read_text())["docs_in"] == 7473
+        texts = [json.loads(line)["text"] for path in curated.glob("*.jsonl.gz") for line in gzip.open(path, "rt")]
+        assert len(texts) > 7000 and not [q for q in questions if any(q in text for text in texts)]
     probes = list(workspace.glob("probe/*/metrics.jsonl"))
     assert len(probes) == 2
     for metrics in probes:
