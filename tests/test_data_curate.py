@@ -4,6 +4,7 @@ import gzip
 import json
 import random
 import shutil
+from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer
@@ -267,7 +268,7 @@ def test_ray_executor_on_a_local_instance_matches_local(env, tmp_path):
     assert strip(on_ray) == strip(local)
 
 
-GSM8K = "data/gsm8k/train.jsonl"
+GSM8K = str(Path(__file__).resolve().parents[1] / "data" / "gsm8k" / "train.jsonl")
 
 
 def test_gsm8k_qa_source_renders_worked_and_short_documents():

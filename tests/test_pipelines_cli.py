@@ -52,7 +52,7 @@ def test_train_classifier_command(tmp_path):
     assert bad.returncode == 2 and str(labelled) in bad.stderr
 
 
-def test_status_finds_the_workspace_a_sweep_sets(tmp_path):
+def test_status_finds_the_workspace_a_sweep_sets(tmp_path, monkeypatch):
     import yaml
 
     from pipelines.store import RunStore, StageRun
@@ -65,7 +65,7 @@ def test_status_finds_the_workspace_a_sweep_sets(tmp_path):
     run = StageRun("tokenizer", {"vocab_size": 7}, label="tokenizer")
     store.set_members(sweep["name"], {run: [{"kind": "tokenizer"}]})
     store.execute(run, lambda out: None)
-    os.chdir(tmp_path)  # no ./midprobe-runs here: only the sweep says where its workspace is
+    monkeypatch.chdir(tmp_path)  # no ./midprobe-runs here: only the sweep says where its workspace is
     result = _cli("status", "sweep.yaml")
     assert result.returncode == 0, result.stderr
     assert str(tmp_path / "elsewhere") in result.stdout and run.key[:10] in result.stdout
