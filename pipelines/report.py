@@ -326,9 +326,9 @@ def _cheap_signals(doc: Doc, results: SweepResults, ranking: Ranking) -> None:
         if all(v is not None for v in fewshot):
             signals.setdefault("few-shot acc", {})[recipe] = float(np.mean(fewshot))
         signals.setdefault("step-0 held-out acc", {})[recipe] = float(np.mean([p.accuracy[0] for p in runs]))
-        stages = results.midtrain_for(recipe) or ([results.base] if results.base else [])
-        if stages:
-            val = [v[-1][1] for n, v in stages[-1].metrics.items() if n.startswith("val/") and n.endswith("/loss")]
+        final = results.final_checkpoint_stage(recipe)
+        if final:
+            val = [v[-1][1] for n, v in final.metrics.items() if n.startswith("val/") and n.endswith("/loss")]
             if val:
                 signals.setdefault("−val loss", {})[recipe] = -float(np.mean(val))
     doc.heading("Cheap signals")

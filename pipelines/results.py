@@ -50,10 +50,16 @@ class SweepResults:
         stages = {m.ref: m for m in self.midtrain if recipe in m.role["recipes"]}
 
         def depth(info: StageInfo) -> int:
-            parent = info.manifest["inputs"].get("init")
+            parent = info.manifest.get("inputs", {}).get("init")
             return 1 + depth(stages[parent]) if parent in stages else 0
 
         return sorted(stages.values(), key=depth)
+
+    def final_checkpoint_stage(self, recipe: str) -> StageInfo | None:
+        """The stage run whose checkpoint the recipe's probes read: its last mid-training stage,
+        or the base for a recipe without mid-training."""
+        stages = self.midtrain_for(recipe)
+        return stages[-1] if stages else self.base
 
 
 def collect(store: RunStore, sweep: str) -> SweepResults:
