@@ -337,10 +337,11 @@ def status(sweep_file: Optional[Path] = typer.Argument(
     from pipelines.store import RunStore
     from pipelines.sweep import load_sweep
 
+    sweep_workspace = None
     if sweep_file is not None:
         spec = load_sweep(sweep_file)
-        sweep = sweep or spec.name
-    workspace = _workspace(spec.workspace if sweep_file is not None else None, workspace)
+        sweep, sweep_workspace = sweep or spec.name, spec.workspace
+    workspace = _workspace(sweep_workspace, workspace)
     if not (workspace / "index.sqlite").is_file():
         raise InputError(f"{workspace}: not a midprobe workspace (no index.sqlite)")
     store = RunStore(workspace)
