@@ -162,6 +162,8 @@ def test_corpus_files_are_relative_to_the_sweep_file(tmp_path):
         d["recipes"]["control"]["decay"]["mix"] = {"gsm8k": 1.0}
 
     path = _write(tmp_path, mutate)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "gsm8k.jsonl").write_text('{"question": "q", "answer": "1 + 1 = 2\\n#### 2"}\n')
     plan = build_plan(load_sweep(path), path)
     curate = next(run for run in plan.runs() if run.stage == "curate" and run.config["corpus"] == "gsm8k")
     assert curate.config["source"]["source"]["paths"] == [str(tmp_path / "data" / "*.jsonl")]
