@@ -263,7 +263,7 @@ def curate_corpus(
     docs_in = read_counts.get("documents", 0)
     steps = [(key, _counts(s)) for key, s in zip(filters, stats.stats[1:])]
     if docs_in == 0:
-        field = "" if isinstance(corpus.source, ToySource) else f" text field '{corpus.source.text_field}',"
+        field = f" text field '{corpus.source.text_field}'," if hasattr(corpus.source, "text_field") else ""
         raise ValueError(f"corpus '{name}': the source produced no documents ({field} "
                          f"{read_counts.get('corrupt_lines', 0)} corrupt lines, "
                          f"{read_counts.get('missing_text', 0)} lines without text)")

@@ -1,4 +1,5 @@
-"""Corpus sources: the built-in toy world, local JSONL/Parquet files, and HF datasets.
+"""Corpus sources: the built-in toy world, local JSONL/Parquet files, HF datasets, and
+question-answer files (GSM8K's format) rendered as worked or short-answer documents.
 
 Each source becomes a datatrove reader. Local readers skip and count lines they cannot parse
 (`corrupt_lines`: not UTF-8, not JSON) or that have no text (`missing_text`) instead of
@@ -12,6 +13,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterator, Literal, Union
@@ -55,7 +57,35 @@ class HFSource(BaseModel):
     id_field: str = "id"
 
 
-Source = Union[ToySource, JsonlSource, ParquetSource, HFSource]
+class QASource(BaseModel):
+    """Question-answer files in GSM8K's format (`question`; `answer`: worked steps, then `#### final`)
+    as documents: `worked` keeps the steps (calculator annotations `<<48/2=24>>` removed) and ends
+    with the final answer in `\\boxed{}`; `short` answers with the box alone. The same problems in
+    both styles make two corpora that differ only in whether the work is shown."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["qa"] = "qa"
+    paths: list[str] = Field(min_length=1)
+    format: Literal["gsm8k"] = "gsm8k"
+    style: Literal["worked", "short"]
+    template: str = Field(default="Question: {question}\nAnswer: {answer}",
+                          description="the document; {question} and {answer} are replaced literally")
+
+    def render(self, record: dict) -> str:
+        steps, final = gsm8k_solution(record["answer"])
+        answer = f"{steps}\nThe final answer is \\boxed{{{final}}}." if self.style == "worked" else f"\\boxed{{{final}}}"
+        return self.template.replace("{question}", record["question"].strip()).replace("{answer}", answer)
+
+
+def gsm8k_solution(answer: str) -> tuple[str, str]:
+    """(worked steps without calculator annotations, final answer without thousands separators)."""
+    if "####" not in answer:
+        raise ValueError("no '#### <final answer>' line")
+    steps, final = answer.rsplit("####", 1)
+    return re.sub(r"<<[^>]*>>", "", steps).strip(), final.strip().replace(",", "")
+
+
+Source = Union[ToySource, JsonlSource, ParquetSource, HFSource, QASource]
 
 
 # A source file with a larger share of unreadable lines fails its curation: that is a wrong or
@@ -142,6 +172,31 @@ def write_toy_documents(source: ToySource, toy_world: ToyWorldConfig | dict | No
     return paths
 
 
+def write_qa_documents(source: QASource, corpus: str, folder: Path) -> list[Path]:
+    """Render every QA record of the source files as a document, one JSONL per source file (written
+    atomically). A record that cannot be rendered is a bad input: the error names its file and line."""
+    paths = []
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, source_file in enumerate(expand_paths(source.paths, corpus)):
+        path = folder / f"{index:05d}.jsonl"
+        paths.append(path)
+        if path.is_file():
+            continue
+        tmp = path.with_suffix(".tmp")
+        with open(source_file, "rb") as lines, tmp.open("wb") as out:
+            for line_no, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    text = source.render(orjson.loads(line))
+                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                    raise ValueError(f"corpus '{corpus}': {source_file}:{line_no}: not a {source.format} "
+                                     f"record ({exc})") from None
+                out.write(orjson.dumps({"id": f"{Path(source_file).stem}:{line_no}", "text": text}) + b"\n")
+        tmp.rename(path)
+    return paths
+
+
 def make_reader(source: Source, corpus: str, work_dir: Path, toy_world=None, tasks: int = 1):
     """The datatrove reader for `source`; toy and file sources are read through a paths file in work_dir."""
     if isinstance(source, HFSource):
@@ -156,6 +211,8 @@ def make_reader(source: Source, corpus: str, work_dir: Path, toy_world=None, tas
     if isinstance(source, ToySource):
         toy_files = write_toy_documents(source, toy_world, work_dir / "source", shards=min(tasks, source.docs))
         files, text_key, id_key = [str(p) for p in toy_files], "text", "id"
+    elif isinstance(source, QASource):
+        files, text_key, id_key = [str(p) for p in write_qa_documents(source, corpus, work_dir / "source")], "text", "id"
     else:
         files, text_key, id_key = expand_paths(source.paths, corpus), source.text_field, source.id_field
     # One common root plus a list of relative paths lets globs span several directories.

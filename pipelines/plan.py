@@ -168,6 +168,16 @@ def _phase_config(phase: str, stage: StageMix, midtrain: MidtrainSettings, lr: f
             "threads": stage.threads, "nproc_per_node": midtrain.nproc_per_node, "mix": stage.mix}
 
 
+def _corpus_paths_resolved(corpus, here: Path):
+    """A corpus whose source files (`source.paths`) are relative to the sweep file, as every other
+    path in a sweep is, rather than to wherever midprobe was started."""
+    paths = getattr(corpus.source, "paths", None)
+    if not paths:
+        return corpus
+    source = corpus.source.model_copy(update={"paths": [str(resolve_path(p, here)) for p in paths]})
+    return corpus.model_copy(update={"source": source})
+
+
 def build_plan(sweep: Sweep, source: Path) -> Plan:
     from midtrain.spec import MODEL_PRESETS
 
@@ -192,7 +202,7 @@ def build_plan(sweep: Sweep, source: Path) -> Plan:
     for name, corpus in sweep.corpora.items():
         inputs = {"tokenizer": tokenizer, "problems": problems}
         inputs.update({f"benchmark:{i}": b for i, b in enumerate(benchmarks)})
-        curate[name] = stage_run("curate", _curation_config(name, corpus, toy_world),
+        curate[name] = stage_run("curate", _curation_config(name, _corpus_paths_resolved(corpus, here), toy_world),
                                  inputs, label=f"curate {name}")
 
     if sweep.base.hf_path:

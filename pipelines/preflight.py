@@ -29,7 +29,7 @@ PROBLEM_FIELDS = ("id", "question", "answer", "data_source")
 def check_sweep(sweep: Sweep, source: Path) -> list[str]:
     """Every data-level problem of a schema-valid sweep."""
     errors = _names(sweep)
-    errors += _sources(sweep)
+    errors += _sources(sweep, source.parent)
     errors += _problem_sets(sweep, source.parent)
     errors += _base(sweep, source.parent)
     errors += _budgets(sweep)
@@ -50,20 +50,21 @@ def _names(sweep: Sweep) -> list[str]:
     return errors
 
 
-def _sources(sweep: Sweep) -> list[str]:
-    from data_recipes.sources import JsonlSource, ParquetSource
+def _sources(sweep: Sweep, here: Path) -> list[str]:
+    """Source files exist and parse; paths are relative to the sweep file (as the plan reads them)."""
+    from data_recipes.sources import JsonlSource, ParquetSource, QASource
 
     errors = []
     for name, corpus in sweep.corpora.items():
         source = corpus.source
-        if not isinstance(source, JsonlSource):  # ParquetSource is a JsonlSource too
+        if not isinstance(source, (JsonlSource, QASource)):  # ParquetSource is a JsonlSource too
             continue
         for i, pattern in enumerate(source.paths):
             field = f"corpora.{name}.source.paths.{i}"
-            files = source_files(pattern)
+            files = source_files(str(resolve_path(pattern, here)))
             if not files:
                 errors.append(f"{field}: no readable file matches '{pattern}'")
-            for path in files:
+            for path in files if isinstance(source, JsonlSource) else ():  # QA records: checked as rendered
                 problem = (_parquet_problem if isinstance(source, ParquetSource) else _jsonl_problem)(
                     path, source.text_field)
                 if problem:

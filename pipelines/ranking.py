@@ -219,6 +219,38 @@ def rank(runs: list[ProbeRun], score: str = "auc_acc", samples: int = 2000,
     return Ranking(score, confidence, rankings, beats, replicates, _sources(by_recipe, n_problems))
 
 
+def verdict(ranking: Ranking, runs: list[ProbeRun]) -> str:
+    """The report's first line: a winner only where the evidence separates it from the runner-up.
+
+    No held-out problem solved by any checkpoint at any eval means the probe measured nothing;
+    a lead whose interval over the runner-up includes 0 is not a win, whatever the point order."""
+    score = ranking.score_name
+    if not any(run.correct.any() for run in runs):
+        return (f"**No reward signal**: no checkpoint solved any held-out problem at any eval step, so the "
+                f"probe cannot rank these {len(ranking.recipes)} recipes (every {score} is 0). Make the "
+                "probe problems easier or the prompt template clearer (README: difficulty control).")
+    best = ranking.recipes[0]
+    interval = f"{ranking.confidence:.0%} CI"
+    if len(ranking.recipes) == 1:
+        return (f"Only one recipe, **{best.recipe}**: {score} = {best.score:.3f} "
+                f"[{best.ci_low:.3f}, {best.ci_high:.3f}]; nothing to rank it against.")
+    runner_up, worst = ranking.recipes[1], ranking.recipes[-1]
+    point, lo, hi = ranking.difference_ci(best.recipe, runner_up.recipe)
+    lead = (f"{best.recipe} − {runner_up.recipe} = {point:+.3f}, {interval} [{lo:+.3f}, {hi:+.3f}]; "
+            f"{best.recipe} beats {runner_up.recipe} in {ranking.beats[(best.recipe, runner_up.recipe)]:.0%} "
+            "of bootstrap replicates")
+    if lo > 0:
+        return (f"**{best.recipe}** ranks first by {score} = {best.score:.3f} [{best.ci_low:.3f}, "
+                f"{best.ci_high:.3f}]: {lead}.")
+    spread = ""
+    if worst.recipe != runner_up.recipe:
+        _, wlo, whi = ranking.difference_ci(best.recipe, worst.recipe)
+        spread = (f" Best − worst ({worst.recipe}): {interval} [{wlo:+.3f}, {whi:+.3f}]"
+                  + (", which excludes 0: the recipes differ, but not at the top." if wlo > 0 else ", also includes 0."))
+    return (f"**Not separated** by {score}: the probe names no winner. {best.recipe} leads on the point estimate "
+            f"({best.score:.3f}), but {lead}, and the interval includes 0.{spread}")
+
+
 def spearman(x: list[float], y: list[float]) -> float:
     """Rank correlation (average ranks for ties); nan when either side is constant."""
     def ranks(v: list[float]) -> np.ndarray:

@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pipelines.failures import FAILURE_MODES  # noqa: E402
-from pipelines.ranking import SCORES, Ranking, rank, spearman  # noqa: E402
+from pipelines.ranking import SCORES, Ranking, rank, spearman, verdict  # noqa: E402
 from pipelines.results import SweepResults, recipe_cost_hours  # noqa: E402
 from rl_probe.difficulty import pooled_pass_at_k  # noqa: E402
 from runfiles import atomic_write  # noqa: E402
@@ -168,7 +168,7 @@ def _loss_figure(results: SweepResults) -> Figure | None:
         """Tokens trained before this stage on its chain (base, stable, decay): one x axis on
         which a decay branch continues where its stable stage ended."""
         parent = by_ref.get(info.manifest.get("inputs", {}).get("init", ""))
-        return start(parent) + _last(parent.metrics.get("train/tokens")) if parent else 0.0
+        return start(parent) + (_last(parent.metrics.get("train/tokens")) or 0.0) if parent else 0.0
 
     fig, (ax, ax_lr) = plt.subplots(1, 2, figsize=(11, 3.2))
     cmap = plt.get_cmap("tab10")
@@ -208,21 +208,11 @@ def build(results: SweepResults, title: str, score: str = "auc_acc", samples: in
     spec_name = results.probe_info[results.probes[0].key].manifest["config"]["spec"]["name"]
     seeds = sorted({r.seed for r in results.probes})
     replicas = sorted({r.replica for r in results.probes if r.replica is not None})
-    best, worst = ranking.recipes[0], ranking.recipes[-1]
-    point, lo, hi = ranking.difference_ci(best.recipe, worst.recipe)
+    doc.para(verdict(ranking, results.probes) + f" (Intervals over {ranking.sources}.)")
     doc.para(f"Sweep **{results.sweep}** · probe spec **{spec_name}** (hash `{spec_hash}`) · "
              f"seeds {', '.join(map(str, seeds))}"
              + (f" · mid-training replicas (seeds) {', '.join(map(str, replicas))}" if replicas else "")
              + f" · generated {time.strftime('%Y-%m-%d %H:%M')}")
-    runner_up = ranking.recipes[1].recipe if len(ranking.recipes) > 1 else None
-    verdict = f"**{best.recipe}** ranks first by {score} = {best.score:.3f} " \
-              f"[{best.ci_low:.3f}, {best.ci_high:.3f}]"
-    if runner_up:
-        verdict += (f"; it beats {runner_up} in {ranking.beats[(best.recipe, runner_up)]:.0%} of bootstrap "
-                    f"replicates. Best − worst ({worst.recipe}) = {point:+.3f}, "
-                    f"{confidence:.0%} CI [{lo:+.3f}, {hi:+.3f}]"
-                    + (" — excludes 0." if lo > 0 else " — includes 0: not separated."))
-    doc.para(verdict + f" (intervals over {ranking.sources}.)")
 
     doc.heading("Ranking")
     doc.para(f"Score: {SCORES[score]}. Confidence intervals: {confidence:.0%} hierarchical bootstrap "
@@ -349,9 +339,9 @@ def _cheap_signals(doc: Doc, results: SweepResults, ranking: Ranking) -> None:
         if all(v is not None for v in fewshot):
             signals.setdefault("few-shot acc", {})[recipe] = float(np.mean(fewshot))
         signals.setdefault("step-0 held-out acc", {})[recipe] = float(np.mean([p.accuracy[0] for p in runs]))
-        stages = results.midtrain_for(recipe) or ([results.base] if results.base else [])
-        if stages:
-            val = [v[-1][1] for n, v in stages[-1].metrics.items() if n.startswith("val/") and n.endswith("/loss")]
+        final = results.final_checkpoint_stage(recipe)
+        if final:
+            val = [v[-1][1] for n, v in final.metrics.items() if n.startswith("val/") and n.endswith("/loss")]
             if val:
                 signals.setdefault("−val loss", {})[recipe] = -float(np.mean(val))
     doc.heading("Cheap signals")
@@ -568,7 +558,7 @@ def to_html(doc: Doc, title: str) -> str:
             body.append(f"<h{level}>{html.escape(text)}</h{level}>")
         elif kind == "p":
             paragraphs += 1
-            cls = ' class="verdict"' if paragraphs == 2 else ""
+            cls = ' class="verdict"' if paragraphs == 1 else ""
             body.append(f"<p{cls}>{_inline(value)}</p>")
         elif kind == "table":
             header, rows = value

