@@ -17,6 +17,7 @@ from pipelines.sweep import (
     ProblemSet,
     StageMix,
     Sweep,
+    probe_spec,
     resolve_path,
     split_nproc,
     split_replicas,
@@ -193,8 +194,6 @@ def build_plan(sweep: Sweep, source: Path) -> Plan:
                     label=f"midtrain {rname} decay{_replica_label(replica)}"))
             midtrain[rname][replica] = stages
 
-    from rl_probe.spec import get_probe_spec
-
     plan = Plan(sweep.name, sweep.executor, problems, {}, sweep.curation_executor, base, midtrain)
     plan.role(problems, kind="problems")
     plan.role(tokenizer, kind="tokenizer")
@@ -206,7 +205,7 @@ def build_plan(sweep: Sweep, source: Path) -> Plan:
             for stage in stages:
                 plan.role(stage, kind="midtrain", recipe=rname, phase=stage.config["phase"],
                           replica=replica)
-    spec = get_probe_spec(probe_cfg.spec)
+    spec = probe_spec(sweep, source)
     if probe_cfg.difficulty == "auto":
         # probes read the selected problems; curation still decontaminates against the whole pool
         plan.problems = StageRun("select_problems", {

@@ -94,7 +94,9 @@ class ProblemSet(_Strict):
 
 
 class ProbeSection(_Strict):
-    spec: str
+    spec: str | dict[str, Any] = Field(description=(
+        "a shipped probe spec's name (midprobe specs), a YAML file (relative to the sweep file), "
+        "{base: <name>, <field>: <value>, ...} (a shipped spec with fields replaced), or a full spec"))
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     train_set: ProblemSet
     eval_set: ProblemSet
@@ -259,8 +261,6 @@ def cross_check(sweep: Sweep, source: Path) -> list[str]:
     from data_recipes.toyworld import ToyWorldConfig
     from midtrain.spec import MODEL_PRESETS
     from midtrain.train import TrainConfig
-    from rl_probe.spec import PROBE_SPECS
-
     errors: list[str] = []
     here = source.parent
     _check_section(ToyWorldConfig, sweep.toy_world, ("toy_world",), errors)
@@ -300,9 +300,7 @@ def cross_check(sweep: Sweep, source: Path) -> list[str]:
     if sweep.tokenizer.path and not (resolve_path(sweep.tokenizer.path, here) / "tokenizer.json").is_file():
         errors.append(f"tokenizer.path: no tokenizer.json in {resolve_path(sweep.tokenizer.path, here)}")
 
-    if sweep.probe.spec not in PROBE_SPECS:
-        errors.append(f"probe.spec: unknown probe spec '{sweep.probe.spec}' "
-                      f"(known: {', '.join(sorted(PROBE_SPECS))})")
+    _check_probe_spec(sweep.probe.spec, here, errors)
     for field_name in ("train_set", "eval_set"):
         problem_set = getattr(sweep.probe, field_name)
         if problem_set.path and not resolve_path(problem_set.path, here).is_file():
@@ -313,6 +311,26 @@ def cross_check(sweep: Sweep, source: Path) -> list[str]:
     if train_cfg is not None and not errors:  # the estimate needs a valid model and layout
         errors += _memory_errors(sweep, source, train_cfg)
     return errors
+
+
+def _check_probe_spec(value: str | dict, here: Path, errors: list[str]) -> None:
+    from rl_probe.spec import SpecSourceError, resolve_probe_spec
+
+    # field errors of a spec file name the file: probe.spec (my-spec.yaml).lr: ...
+    where = ("probe", f"spec ({value})") if isinstance(value, str) else ("probe", "spec")
+    try:
+        resolve_probe_spec(value, here)
+    except ValidationError as exc:
+        errors.extend(_pydantic_errors(exc, where))
+    except SpecSourceError as exc:
+        errors.append(f"probe.spec: {exc}")
+
+
+def probe_spec(sweep: Sweep, source: Path):
+    """The sweep's probe spec, resolved (a validated sweep's spec always resolves)."""
+    from rl_probe.spec import resolve_probe_spec
+
+    return resolve_probe_spec(sweep.probe.spec, source.parent)
 
 
 def resolve_path(value: str, base_dir: Path) -> Path:

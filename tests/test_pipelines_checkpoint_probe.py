@@ -39,8 +39,10 @@ def checkpoints(tmp_path_factory):
 def test_probe_external_checkpoints_by_glob(checkpoints, tmp_path):
     root, dirs = checkpoints
     workspace = tmp_path / "ws"
+    # a user-defined spec: a shipped one with a field replaced
     cmd = [sys.executable, "-m", "pipelines.cli", "probe", str(root / "run7" / "step_*"), "--spec", "toy-smoke-v1",
-           "--toy", "--seeds", "0,1", "--name", "run7", "--workspace", str(workspace)]
+           "--set", "max_response_length=10", "--toy", "--seeds", "0,1", "--name", "run7",
+           "--workspace", str(workspace)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "WANDB_MODE": "offline", "MIDPROBE_WANDB": "0"})
     assert result.returncode == 0, result.stderr[-3000:]
@@ -48,6 +50,7 @@ def test_probe_external_checkpoints_by_glob(checkpoints, tmp_path):
     assert result.stdout.strip().splitlines()[-1] == str(report.with_suffix(".html"))
     ranking = report.read_text().split("## Ranking", 1)[1].split("## Probe", 1)[0]
     assert "step_0" in ranking and "step_100" in ranking
+    assert "probe spec **toy-smoke-v1+max_response_length**" in report.read_text()
     assert len(list(workspace.glob("probe/*/manifest.json"))) == 4  # 2 checkpoints x 2 seeds
 
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
@@ -56,7 +59,14 @@ def test_probe_external_checkpoints_by_glob(checkpoints, tmp_path):
 
 
 def test_probe_rejects_a_directory_that_is_not_a_checkpoint(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "pipelines.cli", "probe", str(tmp_path), "--toy",
+                             "--spec", "toy-smoke-v1"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"{tmp_path}: not an HF checkpoint directory (config.json missing)"
+
+
+def test_probe_asks_for_a_spec(tmp_path):
     result = subprocess.run([sys.executable, "-m", "pipelines.cli", "probe", str(tmp_path), "--toy"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
-    assert result.stderr.strip() == f"{tmp_path}: not an HF checkpoint directory (config.json missing)"
+    assert result.stderr.startswith("--spec: give a probe spec, a shipped name (")

@@ -20,7 +20,7 @@ def model_and_prompts(tmp_path_factory):
 
 def _sample(model, tokenizer, prompts, seed, **kw):
     kw = {"max_new_tokens": 16, "temperature": 1.0, **kw}
-    return sample(model, prompts, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
+    return sample(model, prompts, stop_ids=[tokenizer.eos_token_id], pad_id=tokenizer.pad_token_id,
                   generator=torch.Generator().manual_seed(seed), **kw)
 
 
@@ -92,7 +92,7 @@ def test_rejects_non_llama_models(model_and_prompts):
     model, tokenizer, prompts = model_and_prompts
     model.config.model_type = "gpt2"
     try:
-        with pytest.raises(ValueError, match="Llama"):
+        with pytest.raises(ValueError, match="llama and qwen2"):
             _sample(model, tokenizer, prompts, seed=0)
     finally:
         model.config.model_type = "llama"
