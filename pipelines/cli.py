@@ -218,7 +218,7 @@ def probe(checkpoints: list[str] = typer.Argument(..., help="HF checkpoint direc
           set_fields: Optional[list[str]] = typer.Option(None, "--set", help="FIELD=VALUE: override a spec field "
                                                          "(repeatable; VALUE is YAML, e.g. --set lr=1e-5)"),
           seeds: str = typer.Option("0", help="comma-separated probe seeds"),
-          train_set: Optional[Path] = typer.Option(None, help="JSONL of RL problems {id,question,answer}"),
+          train_set: Optional[Path] = typer.Option(None, help="JSONL of RL problems (midprobe, GSM8K or MATH format)"),
           eval_set: Optional[Path] = typer.Option(None, help="JSONL of held-out problems"),
           toy: bool = typer.Option(False, help="use the toy world's probe/eval problems"),
           name: Optional[str] = typer.Option(None, help="name of this checkpoint sweep job"),

@@ -225,7 +225,8 @@ def build_plan(sweep: Sweep, source: Path) -> Plan:
 def problems_run(toy_world: dict, train_set: ProblemSet, eval_set: ProblemSet, here: Path) -> StageRun:
     """The probe's train/eval problems; user files enter the key by content fingerprint."""
     def source(problem_set: ProblemSet) -> dict:
-        cfg = problem_set.model_dump()
+        # without a field mapping, the key is what it was before mappings existed
+        cfg = problem_set.model_dump(exclude={"fields"} if problem_set.fields is None else None)
         if problem_set.path:
             path = resolve_path(problem_set.path, here)
             cfg.update(path=str(path), fingerprint=fingerprint(path))

@@ -9,7 +9,6 @@ stage packages do the work and know nothing of the run store.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -21,13 +20,15 @@ Metrics = Callable[[int, dict], None]
 
 
 def _problems(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metrics) -> None:
+    from data_recipes.problems import ProblemFields, read_problem_set, write_problem_set
     from data_recipes.toyworld import ToyWorld, ToyWorldConfig, write_problems
 
     world = ToyWorld(ToyWorldConfig(**run.config["toy_world"]))
     for name in ("train", "eval"):
         cfg = run.config[f"{name}_set"]
-        if cfg["path"]:
-            shutil.copyfile(cfg["path"], out / f"{name}.jsonl")
+        if cfg["path"]:  # GSM8K, MATH, mapped fields ... -> midprobe's problem format
+            fields = ProblemFields(**cfg["fields"]) if cfg.get("fields") else None
+            write_problem_set(read_problem_set(cfg["path"], fields), out / f"{name}.jsonl")
         else:  # an equal share of the problems at each requested difficulty
             levels = cfg["difficulty"] or [None]
             problems = []
@@ -135,12 +136,14 @@ def _probe(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metric
 
 def _select_problems(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metrics) -> None:
     from rl_probe.difficulty import choose_levels, pass_at_k_by_difficulty
-    from rl_probe.embedded import load_problems
+    from rl_probe.prompts import load_problems
     from rl_probe.spec import ProbeSpec
 
     cfg = run.config
     spec = ProbeSpec.model_validate(cfg["spec"])
     train = load_problems(inputs["pool"] / "train.jsonl")
+    if any(p.get("difficulty") is None for p in train):  # `validate` refuses such sweeps
+        raise ValueError("probe.difficulty: auto needs a difficulty level on every probe problem")
     measured = pass_at_k_by_difficulty(checkpoint_dir(inputs["checkpoint"]), train, spec, k=cfg["k"])
     low, high = cfg["target"]
     levels = choose_levels(measured, low, high)
