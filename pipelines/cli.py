@@ -223,6 +223,7 @@ def probe(checkpoints: list[str] = typer.Argument(..., help="HF checkpoint direc
           toy: bool = typer.Option(False, help="use the toy world's probe/eval problems"),
           name: Optional[str] = typer.Option(None, help="name of this checkpoint sweep job"),
           parallel: int = typer.Option(2, help="probe runs at once"),
+          keep_policy: bool = typer.Option(False, help="keep each probe's final policy (HF dir under policy/)"),
           workspace: Path = typer.Option(Path("./midprobe-runs"), "--workspace", "-w")) -> None:
     """Probe HF checkpoints made anywhere (a checkpoint sweep job); no sweep file needed."""
     from pipelines.execute import run_plan
@@ -249,7 +250,7 @@ def probe(checkpoints: list[str] = typer.Argument(..., help="HF checkpoint direc
             if toy else (ProblemSet(path=str(train_set.resolve())), ProblemSet(path=str(eval_set.resolve()))))
     job = name or f"probe-{stable_hash(sorted(str(p) for p in dirs.values()), 8)}"
     the_plan = build_checkpoint_plan(job, dirs, probe_spec, seed_list, *sets,
-                                     executor=probe_executor)
+                                     executor=probe_executor, keep_policy=keep_policy)
     store = RunStore(preflight.workspace(workspace.resolve()))
     run_plan(the_plan, store, console)
     typer.echo(_write_report_named(job, store, f"midprobe · checkpoints · {job}"))

@@ -86,11 +86,14 @@ class Plan:
                                   for (recipe, replica, _), run in self.probes.items()))
 
     def add_probes(self, recipe: str, checkpoint: StageRun, spec, seeds: list[int],
-                   engine_options: dict | None = None, replica: int | None = None) -> None:
+                   engine_options: dict | None = None, replica: int | None = None,
+                   keep_policy: bool = False) -> None:
         for seed in seeds:
             config = {"spec": spec.model_dump(mode="json"), "spec_hash": spec.content_hash(), "seed": seed}
             if spec.engine == "verl":  # GPUs, nodes, rollout engine: how verl lays the run out
                 config["engine_options"] = engine_options or {}
+            if keep_policy:  # the run's artifacts include the final policy (absent: the keys of before)
+                config["keep_policy"] = True
             run = StageRun("probe", config,
                            {"checkpoint": checkpoint, "problems": self.problems},
                            label=f"probe {recipe}{_replica_label(replica)} seed {seed}")
@@ -215,10 +218,12 @@ def build_plan(sweep: Sweep, source: Path) -> Plan:
         }, {"pool": problems, "checkpoint": base}, label="difficulty control")
         plan.role(plan.problems, kind="difficulty")
     if probe_cfg.include_base:
-        plan.add_probes(BASE_RECIPE, base, spec, probe_cfg.seeds, probe_cfg.verl)
+        plan.add_probes(BASE_RECIPE, base, spec, probe_cfg.seeds, probe_cfg.verl,
+                        keep_policy=probe_cfg.keep_policy)
     for recipe, replicas in midtrain.items():
         for replica, stages in replicas.items():
-            plan.add_probes(recipe, stages[-1], spec, probe_cfg.seeds, probe_cfg.verl, replica)
+            plan.add_probes(recipe, stages[-1], spec, probe_cfg.seeds, probe_cfg.verl, replica,
+                            probe_cfg.keep_policy)
     return plan
 
 
@@ -238,10 +243,10 @@ def problems_run(toy_world: dict, train_set: ProblemSet, eval_set: ProblemSet, h
 
 def build_checkpoint_plan(name: str, checkpoints: dict[str, Path], spec, seeds: list[int],
                           train_set: ProblemSet, eval_set: ProblemSet, executor: ExecutorSection,
-                          toy_world: dict | None = None) -> Plan:
+                          toy_world: dict | None = None, keep_policy: bool = False) -> Plan:
     """A checkpoint sweep job: probe HF checkpoints made anywhere, no sweep file needed."""
     plan = Plan(name, executor, problems_run(_resolved(toy_world or {}), train_set, eval_set, Path.cwd()), {})
     plan.role(plan.problems, kind="problems")
     for label, path in checkpoints.items():
-        plan.add_probes(label, external(path, f"checkpoint {label}"), spec, seeds)
+        plan.add_probes(label, external(path, f"checkpoint {label}"), spec, seeds, keep_policy=keep_policy)
     return plan

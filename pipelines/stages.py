@@ -128,10 +128,13 @@ def _probe(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metric
     if spec.content_hash() != run.config["spec_hash"]:  # the spec class itself changed meaning
         raise RuntimeError(f"probe spec '{spec.name}' no longer hashes to {run.config['spec_hash']}")
     # both engines write the same artifacts with verl's metric names (DESIGN: one vocabulary)
-    engine = run_probe_verl if spec.engine == "verl" else run_probe
+    if spec.engine == "verl":
+        engine, options = run_probe_verl, run.config.get("engine_options", {})
+    else:
+        engine, options = run_probe, {"keep_policy": run.config.get("keep_policy", False)}
     engine(checkpoint_dir(inputs["checkpoint"]), spec, inputs["problems"] / "train.jsonl",
            inputs["problems"] / "eval.jsonl", seed=run.config["seed"], out_dir=out,
-           on_metrics=on_metrics, **run.config.get("engine_options", {}))
+           on_metrics=on_metrics, **options)
 
 
 def _select_problems(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metrics) -> None:

@@ -108,6 +108,8 @@ class ProbeSection(_Strict):
     benchmarks: list[str] = Field(default_factory=list,
                                   description="extra JSONL benchmark files to decontaminate against")
     include_base: bool = Field(default=True, description="also probe the base without mid-training")
+    keep_policy: bool = Field(default=False, description=(
+        "keep each probe's final policy (an HF directory under policy/); resume state is dropped either way"))
     difficulty: Literal["auto", "fixed"] = Field(
         default="fixed", description="auto: keep the difficulty levels at which the base's pass@k "
                                      "lies in difficulty_target (SimpleRL-Zoo's difficulty control)")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -45,11 +46,22 @@ def run_probe(
     seed: int,
     out_dir: Path,
     on_metrics: MetricsCallback | None = None,
+    keep_policy: bool = False,
 ) -> dict:
-    """Run (or resume) the probe of one HF checkpoint; returns the summary written to summary.json."""
+    """Run (or resume) the probe of one HF checkpoint; returns the summary written to summary.json.
+
+    While it runs, state/ holds the policy and optimizer a resume needs. A finished probe keeps
+    only the final policy, as an HF directory under policy/, when `keep_policy`; the optimizer
+    state (twice the model in AdamW) is dropped, so a probe's footprint is at most one model.
+    """
     if spec.engine != "embedded":
         raise ValueError(f"probe spec {spec.name!r} is for the {spec.engine!r} engine, not 'embedded'")
     out_dir = Path(out_dir)
+    if (out_dir / "summary.json").is_file():  # finished before a crash kept it from being published
+        summary = json.loads((out_dir / "summary.json").read_text())
+        if (summary["spec_hash"], summary["seed"]) != (spec.content_hash(), seed):
+            raise ValueError(f"{out_dir} holds a probe with another spec or seed; use a fresh out_dir")
+        return summary
     (out_dir / "rollouts").mkdir(parents=True, exist_ok=True)
     started = time.time()
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
@@ -90,8 +102,12 @@ def run_probe(
             state.save(step, model, optimizer)
     timings["total_s"] = time.time() - started
 
+    if keep_policy:
+        model.save_pretrained(out_dir / "policy")
+        tokenizer.save_pretrained(out_dir / "policy")
     summary = _summary(spec, seed, checkpoint, out_dir, timings, prompt_counts)
     _write_json(out_dir / "summary.json", summary)
+    state.drop()
     return summary
 
 
@@ -417,6 +433,10 @@ class CheckpointState:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         return state["step"]
+
+    def drop(self) -> None:
+        """A finished probe needs no resume state."""
+        shutil.rmtree(self.dir)
 
     def save(self, step: int, model, optimizer) -> None:
         final = self.dir / f"step_{step:06d}.pt"

@@ -51,6 +51,10 @@ def test_probe_external_checkpoints_by_glob(checkpoints, tmp_path):
     ranking = report.read_text().split("## Ranking", 1)[1].split("## Probe", 1)[0]
     assert "step_0" in ranking and "step_100" in ranking
     assert "probe spec **toy-smoke-v1+max_response_length**" in report.read_text()
+    assert ("Prompts longer than the spec's max_prompt_length (64 tokens) are left out of training and evaluation "
+            "alike: train 0 of 512 dropped, eval 0 of 128 dropped.") in report.read_text()
+    # finished probes keep no resume state (no --keep-policy: no policy either)
+    assert not list(workspace.glob("probe/*/state")) and not list(workspace.glob("probe/*/policy"))
     assert len(list(workspace.glob("probe/*/manifest.json"))) == 4  # 2 checkpoints x 2 seeds
 
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
