@@ -3,14 +3,12 @@
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 from pydantic import ValidationError
 
 from pipelines.errors import InputError
 from pipelines.plan import build_plan
-from pipelines.ranking import ProbeRun, rank
 from pipelines.sweep import bundled_sweep, load_sweep, validate_sweep
 from rl_probe.spec import PROBE_SPECS, PROMPT_TEMPLATES, ProbeSpec, SpecSourceError, resolve_probe_spec
 
@@ -105,15 +103,6 @@ def test_spec_errors_in_a_sweep_name_their_field(tmp_path):
     assert errors == ["probe.spec (bad.yaml).group_size: Input should be greater than or equal to 2"]
     with pytest.raises(InputError, match=r"sweep.yaml: probe.spec: unknown probe spec 'missing.yaml'"):
         load_sweep(_sweep(tmp_path, "missing.yaml"))
-
-
-def test_rankings_refuse_probe_runs_of_different_specs():
-    def run(recipe, spec_hash):
-        return ProbeRun(recipe=recipe, seed=0, key=recipe, spec_hash=spec_hash, eval_steps=[0, 5],
-                        correct=np.ones((2, 4)), problem_ids=["a", "b", "c", "d"], metrics={})
-
-    with pytest.raises(ValueError, match="refusing to rank probe runs made with different probe specs"):
-        rank([run("x", "hash-a"), run("y", "hash-b")], samples=100)
 
 
 def test_specs_command_shows_every_resolved_field(tmp_path):
