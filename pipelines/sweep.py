@@ -9,6 +9,7 @@ turns every problem into a line ``<field.path>: <what is wrong>``.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -307,7 +308,9 @@ def cross_check(sweep: Sweep, source: Path) -> list[str]:
     if sweep.tokenizer.path and not (resolve_path(sweep.tokenizer.path, here) / "tokenizer.json").is_file():
         errors.append(f"tokenizer.path: no tokenizer.json in {resolve_path(sweep.tokenizer.path, here)}")
 
-    _check_probe_spec(sweep.probe.spec, here, errors)
+    spec = _check_probe_spec(sweep.probe.spec, here, errors)
+    if spec is not None and spec.template.chat:
+        errors += _chat_template_errors(sweep, spec.template.name, here)
     for field_name in ("train_set", "eval_set"):
         errors += _problem_set_errors(getattr(sweep.probe, field_name), f"probe.{field_name}",
                                       sweep.probe.difficulty, here)
@@ -337,17 +340,31 @@ def _problem_set_errors(problem_set: ProblemSet, where: str, difficulty: str, he
     return []
 
 
-def _check_probe_spec(value: str | dict, here: Path, errors: list[str]) -> None:
+def _check_probe_spec(value: str | dict, here: Path, errors: list[str]):
     from rl_probe.spec import SpecSourceError, resolve_probe_spec
 
     # field errors of a spec file name the file: probe.spec (my-spec.yaml).lr: ...
     where = ("probe", f"spec ({value})") if isinstance(value, str) else ("probe", "spec")
     try:
-        resolve_probe_spec(value, here)
+        return resolve_probe_spec(value, here)
     except ValidationError as exc:
         errors.extend(_pydantic_errors(exc, where))
     except SpecSourceError as exc:
         errors.append(f"probe.spec: {exc}")
+    return None
+
+
+def _chat_template_errors(sweep: Sweep, template: str, here: Path) -> list[str]:
+    """A chat-template spec needs a tokenizer with a chat template (a toy tokenizer trained here has none)."""
+    directory = sweep.tokenizer.path or (sweep.base.hf_path if not sweep.tokenizer.train_on else None)
+    if directory is not None:
+        directory = resolve_path(directory, here)
+        config = directory / "tokenizer_config.json"
+        if ((directory / "chat_template.jinja").is_file() or (directory / "chat_template.json").is_file()
+                or (config.is_file() and "chat_template" in json.loads(config.read_text()))):
+            return []
+    return [f"probe.spec.template: {template!r} renders prompts with the tokenizer's chat template, and "
+            f"{directory or 'the tokenizer trained by this sweep'} has none"]
 
 
 def probe_spec(sweep: Sweep, source: Path):

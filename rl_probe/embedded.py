@@ -28,7 +28,7 @@ from verl import DataProto
 from verl.trainer.ppo.core_algos import agg_loss, get_adv_estimator_fn, get_policy_loss_fn, kl_penalty
 from verl.trainer.ppo.metric_utils import compute_data_metrics
 
-from rl_probe.prompts import Prompter, load_problems
+from rl_probe.prompts import Prompter, problems_within_length
 from rl_probe.reward import RewardResult, boxed_first, has_reflection, score, warm_up_verifier
 from rl_probe.sampler import Rollout, sample, teacher_forced
 from rl_probe.spec import ProbeSpec
@@ -112,18 +112,6 @@ def run_probe(
 
 
 # ---------------------------------------------------------------- random streams
-
-
-def problems_within_length(prompter: Prompter, train_set: Path, eval_set: Path) -> tuple[list, list, dict]:
-    """Train and eval problems whose prompts fit the spec's max_prompt_length (the same rule for both,
-    so eval numbers are over a stated set); the counts go to the stage log, metrics and summary."""
-    train, train_counts = prompter.within_length(load_problems(train_set), f"train set {train_set}")
-    evals, eval_counts = prompter.within_length(load_problems(eval_set), f"eval set {eval_set}")
-    counts = {"max_prompt_length": prompter.spec.max_prompt_length, "train": train_counts, "eval": eval_counts}
-    print(f"prompts over max_prompt_length={counts['max_prompt_length']} tokens: dropped "
-          f"{train_counts['dropped']} of {train_counts['total']} train and {eval_counts['dropped']} of "
-          f"{eval_counts['total']} eval problems", flush=True)
-    return train, evals, counts
 
 
 def prompt_metrics(counts: dict) -> dict:

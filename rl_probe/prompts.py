@@ -130,3 +130,15 @@ class Prompter:
             self.tokenizer.decode(ids[mask], skip_special_tokens=True)
             for ids, mask in zip(rollout.response_ids, rollout.response_mask)
         ]
+
+
+def problems_within_length(prompter: Prompter, train_set: Path, eval_set: Path) -> tuple[list, list, dict]:
+    """Train and eval problems whose prompts fit the spec's max_prompt_length (the same rule for both,
+    so eval numbers are over a stated set); the counts go to the stage log, metrics and summary."""
+    train, train_counts = prompter.within_length(load_problems(train_set), f"train set {train_set}")
+    evals, eval_counts = prompter.within_length(load_problems(eval_set), f"eval set {eval_set}")
+    counts = {"max_prompt_length": prompter.spec.max_prompt_length, "train": train_counts, "eval": eval_counts}
+    print(f"prompts over max_prompt_length={counts['max_prompt_length']} tokens: dropped "
+          f"{train_counts['dropped']} of {train_counts['total']} train and {eval_counts['dropped']} of "
+          f"{eval_counts['total']} eval problems", flush=True)
+    return train, evals, counts

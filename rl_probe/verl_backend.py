@@ -30,8 +30,8 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import AutoTokenizer
 
 from rl_probe import verl_reward
-from rl_probe.embedded import MetricsCallback, behaviour_metrics, problems_within_length, read_metrics
-from rl_probe.prompts import Prompter
+from rl_probe.embedded import MetricsCallback, behaviour_metrics, read_metrics
+from rl_probe.prompts import Prompter, problems_within_length
 from rl_probe.reward import RewardResult, score
 from rl_probe.spec import ProbeSpec
 

@@ -105,6 +105,24 @@ def test_spec_errors_in_a_sweep_name_their_field(tmp_path):
         load_sweep(_sweep(tmp_path, "missing.yaml"))
 
 
+def test_a_chat_template_spec_needs_a_tokenizer_with_one(tmp_path):
+    from test_probe_helpers import llama_style_tokenizer, train_tokenizer
+
+    errors = validate_sweep(_sweep(tmp_path, {"base": "toy-smoke-v1", "template": "chat-boxed"}))
+    assert errors == ["probe.spec.template: 'chat-boxed' renders prompts with the tokenizer's chat template, "
+                      "and the tokenizer trained by this sweep has none"]
+    for name, make in (("chat", llama_style_tokenizer), ("plain", train_tokenizer)):
+        make(tmp_path / name)
+        data = yaml.safe_load(_sweep(tmp_path, "toy-smoke-v1").read_text())
+        data["tokenizer"] = {"path": str(tmp_path / name)}
+        data["probe"]["spec"] = {"base": "toy-smoke-v1", "template": "chat"}
+        (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(data))
+        errors = validate_sweep(tmp_path / "sweep.yaml")
+        assert errors == ([] if name == "chat" else [
+            f"probe.spec.template: 'chat' renders prompts with the tokenizer's chat template, and "
+            f"{tmp_path / name} has none"])
+
+
 def test_specs_command_shows_every_resolved_field(tmp_path):
     import subprocess
     import sys
