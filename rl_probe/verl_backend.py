@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -227,10 +228,16 @@ def prepare_verl_probe(checkpoint: Path, spec: ProbeSpec, train_set: Path, eval_
 
 def run_probe_verl(checkpoint: Path, spec: ProbeSpec, train_set: Path, eval_set: Path, seed: int, out_dir: Path,
                    on_metrics: MetricsCallback | None = None, **cluster) -> dict:
-    """Run the probe with verl's trainer (GPU machines), then write the embedded engine's artifacts."""
+    """Run the probe with verl's trainer (GPU machines), then write the embedded engine's artifacts.
+
+    verl's checkpoints under state/ (actor and optimizer shards) serve its resume only; a finished
+    probe drops them, as the embedded engine does.
+    """
     launch = prepare_verl_probe(checkpoint, spec, train_set, eval_set, seed, out_dir, **cluster)
     subprocess.run(launch.command, env={**os.environ, **launch.env}, check=True)
-    return import_verl_run(out_dir, spec, seed, checkpoint, on_metrics)
+    summary = import_verl_run(out_dir, spec, seed, checkpoint, on_metrics)
+    shutil.rmtree(Path(out_dir) / "state", ignore_errors=True)
+    return summary
 
 
 # ---------------------------------------------------------------- read-back
