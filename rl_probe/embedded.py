@@ -111,12 +111,15 @@ def run_probe(
     return summary
 
 
-# ---------------------------------------------------------------- random streams
+# ---------------------------------------------------------------- prompt-length counts as metrics
 
 
 def prompt_metrics(counts: dict) -> dict:
     return {f"data/{split}_prompts_{kind}": counts[split][kind]
             for split in ("train", "eval") for kind in ("kept", "dropped")}
+
+
+# ---------------------------------------------------------------- random streams
 
 
 def _stream_seed(seed: int, step: int, purpose: str) -> int:
