@@ -41,28 +41,32 @@ class ProblemFields(BaseModel):
 
 
 class ProblemFormatError(ValueError):
-    """A record the reader cannot turn into a problem; the message names the file and line."""
+    """A file the reader cannot turn into problems; the message names the file and line."""
 
 
 def read_problem_set(path: str | Path, fields: ProblemFields | None = None) -> list[dict]:
     """Every problem of a JSONL file in midprobe's format (see the module docstring)."""
     path, fields = Path(path), fields or ProblemFields()
-    problems = []
-    with open(path) as f:
+    problems, lines_of_ids = [], {}
+    with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ProblemFormatError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from None
+            except ValueError:
+                raise ProblemFormatError(f"{path}: line {line_no} is not JSON") from None
+            if not isinstance(record, dict):
+                raise ProblemFormatError(f"{path}: line {line_no} is not a JSON object")
             try:
-                problems.append(_problem(record, fields, f"{path.stem}-{line_no}", path.stem))
+                problem = _problem(record, fields, f"{path.stem}-{line_no}", path.stem)
             except ProblemFormatError as exc:
-                raise ProblemFormatError(f"{path}:{line_no}: {exc}") from None
-    ids = [p["id"] for p in problems]
-    if len(set(ids)) != len(ids):
-        raise ProblemFormatError(f"{path}: problem ids are not unique")
+                raise ProblemFormatError(f"{path}: line {line_no} {exc}") from None
+            if problem["id"] in lines_of_ids:
+                raise ProblemFormatError(f"{path}: line {line_no} repeats id {problem['id']!r} of line "
+                                         f"{lines_of_ids[problem['id']]}")
+            lines_of_ids[problem["id"]] = line_no
+            problems.append(problem)
     return problems
 
 
@@ -77,13 +81,13 @@ def _problem(record: dict, fields: ProblemFields, default_id: str, default_sourc
             if record.get(key) is not None:
                 return record[key]
         if mapped:
-            raise ProblemFormatError(f"no field {mapped!r} (mapped to {name})")
+            raise ProblemFormatError(f"has no {mapped!r} (mapped to {name})")
         return None
 
     question = field("question", "question", "problem")
     if question is None:
-        raise ProblemFormatError(f"no question: expected a 'question' or 'problem' field, or a field mapping "
-                                 f"(found {', '.join(sorted(record)) or 'no fields'})")
+        raise ProblemFormatError(f"has no 'question' (or MATH's 'problem', or a field mapping; "
+                                 f"has: {', '.join(sorted(record)) or 'no fields'})")
     answer = field("answer", "answer")
     solution = field("solution", "solution")
     if isinstance(answer, str) and GSM8K_MARK in answer:  # GSM8K: worked solution, then "#### 72"
@@ -92,8 +96,8 @@ def _problem(record: dict, fields: ProblemFields, default_id: str, default_sourc
     if answer is None and solution is not None:
         answer = last_boxed(str(solution))
     if answer is None or str(answer).strip() == "":
-        raise ProblemFormatError("no answer: expected an 'answer' field (a final answer or GSM8K's '#### ...') or "
-                                 "a 'solution' with a \\boxed{} answer")
+        raise ProblemFormatError("has no 'answer' (a final answer, or GSM8K's '... #### answer', or a "
+                                 "'solution' with a \\boxed{} answer)")
     problem_id = field("id", "id", "unique_id", "idx")
     problem = {
         "id": default_id if problem_id is None else str(problem_id),

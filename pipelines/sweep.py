@@ -311,33 +311,16 @@ def cross_check(sweep: Sweep, source: Path) -> list[str]:
     spec = _check_probe_spec(sweep.probe.spec, here, errors)
     if spec is not None and spec.template.chat:
         errors += _chat_template_errors(sweep, spec.template.name, here)
-    for field_name in ("train_set", "eval_set"):
-        errors += _problem_set_errors(getattr(sweep.probe, field_name), f"probe.{field_name}",
-                                      sweep.probe.difficulty, here)
+    for field_name in ("train_set", "eval_set"):  # their contents: preflight, with the problem-set reader
+        problem_set = getattr(sweep.probe, field_name)
+        if problem_set.path and not resolve_path(problem_set.path, here).is_file():
+            errors.append(f"probe.{field_name}.path: file not found: {problem_set.path}")
     for i, bench in enumerate(sweep.probe.benchmarks):
         if not resolve_path(bench, here).is_file():
             errors.append(f"probe.benchmarks.{i}: file not found: {bench}")
     if train_cfg is not None and not errors:  # the estimate needs a valid model and layout
         errors += _memory_errors(sweep, source, train_cfg)
     return errors
-
-
-def _problem_set_errors(problem_set: ProblemSet, where: str, difficulty: str, here: Path) -> list[str]:
-    from data_recipes.problems import ProblemFormatError, has_levels, read_problem_set
-
-    if not problem_set.path:
-        return []
-    path = resolve_path(problem_set.path, here)
-    if not path.is_file():
-        return [f"{where}.path: file not found: {problem_set.path}"]
-    try:
-        problems = read_problem_set(path, problem_set.fields)
-    except ProblemFormatError as exc:
-        return [f"{where}.path: {exc}"]
-    if difficulty == "auto" and not has_levels(problems):
-        return [f"probe.difficulty: auto chooses among difficulty levels and {path.name} has none; use "
-                f"difficulty: fixed, or give its problems a difficulty or level field"]
-    return []
 
 
 def _check_probe_spec(value: str | dict, here: Path, errors: list[str]):

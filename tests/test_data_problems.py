@@ -51,13 +51,13 @@ def test_other_formats_through_a_field_mapping_and_errors_name_file_and_line(tmp
     fields = ProblemFields(question="prompt", answer="target", data_source="src", id="key")
     assert read_problem_set(path, fields) == [
         {"id": "9", "question": "What is 3+4?", "answer": "7", "data_source": "mine"}]
-    with pytest.raises(ProblemFormatError, match=r"custom.jsonl:1: no question: expected a 'question' or "
-                                                 r"'problem' field, or a field mapping \(found key, prompt"):
+    with pytest.raises(ProblemFormatError, match=r"custom.jsonl: line 1 has no 'question' \(or MATH's 'problem', "
+                                                 r"or a field mapping; has: key, prompt"):
         read_problem_set(path)
-    with pytest.raises(ProblemFormatError, match=r"custom.jsonl:1: no field 'nope' \(mapped to answer\)"):
+    with pytest.raises(ProblemFormatError, match=r"custom.jsonl: line 1 has no 'nope' \(mapped to answer\)"):
         read_problem_set(path, ProblemFields(question="prompt", answer="nope"))
     no_answer = _jsonl(tmp_path / "no_answer.jsonl", [{"problem": "x", "solution": "no box"}])
-    with pytest.raises(ProblemFormatError, match="no_answer.jsonl:1: no answer"):
+    with pytest.raises(ProblemFormatError, match="no_answer.jsonl: line 1 has no 'answer'"):
         read_problem_set(no_answer)
 
 
@@ -82,11 +82,11 @@ def test_a_sweep_reads_gsm8k_files_and_refuses_auto_difficulty_without_levels(tm
     assert validate_sweep(_sweep(tmp_path, files(gsm8k, math, "fixed"))) == []
     assert validate_sweep(_sweep(tmp_path, files(math, math, "auto"))) == []
     assert validate_sweep(_sweep(tmp_path, files(gsm8k, math, "auto"))) == [
-        "probe.difficulty: auto chooses among difficulty levels and train.jsonl has none; use difficulty: fixed, "
-        "or give its problems a difficulty or level field"]
+        f"probe.train_set.path: {gsm8k}: no difficulty levels, and probe.difficulty: auto chooses among them "
+        "(use difficulty: fixed, or give the problems a difficulty or level field)"]
     bad = _jsonl(tmp_path / "bad.jsonl", [{"prompt": "x"}])
     errors = validate_sweep(_sweep(tmp_path, files(bad, math, "fixed")))
-    assert len(errors) == 1 and errors[0].startswith(f"probe.train_set.path: {bad}:1: no question")
+    assert len(errors) == 1 and errors[0].startswith(f"probe.train_set.path: {bad}: line 1 has no 'question'")
 
     def mapped(probe):
         probe.update(train_set={"path": str(bad), "fields": {"question": "prompt", "answer": "prompt"}},
@@ -99,4 +99,4 @@ def test_probe_command_refuses_an_unreadable_problem_file(tmp_path):
     result = subprocess.run([sys.executable, "-m", "pipelines.cli", "probe", str(tmp_path), "--spec", "toy-smoke-v1",
                              "--train-set", str(bad), "--eval-set", str(bad)], capture_output=True, text=True,
                             timeout=120)
-    assert result.returncode == 2 and result.stderr.startswith(f"--train-set: {bad}:1: no question")
+    assert result.returncode == 2 and result.stderr.startswith(f"--train-set: {bad}: line 1 has no 'question'")
