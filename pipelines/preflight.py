@@ -2,7 +2,7 @@
 
 `validate`, `run`, `plan`, `probe` and `report` call these before any stage starts and before
 anything is written, so a typo or a broken file costs seconds instead of the upstream stages:
-source files exist and parse with their text field, problem sets carry the probe's fields,
+source files exist and parse with their text field, problem sets read as problems,
 the base is an architecture midprobe trains and its embedding fits the tokenizer, budgets
 buy at least one optimizer step, names are safe path components, the workspace can be written.
 Each problem is one line ``<field.path or file>: <what is wrong>``.
