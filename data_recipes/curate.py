@@ -7,7 +7,7 @@ Layout of out_dir (every stage resumes from datatrove's completion markers):
     minhash/, exact/ duplicate signatures and the per-rank lists of documents to drop
     decont_index/    benchmark items, their n-gram hashes, the short items matched whole
     curated/         the final documents (JSONL), exactly what was tokenized
-    megatron/        `<rank>_tokens.bin/.idx`, one EOS after every document
+    megatron/        `<rank>_tokens.bin/.idx`, every document between BOS (when the tokenizer adds one) and EOS
     excluded/<step>/ dropped documents with their reason, for auditing
     logs/<stage>/    datatrove logging dirs: per-task stats, completions, task logs
     curation.json    prefixes, shard counts, docs_in/out, dropped by step and reason,
@@ -49,7 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from data_recipes.decont import BenchmarkDecontFilter, contamination_report, write_index
 from data_recipes.filters import FILTER_BLOCKS, build_filters
 from data_recipes.sources import READ_ERRORS, Source, ToySource, iter_source_texts, make_reader, read_errors
-from data_recipes.tokenizer import EOS_TOKEN
+from data_recipes.tokenizer import document_post_processor
 from data_recipes.words import RegexWordTokenizer
 from runfiles import atomic_write
 
@@ -212,13 +212,6 @@ def _idx_counts(idx_path: Path) -> tuple[int, int]:
     return int(sequences), int(lengths.sum())
 
 
-def _eos_token(tokenizer_json: Path) -> str:
-    config_path = tokenizer_json.parent / "tokenizer_config.json"
-    eos = json.loads(config_path.read_text()).get("eos_token") if config_path.is_file() else None
-    eos = eos.get("content") if isinstance(eos, dict) else eos
-    return eos or EOS_TOKEN
-
-
 def curate_corpus(
     corpus: CorpusConfig,
     tokenizer_dir: str | Path | None,
@@ -284,12 +277,13 @@ def curate_corpus(
         final_steps.append(("decontamination", BenchmarkDecontFilter(
             out_dir / "decont_index", JsonlWriter(str(out_dir / "excluded" / "decontamination")))))
 
-    # 4. the curated documents, then Megatron .bin/.idx with one EOS per document
+    # 4. the curated documents, then Megatron .bin/.idx: each document between the tokenizer's BOS
+    # (when it adds one) and its EOS
     final_steps.append(("write_curated", JsonlWriter(str(out_dir / "curated"))))
     if tokenizer_json is not None:
-        final_steps.append(("tokenize", MegatronDocumentTokenizer(
-            str(out_dir / "megatron"), tokenizer_name_or_path=str(tokenizer_json),
-            eos_token=_eos_token(tokenizer_json))))
+        tokenize = MegatronDocumentTokenizer(str(out_dir / "megatron"), tokenizer_name_or_path=str(tokenizer_json))
+        tokenize.post_processor = document_post_processor(tokenizer_json.parent)
+        final_steps.append(("tokenize", tokenize))
     stats = runner.run("dedup_decont_tokenize", [step for _, step in final_steps], tasks)
     final_counts = [(key, _counts(s)) for (key, _), s in zip(final_steps, stats.stats)]
     removal_steps = [(k, c) for k, c in final_counts if k in ("minhash_dedup", "exact_dedup", "decontamination")]

@@ -1,8 +1,9 @@
-"""HF `LlamaForCausalLM` <-> megatron-core `GPTModel` weights.
+"""HF `LlamaForCausalLM` / `Qwen2ForCausalLM` <-> megatron-core `GPTModel` weights.
 
-Layout differences (verified against transformers' Llama):
+Layout differences (verified against transformers' Llama and Qwen2):
 - megatron fuses q/k/v into `linear_qkv`, interleaved per KV group:
-  [q heads of group 0, k_0, v_0, q heads of group 1, k_1, v_1, ...];
+  [q heads of group 0, k_0, v_0, q heads of group 1, k_1, v_1, ...]; Qwen2's q/k/v biases
+  the same way into `linear_qkv.bias`;
 - megatron fuses gate and up projections into `linear_fc1` as [gate; up];
 - RoPE needs no permutation: HF's rotate_half equals megatron's
   non-interleaved rotary embedding.
@@ -60,6 +61,11 @@ def hf_to_megatron(hf: dict[str, torch.Tensor], spec: ModelSpec) -> dict[str, to
         k = hf[src + "self_attn.k_proj.weight"].view(groups, d, h)
         v = hf[src + "self_attn.v_proj.weight"].view(groups, d, h)
         mc[dst + "self_attention.linear_qkv.weight"] = torch.cat([q, k, v], dim=1).reshape(-1, h)
+        if spec.qkv_bias:  # Qwen2: the biases interleave per query group like the weights
+            q = hf[src + "self_attn.q_proj.bias"].view(groups, q_per_group * d)
+            k = hf[src + "self_attn.k_proj.bias"].view(groups, d)
+            v = hf[src + "self_attn.v_proj.bias"].view(groups, d)
+            mc[dst + "self_attention.linear_qkv.bias"] = torch.cat([q, k, v], dim=1).reshape(-1)
         mc[dst + "mlp.linear_fc1.weight"] = torch.cat(
             [hf[src + "mlp.gate_proj.weight"], hf[src + "mlp.up_proj.weight"]], dim=0
         )
@@ -85,6 +91,12 @@ def megatron_to_hf(mc: dict[str, torch.Tensor], spec: ModelSpec) -> dict[str, to
         hf[dst + "self_attn.q_proj.weight"] = q.reshape(-1, h)
         hf[dst + "self_attn.k_proj.weight"] = k.reshape(-1, h)
         hf[dst + "self_attn.v_proj.weight"] = v.reshape(-1, h)
+        if spec.qkv_bias:
+            bias = mc[src + "self_attention.linear_qkv.bias"].view(groups, (q_per_group + 2) * d)
+            q, k, v = torch.split(bias, [q_per_group * d, d, d], dim=1)
+            hf[dst + "self_attn.q_proj.bias"] = q.reshape(-1)
+            hf[dst + "self_attn.k_proj.bias"] = k.reshape(-1)
+            hf[dst + "self_attn.v_proj.bias"] = v.reshape(-1)
         gate, up = torch.chunk(mc[src + "mlp.linear_fc1.weight"], 2, dim=0)
         hf[dst + "mlp.gate_proj.weight"] = gate
         hf[dst + "mlp.up_proj.weight"] = up

@@ -22,7 +22,8 @@ class RopeScaling(BaseModel):
 
 
 class ModelSpec(BaseModel):
-    """Shape of a Llama-style decoder (RMSNorm, SwiGLU, GQA, RoPE, no biases)."""
+    """Shape of a Llama-style decoder (RMSNorm, SwiGLU, GQA, RoPE; biases on q, k and v only in
+    Qwen2, the one difference between the two families)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -38,6 +39,7 @@ class ModelSpec(BaseModel):
     tie_embeddings: bool = True
     max_position_embeddings: int = 2048
     init_std: float = 0.02
+    qkv_bias: bool = False  # True: a Qwen2 checkpoint
 
     @model_validator(mode="after")
     def _check_shape(self) -> "ModelSpec":
@@ -60,20 +62,24 @@ class ModelSpec(BaseModel):
     def num_parameters(self) -> int:
         h, kv = self.hidden_size, self.num_kv_heads * self.head_dim
         per_layer = h * (h + 2 * kv) + h * h + 3 * h * self.ffn_hidden_size + 2 * h
+        per_layer += (h + 2 * kv) if self.qkv_bias else 0
         embeddings = self.vocab_size * h * (1 if self.tie_embeddings else 2)
         return self.num_layers * per_layer + embeddings + h
 
     @classmethod
     def from_hf_config(cls, path: str | Path) -> "ModelSpec":
-        """Read a Llama `config.json` (a file or the model directory containing it)."""
+        """Read a Llama or Qwen2 `config.json` (a file or the model directory containing it)."""
         path = Path(path)
         if path.is_dir():
             path = path / "config.json"
         cfg = json.loads(path.read_text())
-        if cfg.get("model_type", "llama") != "llama":
-            raise ValueError(f"{path}: model_type {cfg['model_type']!r} is not 'llama'")
+        model_type = cfg.get("model_type", "llama")
+        if model_type not in ("llama", "qwen2"):
+            raise ValueError(f"{path}: model_type {model_type!r} is not 'llama' or 'qwen2'")
         if cfg.get("attention_bias") or cfg.get("mlp_bias"):
             raise ValueError(f"{path}: biased Llama variants are not supported")
+        if cfg.get("use_sliding_window"):
+            raise ValueError(f"{path}: sliding-window attention is not supported")
         # transformers >= 5 nests rope settings under rope_parameters; older ones use
         # top-level rope_theta / rope_scaling.
         rope = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
@@ -104,13 +110,15 @@ class ModelSpec(BaseModel):
             tie_embeddings=cfg.get("tie_word_embeddings", False),
             max_position_embeddings=cfg.get("max_position_embeddings", 2048),
             init_std=cfg.get("initializer_range", 0.02),
+            qkv_bias=model_type == "qwen2",
         )
 
     def to_hf_config(self, **token_ids: int | None) -> dict:
-        """A `LlamaForCausalLM` config.json dict; `token_ids` sets bos/eos/pad_token_id."""
+        """A `LlamaForCausalLM` (or, with qkv_bias, `Qwen2ForCausalLM`) config.json dict; `token_ids`
+        sets bos/eos/pad_token_id."""
         cfg = {
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
+            "architectures": ["Qwen2ForCausalLM" if self.qkv_bias else "LlamaForCausalLM"],
+            "model_type": "qwen2" if self.qkv_bias else "llama",
             "vocab_size": self.vocab_size,
             "hidden_size": self.hidden_size,
             "intermediate_size": self.ffn_hidden_size,
@@ -135,6 +143,9 @@ class ModelSpec(BaseModel):
                 else None
             ),
         }
+        if self.qkv_bias:  # Qwen2's biases are fixed by its architecture, not configured
+            del cfg["attention_bias"], cfg["mlp_bias"]
+            cfg["use_sliding_window"] = False
         cfg.update({k: v for k, v in token_ids.items() if v is not None})
         return cfg
 
@@ -186,7 +197,7 @@ def to_transformer_config(spec: ModelSpec, tensor_model_parallel_size: int = 1,
                           transformer_engine: bool = False, bf16: bool = False,
                           autocast: bool = True, recompute_activations: bool = False,
                           use_cpu_initialization: bool = False):
-    """megatron-core TransformerConfig for `spec` (fp32 weights, no dropout, no biases).
+    """megatron-core TransformerConfig for `spec` (fp32 weights, no dropout, biases only on q/k/v of Qwen2).
 
     `transformer_engine`: the layers come from TE's layer spec, which picks its own
     attention backend. `bf16`: bf16 mixed precision; with `autocast`, megatron's
@@ -220,7 +231,7 @@ def to_transformer_config(spec: ModelSpec, tensor_model_parallel_size: int = 1,
         gated_linear_unit=True,
         activation_func=F.silu,
         add_bias_linear=False,
-        add_qkv_bias=False,
+        add_qkv_bias=spec.qkv_bias,
         hidden_dropout=0.0,
         attention_dropout=0.0,
         init_method_std=spec.init_std,

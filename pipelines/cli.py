@@ -226,23 +226,24 @@ def checkpoint_label(path: Path, all_dirs: list[Path]) -> str:
 
 @app.command()
 def probe(checkpoints: list[str] = typer.Argument(..., help="HF checkpoint directories or globs"),
-          spec: str = typer.Option("toy-cpu-v1", help="probe spec name (midprobe specs)"),
+          spec: Optional[str] = typer.Option(None, help="probe spec: a shipped name (midprobe specs) or a YAML file"),
+          set_fields: Optional[list[str]] = typer.Option(None, "--set", help="FIELD=VALUE: override a spec field "
+                                                         "(repeatable; VALUE is YAML, e.g. --set lr=1e-5)"),
           seeds: str = typer.Option("0", help="comma-separated probe seeds"),
-          train_set: Optional[Path] = typer.Option(None, help="JSONL of RL problems {id,question,answer}"),
+          train_set: Optional[Path] = typer.Option(None, help="JSONL of RL problems (midprobe, GSM8K or MATH format)"),
           eval_set: Optional[Path] = typer.Option(None, help="JSONL of held-out problems"),
           toy: bool = typer.Option(False, help="use the toy world's probe/eval problems"),
           name: Optional[str] = typer.Option(None, help="name of this checkpoint sweep job"),
           parallel: int = typer.Option(2, help="probe runs at once"),
+          keep_policy: bool = typer.Option(False, help="keep each probe's final policy (HF dir under policy/)"),
           workspace: Path = typer.Option(Path("./midprobe-runs"), "--workspace", "-w")) -> None:
     """Probe HF checkpoints made anywhere (a checkpoint sweep job); no sweep file needed."""
     from pipelines.execute import run_plan
     from pipelines.plan import build_checkpoint_plan
     from pipelines.store import RunStore, stable_hash
     from pipelines.sweep import ExecutorSection, ProblemSet
-    from rl_probe.spec import PROBE_SPECS
 
-    if spec not in PROBE_SPECS:
-        raise InputError(f"--spec: unknown probe spec '{spec}' (known: {', '.join(sorted(PROBE_SPECS))})")
+    probe_spec = _resolve_spec(spec, set_fields)
     if toy == bool(train_set or eval_set) or (not toy and not (train_set and eval_set)):
         raise InputError("give --train-set and --eval-set (JSONL problem files), or --toy")
     for option, path in (("--train-set", train_set), ("--eval-set", eval_set)):
@@ -260,8 +261,8 @@ def probe(checkpoints: list[str] = typer.Argument(..., help="HF checkpoint direc
     sets = ((ProblemSet(toy_split="probe", n=512, difficulty=[2, 3]), ProblemSet(toy_split="eval", n=128, difficulty=[2, 3]))
             if toy else (ProblemSet(path=str(train_set.resolve())), ProblemSet(path=str(eval_set.resolve()))))
     job = name or f"probe-{stable_hash(sorted(str(p) for p in dirs.values()), 8)}"
-    the_plan = build_checkpoint_plan(job, dirs, PROBE_SPECS[spec], seed_list, *sets,
-                                     executor=probe_executor)
+    the_plan = build_checkpoint_plan(job, dirs, probe_spec, seed_list, *sets,
+                                     executor=probe_executor, keep_policy=keep_policy)
     store = RunStore(preflight.workspace(workspace.resolve()))
     run_plan(the_plan, store, console)
     typer.echo(_write_report_named(job, store, f"midprobe · checkpoints · {job}"))
@@ -494,18 +495,53 @@ def train_classifier(labelled: Path = typer.Argument(..., help="JSONL rows with 
     typer.echo(out)
 
 
+def _resolve_spec(spec: Optional[str], set_fields: Optional[list[str]]):
+    """The probe spec of the `probe` and `specs` commands: a name or YAML file, with --set overrides."""
+    import yaml
+    from pydantic import ValidationError
+
+    from rl_probe.spec import PROBE_SPECS, SpecSourceError, resolve_probe_spec
+
+    if spec is None:
+        raise InputError(f"--spec: give a probe spec, a shipped name ({', '.join(sorted(PROBE_SPECS))}) "
+                         f"or a YAML file")
+    overrides = {}
+    for item in set_fields or []:
+        field, sep, value = item.partition("=")
+        if not sep or not field:
+            raise InputError(f"--set: expected FIELD=VALUE, got '{item}'")
+        overrides[field.strip()] = yaml.safe_load(value)
+    try:
+        return resolve_probe_spec(spec, Path.cwd(), overrides)
+    except SpecSourceError as exc:
+        raise InputError(f"--spec: {exc}") from None
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(part) for part in err["loc"]) or "<root>"
+        msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+        raise InputError(f"--spec {spec}: {where}: {msg}") from None
+
+
 @app.command()
-def specs() -> None:
-    """List the shipped probe specs with their content hashes."""
+def specs(spec: Optional[str] = typer.Argument(None, help="show this spec's resolved fields: a name or YAML file"),
+          set_fields: Optional[list[str]] = typer.Option(None, "--set", help="FIELD=VALUE overrides, as for probe")) -> None:
+    """List the shipped probe specs with their content hashes, or show one spec in full."""
+    import yaml
+
     from rl_probe.spec import PROBE_SPECS
 
+    if spec is not None or set_fields:
+        resolved = _resolve_spec(spec, set_fields)
+        typer.echo(f"# content hash {resolved.content_hash()} (rankings compare runs with the same hash)")
+        typer.echo(yaml.safe_dump(resolved.model_dump(mode="json"), sort_keys=False, allow_unicode=True), nl=False)
+        return
     table = Table(title="probe specs", title_justify="left")
-    for col in ("name", "engine", "hash", "steps", "prompts × group", "lr", "max response"):
+    for col in ("name", "engine", "hash", "template", "steps", "prompts × group", "lr", "max prompt / response"):
         table.add_column(col)
     for spec in PROBE_SPECS.values():
-        table.add_row(spec.name, spec.engine, spec.content_hash(), str(spec.steps),
+        table.add_row(spec.name, spec.engine, spec.content_hash(), spec.template.name, str(spec.steps),
                       f"{spec.prompts_per_step} × {spec.group_size}", f"{spec.lr:g}",
-                      str(spec.max_response_length))
+                      f"{spec.max_prompt_length} / {spec.max_response_length}")
     out.print(table)
 
 

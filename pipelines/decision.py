@@ -31,7 +31,7 @@ from pipelines.plan import Plan, build_plan, fingerprint
 from pipelines.ranking import ProbeRun, Ranking, rank, run_scores
 from pipelines.results import SweepResults, collect
 from pipelines.store import RunStore, StageRun
-from pipelines.sweep import Sweep
+from pipelines.sweep import Sweep, probe_spec
 
 TARGET_SUFFIX = "--target"
 SLOPE_STEPS = 10  # early reward slope: least-squares slope of the training reward over these steps
@@ -49,10 +49,8 @@ def target_plan(sweep: Sweep, source: Path, multiplier: int, seeds: list[int],
     next problems of the toy eval split (or `eval_set`, a JSONL file), so that the probe and
     the target do not share the noise of one eval sample.
     """
-    from rl_probe.spec import get_probe_spec
-
     plan = build_plan(sweep, source)
-    spec = get_probe_spec(sweep.probe.spec)
+    spec = probe_spec(sweep, source)
     # the same number of evaluations as the short probe: a target costs `multiplier` times the
     # training, not also `multiplier` times the evaluation
     long_spec = spec.model_copy(update={

@@ -15,7 +15,7 @@ from typing import Any
 
 from midtrain.config import MidtrainSettings, phase_schedule, phase_warmup
 from pipelines.store import StageRun
-from pipelines.sweep import ExecutorSection, ProblemSet, StageMix, Sweep, resolve_path
+from pipelines.sweep import ExecutorSection, ProblemSet, StageMix, Sweep, probe_spec, resolve_path
 
 BASE_RECIPE = "base"  # the pseudo-recipe "no mid-training" used as the report's reference
 
@@ -109,11 +109,14 @@ class Plan:
                                   for (recipe, replica, _), run in self.probes.items()))
 
     def add_probes(self, recipe: str, checkpoint: StageRun, spec, seeds: list[int],
-                   engine_options: dict | None = None, replica: int | None = None) -> None:
+                   engine_options: dict | None = None, replica: int | None = None,
+                   keep_policy: bool = False) -> None:
         for seed in seeds:
             config = {"spec": spec.model_dump(mode="json"), "spec_hash": spec.content_hash(), "seed": seed}
             if spec.engine == "verl":  # GPUs, nodes, rollout engine: how verl lays the run out
                 config["engine_options"] = engine_options or {}
+            if keep_policy:  # the run's artifacts include the final policy (absent: the keys of before)
+                config["keep_policy"] = True
             run = stage_run("probe", config, {"checkpoint": checkpoint, "problems": self.problems},
                             label=f"probe {recipe}{_replica_label(replica)} seed {seed}")
             self.probes[(recipe, replica, seed)] = run
@@ -231,8 +234,6 @@ def build_plan(sweep: Sweep, source: Path) -> Plan:
                                         label=f"midtrain {rname} decay{_replica_label(replica)}"))
             midtrain[rname][replica] = stages
 
-    from rl_probe.spec import get_probe_spec
-
     plan = Plan(sweep.name, sweep.executor, problems, {}, sweep.curation_executor.model_dump(), base, midtrain)
     plan.role(problems, kind="problems")
     plan.role(tokenizer, kind="tokenizer")
@@ -244,7 +245,7 @@ def build_plan(sweep: Sweep, source: Path) -> Plan:
             for stage in stages:
                 plan.role(stage, kind="midtrain", recipe=rname, phase=stage.config["phase"],
                           replica=replica)
-    spec = get_probe_spec(probe_cfg.spec)
+    spec = probe_spec(sweep, source)
     # probes read the selected problems; curation decontaminates against the whole pool, so
     # how the probe picks its problems never re-keys curation or mid-training
     plan.problems = selection_run(problems, probe_cfg.train_set, probe_cfg.eval_set, probe_cfg.difficulty,
@@ -252,10 +253,12 @@ def build_plan(sweep: Sweep, source: Path) -> Plan:
                                         "target": list(probe_cfg.difficulty_target), "checkpoint": base})
     plan.role(plan.problems, kind="difficulty" if probe_cfg.difficulty == "auto" else "problems")
     if probe_cfg.include_base:
-        plan.add_probes(BASE_RECIPE, base, spec, probe_cfg.seeds, probe_cfg.verl)
+        plan.add_probes(BASE_RECIPE, base, spec, probe_cfg.seeds, probe_cfg.verl,
+                        keep_policy=probe_cfg.keep_policy)
     for recipe, replicas in midtrain.items():
         for replica, stages in replicas.items():
-            plan.add_probes(recipe, stages[-1], spec, probe_cfg.seeds, probe_cfg.verl, replica)
+            plan.add_probes(recipe, stages[-1], spec, probe_cfg.seeds, probe_cfg.verl, replica,
+                            probe_cfg.keep_policy)
     return plan
 
 
@@ -267,7 +270,9 @@ def problems_run(toy_world: dict, train_set: ProblemSet, eval_set: ProblemSet, h
     def source(problem_set: ProblemSet) -> dict:
         if problem_set.path:
             path = resolve_path(problem_set.path, here)
-            return {"path": str(path), "fingerprint": fingerprint(path)}
+            source = {"path": str(path), "fingerprint": fingerprint(path)}
+            # without a field mapping, the key is what it would be without mappings
+            return source if problem_set.fields is None else {**source, "fields": problem_set.fields.model_dump()}
         return {"toy_split": problem_set.toy_split, "n": problem_set.n}
 
     return stage_run("problems", {"toy_world": toy_world, "train_set": source(train_set),
@@ -294,12 +299,12 @@ def selection_run(pool: StageRun, train_set: ProblemSet, eval_set: ProblemSet, d
 
 def build_checkpoint_plan(name: str, checkpoints: dict[str, Path], spec, seeds: list[int],
                           train_set: ProblemSet, eval_set: ProblemSet, executor: ExecutorSection,
-                          toy_world: dict | None = None) -> Plan:
+                          toy_world: dict | None = None, keep_policy: bool = False) -> Plan:
     """A checkpoint sweep job: probe HF checkpoints made anywhere, no sweep file needed."""
     pool = problems_run(_resolved(toy_world or {}), train_set, eval_set, Path.cwd())
     plan = Plan(name, executor, selection_run(pool, train_set, eval_set, "fixed"), {})
     for run in (pool, plan.problems):
         plan.role(run, kind="problems")
     for label, path in checkpoints.items():
-        plan.add_probes(label, external(path, f"checkpoint {label}"), spec, seeds)
+        plan.add_probes(label, external(path, f"checkpoint {label}"), spec, seeds, keep_policy=keep_policy)
     return plan

@@ -2,7 +2,7 @@
 
 `validate`, `run`, `plan`, `probe` and `report` call these before any stage starts and before
 anything is written, so a typo or a broken file costs seconds instead of the upstream stages:
-source files exist and parse with their text field, problem sets carry the probe's fields,
+source files exist and parse with their text field, problem sets read as problems,
 the base is an architecture midprobe trains and its embedding fits the tokenizer, budgets
 buy at least one optimizer step, names are safe path components, the workspace can be written.
 Each problem is one line ``<field.path or file>: <what is wrong>``.
@@ -22,8 +22,6 @@ from pipelines.sweep import ExecutorSection, Sweep, resolve_path
 
 SAMPLE_LINES = 100  # of each source file: enough to find a wrong text field, cheap on a large corpus
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # a path component, never '.' or '..'
-# the probe reads these from every problem (rl_probe.embedded)
-PROBLEM_FIELDS = ("id", "question", "answer", "data_source")
 
 
 def check_sweep(sweep: Sweep, source: Path) -> list[str]:
@@ -135,7 +133,8 @@ def _problem_sets(sweep: Sweep, here: Path) -> list[str]:
         if problem_set.path:
             path = resolve_path(problem_set.path, here)
             if path.is_file():
-                errors += [f"probe.{field}.path: {line}" for line in problem_file_errors(path)]
+                errors += [f"probe.{field}.path: {line}" for line in problem_file_errors(
+                    path, problem_set.fields, need_levels=sweep.probe.difficulty == "auto")]
         elif levels is not None:
             unknown = sorted(set(problem_set.difficulty or []) - set(levels))
             if unknown:
@@ -144,30 +143,24 @@ def _problem_sets(sweep: Sweep, here: Path) -> list[str]:
     return errors
 
 
-def problem_file_errors(path: Path) -> list[str]:
-    """A problem set's file problems (at most one line): every line a JSON object with the probe's
-    fields, ids unique."""
-    ids: dict[str, int] = {}
+def problem_file_errors(path: Path, fields=None, need_levels: bool = False) -> list[str]:
+    """A problem set's file problems (at most one line), as the one problem-set reader sees it
+    (`data_recipes.problems`: midprobe's, GSM8K's or MATH's format, or mapped `fields`);
+    `need_levels`: difficulty control needs a level on its problems."""
+    from data_recipes.problems import ProblemFormatError, has_levels, read_problem_set
+
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        problems = read_problem_set(path, fields)
     except UnicodeDecodeError:
         return [f"{path}: not UTF-8 text"]
-    count = 0
-    for line_no, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        count += 1
-        try:
-            problem = json.loads(line)
-        except ValueError:
-            return [f"{path}: line {line_no} is not JSON"]
-        missing = [f for f in PROBLEM_FIELDS if not isinstance(problem, dict) or f not in problem]
-        if missing:
-            return [f"{path}: line {line_no} has no {', '.join(repr(f) for f in missing)}"]
-        if str(problem["id"]) in ids:
-            return [f"{path}: line {line_no} repeats id {problem['id']!r} of line {ids[str(problem['id'])]}"]
-        ids[str(problem["id"])] = line_no
-    return [] if count else [f"{path}: no problems"]
+    except ProblemFormatError as exc:
+        return [str(exc)]
+    if not problems:
+        return [f"{path}: no problems"]
+    if need_levels and not has_levels(problems):
+        return [f"{path}: no difficulty levels, and probe.difficulty: auto chooses among them (use difficulty: "
+                f"fixed, or give the problems a difficulty or level field)"]
+    return []
 
 
 def checkpoint_errors(path: Path, field: str) -> list[str]:

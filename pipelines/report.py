@@ -197,6 +197,24 @@ def _last(series: list[tuple[int, float]] | None) -> float | None:
     return series[-1][1] if series else None
 
 
+def _prompt_lengths(results: SweepResults) -> str:
+    """Which problems the probe kept: those whose prompt fits the spec's max_prompt_length."""
+    counts = {}
+    for run in results.probes:
+        prompts = results.probe_info[run.key].read_json("summary.json").get("prompts")
+        if prompts:  # the same for every checkpoint with one tokenizer; listed once per distinct count
+            key = tuple(prompts[split][kind] for split in ("train", "eval") for kind in ("dropped", "total"))
+            counts.setdefault(key, []).append(run.recipe)
+    if not counts:
+        return "Prompt lengths: not recorded by these probe runs."
+    limit = next(results.probe_info[r.key].manifest["config"]["spec"]["max_prompt_length"] for r in results.probes)
+    parts = [f"train {td} of {tt} dropped, eval {ed} of {et} dropped"
+             + (f" ({', '.join(sorted(set(recipes)))})" if len(counts) > 1 else "")
+             for (td, tt, ed, et), recipes in counts.items()]
+    return (f"Prompts longer than the spec's max_prompt_length ({limit} tokens) are left out of training and "
+            f"evaluation alike: {'; '.join(parts)}. Held-out numbers are over the eval problems kept.")
+
+
 def build(results: SweepResults, title: str, score: str = "auc_acc", samples: int = 2000,
           confidence: float = 0.95, n_rollouts: int = 3, decision=None) -> tuple[Doc, Ranking]:
     ranking = rank(results.probes, score=score, samples=samples, confidence=confidence)
@@ -236,6 +254,7 @@ def build(results: SweepResults, title: str, score: str = "auc_acc", samples: in
     _replica_section(doc, ranking)
 
     doc.heading("Probe")
+    doc.para(_prompt_lengths(results))
     doc.figure(_accuracy_figure(results, colors))
     doc.figure(_curves_figure(results, colors))
     passk = _passk_figure(results, colors)

@@ -9,7 +9,6 @@ stage packages do the work and know nothing of the run store.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -21,14 +20,17 @@ Metrics = Callable[[int, dict], None]
 
 
 def _problems(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metrics) -> None:
-    """The problem pool: a user file whole, or a toy set's n problems at every level."""
+    """The problem pool: a user file whole (GSM8K, MATH, mapped fields ... in midprobe's format),
+    or a toy set's n problems at every level."""
+    from data_recipes.problems import ProblemFields, read_problem_set, write_problem_set
     from data_recipes.toyworld import ToyWorld, ToyWorldConfig, write_problems
 
     world = ToyWorld(ToyWorldConfig(**run.config["toy_world"]))
     for name in ("train", "eval"):
         cfg = run.config[f"{name}_set"]
         if "path" in cfg:
-            shutil.copyfile(cfg["path"], out / f"{name}.jsonl")
+            fields = ProblemFields(**cfg["fields"]) if cfg.get("fields") else None
+            write_problem_set(read_problem_set(cfg["path"], fields), out / f"{name}.jsonl")
         else:  # n at every level, after the first `offset` of each (a long-run target's own
             # held-out eval set: a smaller n is a prefix of a larger one, so they are disjoint)
             skip = cfg.get("offset", 0)
@@ -113,14 +115,13 @@ def _probe(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metric
     if spec.content_hash() != run.config["spec_hash"]:  # the spec class itself changed meaning
         raise RuntimeError(f"probe spec '{spec.name}' no longer hashes to {run.config['spec_hash']}")
     # both engines write the same artifacts with verl's metric names (DESIGN: one vocabulary)
-    engine = run_probe_verl if spec.engine == "verl" else run_probe
+    if spec.engine == "verl":
+        engine, options = run_probe_verl, run.config.get("engine_options", {})
+    else:
+        engine, options = run_probe, {"keep_policy": run.config.get("keep_policy", False)}
     engine(hf_dir(inputs["checkpoint"]), spec, inputs["problems"] / "train.jsonl",
            inputs["problems"] / "eval.jsonl", seed=run.config["seed"], out_dir=out,
-           on_metrics=on_metrics, **run.config.get("engine_options", {}))
-
-
-def _read_problems(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+           on_metrics=on_metrics, **options)
 
 
 def _pick(pool: list[dict], levels: list[int] | None, n: int | None) -> list[dict]:
@@ -135,12 +136,17 @@ def _pick(pool: list[dict], levels: list[int] | None, n: int | None) -> list[dic
 
 def _select_problems(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metrics) -> None:
     cfg = run.config
-    pool = {name: _read_problems(inputs["pool"] / f"{name}.jsonl") for name in ("train", "eval")}
+    from rl_probe.prompts import load_problems
+
+    cfg = run.config
+    pool = {name: load_problems(inputs["pool"] / f"{name}.jsonl") for name in ("train", "eval")}
     levels = {name: cfg[f"{name}_set"]["levels"] for name in pool}
     if cfg["difficulty"] == "auto":
         from rl_probe.difficulty import choose_levels, pass_at_k_by_difficulty
         from rl_probe.spec import ProbeSpec
 
+        if any(p.get("difficulty") is None for p in pool["train"]):  # `validate` refuses such sweeps
+            raise ValueError("probe.difficulty: auto needs a difficulty level on every probe problem")
         measured = pass_at_k_by_difficulty(  # at the sets' levels if they name any
             hf_dir(inputs["checkpoint"]), _pick(pool["train"], levels["train"], None),
             ProbeSpec.model_validate(cfg["spec"]), k=cfg["k"])

@@ -9,6 +9,7 @@ turns every problem into a line ``<field.path>: <what is wrong>``.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from data_recipes.curate import CorpusConfig, ExecutorConfig
+from data_recipes.problems import ProblemFields
 from data_recipes.toyworld import ToyWorldConfig
 from midtrain.config import MidtrainSettings, Schedule, is_hf_dir, phase_schedule
 from pipelines.errors import InputError
@@ -91,7 +93,11 @@ class ProblemSet(_Strict):
     toy_split: Literal["train", "probe", "eval"] | None = None
     n: int = Field(default=256, gt=0)
     difficulty: list[int] | None = None
-    path: str | None = None
+    path: str | None = Field(default=None, description=(
+        "a JSONL problem set: midprobe's format, GSM8K's (question, answer with ####) or MATH's "
+        "(problem, solution, answer or the last \\boxed{}, level)"))
+    fields: ProblemFields | None = Field(default=None, description=(
+        "which record field holds what, for other formats: {question: prompt, answer: target, ...}"))
 
     @model_validator(mode="after")
     def _one_source(self) -> "ProblemSet":
@@ -101,13 +107,17 @@ class ProblemSet(_Strict):
 
 
 class ProbeSection(_Strict):
-    spec: str
+    spec: str | dict[str, Any] = Field(description=(
+        "a shipped probe spec's name (midprobe specs), a YAML file (relative to the sweep file), "
+        "{base: <name>, <field>: <value>, ...} (a shipped spec with fields replaced), or a full spec"))
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     train_set: ProblemSet
     eval_set: ProblemSet
     benchmarks: list[str] = Field(default_factory=list,
                                   description="extra JSONL benchmark files to decontaminate against")
     include_base: bool = Field(default=True, description="also probe the base without mid-training")
+    keep_policy: bool = Field(default=False, description=(
+        "keep each probe's final policy (an HF directory under policy/); resume state is dropped either way"))
     difficulty: Literal["auto", "fixed"] = Field(
         default="fixed", description="auto: keep the difficulty levels at which the base's pass@k "
                                      "lies in difficulty_target (SimpleRL-Zoo's difficulty control)")
@@ -236,7 +246,6 @@ def _schedule_errors(sweep: Sweep) -> list[str]:
 def cross_check(sweep: Sweep, source: Path) -> list[str]:
     """Checks that need more than one section, or a stage package's config model."""
     from midtrain.spec import MODEL_PRESETS
-    from rl_probe.spec import PROBE_SPECS
 
     errors: list[str] = []
     here = source.parent
@@ -272,10 +281,10 @@ def cross_check(sweep: Sweep, source: Path) -> list[str]:
     if sweep.tokenizer.path and not (resolve_path(sweep.tokenizer.path, here) / "tokenizer.json").is_file():
         errors.append(f"tokenizer.path: no tokenizer.json in {resolve_path(sweep.tokenizer.path, here)}")
 
-    if sweep.probe.spec not in PROBE_SPECS:
-        errors.append(f"probe.spec: unknown probe spec '{sweep.probe.spec}' "
-                      f"(known: {', '.join(sorted(PROBE_SPECS))})")
-    for field_name in ("train_set", "eval_set"):
+    spec = _check_probe_spec(sweep.probe.spec, here, errors)
+    if spec is not None and spec.template.chat:
+        errors += _chat_template_errors(sweep, spec.template.name, here)
+    for field_name in ("train_set", "eval_set"):  # their contents: preflight, with the problem-set reader
         problem_set = getattr(sweep.probe, field_name)
         if problem_set.path and not resolve_path(problem_set.path, here).is_file():
             errors.append(f"probe.{field_name}.path: file not found: {problem_set.path}")
@@ -285,6 +294,40 @@ def cross_check(sweep: Sweep, source: Path) -> list[str]:
     if not errors:  # the estimate needs a valid model and layout
         errors += _memory_errors(sweep, source)
     return errors
+
+
+def _check_probe_spec(value: str | dict, here: Path, errors: list[str]):
+    from rl_probe.spec import SpecSourceError, resolve_probe_spec
+
+    # field errors of a spec file name the file: probe.spec (my-spec.yaml).lr: ...
+    where = ("probe", f"spec ({value})") if isinstance(value, str) else ("probe", "spec")
+    try:
+        return resolve_probe_spec(value, here)
+    except ValidationError as exc:
+        errors.extend(_pydantic_errors(exc, where))
+    except SpecSourceError as exc:
+        errors.append(f"probe.spec: {exc}")
+    return None
+
+
+def _chat_template_errors(sweep: Sweep, template: str, here: Path) -> list[str]:
+    """A chat-template spec needs a tokenizer with a chat template (a toy tokenizer trained here has none)."""
+    directory = sweep.tokenizer.path or (sweep.base.hf_path if not sweep.tokenizer.train_on else None)
+    if directory is not None:
+        directory = resolve_path(directory, here)
+        config = directory / "tokenizer_config.json"
+        if ((directory / "chat_template.jinja").is_file() or (directory / "chat_template.json").is_file()
+                or (config.is_file() and "chat_template" in json.loads(config.read_text()))):
+            return []
+    return [f"probe.spec.template: {template!r} renders prompts with the tokenizer's chat template, and "
+            f"{directory or 'the tokenizer trained by this sweep'} has none"]
+
+
+def probe_spec(sweep: Sweep, source: Path):
+    """The sweep's probe spec, resolved (a validated sweep's spec always resolves)."""
+    from rl_probe.spec import resolve_probe_spec
+
+    return resolve_probe_spec(sweep.probe.spec, source.parent)
 
 
 def resolve_path(value: str, base_dir: Path) -> Path:

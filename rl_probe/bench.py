@@ -63,7 +63,7 @@ def measure(model: LlamaForCausalLM, stop_id: int, batch: int, new_tokens: int,
     padded, mask = left_pad(prompts, pad_id=0)
 
     def ours() -> int:
-        rollout = sample(model, prompts, max_new_tokens=new_tokens, eos_id=stop_id, pad_id=0,
+        rollout = sample(model, prompts, max_new_tokens=new_tokens, stop_ids=[stop_id], pad_id=0,
                          temperature=1.0, generator=torch.Generator().manual_seed(1))
         return int(rollout.response_lengths.sum())
 

@@ -32,12 +32,13 @@ def pass_at_k_by_difficulty(checkpoint: Path, problems: list[dict], spec: ProbeS
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rl_probe.embedded import Prompter, _generator, generate, pass_at_k
+    from rl_probe.embedded import _generator, generate, pass_at_k
+    from rl_probe.prompts import Prompter
     from rl_probe.reward import score
 
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
-    prompter = Prompter(tokenizer, spec)
+    prompter = Prompter(tokenizer, spec, model.generation_config.eos_token_id)
     by_level: dict[int, list[dict]] = defaultdict(list)
     for problem in problems:
         if len(by_level[problem["difficulty"]]) < per_level and prompter.fits(problem):
@@ -46,7 +47,7 @@ def pass_at_k_by_difficulty(checkpoint: Path, problems: list[dict], spec: ProbeS
     result = {}
     for level, chosen in sorted(by_level.items()):
         repeated = [p for p in chosen for _ in range(n)]
-        texts, _, _ = generate(model, prompter, [prompter.encode(prompter.prompt(p)) for p in repeated],
+        texts, _, _ = generate(model, prompter, [prompter.prompt_ids(p) for p in repeated],
                                max_new_tokens=spec.response_length_at(0), temperature=spec.temperature,
                                generator=_generator(seed, level, "difficulty"))
         correct = np.array([score(t, p["answer"], spec.reward_variant).acc for t, p in zip(texts, repeated)])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -26,13 +27,13 @@ from verl import DataProto
 from verl.trainer.ppo.core_algos import agg_loss, get_adv_estimator_fn, get_policy_loss_fn, kl_penalty
 from verl.trainer.ppo.metric_utils import compute_data_metrics
 
+from rl_probe.prompts import Prompter, problems_within_length
 from rl_probe.reward import RewardResult, boxed_first, has_reflection, score, warm_up_verifier
 from rl_probe.sampler import Rollout, sample, teacher_forced
 from rl_probe.spec import ProbeSpec
 from runfiles import METRICS_FILE, append_metrics, atomic_write, keep_metrics_through, read_metrics, replace_durably
 
 GENERATION_BATCH = 128  # sequences per sampler call in evaluation and profiling
-FEWSHOT_STOP = "\nQuestion:"  # a base model continues with the next few-shot example
 
 MetricsCallback = Callable[[int, dict], None]
 
@@ -45,20 +46,30 @@ def run_probe(
     seed: int,
     out_dir: Path,
     on_metrics: MetricsCallback | None = None,
+    keep_policy: bool = False,
 ) -> dict:
-    """Run (or resume) the probe of one HF checkpoint; returns the summary written to summary.json."""
+    """Run (or resume) the probe of one HF checkpoint; returns the summary written to summary.json.
+
+    While it runs, state/ holds the policy and optimizer a resume needs. A finished probe keeps
+    only the final policy, as an HF directory under policy/, when `keep_policy`; the optimizer
+    state (twice the model in AdamW) is dropped, so a probe's footprint is at most one model.
+    """
     if spec.engine != "embedded":
         raise ValueError(f"probe spec {spec.name!r} is for the {spec.engine!r} engine, not 'embedded'")
     out_dir = Path(out_dir)
+    if (out_dir / "summary.json").is_file():  # finished before a crash kept it from being published
+        summary = json.loads((out_dir / "summary.json").read_text())
+        if (summary["spec_hash"], summary["seed"]) != (spec.content_hash(), seed):
+            raise ValueError(f"{out_dir} holds a probe with another spec or seed; use a fresh out_dir")
+        return summary
     (out_dir / "rollouts").mkdir(parents=True, exist_ok=True)
     started = time.time()
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     reference = _frozen_copy(checkpoint) if spec.kl_coef > 0 else None
-    prompter = Prompter(tokenizer, spec)
-    train = [p for p in load_problems(train_set) if prompter.fits(p)]
-    evals = load_problems(eval_set)
+    prompter = Prompter(tokenizer, spec, model.generation_config.eos_token_id)
+    train, evals, prompt_counts = problems_within_length(prompter, train_set, eval_set)
     if len(train) < spec.prompts_per_step:
         raise ValueError(f"{train_set}: {len(train)} usable problems, the spec needs {spec.prompts_per_step} per step")
     warm_up_verifier()
@@ -74,7 +85,7 @@ def run_probe(
         _write_json(out_dir / "profile.json", profile)
         timings["profile_s"] += time.time() - t0
         t0 = time.time()
-        log.write(0, evaluate(model, prompter, evals, spec, seed, 0, out_dir))
+        log.write(0, {**evaluate(model, prompter, evals, spec, seed, 0, out_dir), **prompt_metrics(prompt_counts)})
         timings["eval_s"] += time.time() - t0
 
     actor_config = _actor_config(spec)
@@ -91,43 +102,24 @@ def run_probe(
             state.save(step, model, optimizer)
     timings["total_s"] = time.time() - started
 
-    summary = _summary(spec, seed, checkpoint, out_dir, timings)
+    if keep_policy:
+        model.save_pretrained(out_dir / "policy")
+        tokenizer.save_pretrained(out_dir / "policy")
+    summary = _summary(spec, seed, checkpoint, out_dir, timings, prompt_counts)
     _write_json(out_dir / "summary.json", summary)
+    state.drop()
     return summary
 
 
-# ---------------------------------------------------------------- problems and prompts
+# ---------------------------------------------------------------- prompt-length counts as metrics
 
 
-def load_problems(path: Path) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+def prompt_metrics(counts: dict) -> dict:
+    return {f"data/{split}_prompts_{kind}": counts[split][kind]
+            for split in ("train", "eval") for kind in ("kept", "dropped")}
 
 
-class Prompter:
-    """Renders the spec's template and tokenizes it as verl's rollout sees it (BOS only if the tokenizer has one)."""
-
-    def __init__(self, tokenizer, spec: ProbeSpec) -> None:
-        self.tokenizer = tokenizer
-        self.spec = spec
-        self.eos_id = tokenizer.eos_token_id
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
-
-    def encode(self, text: str) -> list[int]:
-        bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
-        return bos + self.tokenizer.encode(text, add_special_tokens=False)
-
-    def prompt(self, problem: dict) -> str:
-        return self.spec.render_prompt(problem["question"])
-
-    def fits(self, problem: dict) -> bool:
-        return len(self.encode(self.prompt(problem))) <= self.spec.max_prompt_length
-
-    def decode(self, rollout: Rollout) -> list[str]:
-        return [
-            self.tokenizer.decode(ids[mask], skip_special_tokens=True)
-            for ids, mask in zip(rollout.response_ids, rollout.response_mask)
-        ]
+# ---------------------------------------------------------------- random streams
 
 
 def _stream_seed(seed: int, step: int, purpose: str) -> int:
@@ -165,9 +157,9 @@ def grpo_step(model, reference, optimizer, prompter: Prompter, train: list[dict]
     max_new = spec.response_length_at(step)
     rollout = sample(
         model,
-        [prompter.encode(prompter.prompt(p)) for p in grouped],
+        [prompter.prompt_ids(p) for p in grouped],
         max_new_tokens=max_new,
-        eos_id=prompter.eos_id,
+        stop_ids=prompter.stop_ids,
         pad_id=prompter.pad_id,
         temperature=spec.temperature,
         top_p=spec.top_p,
@@ -306,11 +298,11 @@ def _frozen_copy(checkpoint: Path):
 
 def generate(model, prompter: Prompter, prompts: list[list[int]], *, max_new_tokens: int, temperature: float,
              generator: torch.Generator) -> tuple[list[str], list[int], list[bool]]:
-    """Texts, token lengths and EOS flags for many prompts, in sampler batches."""
+    """Texts, token lengths and stop flags for many prompts, in sampler batches."""
     texts, lengths, finished = [], [], []
     for start in range(0, len(prompts), GENERATION_BATCH):
         rollout = sample(model, prompts[start : start + GENERATION_BATCH], max_new_tokens=max_new_tokens,
-                         eos_id=prompter.eos_id, pad_id=prompter.pad_id, temperature=temperature,
+                         stop_ids=prompter.stop_ids, pad_id=prompter.pad_id, temperature=temperature,
                          top_p=prompter.spec.top_p, generator=generator)
         texts += prompter.decode(rollout)
         lengths += rollout.response_lengths.tolist()
@@ -323,7 +315,7 @@ def evaluate(model, prompter: Prompter, problems: list[dict], spec: ProbeSpec, s
     """val-core/<data_source>/{acc,reward}/mean@N on the eval set; writes rollouts/step_<N>.jsonl."""
     n = spec.eval_samples
     repeated = [p for p in problems for _ in range(n)]
-    prompt_texts = [prompter.prompt(p) for p in repeated]
+    prompt_texts = [prompter.render(p) for p in repeated]
     texts, lengths, finished = generate(
         model, prompter, [prompter.encode(t) for t in prompt_texts], max_new_tokens=spec.response_length_at(step),
         temperature=spec.eval_temperature, generator=_generator(seed, step, "eval"),
@@ -362,7 +354,7 @@ def base_profile(model, prompter: Prompter, train: list[dict], evals: list[dict]
     chosen = [train[i] for i in rng.choice(len(train), min(spec.profile_problems, len(train)), replace=False)]
     n = spec.passk_samples
     repeated = [p for p in chosen for _ in range(n)]
-    texts, _, _ = generate(model, prompter, [prompter.encode(prompter.prompt(p)) for p in repeated],
+    texts, _, _ = generate(model, prompter, [prompter.prompt_ids(p) for p in repeated],
                            max_new_tokens=spec.response_length_at(0), temperature=spec.temperature,
                            generator=_generator(seed, 0, "passk"))
     correct = np.array([score(t, p["answer"], spec.reward_variant).acc for t, p in zip(texts, repeated)])
@@ -381,7 +373,7 @@ def base_profile(model, prompter: Prompter, train: list[dict], evals: list[dict]
 
 def fewshot_accuracy(model, prompter: Prompter, train: list[dict], evals: list[dict], spec: ProbeSpec,
                      seed: int) -> dict:
-    """Greedy accuracy with fewshot_k worked examples (template + boxed answer) from the train split."""
+    """Greedy accuracy with fewshot_k solved examples (the template, then the boxed answer) from the train split."""
     rng = np.random.default_rng(_stream_seed(seed, 0, "fewshot"))
     limit = getattr(model.config, "max_position_embeddings", None) or 1 << 30
     max_new = spec.response_length_at(0)
@@ -389,8 +381,7 @@ def fewshot_accuracy(model, prompter: Prompter, train: list[dict], evals: list[d
     for problem in evals:
         shots = [train[i] for i in rng.choice(len(train), min(spec.fewshot_k, len(train)), replace=False)]
         while True:  # drop examples until the prompt and the answer fit the model's context
-            text = "".join(f"{prompter.prompt(s)} \\boxed{{{s['answer']}}}\n\n" for s in shots) + prompter.prompt(problem)
-            ids = prompter.encode(text)
+            ids = prompter.encode(prompter.render(problem, shots))
             if len(ids) + max_new <= limit or not shots:
                 break
             shots = shots[:-1]
@@ -399,7 +390,7 @@ def fewshot_accuracy(model, prompter: Prompter, train: list[dict], evals: list[d
                            generator=_generator(seed, 0, "fewshot-decode"))
     by_source = defaultdict(list)
     for problem, text in zip(evals, texts):
-        answer = text.split(FEWSHOT_STOP, 1)[0]
+        answer = text.split(prompter.fewshot_stop, 1)[0] if prompter.fewshot_stop else text
         by_source[problem["data_source"]].append(float(score(answer, problem["answer"], spec.reward_variant).acc))
     return {
         "k": spec.fewshot_k,
@@ -434,6 +425,10 @@ class CheckpointState:
         optimizer.load_state_dict(state["optimizer"])
         return state["step"]
 
+    def drop(self) -> None:
+        """A finished probe needs no resume state."""
+        shutil.rmtree(self.dir)
+
     def save(self, step: int, model, optimizer) -> None:
         final = self.dir / f"step_{step:06d}.pt"
         tmp = self.dir / f".{final.name}.tmp"
@@ -459,7 +454,8 @@ class MetricsLog:
             self.on_metrics(step, data)
 
 
-def _summary(spec: ProbeSpec, seed: int, checkpoint: Path, out_dir: Path, timings: dict) -> dict:
+def _summary(spec: ProbeSpec, seed: int, checkpoint: Path, out_dir: Path, timings: dict,
+             prompt_counts: dict) -> dict:
     rows = read_metrics(out_dir / METRICS_FILE)
     evals = {r["step"]: {k: v for k, v in r["data"].items() if k.startswith("val-core/")} for r in rows}
     evals = {step: values for step, values in evals.items() if values}
@@ -481,6 +477,7 @@ def _summary(spec: ProbeSpec, seed: int, checkpoint: Path, out_dir: Path, timing
         "final_train_score": train_steps[-1]["data"]["critic/score/mean"] if train_steps else None,
         "base_pass_at_k": profile["pass_at_k"],
         "base_fewshot_acc": profile["fewshot"]["acc"],
+        "prompts": prompt_counts,
         "timings": {
             **{k: round(v, 3) for k, v in timings.items()},
             "mean_step_s": float(np.mean([r["data"]["timing_s/step"] for r in train_steps])) if train_steps else 0.0,

@@ -16,14 +16,18 @@ import torch.nn.functional as F
 from verl.utils.torch_functional import entropy_from_logits
 
 
+# Llama and Qwen2 (Llama with biases on q, k and v) share one decoder layout
+DECODABLE = ("llama", "qwen2")
+
+
 @dataclass
 class Rollout:
     prompt_ids: torch.Tensor  # (B, P) left-padded with pad_id
     prompt_mask: torch.Tensor  # (B, P) bool, True on real prompt tokens
     response_ids: torch.Tensor  # (B, T) right-padded with pad_id after EOS / max length
-    response_mask: torch.Tensor  # (B, T) bool, True on generated tokens (EOS included)
+    response_mask: torch.Tensor  # (B, T) bool, True on generated tokens (the stop token included)
     log_probs: torch.Tensor  # (B, T) log p(token) under softmax(logits / temperature); 0 on padding
-    finished: torch.Tensor  # (B,) bool, True when the row emitted EOS
+    finished: torch.Tensor  # (B,) bool, True when the row emitted a stop token
 
     @property
     def response_lengths(self) -> torch.Tensor:
@@ -51,7 +55,7 @@ def sample(
     prompts: list[list[int]],
     *,
     max_new_tokens: int,
-    eos_id: int,
+    stop_ids: list[int],
     pad_id: int,
     temperature: float = 1.0,
     top_p: float = 1.0,
@@ -59,13 +63,17 @@ def sample(
 ) -> Rollout:
     """Sample one response per prompt. temperature == 0 decodes greedily (log-probs at temperature 1).
 
-    Prefill and decoding run `_Decoder` on the model's weights. Rows that
-    emitted EOS are dropped from the batch and the KV cache, so a rollout
+    A row ends with the first of `stop_ids` it emits (EOS, an end-of-turn token), which is
+    part of its response. Prefill and decoding run `_Decoder` on the model's weights. Rows that
+    emitted a stop token are dropped from the batch and the KV cache, so a rollout
     where most answers are short costs about what its tokens cost, not
     batch x max_new_tokens.
     """
-    if model.config.model_type != "llama":
-        raise ValueError(f"the sampler decodes Llama checkpoints, not {model.config.model_type!r}")
+    if model.config.model_type not in DECODABLE:
+        raise ValueError(f"the sampler decodes {' and '.join(DECODABLE)} checkpoints, not {model.config.model_type!r}")
+    if getattr(model.config, "use_sliding_window", False):
+        raise ValueError("sliding-window attention is not implemented in the sampler")
+    stop = torch.tensor(stop_ids, dtype=torch.long)
     prompt_ids, prompt_mask = left_pad(prompts, pad_id)
     batch, prompt_width = prompt_ids.shape
     decoder = _Decoder(model, prompt_mask, max_new_tokens)
@@ -80,7 +88,7 @@ def sample(
         token, token_log_prob = _draw(logits, temperature, top_p, generator)
         tokens[rows, t] = token
         log_probs[rows, t] = token_log_prob
-        done = token == eos_id
+        done = torch.isin(token, stop)
         finished_rows = int(done.sum())
         if t == max_new_tokens - 1 or finished_rows == len(rows):
             steps = t + 1
@@ -90,7 +98,7 @@ def sample(
             rows, token, next_position = rows[order], token[order], next_position[order]
         logits = decoder.step(token, next_position, column=prompt_width + t)
         next_position = next_position + 1
-    is_eos = tokens[:, :steps] == eos_id
+    is_eos = torch.isin(tokens[:, :steps], stop)
     finished = is_eos.any(-1)
     lengths = torch.where(finished, is_eos.int().argmax(-1) + 1, steps)
     width = int(lengths.max())

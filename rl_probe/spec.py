@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 LossAggMode = Literal[
     "token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"
@@ -23,6 +25,65 @@ RewardVariant = Literal["default", "wrong-half", "repetition", "single-box"]
 # metrics for the same spec, checkpoint and seed (part of every probe stage key; the spec's
 # content hash covers the spec itself).
 PROBE_CODE_VERSION = 1
+
+QUESTION = "{question}"  # where a template puts the problem's question
+
+
+class PromptTemplate(BaseModel):
+    """How a problem becomes the prompt: plain text, or a message in the checkpoint tokenizer's chat template.
+
+    Rendering (with the tokenizer: its BOS rule, its chat template) is `rl_probe.prompts`; this is
+    the part that belongs to the spec and its hash. `text` is the whole prompt (plain) or the user
+    message (chat); `{question}` is replaced literally, so LaTeX braces such as `\\boxed{}` need no
+    escaping.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = "custom"
+    text: str
+    chat: bool = False  # render through the checkpoint tokenizer's own chat template
+    system: str | None = None  # chat only: a system message (None: whatever the chat template does without one)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "PromptTemplate":
+        if QUESTION not in self.text:
+            raise ValueError(f"template text must contain {QUESTION}")
+        if self.system is not None and not self.chat:
+            raise ValueError("a system message needs chat: true (plain templates have no messages)")
+        return self
+
+    def body(self, question: str) -> str:
+        return self.text.replace(QUESTION, question)
+
+
+_BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+PROMPT_TEMPLATES: dict[str, PromptTemplate] = {
+    t.name: t
+    for t in (
+        # OctoThinker's probe template for base models (and the toy world's QA format)
+        PromptTemplate(name="question-answer", text="Question: {question}\nAnswer:"),
+        # SimpleRL-Zoo's "simple" prompt for Llama / Mistral base models (its `abel` prompt type)
+        PromptTemplate(name="simplerl-abel", text="Question:\n{question}\nAnswer:\nLet's think step by step.\n"),
+        # SimpleRL-Zoo's `qwen-boxed` prompt: literal ChatML whatever the tokenizer's own chat template
+        PromptTemplate(name="simplerl-qwen-boxed", text=(
+            "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+            f"<|im_start|>user\n{{question}}\n{_BOXED_INSTRUCTION}<|im_end|>\n<|im_start|>assistant\n")),
+        # Open-Reasoner-Zero's zero-RL template (playground/zero_setting_base.py); OctoThinker's `orz_base`
+        PromptTemplate(name="orz", text=(
+            "A conversation between User and Assistant. The User asks a question, and the Assistant solves it. "
+            "The Assistant first thinks about the reasoning process in the mind and then provides the User with "
+            "the answer. The reasoning process is enclosed within <think> </think> and answer is enclosed within "
+            "<answer> </answer> tags, respectively, i.e., <think> reasoning process here </think> <answer> answer "
+            "here </answer>. User: You must put your answer inside <answer> </answer> tags, i.e., <answer> answer "
+            "here </answer>. And your final answer will be extracted automatically by the \\boxed{} tag.\n"
+            "This is the problem:\n{question}\nAssistant: <think>")),
+        # the checkpoint tokenizer's own chat template, the question as the user message
+        PromptTemplate(name="chat", text="{question}", chat=True),
+        # ... with SimpleRL-Zoo's / Qwen-Math's boxed-answer instruction after the question
+        PromptTemplate(name="chat-boxed", text=f"{{question}}\n{_BOXED_INSTRUCTION}", chat=True),
+    )
+}
 
 
 class ProbeSpec(BaseModel):
@@ -59,9 +120,14 @@ class ProbeSpec(BaseModel):
     # rollout
     temperature: float = Field(default=1.0, gt=0)
     top_p: float = Field(default=1.0, gt=0, le=1)
-    template: str = "Question: {question}\nAnswer:"
+    # a name from PROMPT_TEMPLATES, a text with {question}, or a PromptTemplate's fields
+    template: PromptTemplate = PROMPT_TEMPLATES["question-answer"]
     reward_variant: RewardVariant = "default"
     max_prompt_length: int = Field(ge=1)
+    # Problems whose prompt is longer than max_prompt_length are dropped from the train and eval
+    # sets alike (counted in the stage log, metrics and report); a probe refuses to start when a
+    # larger share than this of either set would be dropped.
+    max_prompt_drop_share: float = Field(default=0.1, ge=0, le=1)
     max_response_length: int = Field(ge=1)
     # {first_step: max_response_length}; the entry with the largest key <= step wins.
     length_schedule: dict[int, int] | None = None
@@ -78,14 +144,24 @@ class ProbeSpec(BaseModel):
     profile_problems: int = Field(default=32, ge=1)
     fewshot_k: int = Field(default=4, ge=0)
 
+    @field_validator("template", mode="before")
+    @classmethod
+    def _named_template(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if value in PROMPT_TEMPLATES:
+                return PROMPT_TEMPLATES[value]
+            if QUESTION not in value:
+                raise ValueError(f"unknown template {value!r}: give a name ({', '.join(PROMPT_TEMPLATES)}) "
+                                 f"or a text containing {QUESTION}")
+            return PromptTemplate(text=value)
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> "ProbeSpec":
         if self.prompts_per_step % self.mini_batch_prompts:
             raise ValueError("prompts_per_step must be a multiple of mini_batch_prompts")
         if self.eval_temperature == 0 and self.eval_samples != 1:
             raise ValueError("greedy evaluation (eval_temperature=0) is deterministic: eval_samples must be 1")
-        if "{question}" not in self.template:
-            raise ValueError("template must contain {question}")
         if not self.passk_ks or min(self.passk_ks) < 1:
             raise ValueError("passk_ks must be positive")
         if self.length_schedule is not None and 0 not in self.length_schedule:
@@ -105,9 +181,6 @@ class ProbeSpec(BaseModel):
     @property
     def longest_response(self) -> int:
         return max((self.length_schedule or {}).values(), default=self.max_response_length)
-
-    def render_prompt(self, question: str) -> str:
-        return self.template.format(question=question)
 
     def content_hash(self) -> str:
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
@@ -217,8 +290,82 @@ PROBE_SPECS["toy-cpu-v4"] = PROBE_SPECS["toy-cpu-v3"].model_copy(update={"name":
 PROBE_SPECS["toy-cpu-v5"] = PROBE_SPECS["toy-cpu-v4"].model_copy(update={"name": "toy-cpu-v5", "bypass_mode": True})
 
 
+# A real pretrained model on CPU: SmolLM2-135M-Instruct (30 layers, 49k vocab) in its own chat
+# template with the boxed-answer instruction. 32 rollouts of <= 256 tokens a step (a training step
+# on 32 x ~190 tokens costs ~40 s on 2 cores); lr for a 135M model with small batches (verl's
+# 1e-6 is for batches of 128 x 16 and hundreds of steps); greedy held-out evaluation.
+PROBE_SPECS["smollm2-cpu-v1"] = ProbeSpec(
+    name="smollm2-cpu-v1",
+    engine="embedded",
+    template="chat-boxed",
+    group_size=8,
+    prompts_per_step=4,
+    mini_batch_prompts=4,
+    lr=5e-6,
+    bypass_mode=True,
+    max_prompt_length=256,
+    max_response_length=256,
+    steps=20,
+    eval_every=5,
+    eval_samples=1,
+    eval_temperature=0.0,
+    checkpoint_every=5,
+    passk_ks=(1, 2, 4, 8),
+    profile_problems=16,
+    fewshot_k=2,
+)
+
+
 def get_probe_spec(name: str) -> ProbeSpec:
     try:
         return PROBE_SPECS[name]
     except KeyError:
         raise KeyError(f"unknown probe spec {name!r}; known: {sorted(PROBE_SPECS)}") from None
+
+
+class SpecSourceError(ValueError):
+    """A probe spec that cannot be resolved: an unknown name, a missing or unreadable file."""
+
+
+def resolve_probe_spec(value: str | dict, base_dir: Path | None = None,
+                       overrides: dict[str, Any] | None = None) -> ProbeSpec:
+    """A probe spec from what a user writes: a shipped name, a YAML file, or a mapping.
+
+    A mapping is either a full spec or `{base: <shipped name>, <field>: <value>, ...}` (the shipped
+    spec with those fields replaced; named `<base>+<fields>` unless it sets `name`). A YAML file
+    holds such a mapping. `overrides` apply on top (the `probe` command's `--set`). Raises
+    `SpecSourceError`, or pydantic's ValidationError whose locations are the spec's field paths.
+    """
+    if isinstance(value, str):
+        if value in PROBE_SPECS and not overrides:
+            return PROBE_SPECS[value]
+        if value in PROBE_SPECS:
+            value = {"base": value}
+        else:
+            value = _spec_file(value, base_dir)
+    if not isinstance(value, dict):
+        raise SpecSourceError(f"expected a spec name, a YAML file or a mapping, got {type(value).__name__}")
+    fields = {**value, **(overrides or {})}
+    base = fields.pop("base", None)
+    if base is None:
+        return ProbeSpec.model_validate(fields)
+    if base not in PROBE_SPECS:
+        raise SpecSourceError(f"base: unknown probe spec {base!r} (known: {', '.join(sorted(PROBE_SPECS))})")
+    derived = {"name": f"{base}+{','.join(sorted(fields))}", **fields} if fields else {}
+    return ProbeSpec.model_validate({**PROBE_SPECS[base].model_dump(), **derived})
+
+
+def _spec_file(value: str, base_dir: Path | None) -> dict:
+    path = Path(value).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    if not path.is_file():
+        raise SpecSourceError(f"unknown probe spec {value!r} (known: {', '.join(sorted(PROBE_SPECS))}; "
+                              f"or the path of a YAML spec file)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SpecSourceError(f"{path}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise SpecSourceError(f"{path}: a probe spec file must be a YAML mapping")
+    return data

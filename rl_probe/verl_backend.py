@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -30,32 +31,29 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import AutoTokenizer
 
 from rl_probe import verl_reward
-from rl_probe.embedded import MetricsCallback, Prompter, behaviour_metrics, load_problems
+from rl_probe.embedded import MetricsCallback, behaviour_metrics
+from rl_probe.prompts import Prompter, problems_within_length
 from rl_probe.reward import RewardResult, score
 from rl_probe.spec import ProbeSpec
 from runfiles import METRICS_FILE, atomic_write, read_jsonl, read_metrics
 
 VERL_CONFIG_DIR = Path(verl.__file__).parent / "trainer" / "config"
 REWARD_MODULE = Path(verl_reward.__file__)
-# verl renders prompts with the tokenizer's chat template; a base model has none,
-# so the template passes the single user message through untouched.
+# verl renders prompts with a chat template. The parquet's single user message is the prompt as
+# rl_probe.prompts rendered it (BOS and any chat markup included), so verl's template passes it
+# through untouched and both engines tokenize the same text.
 PASS_THROUGH_TEMPLATE = '{% for message in messages %}{{ message["content"] }}{% endfor %}'
-
-
-def chat_template(tokenizer) -> str:
-    """Pass-through chat template; starts with BOS when the tokenizer has one, as our sampler's prompts do."""
-    return ("{{ bos_token }}" if tokenizer.bos_token is not None else "") + PASS_THROUGH_TEMPLATE
 
 
 # ---------------------------------------------------------------- data
 
 
-def verl_rows(problems: list[dict], spec: ProbeSpec, split: str) -> list[dict]:
-    """verl's RL dataset rows: the fully rendered template as the only user message."""
+def verl_rows(problems: list[dict], prompter: Prompter, split: str) -> list[dict]:
+    """verl's RL dataset rows: the fully rendered prompt as the only user message."""
     return [
         {
             "data_source": p["data_source"],
-            "prompt": [{"role": "user", "content": spec.render_prompt(p["question"])}],
+            "prompt": [{"role": "user", "content": prompter.render(p)}],
             "ability": "math",
             "reward_model": {"style": "rule", "ground_truth": str(p["answer"])},
             "extra_info": {"index": i, "split": split, "id": p["id"], "difficulty": p.get("difficulty")},
@@ -64,9 +62,9 @@ def verl_rows(problems: list[dict], spec: ProbeSpec, split: str) -> list[dict]:
     ]
 
 
-def write_parquet(problems: list[dict], spec: ProbeSpec, path: Path, split: str) -> Path:
+def write_parquet(problems: list[dict], prompter: Prompter, path: Path, split: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(verl_rows(problems, spec, split)).to_parquet(path, index=False)
+    pd.DataFrame(verl_rows(problems, prompter, split)).to_parquet(path, index=False)
     return path
 
 
@@ -81,7 +79,6 @@ def hydra_overrides(
     val_file: Path,
     out_dir: Path,
     seed: int,
-    tokenizer,
     attempt: int = 0,
     n_gpus_per_node: int = 8,
     nnodes: int = 1,
@@ -114,7 +111,7 @@ def hydra_overrides(
         "data.truncation": "error",
         "data.seed": seed,
         "actor_rollout_ref.model.path": str(model_path),
-        "actor_rollout_ref.model.custom_chat_template": chat_template(tokenizer),
+        "actor_rollout_ref.model.custom_chat_template": PASS_THROUGH_TEMPLATE,
         f"{actor}.strategy": "fsdp",
         f"{actor}.optim.lr": spec.lr,
         f"{actor}.optim.weight_decay": spec.weight_decay,
@@ -207,15 +204,18 @@ def prepare_verl_probe(checkpoint: Path, spec: ProbeSpec, train_set: Path, eval_
     """
     out_dir = Path(out_dir)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    prompter = Prompter(tokenizer, spec)
-    train = [p for p in load_problems(train_set) if prompter.fits(p)]
-    train_file = write_parquet(train, spec, out_dir / "data" / "train.parquet", "train")
-    val_file = write_parquet(load_problems(eval_set), spec, out_dir / "data" / "val.parquet", "val")
+    generation = Path(checkpoint) / "generation_config.json"
+    generation_eos = json.loads(generation.read_text()).get("eos_token_id") if generation.is_file() else None
+    prompter = Prompter(tokenizer, spec, generation_eos)
+    train, evals, prompt_counts = problems_within_length(prompter, train_set, eval_set)
+    train_file = write_parquet(train, prompter, out_dir / "data" / "train.parquet", "train")
+    val_file = write_parquet(evals, prompter, out_dir / "data" / "val.parquet", "val")
+    (out_dir / "data" / "prompts.json").write_text(json.dumps(prompt_counts, indent=2) + "\n")
     logs = out_dir / "verl_logs"
     logs.mkdir(parents=True, exist_ok=True)
     attempt = len(list(logs.glob("attempt_*.jsonl")))
     overrides = hydra_overrides(spec, model_path=checkpoint, train_file=train_file, val_file=val_file,
-                                out_dir=out_dir, seed=seed, tokenizer=tokenizer, attempt=attempt, **cluster)
+                                out_dir=out_dir, seed=seed, attempt=attempt, **cluster)
     config = compose_config(overrides)
     OmegaConf.save(config, out_dir / "verl_config.yaml")
     log_path = logs / f"attempt_{attempt:03d}.jsonl"
@@ -229,10 +229,16 @@ def prepare_verl_probe(checkpoint: Path, spec: ProbeSpec, train_set: Path, eval_
 
 def run_probe_verl(checkpoint: Path, spec: ProbeSpec, train_set: Path, eval_set: Path, seed: int, out_dir: Path,
                    on_metrics: MetricsCallback | None = None, **cluster) -> dict:
-    """Run the probe with verl's trainer (GPU machines), then write the embedded engine's artifacts."""
+    """Run the probe with verl's trainer (GPU machines), then write the embedded engine's artifacts.
+
+    verl's checkpoints under state/ (actor and optimizer shards) serve its resume only; a finished
+    probe drops them, as the embedded engine does.
+    """
     launch = prepare_verl_probe(checkpoint, spec, train_set, eval_set, seed, out_dir, **cluster)
     subprocess.run(launch.command, env={**os.environ, **launch.env}, check=True)
-    return import_verl_run(out_dir, spec, seed, checkpoint, on_metrics)
+    summary = import_verl_run(out_dir, spec, seed, checkpoint, on_metrics)
+    shutil.rmtree(Path(out_dir) / "state", ignore_errors=True)
+    return summary
 
 
 # ---------------------------------------------------------------- read-back
@@ -292,6 +298,7 @@ def import_verl_run(out_dir: Path, spec: ProbeSpec, seed: int, checkpoint: Path,
                                    if "critic/score/mean" in r["data"]), None),
         "base_pass_at_k": None,  # the step-0 profile is the embedded engine's (run it on one GPU)
         "base_fewshot_acc": None,
+        "prompts": _read_json(out_dir / "data" / "prompts.json"),
     }
     atomic_write(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
@@ -312,3 +319,7 @@ def _write_rollouts(validation_dump: Path, path: Path, step: int, spec: ProbeSpe
                      "prompt": row["input"], "response": row["output"], "reward": row["score"],
                      "acc": result.acc, "pred": result.pred})
     atomic_write(path, "".join(json.dumps(row) + "\n" for row in rows))
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -66,6 +66,27 @@ def test_toy_corpus_round_trips_through_megatron(env):
     assert summary["shards"][0]["documents"] == len(decoded)
 
 
+def test_documents_get_bos_and_eos_as_a_tokenizer_that_differs_says(env, tmp_path):
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    from data_recipes.tokenizer import document_special_tokens
+    from rl_probe.prompts import leading_special_ids
+    from test_probe_helpers import llama_style_tokenizer
+
+    texts = [d["text"] for d in env["world"].documents("qa_cot", 300)]
+    tok = llama_style_tokenizer(tmp_path / "llama-tok", texts, vocab_size=384)
+    assert document_special_tokens(tmp_path / "llama-tok") == ("<s>", "</s>")
+    assert tok.convert_ids_to_tokens(leading_special_ids(tok)) == ["<s>"]  # what the probe's prompts start with
+    corpus = CorpusConfig(source={"type": "toy", "kind": "qa_cot", "docs": 60})
+    summary = curate_corpus(corpus, tmp_path / "llama-tok", [], tmp_path / "out", ExecutorConfig(), toy_world=WORLD)
+    curated = _jsonl(tmp_path / "out" / "curated")
+    dataset = IndexedDataset(str(tmp_path / "out" / summary["prefixes"][0]))
+    assert len(dataset) == len(curated) > 50
+    for i, doc in enumerate(curated):
+        expected = tok(doc["text"], add_special_tokens=False)["input_ids"]
+        assert dataset[i].tolist() == [tok.bos_token_id, *expected, tok.eos_token_id]
+
+
 def _near_copy(text: str, rng: random.Random) -> str:
     words = text.split(" ")
     i = rng.choice([i for i, w in enumerate(words) if w.isalpha() and len(w) > 3])

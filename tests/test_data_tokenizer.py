@@ -4,7 +4,7 @@ import json
 
 from transformers import AutoTokenizer
 
-from data_recipes.tokenizer import EOS_TOKEN, train_tokenizer
+from data_recipes.tokenizer import EOS_TOKEN, document_special_tokens, train_tokenizer
 from data_recipes.toyworld import CORPUS_KINDS, ToyWorld
 
 
@@ -23,9 +23,12 @@ def test_tokenizer_round_trip_digits_and_autotokenizer(tmp_path):
     assert len(tok) == 320
     assert tok.eos_token == EOS_TOKEN and tok.pad_token_id == tok.eos_token_id == tok.convert_tokens_to_ids(EOS_TOKEN)
     text = "Question: Tom has 17 apples. He gets 5 more.\nAnswer: 17 + 5 = 22. The answer is \\boxed{22}."
-    ids = tok(text)["input_ids"]
-    assert tok.eos_token_id not in ids  # no special tokens are added implicitly
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert tok.eos_token_id not in ids
     assert tok.decode(ids) == text
+    # it adds its BOS, which is its EOS: a prompt starts as every document does in the Megatron data
+    assert tok(text)["input_ids"] == [tok.eos_token_id] + ids
+    assert document_special_tokens(out) == (None, EOS_TOKEN)  # ... so curation writes it once, as EOS
     pieces = tok.convert_ids_to_tokens(tok("x 1234567890 = 2026")["input_ids"])
     digits = [p for p in pieces if any(c.isdigit() for c in p)]
     assert digits == list("1234567890") + list("2026")

@@ -15,6 +15,7 @@ SHAPES = {
     "untied-mha": dict(num_attention_heads=4, num_kv_heads=4, tie_embeddings=False),
     "tied-mqa-llama3-rope": dict(num_attention_heads=4, num_kv_heads=1, tie_embeddings=True,
                                  rope_scaling=RopeScaling(factor=8.0)),
+    "qwen2-tied-gqa": dict(num_attention_heads=4, num_kv_heads=2, tie_embeddings=True, qkv_bias=True),
 }
 
 
@@ -32,13 +33,14 @@ def random_spec(**shape) -> ModelSpec:
 
 
 def random_hf_model(spec: ModelSpec, seed: int):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    hf = LlamaForCausalLM(LlamaConfig(**spec.to_hf_config()))
-    with torch.no_grad():  # non-trivial norms so a swapped norm would show
+    cfg = spec.to_hf_config()
+    hf = AutoModelForCausalLM.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg))
+    with torch.no_grad():  # non-trivial norms and biases so a swapped norm or bias would show
         for name, p in hf.named_parameters():
-            if "norm" in name:
+            if "norm" in name or name.endswith(".bias"):
                 p.add_(torch.randn_like(p) * 0.3)
     return hf.eval()
 
@@ -107,8 +109,9 @@ def test_export_loads_with_auto_model_and_generates(tmp_path):
     assert all(torch.equal(weights_back[k], v) for k, v in megatron_weights(mc).items())
 
 
-def test_cli_conversions_round_trip_through_a_megatron_checkpoint(tmp_path):
-    spec = random_spec(**SHAPES["untied-gqa"])
+@pytest.mark.parametrize("shape", ["untied-gqa", "qwen2-tied-gqa"])
+def test_cli_conversions_round_trip_through_a_megatron_checkpoint(tmp_path, shape):
+    spec = random_spec(**SHAPES[shape])
     hf = random_hf_model(spec, seed=4)
     hf.save_pretrained(tmp_path / "hf_in")
     hf_to_megatron_checkpoint(tmp_path / "hf_in", tmp_path / "mc")
@@ -117,3 +120,7 @@ def test_cli_conversions_round_trip_through_a_megatron_checkpoint(tmp_path):
     spec_after, after = import_hf(tmp_path / "hf_out")
     assert spec_after == spec
     assert all(torch.equal(before[k], after[k]) for k in before)
+    if spec.qkv_bias:  # a Qwen2 checkpoint comes back as one
+        from transformers import AutoConfig
+
+        assert AutoConfig.from_pretrained(tmp_path / "hf_out").architectures == ["Qwen2ForCausalLM"]

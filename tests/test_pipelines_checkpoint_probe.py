@@ -39,8 +39,10 @@ def checkpoints(tmp_path_factory):
 def test_probe_external_checkpoints_by_glob(checkpoints, tmp_path):
     root, dirs = checkpoints
     workspace = tmp_path / "ws"
+    # a user-defined spec: a shipped one with a field replaced
     cmd = [sys.executable, "-m", "pipelines.cli", "probe", str(root / "run7" / "step_*"), "--spec", "toy-smoke-v1",
-           "--toy", "--seeds", "0,1", "--name", "run7", "--workspace", str(workspace)]
+           "--set", "max_response_length=10", "--toy", "--seeds", "0,1", "--name", "run7",
+           "--workspace", str(workspace)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "WANDB_MODE": "offline", "MIDPROBE_WANDB": "0"})
     assert result.returncode == 0, result.stderr[-3000:]
@@ -48,6 +50,11 @@ def test_probe_external_checkpoints_by_glob(checkpoints, tmp_path):
     assert result.stdout.strip().splitlines()[-1] == str(report.with_suffix(".html"))
     ranking = report.read_text().split("## Ranking", 1)[1].split("## Probe", 1)[0]
     assert "step_0" in ranking and "step_100" in ranking
+    assert "probe spec **toy-smoke-v1+max_response_length**" in report.read_text()
+    assert ("Prompts longer than the spec's max_prompt_length (64 tokens) are left out of training and evaluation "
+            "alike: train 0 of 512 dropped, eval 0 of 128 dropped.") in report.read_text()
+    # finished probes keep no resume state (no --keep-policy: no policy either)
+    assert not list(workspace.glob("probe/*/state")) and not list(workspace.glob("probe/*/policy"))
     assert len(list(workspace.glob("probe/*/manifest.json"))) == 4  # 2 checkpoints x 2 seeds
 
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
@@ -56,10 +63,17 @@ def test_probe_external_checkpoints_by_glob(checkpoints, tmp_path):
 
 
 def test_probe_rejects_a_directory_that_is_not_a_checkpoint(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "pipelines.cli", "probe", str(tmp_path), "--toy",
+                             "--spec", "toy-smoke-v1"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"{tmp_path}: not an HF checkpoint directory (config.json missing)"
+
+
+def test_probe_asks_for_a_spec(tmp_path):
     result = subprocess.run([sys.executable, "-m", "pipelines.cli", "probe", str(tmp_path), "--toy"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
-    assert result.stderr.strip() == f"{tmp_path}: not an HF checkpoint directory (config.json missing)"
+    assert result.stderr.startswith("--spec: give a probe spec, a shipped name (")
 
 
 def test_checkpoints_are_labelled_by_what_tells_their_paths_apart(tmp_path):

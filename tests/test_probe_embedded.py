@@ -37,7 +37,8 @@ def inputs(tmp_path_factory):
 
 def _run(inputs, out_dir, seed=0, spec=SMOKE, on_metrics=None):
     checkpoint, train, evals = inputs
-    return run_probe(checkpoint, spec, train, evals, seed=seed, out_dir=out_dir, on_metrics=on_metrics)
+    return run_probe(checkpoint, spec, train, evals, seed=seed, out_dir=out_dir, on_metrics=on_metrics,
+                     keep_policy=True)
 
 
 def _stable(rows):
@@ -46,8 +47,9 @@ def _stable(rows):
 
 
 def _final_weights(out_dir: Path):
-    (state,) = sorted((out_dir / "state").glob("step_*.pt"))
-    return torch.load(state, weights_only=False)["model"]
+    from safetensors.torch import load_file
+
+    return load_file(out_dir / "policy" / "model.safetensors")
 
 
 def _assert_same_weights(a, b):
@@ -86,6 +88,12 @@ def test_artifacts_and_metric_names(reference_run):
     assert passk == sorted(passk) and 0 <= passk[0] and passk[-1] <= 1
     assert set(profile["fewshot"]["acc_by_source"]) == {"toy/eval-a", "toy/eval-b"}
     assert summary == json.loads((out / "summary.json").read_text())
+    # a finished probe keeps its final policy (asked for here) and no resume state
+    assert not (out / "state").exists() and (out / "policy" / "config.json").is_file()
+    assert summary["prompts"] == {"max_prompt_length": SMOKE.max_prompt_length,
+                                  "train": {"total": 48, "kept": 48, "dropped": 0},
+                                  "eval": {"total": 10, "kept": 10, "dropped": 0}}
+    assert rows[0]["data"]["data/train_prompts_kept"] == 48 and rows[0]["data"]["data/eval_prompts_dropped"] == 0
     assert summary["spec_hash"] == SMOKE.content_hash() and summary["final_step"] == SMOKE.steps
     assert summary["base_pass_at_k"] == profile["pass_at_k"]
     assert set(summary["evals"]) == {str(s) for s in eval_steps}
@@ -156,7 +164,7 @@ from rl_probe.embedded import run_probe
 from rl_probe.spec import get_probe_spec
 spec = get_probe_spec("toy-smoke-v1").model_copy(update={"steps": 12, "checkpoint_every": 3})
 ckpt, train, evals, out = map(Path, sys.argv[1:5])
-run_probe(ckpt, spec, train, evals, seed=0, out_dir=out)
+run_probe(ckpt, spec, train, evals, seed=0, out_dir=out, keep_policy=True)
 """
 
 
@@ -190,3 +198,30 @@ def test_bypass_mode_reuses_the_rollouts_log_probs(inputs, reference_run, tmp_pa
     assert bypassed["critic/score/mean"] == recomputed["critic/score/mean"]
     for name in ("actor/pg_loss", "actor/ppo_kl", "actor/pg_clipfrac", "actor/grad_norm"):
         assert bypassed[name] == pytest.approx(recomputed[name], abs=1e-4), name
+
+
+def test_prompts_over_the_length_limit_are_dropped_from_train_and_eval_and_counted(inputs, tmp_path, capsys):
+    checkpoint, _, _ = inputs
+    long = "What is 2 plus 3, given that " + "we are counting apples and pears and plums " * 8 + "?"
+    train = make_problems(40, seed=21) + [dict(p, question=long) for p in make_problems(2, seed=22)]
+    evals = make_problems(9, seed=23) + [dict(make_problems(1, seed=24)[0], question=long)]
+    train_file = write_jsonl(train, tmp_path / "train.jsonl")
+    eval_file = write_jsonl(evals, tmp_path / "eval.jsonl")
+    spec = SMOKE.model_copy(update={"steps": 1, "eval_every": 1})
+    summary = run_probe(checkpoint, spec, train_file, eval_file, seed=0, out_dir=tmp_path / "out")
+    assert summary["prompts"]["train"] == {"total": 42, "kept": 40, "dropped": 2}
+    assert summary["prompts"]["eval"] == {"total": 10, "kept": 9, "dropped": 1}
+    assert "dropped 2 of 42 train and 1 of 10 eval problems" in capsys.readouterr().out  # the stage log
+    step0 = read_metrics(tmp_path / "out" / "metrics.jsonl")[0]["data"]
+    assert (step0["data/train_prompts_dropped"], step0["data/eval_prompts_kept"]) == (2, 9)
+    rollouts = (tmp_path / "out" / "rollouts" / "step_0.jsonl").read_text().splitlines()
+    assert len(rollouts) == 9 * spec.eval_samples  # eval numbers are over the kept problems
+    assert not (tmp_path / "out" / "state").exists() and not (tmp_path / "out" / "policy").exists()
+
+    from rl_probe.prompts import PromptLengthError
+
+    strict = spec.model_copy(update={"max_prompt_drop_share": 0.05})
+    with pytest.raises(PromptLengthError, match=r"eval set .*: 1 of 10 prompts \(10%\) are longer than "
+                                                r"max_prompt_length=64 tokens .* allows 5%"):
+        run_probe(checkpoint, strict, train_file, eval_file, seed=0, out_dir=tmp_path / "strict")
+    assert not (tmp_path / "strict" / "metrics.jsonl").exists()  # refused before any work

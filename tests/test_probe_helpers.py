@@ -96,3 +96,44 @@ def _sft(model: LlamaForCausalLM, tokenizer, steps: int) -> None:
         loss.backward()
         optim.step()
     model.eval()
+
+
+CHATML = ("{{ bos_token }}{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def llama_style_tokenizer(out_dir: Path, texts: list[str] | None = None, vocab_size: int = 300) -> PreTrainedTokenizerFast:
+    """A tokenizer as Llama's are: BOS `<s>` added before every text, EOS `</s>`, which differ, plus a
+    ChatML chat template whose turns end with `<|im_end|>`."""
+    from tokenizers.processors import TemplateProcessing
+
+    specials = ["<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+    texts = texts or [_qa_text(p).replace(EOS, "") for p in make_problems(400, seed=99)]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="</s>",
+                                 chat_template=CHATML)
+    hf.save_pretrained(out_dir)
+    return hf
+
+
+def random_checkpoint(out_dir: Path, tokenizer, seed: int = 0, **config) -> Path:
+    """A random-init tiny Llama (or, with `model_type="qwen2"`, Qwen2) saved with `tokenizer`."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    qwen = config.pop("model_type", "llama") == "qwen2"
+    shape = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                 bos_token_id=tokenizer.bos_token_id, **config)
+    model = Qwen2ForCausalLM(Qwen2Config(**shape)) if qwen else LlamaForCausalLM(LlamaConfig(**shape))
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir

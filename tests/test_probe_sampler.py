@@ -20,7 +20,8 @@ def model_and_prompts(tmp_path_factory):
 
 def _sample(model, tokenizer, prompts, seed, **kw):
     kw = {"max_new_tokens": 16, "temperature": 1.0, **kw}
-    return sample(model, prompts, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
+    kw.setdefault("stop_ids", [tokenizer.eos_token_id])
+    return sample(model, prompts, pad_id=tokenizer.pad_token_id,
                   generator=torch.Generator().manual_seed(seed), **kw)
 
 
@@ -92,7 +93,40 @@ def test_rejects_non_llama_models(model_and_prompts):
     model, tokenizer, prompts = model_and_prompts
     model.config.model_type = "gpt2"
     try:
-        with pytest.raises(ValueError, match="Llama"):
+        with pytest.raises(ValueError, match="llama and qwen2"):
             _sample(model, tokenizer, prompts, seed=0)
     finally:
         model.config.model_type = "llama"
+
+
+def test_qwen2_checkpoints_decode_with_their_qkv_biases(tmp_path):
+    """Qwen2 is Llama with biases on q, k and v: the sampler's log-probs equal HF's Qwen2 forward."""
+    from test_probe_helpers import llama_style_tokenizer, random_checkpoint
+
+    tokenizer = llama_style_tokenizer(tmp_path / "tok")
+    path = random_checkpoint(tmp_path / "qwen2", tokenizer, model_type="qwen2")
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    assert model.config.model_type == "qwen2" and model.model.layers[0].self_attn.q_proj.bias is not None
+    with torch.no_grad():  # random init leaves biases at 0, where a dropped bias would not show
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.normal_(0, 0.5)
+    prompts = [tokenizer.encode(TEMPLATE.format(question=p["question"])) for p in make_problems(6, seed=5)]
+    rollout = sample(model, prompts, max_new_tokens=8, stop_ids=[tokenizer.eos_token_id], pad_id=tokenizer.pad_token_id,
+                     generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        forced, _ = teacher_forced(model, rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids,
+                                   rollout.response_mask, 1.0)
+    torch.testing.assert_close(forced * rollout.response_mask, rollout.log_probs, atol=1e-4, rtol=0)
+
+
+def test_any_stop_token_ends_a_row(model_and_prompts):
+    model, tokenizer, prompts = model_and_prompts
+    free = _sample(model, tokenizer, prompts, seed=2, stop_ids=[-1])  # nothing stops: every row runs to the limit
+    assert not free.finished.any()
+    first = free.response_ids[:, 0].tolist()
+    stops = sorted(set(first[:2]))  # two different tokens some rows start with
+    stopped = _sample(model, tokenizer, prompts, seed=2, stop_ids=stops)
+    for row, token in enumerate(first):
+        if token in stops:
+            assert stopped.finished[row] and stopped.response_lengths[row] == 1

@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 from transformers import AutoTokenizer
 
-from rl_probe.embedded import Prompter, read_metrics
+from rl_probe.embedded import read_metrics
+from rl_probe.prompts import Prompter
 from rl_probe.spec import get_probe_spec
 from rl_probe.verl_backend import hydra_overrides, import_verl_run, prepare_verl_probe
 from test_probe_helpers import make_problems, tiny_checkpoint, write_jsonl
@@ -56,7 +57,7 @@ def test_rejects_embedded_specs(prepared):
     root, checkpoint, _ = prepared
     with pytest.raises(ValueError, match="engine"):
         hydra_overrides(get_probe_spec("toy-cpu-v1"), model_path=checkpoint, train_file=root, val_file=root,
-                        out_dir=root, seed=0, tokenizer=AutoTokenizer.from_pretrained(checkpoint))
+                        out_dir=root, seed=0)
 
 
 def test_parquet_loads_in_rlhf_dataset_and_renders_the_exact_template(prepared):
@@ -74,7 +75,8 @@ def test_parquet_loads_in_rlhf_dataset_and_renders_the_exact_template(prepared):
     prompter = Prompter(AutoTokenizer.from_pretrained(checkpoint), OCTO)
     for i in (0, 7):
         item = dataset[i]
-        expected = OCTO.template.format(question=problems[i]["question"])
+        expected = prompter.render(problems[i])
+        assert expected == OCTO.template.body(problems[i]["question"])  # this tokenizer adds no BOS
         assert item["raw_prompt"] == [{"role": "user", "content": expected}]
         assert item["reward_model"]["ground_truth"] == problems[i]["answer"]
         assert apply_chat_template(tokenizer, item["raw_prompt"], tokenize=False, add_generation_prompt=True) == expected
