@@ -42,7 +42,8 @@ def train_classifier(labelled_jsonl: str | Path, out_path: str | Path, text_fiel
 
     A seeded `holdout` share is kept out of training to report accuracy. fastText is run with one
     thread and a fixed seed, yet its weights are not bitwise reproducible here (measured); its
-    predictions are. lr 0.1: at 0.5 small corpora sometimes diverged to NaN.
+    predictions are. lr 0.1 (at 0.5 small corpora diverged to NaN; so, once, did a run at 0.1 on
+    real MATH solutions), halved on divergence.
     Returns {"examples", "labels", "holdout_accuracy"}.
     """
     import fasttext
@@ -66,8 +67,14 @@ def train_classifier(labelled_jsonl: str | Path, out_path: str | Path, text_fiel
         train_file.flush()
         # dim/bucket far below fastText's defaults (100 x 2M buckets = 800 MB): quality classifiers
         # on a few labels need little capacity, and the model ships with the corpus config.
-        model = fasttext.train_supervised(train_file.name, epoch=epochs, lr=0.1, dim=32, wordNgrams=2,
-                                          bucket=100_000, thread=1, seed=seed, verbose=0)
+        for lr in (0.1, 0.05, 0.025):  # fastText's SGD diverges now and then on small corpora
+            try:
+                model = fasttext.train_supervised(train_file.name, epoch=epochs, lr=lr, dim=32, wordNgrams=2,
+                                                  bucket=100_000, thread=1, seed=seed, verbose=0)
+                break
+            except RuntimeError as exc:
+                if "NaN" not in str(exc) or lr == 0.025:
+                    raise
     model.save_model(str(out_path))
     correct = sum(model.predict(" ".join(text.split()))[0][0] == f"__label__{label}" for label, text in held_out)
     return {"examples": len(train), "labels": labels,
