@@ -36,7 +36,9 @@ def _process_start(pid: int) -> float | None:
     import psutil
 
     try:
-        return psutil.Process(pid).create_time()
+        process = psutil.Process(pid)
+        # killed but not yet reaped (an orphan waits for init to reap it): it holds nothing
+        return None if process.status() == psutil.STATUS_ZOMBIE else process.create_time()
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
 

@@ -13,10 +13,14 @@ import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipelines.sweep import bundled_sweep
 
-SMOKE = str(bundled_sweep("toy-smoke"))
+# The smoke sweep with probes long enough (16 GRPO steps) to be caught running: its own
+# 4-step probes finish within WORKED_SECONDS on an idle machine.
+SWEEP = yaml.safe_load(bundled_sweep("toy-smoke").read_text())
+SWEEP["probe"]["spec"] = {"base": SWEEP["probe"]["spec"], "steps": 16}
 # the label of a stage run that is running when the orchestrator is killed
 KILL_POINTS = {"curation": "curate ", "pretraining": "pretrain base", "stable": " stable",
                "decay": " decay", "probe": "probe "}
@@ -27,7 +31,9 @@ TIMING = ("timing", "throughput", "seconds", "time/", "perf/")
 
 def _run(workspace: Path, mark: str, log: Path) -> subprocess.Popen:
     env = {**os.environ, "WANDB_MODE": "offline", "MIDPROBE_WANDB": "0", "KILL_TEST_MARK": mark}
-    return subprocess.Popen([sys.executable, "-m", "pipelines.cli", "run", SMOKE, "--workspace", str(workspace),
+    sweep = log.parent / "toy-smoke-kill.yaml"
+    sweep.write_text(yaml.safe_dump(SWEEP, sort_keys=False))
+    return subprocess.Popen([sys.executable, "-m", "pipelines.cli", "run", str(sweep), "--workspace", str(workspace),
                              "--parallel", "2"], stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
 
 
