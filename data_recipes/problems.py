@@ -91,8 +91,7 @@ def _problem(record: dict, fields: ProblemFields, default_id: str, default_sourc
     answer = field("answer", "answer")
     solution = field("solution", "solution")
     if isinstance(answer, str) and GSM8K_MARK in answer:  # GSM8K: worked solution, then "#### 72"
-        solution, answer = answer.rsplit(GSM8K_MARK, 1)
-        answer = answer.strip().replace(",", "")
+        solution, answer = split_gsm8k(answer)
     if answer is None and solution is not None:
         answer = last_boxed(str(solution))
     if answer is None or str(answer).strip() == "":
@@ -111,6 +110,14 @@ def _problem(record: dict, fields: ProblemFields, default_id: str, default_sourc
     if solution is not None:
         problem["solution"] = str(solution).strip()
     return problem
+
+
+def split_gsm8k(answer: str) -> tuple[str, str]:
+    """GSM8K's answer field as (worked solution, final answer without thousands separators)."""
+    if GSM8K_MARK not in answer:
+        raise ValueError(f"no '{GSM8K_MARK} <final answer>' line")
+    solution, final = answer.rsplit(GSM8K_MARK, 1)
+    return solution, final.strip().replace(",", "")
 
 
 def _level(value) -> int:

@@ -79,10 +79,10 @@ class QASource(BaseModel):
 
 def gsm8k_solution(answer: str) -> tuple[str, str]:
     """(worked steps without calculator annotations, final answer without thousands separators)."""
-    if "####" not in answer:
-        raise ValueError("no '#### <final answer>' line")
-    steps, final = answer.rsplit("####", 1)
-    return re.sub(r"<<[^>]*>>", "", steps).strip(), final.strip().replace(",", "")
+    from data_recipes.problems import split_gsm8k
+
+    steps, final = split_gsm8k(answer)
+    return re.sub(r"<<[^>]*>>", "", steps).strip(), final
 
 
 Source = Union[ToySource, JsonlSource, ParquetSource, HFSource, QASource]
