@@ -61,6 +61,16 @@ class Report:
         self.failed += status == "FAIL"
         print(f"{status:4} {name}: {detail}", flush=True)
 
+    def attempt(self, name: str, run):
+        """run(), or a FAIL line with the last line of its error and None, so that one
+        failing training run does not hide what the other checks would show."""
+        try:
+            return run()
+        except RuntimeError as exc:
+            print(exc, flush=True)
+            self.line("FAIL", name, str(exc).strip().splitlines()[-1])
+            return None
+
     def compare(self, name: str, got: list[float], expected: list[float], rtol: float,
                 what: str) -> None:
         worst = max(abs(g - e) / abs(e) for g, e in zip(got, expected))
@@ -89,22 +99,52 @@ def build_corpus(root: Path) -> tuple[Path, list[BlendPart]]:
     return tokenizer_dir, [BlendPart(name="web", prefixes=[str(root / "web")], weight=1.0)]
 
 
-def train_run(root: Path, name: str, tokenizer_dir: Path, blend, cuda: bool, **settings) -> dict:
-    """One `python -m midtrain.train` process; returns its summary and losses."""
+def toy_spec(tokenizer_dir: Path):
     from transformers import AutoTokenizer
 
-    vocab = len(AutoTokenizer.from_pretrained(tokenizer_dir))
+    return preset("toy-xs", vocab_size=len(AutoTokenizer.from_pretrained(tokenizer_dir)))
+
+
+def export_random_init(tokenizer_dir: str, out_dir: str) -> None:
+    """A seeded random toy-xs, built on the CPU and exported as an HF dir. Every run of the
+    check starts from it: megatron draws a GPU run's initial weights from the CUDA generator,
+    so runs initialised on each device would differ before their first step."""
+    from midtrain.convert import export_hf
+    from midtrain.model import build_gpt_model, init_distributed, seed_all
+
+    init_distributed()
+    seed_all(0)
+    spec = toy_spec(Path(tokenizer_dir))
+    export_hf(build_gpt_model(spec), spec, tokenizer_dir, out_dir)
+
+
+def cpu_env() -> dict:
+    return {**os.environ, "CUDA_VISIBLE_DEVICES": "",
+            "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
+def build_init(root: Path, tokenizer_dir: Path) -> Path:
+    init = root / "init"
+    code = (f"import sys; sys.path.insert(0, {str(ROOT / 'dev')!r}); import gpu_check; "
+            f"gpu_check.export_random_init({str(tokenizer_dir)!r}, {str(init)!r})")
+    subprocess.run([sys.executable, "-c", code], env=cpu_env(), check=True, timeout=600)
+    return init
+
+
+def train_run(root: Path, name: str, tokenizer_dir: Path, blend, cuda: bool, init: Path,
+              **settings) -> dict:
+    """One `python -m midtrain.train` process from `init`; returns its summary and losses."""
     cfg = TrainConfig(tokens=STEPS * 4 * 128, seq_length=128, micro_batch_size=4, lr=3e-3,
                       min_lr=3e-4, schedule="constant", eval_every_steps=STEPS,
                       eval_tokens=1024, checkpoint_every_tokens=None,
                       export_hf_checkpoints=False, **settings)
-    job = TrainJob(model=preset("toy-xs", vocab_size=vocab), config=cfg, blend=blend,
-                   out_dir=root / name, tokenizer_dir=tokenizer_dir)
+    job = TrainJob(model=toy_spec(tokenizer_dir), config=cfg, blend=blend,
+                   out_dir=root / name, tokenizer_dir=tokenizer_dir, init=init)
     job_file = root / f"{name}.json"
     job_file.write_text(job.model_dump_json())
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    if not cuda:
-        env["CUDA_VISIBLE_DEVICES"] = ""
+    env = cpu_env()
+    if cuda:
+        del env["CUDA_VISIBLE_DEVICES"]
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "midtrain.train", str(job_file)], env=env,
                           capture_output=True, text=True, timeout=600)
@@ -147,8 +187,8 @@ def probe_updates(hf_dir: Path, devices: list[str]) -> dict[str, dict]:
                 for p in ToyWorld(ToyWorldConfig()).problems("train", 4)]
     grouped = [p for p in problems for _ in range(spec.group_size)]
     cpu_model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
-    rollout = sample(cpu_model, [prompter.encode(prompter.prompt(p)) for p in grouped],
-                     max_new_tokens=32, eos_id=prompter.eos_id, pad_id=prompter.pad_id,
+    rollout = sample(cpu_model, [prompter.prompt_ids(p) for p in grouped],
+                     max_new_tokens=32, stop_ids=prompter.stop_ids, pad_id=prompter.pad_id,
                      temperature=spec.temperature, top_p=spec.top_p,
                      generator=torch.Generator().manual_seed(0))
     texts = prompter.decode(rollout)
@@ -205,42 +245,48 @@ def main(argv: list[str] | None = None) -> int:
     root = args.out or Path(tempfile.mkdtemp(prefix="midprobe-gpu-check-"))
     root.mkdir(parents=True, exist_ok=True)
     tokenizer_dir, blend = build_corpus(root)
+    init = build_init(root, tokenizer_dir)
 
-    cpu = train_run(root, "cpu-fp32-adamw", tokenizer_dir, blend, cuda=False,
+    cpu = train_run(root, "cpu-fp32-adamw", tokenizer_dir, blend, cuda=False, init=init,
                     optimizer="torch-adamw")
     report.line("PASS" if all(np.isfinite(cpu["losses"])) else "FAIL", "cpu-reference",
                 f"{len(cpu['losses'])} steps on CPU, loss {cpu['losses'][0]:.3f} -> "
                 f"{cpu['losses'][-1]:.3f} ({cpu['seconds']:.0f} s)")
     if cuda:
-        gpu = train_run(root, "cuda-fp32-adamw", tokenizer_dir, blend, cuda=True,
-                        optimizer="torch-adamw")
-        report.compare("cuda-fp32-torch-adamw", gpu["losses"], cpu["losses"], FP32_LOSS_RTOL,
-                       "training losses vs CPU")
-        bf16 = train_run(root, "cuda-bf16-distributed", tokenizer_dir, blend, cuda=True,
-                         bf16=True)
-        from megatron.core.models.gpt.gpt_layer_specs import HAVE_TE
+        gpu = report.attempt("cuda-fp32-torch-adamw", lambda: train_run(
+            root, "cuda-fp32-adamw", tokenizer_dir, blend, cuda=True, init=init, optimizer="torch-adamw"))
+        if gpu:
+            report.compare("cuda-fp32-torch-adamw", gpu["losses"], cpu["losses"],
+                           FP32_LOSS_RTOL, "training losses vs CPU")
+        bf16 = report.attempt("cuda-bf16-megatron-distributed", lambda: train_run(
+            root, "cuda-bf16-distributed", tokenizer_dir, blend, cuda=True, init=init, bf16=True))
+        if bf16:
+            from megatron.core.models.gpt.gpt_layer_specs import HAVE_TE
 
-        layers = "TransformerEngine" if HAVE_TE else "local (no TransformerEngine)"
-        ok = bf16["summary"]["optimizer"] == "megatron-distributed"
-        report.line("PASS" if ok else "FAIL", "cuda-bf16-optimizer",
-                    f"optimizer auto resolved to {bf16['summary']['optimizer']}, {layers} layers")
-        report.compare("cuda-bf16-megatron-distributed", bf16["losses"], cpu["losses"],
-                       BF16_LOSS_RTOL, "training losses vs CPU fp32")
+            layers = "TransformerEngine" if HAVE_TE else "local (no TransformerEngine)"
+            ok = bf16["summary"]["optimizer"] == "megatron-distributed"
+            report.line("PASS" if ok else "FAIL", "cuda-bf16-optimizer",
+                        f"optimizer auto resolved to {bf16['summary']['optimizer']}, "
+                        f"{layers} layers")
+            report.compare("cuda-bf16-megatron-distributed", bf16["losses"], cpu["losses"],
+                           BF16_LOSS_RTOL, "training losses vs CPU fp32")
         text = "Zoe has 23 shells. Each day she gives away 7. How many shells does Zoe have?"
-        on_gpu, on_cpu = (text_log_probs(gpu["hf"], text, d) for d in ("cuda", "cpu"))
-        worst = (on_gpu - on_cpu).abs().max().item()
-        report.line("PASS" if worst <= LOGPROB_ATOL else "FAIL", "hf-export-cuda",
-                    f"transformers on CUDA vs CPU, same export: max |log-prob difference| "
-                    f"{worst:.2e} (tolerance {LOGPROB_ATOL:g})")
-        bf16_nll = -text_log_probs(bf16["hf"], text, "cuda").mean().item()
-        cpu_nll = -text_log_probs(cpu["hf"], text, "cpu").mean().item()
-        report.compare("hf-export-bf16", [bf16_nll], [cpu_nll], BF16_LOSS_RTOL,
-                       "loss of the bf16 run's export on CUDA vs the CPU run's on CPU")
+        if gpu:
+            on_gpu, on_cpu = (text_log_probs(gpu["hf"], text, d) for d in ("cuda", "cpu"))
+            worst = (on_gpu - on_cpu).abs().max().item()
+            report.line("PASS" if worst <= LOGPROB_ATOL else "FAIL", "hf-export-cuda",
+                        f"transformers on CUDA vs CPU, same export: max |log-prob difference| "
+                        f"{worst:.2e} (tolerance {LOGPROB_ATOL:g})")
+        if bf16:
+            bf16_nll = -text_log_probs(bf16["hf"], text, "cuda").mean().item()
+            cpu_nll = -text_log_probs(cpu["hf"], text, "cpu").mean().item()
+            report.compare("hf-export-bf16", [bf16_nll], [cpu_nll], BF16_LOSS_RTOL,
+                           "loss of the bf16 run's export on CUDA vs the CPU run's on CPU")
     else:
         for name in ("cuda-fp32-torch-adamw", "cuda-bf16-megatron-distributed",
                      "hf-export-cuda", "hf-export-bf16"):
             report.line("SKIP", name, "needs CUDA")
-        dist = train_run(root, "cpu-fp32-distributed", tokenizer_dir, blend, cuda=False,
+        dist = train_run(root, "cpu-fp32-distributed", tokenizer_dir, blend, cuda=False, init=init,
                          optimizer="megatron-distributed")
         report.compare("cpu-megatron-distributed", dist["losses"], cpu["losses"], 1e-5,
                        "megatron DDP + DistributedOptimizer (fp32, CPU) vs torch AdamW")

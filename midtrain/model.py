@@ -79,7 +79,7 @@ def build_gpt_model(spec: ModelSpec, bf16: bool = False, autocast: bool = True,
         factor=scaling.factor
     ).model_dump(exclude={"factor"}):
         raise ValueError(f"megatron-core supports only default Llama-3 rope scaling, got {scaling}")
-    return LlamaGPTModel(
+    gpt = LlamaGPTModel(
         config=to_transformer_config(
             spec, tensor_model_parallel_size=parallel_state.get_tensor_model_parallel_world_size(),
             transformer_engine=layer_spec is te_layer_spec, bf16=bf16, autocast=autocast,
@@ -97,6 +97,12 @@ def build_gpt_model(spec: ModelSpec, bf16: bool = False, autocast: bool = True,
         rope_scaling=scaling is not None,
         rope_scaling_factor=scaling.factor if scaling else 8.0,
     )
+    if not cpu_compat.on_cpu():
+        # megatron creates its linear layers on the current GPU, but the local spec's
+        # RMSNorm is torch's, created on the default (CPU) device; megatron's own
+        # training moves every module to the GPU the same way.
+        gpt.cuda(torch.cuda.current_device())
+    return gpt
 
 
 def init_distributed(tensor_model_parallel_size: int = 1,

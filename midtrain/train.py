@@ -473,7 +473,15 @@ def main(argv: list[str] | None = None) -> None:
     if len(args) != 1:
         raise SystemExit("usage: python -m midtrain.train <job.json>")
     job = TrainJob.model_validate_json(Path(args[0]).read_text())
-    train(job.model, job.config, job.blend, job.out_dir, job.init, job.tokenizer_dir)
+    try:
+        train(job.model, job.config, job.blend, job.out_dir, job.init, job.tokenizer_dir)
+    except BaseException:
+        # A process that fails with NCCL's group alive waits minutes on its heartbeat
+        # monitor before it exits (seen on an H100 after a failed step): a failure must
+        # end the stage at once.
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        raise
 
 
 if __name__ == "__main__":
