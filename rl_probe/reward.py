@@ -63,9 +63,31 @@ _POWER_TOWER_RE = re.compile(r"\^\{[^{}]*\^|\^[0-9A-Za-z]+\^")  # an exponent wi
 _BASE_SUBSCRIPT_RE = re.compile(r"[0-9A-Za-z]_\{?[0-9]")  # a number in base b: 43_5, 1011_{2}
 _PERCENT_RE = re.compile(r"\s*\\?%\s*$")
 _DEGREES_RE = re.compile(r"\^\s*\{?\\circ\}?|\\circ|°")
+_APPROX_RE = re.compile(r"\\approx\b|≈")
 _DOLLAR_RE = re.compile(r"\\\$|^\$")
 # a unit word (2+ letters) after a number and a space: "45 seconds", "2 euros", "200 \text{ cm}^2"; not "2i"
-_UNIT_SUFFIX_RE = re.compile(r"^(-?[0-9][0-9,.]*(?:/[0-9]+)?)\s+[A-Za-z]{2,}[A-Za-z. ]*(?:\^\{?[23]\}?)?$")
+_UNIT_SUFFIX_RE = re.compile(r"^(-?[0-9][0-9,.]*(?:/[0-9]+)?)\s+([A-Za-z]{2,}[A-Za-z. ]*(?:\^\{?[23]\}?)?)$")
+# "square cm", "sq. units", "cubic inches", "cm^2": a power of a unit
+_UNIT_POWER_RE = re.compile(r"^(?:(square|sq|cubic|cu)\b\.?)?\s*([a-z. ]+?)\s*(?:\^\{?([23])\}?)?$")
+# Measurement units (singular, and plural/abbreviated spellings): two answers with different ones are
+# different answers ("2400 cm^3" is not "2400 cm^2"). Other words after a number ("9 ways", "21 dogs")
+# count things rather than measure them and are dropped without comparing.
+_UNITS = {
+    unit: name
+    for name, spellings in {
+        "mm": ("mm", "millimeter", "millimetre"), "cm": ("cm", "centimeter", "centimetre"),
+        "m": ("m", "meter", "metre"), "km": ("km", "kilometer", "kilometre"), "in": ("in", "inch"),
+        "ft": ("ft", "foot", "feet"), "yd": ("yd", "yard"), "mi": ("mi", "mile"),
+        "s": ("s", "sec", "second"), "min": ("min", "minute"), "h": ("h", "hr", "hour"), "day": ("day",),
+        "week": ("week",), "month": ("month",), "year": ("year", "yr"),
+        "g": ("g", "gram"), "kg": ("kg", "kilogram"), "lb": ("lb", "pound"), "oz": ("oz", "ounce"),
+        "ton": ("ton",), "l": ("l", "liter", "litre"), "ml": ("ml", "milliliter", "millilitre"),
+        "gal": ("gal", "gallon"), "qt": ("qt", "quart"), "pt": ("pt", "pint"), "cup": ("cup",),
+        "acre": ("acre",), "mph": ("mph",), "dollar": ("dollar",), "cent": ("cent",), "euro": ("euro",),
+        "degree": ("degree",), "radian": ("radian", "rad"),
+    }.items()
+    for unit in spellings
+}
 
 
 @dataclass(frozen=True)
@@ -160,11 +182,31 @@ def has_repetition(text: str, min_period: int = 5, min_repeats: int = 5) -> bool
 
 def answers_equal(pred: str, ground_truth: str, deadline: float | None = None) -> bool:
     """Exact or numeric equality after normalisation first; math-verify (out of process, done by
-    `deadline`, a time.monotonic() value; default SCORE_WALL_S from now) otherwise."""
+    `deadline`, a time.monotonic() value; default SCORE_WALL_S from now) otherwise.
+
+    An answer `A \\approx B` states a value and its approximation (math-verify reads only A):
+    every part that both answers state must be equal, and with none in common, the first part
+    each states."""
     deadline = time.monotonic() + SCORE_WALL_S - _VERIFY_MARGIN_S if deadline is None else deadline
     if len(pred) > MAX_ANSWER_CHARS or len(ground_truth) > MAX_ANSWER_CHARS:
         return _compact(pred) == _compact(ground_truth)
-    a, b = normalize_answer(pred), normalize_answer(ground_truth)
+    p, g = _approx_parts(pred), _approx_parts(ground_truth)
+    pairs = [(a, b) for a, b in zip(p, g, strict=True) if a and b]
+    if not pairs:
+        pairs = [(next((a for a in p if a), ""), next((b for b in g if b), ""))]
+    return all(_values_equal(a, b, deadline) for a, b in pairs)
+
+
+def _approx_parts(answer: str) -> tuple[str, str]:
+    """(value, approximation) of `A \\approx B`, either may be empty; (answer, "") without `\\approx`."""
+    parts = _APPROX_RE.split(answer, maxsplit=1)
+    return (parts[0].strip(), parts[1].strip()) if len(parts) == 2 else (answer, "")
+
+
+def _values_equal(pred: str, ground_truth: str, deadline: float) -> bool:
+    (a, unit_a), (b, unit_b) = _normalize(pred), _normalize(ground_truth)
+    if unit_a and unit_b and unit_a != unit_b:
+        return False
     ca, cb = _compact(a), _compact(b)
     if ca == cb:
         return True
@@ -182,6 +224,11 @@ def normalize_answer(answer: str) -> str:
     """The answer without what does not change its value: `\\text{}` wrappers, a variable prefix
     (`x = `, `x \\in `), thousands separators (`10,\\!080`, `18{,}360`), a percent sign,
     degrees, a dollar sign, a unit after a number; spacing is kept for math-verify."""
+    return _normalize(answer)[0]
+
+
+def _normalize(answer: str) -> tuple[str, tuple[str, int] | None]:
+    """normalize_answer's value, and the measurement unit it dropped as (unit, power), if any."""
     answer = answer[:MAX_ANSWER_CHARS].strip()
     for _ in range(3):  # nested wrappers, innermost first
         answer = _TEXT_WRAPPER_RE.sub(r"\1", answer)
@@ -190,8 +237,22 @@ def normalize_answer(answer: str) -> str:
     answer = _DEGREES_RE.sub("", _DOLLAR_RE.sub("", answer))
     answer = _PERCENT_RE.sub("", answer).strip().rstrip(".").strip()
     if m := _UNIT_SUFFIX_RE.match(answer):
-        answer = m.group(1)
-    return answer
+        return m.group(1), _measurement_unit(m.group(2))
+    return answer, None
+
+
+def _measurement_unit(words: str) -> tuple[str, int] | None:
+    """("cm", 2) for "cm^2", "square centimeters", "sq cm"; None for a word that is not a unit."""
+    m = _UNIT_POWER_RE.match(words.lower().strip())
+    if m is None:
+        return None
+    prefix, word, power = m.groups()
+    word = word.replace(".", "").strip()
+    # as written, or a plural: "miles", "inches"
+    singular = next((w for w in (word, word[:-1], word[:-2]) if w in _UNITS and (w == word or word.endswith("s"))), None)
+    if singular is None:
+        return None
+    return _UNITS[singular], int(power) if power else {"square": 2, "sq": 2, "cubic": 3, "cu": 3}.get(prefix, 1)
 
 
 def _compact(answer: str) -> str:

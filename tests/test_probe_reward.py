@@ -8,7 +8,10 @@ import time
 import pytest
 
 from rl_probe.reward import SCORE_WALL_S, has_repetition, score, warm_up_verifier
-from rl_probe.reward_calibration import adversarial_outputs, gsm8k_cases, math_cases, measure, measure_wall_bound
+from data_recipes.calibration import math_train
+from rl_probe.reward import last_boxed
+from rl_probe.reward_calibration import (adversarial_outputs, gsm8k_cases, math_cases, measure, measure_wall_bound,
+                                         wrong_answer)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -106,9 +109,38 @@ def test_normalisation_accepts_equal_answers(pred, gold):
 
 
 @pytest.mark.parametrize("pred, gold", [("x = 58,501", "58500"), ("2i", "2"), ("3x", "3"), ("10\\%", "1"),
-                                        ("x \\in [-2,8]", "[-2,7]"), ("5", "50")])
+                                        ("x \\in [-2,8]", "[-2,7]"), ("5", "50"),
+                                        # different tiny numbers (math-verify's tolerances are absolute)
+                                        ("2^{-99}", "2^{-98}"), ("0.0000002", "\\sqrt{10^{-14}}"),
+                                        # a different measurement unit or power of one
+                                        ("2400 \\text{ cm}^3", "2400 \\text{ cm}^2"), ("5 feet", "5 meters"),
+                                        ("5225 inches", "5225 \\text{ cubic inches}"),
+                                        # the value agrees, its stated approximation does not
+                                        ("\\frac23 \\approx 0.68", "\\frac23 \\approx 0.67"),
+                                        # an equation without a variable: each side counts
+                                        ("0.5 = 51\\%", "0.5 = 50\\%"), ("0.4 = 50\\%", "0.5 = 50\\%")])
 def test_normalisation_rejects_different_answers(pred, gold):
     assert not score(f"so \\boxed{{{pred}}}", gold).acc
+
+
+@pytest.mark.parametrize("pred, gold", [("2400 \\text{ square centimeters}", "2400 \\mbox{ cm}^2"),
+                                        ("2400", "2400 \\mbox{ cm}^2"), ("9 ways", "9 \\text{ values}"),
+                                        ("\\frac23", "\\$\\dfrac23 \\approx \\$0.67"),
+                                        ("8.24", "\\approx 8.24 \\text{ mph}"), ("0.333333", "\\frac13")])
+def test_units_approximations_and_tolerances_that_agree_are_accepted(pred, gold):
+    assert score(f"so \\boxed{{{pred}}}", gold).acc
+
+
+# The MATH train solutions whose wrong answer (last digit changed) the reward once accepted.
+@pytest.mark.parametrize("problem_id", ["train/precalculus/837",  # 1/2^{98}: math-verify's absolute tolerance
+                                        "train/prealgebra/1316",  # 2400 cm^2: the unit was dropped
+                                        "train/counting_and_probability/360",  # 2/3 \approx 0.67
+                                        "train/counting_and_probability/557"])  # 0.56 = 56%: no variable to solve for
+def test_real_solution_right_against_its_answer_and_wrong_against_a_changed_one(problem_id):
+    solution = next(r["solution"] for r in math_train() if r["id"] == problem_id)
+    gold = last_boxed(solution)
+    assert score(solution, gold).acc
+    assert not score(solution, wrong_answer(gold)).acc
 
 
 def test_real_train_solutions_score_right_and_never_accept_a_wrong_answer():
