@@ -3,7 +3,8 @@
 Both chains run as datatrove pipeline steps in this process on the same documents, drawn evenly
 from the bundled train splits (data/README.md): GSM8K questions, GSM8K question+solution and
 MATH question+solution documents. Reported: documents per CPU-second over the whole chain and
-the share of each kind that each chain keeps.
+the share of each kind that each chain keeps, and the share of the general-web sample
+(data/web/README.md) that the math preset rejects.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from datatrove.data import Document
 from datatrove.pipeline.filters import C4QualityFilter, FineWebQualityFilter, GopherQualityFilter, GopherRepetitionFilter
 
-from data_recipes.calibration import gsm8k_train, math_train, real_math_documents
+from data_recipes.calibration import general_web, gsm8k_train, math_train, real_math_documents, rejection
 from data_recipes.filters import build_filters
 
 
@@ -33,7 +34,8 @@ def _run_chain(chain: list, texts: list[str]) -> tuple[int, float]:
 
 
 def bench_curation_throughput(n_docs: int = 600) -> dict:
-    """docs/CPU-s of the math preset vs the stock spaCy chain, with keep rates per kind of real math."""
+    """docs/CPU-s of the math preset vs the stock spaCy chain, with keep rates per kind of real math
+    and the share of the general-web sample (not math) that the math preset rejects."""
     per_kind = max(1, n_docs // 3)
     every = max(1, min(len(gsm8k_train()), len(math_train())) // per_kind)
     corpora = {kind: texts[:per_kind] for kind, texts in real_math_documents(every).items()}
@@ -55,8 +57,9 @@ def bench_curation_throughput(n_docs: int = 600) -> dict:
         "peer_name": "datatrove stock Gopher+C4+FineWeb (spaCy)",
         "details": {
             "documents": sum(map(len, corpora.values())),
-            "data": "GSM8K train, MATH train (data/README.md)",
+            "data": "GSM8K train, MATH train (data/README.md); general web (data/web/README.md)",
             "keep_rate_math_preset": results["math_preset"]["keep_rate"],
             "keep_rate_stock": results["stock_spacy"]["keep_rate"],
+            "general_web_rejected_math_preset": rejection([p["text"] for p in general_web()], "math"),
         },
     }

@@ -1,16 +1,23 @@
 """The bundled real *train* data (data/README.md) as calibration sets for filters, decontamination
-and the reward. Test splits are never read here: they are evaluation data."""
+and the reward, and the general-web sample (data/web/README.md) a math corpus should lose. Test
+splits are never read here: they are evaluation data."""
 
 from __future__ import annotations
 
+import collections
 import gzip
 import json
 from functools import cache
 from pathlib import Path
 
+from datatrove.data import Document
+
+from data_recipes.filters import build_filters
+
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 GSM8K_TRAIN = DATA_DIR / "gsm8k" / "train.jsonl"
 MATH_TRAIN = DATA_DIR / "math" / "train.jsonl.gz"
+GENERAL_WEB = DATA_DIR / "web" / "general_web.jsonl.gz"
 
 
 @cache
@@ -25,6 +32,28 @@ def math_train() -> tuple[dict, ...]:
     """MATH train records: `id`, `problem`, `level`, `type`, `solution` (answer in `\\boxed{}`)."""
     with gzip.open(MATH_TRAIN, "rt") as f:
         return tuple(json.loads(line) for line in f)
+
+
+@cache
+def general_web() -> tuple[dict, ...]:
+    """General-web pages (not math): `id`, `source`, `licence`, `text` (data/web/README.md)."""
+    with gzip.open(GENERAL_WEB, "rt") as f:
+        return tuple(json.loads(line) for line in f)
+
+
+def rejection(texts: list[str], preset: str) -> dict:
+    """Share of the texts the preset's filters drop, with the first filter's reason for each."""
+    filters = build_filters(preset)
+    reasons = collections.Counter()
+    for i, text in enumerate(texts):
+        doc = Document(text=text, id=str(i))
+        for name, block in filters.items():
+            verdict = block.filter(doc)
+            if verdict is not True:
+                reasons[verdict[1] if isinstance(verdict, tuple) else name] += 1
+                break
+    return {"preset": preset, "pages": len(texts), "rejected": round(sum(reasons.values()) / len(texts), 3),
+            "reasons": dict(reasons)}
 
 
 def real_math_documents(every: int = 1) -> dict[str, list[str]]:

@@ -4,7 +4,7 @@ import pytest
 from datatrove.data import Document
 from datatrove.pipeline.filters import C4QualityFilter, GopherQualityFilter
 
-from data_recipes.calibration import real_math_documents
+from data_recipes.calibration import general_web, real_math_documents, rejection
 from data_recipes.curate import TOY_PRESETS
 from data_recipes.filters import MathQualityFilter, build_filters
 from data_recipes.toyworld import CORPUS_KINDS, ToyWorld
@@ -76,6 +76,7 @@ def test_curation_bench_reports_throughput_and_keep_rates():
     assert result["unit"] == "docs/CPU-s" and result["ours"] > 0 and result["peer"] > 0
     assert min(result["details"]["keep_rate_math_preset"].values()) >= 0.95
     assert result["details"]["keep_rate_stock"]["math_question_solution"] <= 0.2
+    assert result["details"]["general_web_rejected_math_preset"]["pages"] == len(general_web())
 
 
 def test_trained_classifier_filters_math_from_prose(tmp_path):
@@ -141,6 +142,13 @@ def test_math_presets_keep_real_math(preset):
     for kind, texts in real_math_documents(every=4).items():
         keep_rate = sum(_kept(filters, text)[0] for text in texts) / len(texts)
         assert keep_rate >= REAL_MATH_KEEP_GOALS[kind], (preset, kind, keep_rate)
+
+
+@pytest.mark.parametrize("preset", ["math", "qa"])
+def test_math_presets_reject_general_web_pages(preset):
+    # data/web/README.md: documentation sites and the Jargon File; 90 % rejected when calibrated
+    result = rejection([p["text"] for p in general_web()], preset)
+    assert result["rejected"] >= 0.85, result
 
 
 def test_worded_problem_is_math_and_prose_is_not():
