@@ -1,3 +1,4 @@
+import os
 import random
 import re
 import string
@@ -154,8 +155,9 @@ def test_real_train_solutions_score_right_and_never_accept_a_wrong_answer():
 
 @pytest.mark.slow
 def test_adversarial_wall_bound_under_load():
-    """The goal: 1,000 adversarial outputs, each within SCORE_WALL_S while two CPU-bound processes
-    run, none raising. Meaningful on a machine with a core to spare for this test."""
+    """The issue's goal: 1,000 adversarial outputs, each within SCORE_WALL_S of wall time while two
+    CPU-bound processes run, none raising. Holds on the 2-core development machine with nothing
+    else running; other jobs on top (load average 35) make this process wait for a core."""
     burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
     try:
         result = measure_wall_bound(adversarial_outputs(1000))
@@ -163,4 +165,5 @@ def test_adversarial_wall_bound_under_load():
         for proc in burners:
             proc.kill()
             proc.wait()
+    result["load_average"] = os.getloadavg()
     assert result["raised"] == 0 and result["max_wall_s"] <= SCORE_WALL_S, result
