@@ -119,8 +119,8 @@ def score(response: str, ground_truth: str, variant: str = "default") -> RewardR
         gsm = _GSM8K_RE.findall(response[-MAX_BOX_CHARS:])
         pred = gsm[-1] if gsm else None
     format_ok = pred is not None and (n_boxes <= 1 or variant != "single-box")
+    repeated = has_repetition(response)  # before the deadline-bounded comparison: its time is inside the deadline
     acc = pred is not None and answers_equal(pred, ground_truth, deadline)
-    repeated = has_repetition(response)
     if not format_ok or (variant == "repetition" and repeated):
         reward = -1.0
     elif acc:
