@@ -99,8 +99,8 @@ class RewardResult:
     repeated: bool
 
 
-def score(response: str, ground_truth: str, variant: str = "default") -> RewardResult:
-    """Score one response against its reference answer, within SCORE_WALL_S of wall time.
+def score(response: str, ground_truth: str, variant: str = "default", wall_s: float = SCORE_WALL_S) -> RewardResult:
+    """Score one response against its reference answer, within `wall_s` of wall time.
 
     The answer is the last `\\boxed{}` (reference solutions box an intermediate
     result and then the answer), or with no box a GSM8K-style `#### n`; the
@@ -108,9 +108,11 @@ def score(response: str, ground_truth: str, variant: str = "default") -> RewardR
     format. `wrong-half`: wrong is -0.5. `repetition`: like default, and -1 when
     a span of >= 5 chars repeats 5 times. `single-box`: like default, and
     several boxes are a format error (OctoThinker's rule: "answer, then loop"
-    Llama outputs box again and again).
+    Llama outputs box again and again). A longer `wall_s` than the probe's
+    SCORE_WALL_S lets math-verify decide on a machine too loaded for the bound
+    (offline scoring, correctness tests).
     """
-    deadline = time.monotonic() + SCORE_WALL_S - _VERIFY_MARGIN_S
+    deadline = time.monotonic() + wall_s - _VERIFY_MARGIN_S
     if variant not in REWARD_VARIANTS:
         raise ValueError(f"unknown reward variant {variant!r}; known: {REWARD_VARIANTS}")
     n_boxes = response.count(_BOXED)

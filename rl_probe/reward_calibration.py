@@ -38,22 +38,22 @@ def wrong_answer(answer: str) -> str | None:
     return None if m is None else answer[: m.start()] + str((int(m.group()) + 1) % 10) + answer[m.end():]
 
 
-def measure(cases: list[tuple[str, str]]) -> dict:
+def measure(cases: list[tuple[str, str]], wall_s: float = SCORE_WALL_S) -> dict:
     """Accuracy against the gold answer and against its normalised form, wrong answers accepted,
-    and the slowest call (wall seconds)."""
+    and the slowest call (wall seconds); each call scored within `wall_s`."""
     right = right_normalized = wrong_total = wrong_accepted = 0
     slowest, failures = 0.0, []
     for solution, gold in cases:
         started = time.monotonic()
-        ok = score(solution, gold).score == 1.0
+        ok = score(solution, gold, wall_s=wall_s).score == 1.0
         slowest = max(slowest, time.monotonic() - started)
         right += ok
-        right_normalized += score(solution, normalize_answer(gold)).score == 1.0
+        right_normalized += score(solution, normalize_answer(gold), wall_s=wall_s).score == 1.0
         if not ok:
             failures.append(gold)
         if (wrong := wrong_answer(gold)) is not None:
             wrong_total += 1
-            if score(solution, wrong).acc:
+            if score(solution, wrong, wall_s=wall_s).acc:
                 wrong_accepted += 1
                 failures.append(f"accepted wrong {wrong!r} for {gold!r}")
     return {"solutions": len(cases), "accuracy": right / len(cases),

@@ -8,11 +8,21 @@ import time
 
 import pytest
 
-from rl_probe.reward import SCORE_WALL_S, has_repetition, score, warm_up_verifier
 from data_recipes.calibration import math_train
-from rl_probe.reward import last_boxed
+from rl_probe import reward
+from rl_probe.reward import SCORE_WALL_S, has_repetition, last_boxed, score, warm_up_verifier
 from rl_probe.reward_calibration import (adversarial_outputs, gsm8k_cases, math_cases, measure, measure_wall_bound,
                                          wrong_answer)
+
+
+# Correctness tests score with this wall-clock budget instead of the probe's 1 s: on a loaded test
+# machine a verification that runs out of time counts as wrong, which would make a right answer fail
+# and a wrong one pass for the wrong reason. The time bound has its own tests below.
+CORRECTNESS_WALL_S = 60.0
+
+
+def _score(response: str, truth: str, variant: str = "default"):
+    return score(response, truth, variant, wall_s=CORRECTNESS_WALL_S)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -39,22 +49,22 @@ def verifier():
     ],
 )
 def test_default_variant_hand_cases(response, truth, expected):
-    result = score(response, truth)
+    result = _score(response, truth)
     assert (result.score, result.acc, result.format_ok) == expected
 
 
 def test_variants():
-    assert score("\\boxed{3} so \\boxed{4}", "4", "single-box").score == -1.0  # OctoThinker's format rule
-    assert score("\\boxed{4}", "4", "single-box").score == 1.0
-    assert score("\\boxed{3}", "4", "wrong-half").score == -0.5
-    assert score("\\boxed{4}", "4", "wrong-half").score == 1.0
+    assert _score("\\boxed{3} so \\boxed{4}", "4", "single-box").score == -1.0  # OctoThinker's format rule
+    assert _score("\\boxed{4}", "4", "single-box").score == 1.0
+    assert _score("\\boxed{3}", "4", "wrong-half").score == -0.5
+    assert _score("\\boxed{4}", "4", "wrong-half").score == 1.0
     looping = "\\boxed{4} I am done. I am done. I am done. I am done. I am done."
-    assert score("\\boxed{4} then stop", "4", "repetition").score == 1.0
-    assert score(looping.replace("\\boxed{4} ", "") + " \\boxed{4}", "4", "repetition").score == -1.0
-    assert score(looping.replace("\\boxed{4} ", "") + " \\boxed{4}", "4", "default").score == 1.0
-    assert score(looping, "4").repeated
+    assert _score("\\boxed{4} then stop", "4", "repetition").score == 1.0
+    assert _score(looping.replace("\\boxed{4} ", "") + " \\boxed{4}", "4", "repetition").score == -1.0
+    assert _score(looping.replace("\\boxed{4} ", "") + " \\boxed{4}", "4", "default").score == 1.0
+    assert _score(looping, "4").repeated
     with pytest.raises(ValueError):
-        score("\\boxed{4}", "4", "nonsense")
+        _score("\\boxed{4}", "4", "nonsense")
 
 
 def test_repetition_matches_octothinker_regex():
@@ -94,9 +104,13 @@ def test_adversarial_outputs_scored_within_the_wall_budget(response):
 
 
 def test_scoring_works_after_a_timeout():
-    score("\\boxed{9^{9^{9^{9}}}}", "5")  # kills the worker; a spare takes over
+    warm_up_verifier()
+    # sympy evaluates the factorial of a 198-digit number: past any deadline, the worker is killed
+    # (9^{9^{9^{9}}} never reaches it: power towers are refused before math-verify)
+    assert not score("\\boxed{99^{99}!}", "5").acc
+    assert reward._verifier._active is None  # killed; a spare takes over
     warm_up_verifier()  # waits for the spare to load (seconds on a busy machine)
-    assert score("\\boxed{x^2+1}", "1+x^2").acc
+    assert _score("\\boxed{x^2+1}", "1+x^2").acc
 
 
 @pytest.mark.parametrize(
@@ -106,7 +120,7 @@ def test_scoring_works_after_a_timeout():
      ("k = \\frac{-33}{2}", "-\\frac{33}{2}"), ("90^\\circ", "90"), ("45 \\text{ seconds}", "45"), ("\\text{(C)}", "(C)")],
 )
 def test_normalisation_accepts_equal_answers(pred, gold):
-    assert score(f"so \\boxed{{{pred}}}", gold).acc
+    assert _score(f"so \\boxed{{{pred}}}", gold).acc
 
 
 @pytest.mark.parametrize("pred, gold", [("x = 58,501", "58500"), ("2i", "2"), ("3x", "3"), ("10\\%", "1"),
@@ -121,7 +135,7 @@ def test_normalisation_accepts_equal_answers(pred, gold):
                                         # an equation without a variable: each side counts
                                         ("0.5 = 51\\%", "0.5 = 50\\%"), ("0.4 = 50\\%", "0.5 = 50\\%")])
 def test_normalisation_rejects_different_answers(pred, gold):
-    assert not score(f"so \\boxed{{{pred}}}", gold).acc
+    assert not _score(f"so \\boxed{{{pred}}}", gold).acc
 
 
 @pytest.mark.parametrize("pred, gold", [("2400 \\text{ square centimeters}", "2400 \\mbox{ cm}^2"),
@@ -129,7 +143,7 @@ def test_normalisation_rejects_different_answers(pred, gold):
                                         ("\\frac23", "\\$\\dfrac23 \\approx \\$0.67"),
                                         ("8.24", "\\approx 8.24 \\text{ mph}"), ("0.333333", "\\frac13")])
 def test_units_approximations_and_tolerances_that_agree_are_accepted(pred, gold):
-    assert score(f"so \\boxed{{{pred}}}", gold).acc
+    assert _score(f"so \\boxed{{{pred}}}", gold).acc
 
 
 # The MATH train solutions whose wrong answer (last digit changed) the reward once accepted.
@@ -140,15 +154,15 @@ def test_units_approximations_and_tolerances_that_agree_are_accepted(pred, gold)
 def test_real_solution_right_against_its_answer_and_wrong_against_a_changed_one(problem_id):
     solution = next(r["solution"] for r in math_train() if r["id"] == problem_id)
     gold = last_boxed(solution)
-    assert score(solution, gold).acc
-    assert not score(solution, wrong_answer(gold)).acc
+    assert _score(solution, gold).acc
+    assert not _score(solution, wrong_answer(gold)).acc
 
 
 def test_real_train_solutions_score_right_and_never_accept_a_wrong_answer():
     # every 25th GSM8K/MATH train solution (data/README.md); the full sets: dev/reward_bound.py
     warm_up_verifier()  # the adversarial tests above killed workers: start from a loaded one
     for cases in (gsm8k_cases(every=25), math_cases(every=25)):
-        result = measure(cases)
+        result = measure(cases, wall_s=CORRECTNESS_WALL_S)
         assert result["accuracy"] >= 0.995 and result["accuracy_normalized_gold"] >= 0.995, result
         assert result["wrong_answers"] > 0.9 * len(cases) and result["wrong_accepted"] == 0, result
 
