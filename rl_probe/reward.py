@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import os
 import re
 import selectors
 import subprocess
@@ -277,9 +278,11 @@ def _as_fraction(answer: str) -> Fraction | None:
 class _VerifyWorker:
     """A long-lived math-verify child process, killed and replaced when it runs past a deadline.
 
-    SPARE_WORKERS processes are kept started ahead by a background thread, which also reaps
-    killed ones: nothing on a call's path forks, loads math-verify or waits for a dying
-    process. Only the very first call, when nobody warmed up, waits for a worker to load.
+    SPARE_WORKERS processes are kept started ahead by one long-lived background thread, which
+    also reaps killed ones: nothing on a call's path forks, loads math-verify, waits for a dying
+    process or starts a thread (Thread.start() waits until the new thread runs: up to seconds
+    for a core on a loaded machine, measured). Only the very first call, when nobody warmed up,
+    waits for a worker to load.
     """
 
     def __init__(self) -> None:
@@ -288,7 +291,9 @@ class _VerifyWorker:
         self._active: subprocess.Popen | None = None
         self._spares: list[subprocess.Popen] = []
         self._killed: list[subprocess.Popen] = []
-        self._starting = 0  # spares being started by a refill thread
+        self._starting = 0  # spares being started by the refill thread
+        self._refill_wanted = threading.Event()
+        self._refiller_pid: int | None = None  # the process whose refill thread runs (a fork has none)
         atexit.register(self.close)
 
     def equal(self, pred: str, ground_truth: str, deadline: float) -> bool:
@@ -353,7 +358,18 @@ class _VerifyWorker:
         return proc
 
     def _refill(self) -> None:
-        threading.Thread(target=self._refill_now, daemon=True).start()
+        """Ask the refill thread to top up the spares; never waits for it. The thread is started by
+        the first worker's start (warm-up), or once in a forked process, which has no threads."""
+        if self._refiller_pid != os.getpid():
+            self._refiller_pid = os.getpid()
+            threading.Thread(target=self._refill_loop, daemon=True).start()
+        self._refill_wanted.set()
+
+    def _refill_loop(self) -> None:
+        while True:
+            self._refill_wanted.wait()
+            self._refill_wanted.clear()
+            self._refill_now()
 
     def _refill_now(self) -> None:
         # Starting a process waits for its exec, seconds on a loaded machine: never under the lock.
