@@ -11,8 +11,8 @@ import pytest
 from data_recipes.calibration import math_train
 from rl_probe import reward
 from rl_probe.reward import SCORE_WALL_S, has_repetition, last_boxed, score, warm_up_verifier
-from rl_probe.reward_calibration import (adversarial_outputs, gsm8k_cases, math_cases, measure, measure_wall_bound,
-                                         wrong_answer)
+from rl_probe.reward_calibration import (adversarial_outputs, cpu_and_run_queue_s, gsm8k_cases, math_cases, measure,
+                                         measure_wall_bound, wrong_answer)
 
 
 # Correctness tests score with this wall-clock budget instead of the probe's 1 s: on a loaded test
@@ -95,11 +95,15 @@ ADVERSARIAL = [
 
 @pytest.mark.parametrize("response", ADVERSARIAL)
 def test_adversarial_outputs_scored_within_the_wall_budget(response):
-    # SCORE_WALL_S holds with room to spare on an idle machine; the factor 3 is for the shared
-    # test machine, where this process itself waits for a core (see the slow test for the goal).
-    started = time.monotonic()
+    # A call's wall time is its CPU time, its wait for a core and the time it is blocked (on the
+    # worker, a lock, a thread). The code bounds the first and the last; the wait for a core is the
+    # test machine's load, excluded here where schedstat tells it (the slow test checks the total).
+    before, started, cpu_started = cpu_and_run_queue_s(), time.monotonic(), time.thread_time()
     result = score(response, "5")
-    assert time.monotonic() - started < 3 * SCORE_WALL_S
+    wall, cpu = time.monotonic() - started, time.thread_time() - cpu_started
+    on_core_or_queued = cpu_and_run_queue_s() - before if before is not None else 0.0
+    assert wall - on_core_or_queued <= SCORE_WALL_S  # blocked: at most until the deadline
+    assert cpu <= 0.2 * SCORE_WALL_S  # this process's own work on the response (about 25 ms at most)
     assert not result.acc
 
 
