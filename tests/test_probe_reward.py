@@ -175,7 +175,7 @@ def test_real_train_solutions_score_right_and_never_accept_a_wrong_answer():
 def test_adversarial_wall_bound_under_load():
     """The issue's goal: 1,000 adversarial outputs, each within SCORE_WALL_S of wall time while two
     CPU-bound processes run, none raising. Holds on the 2-core development machine with nothing
-    else running; other jobs on top (load average 35) make this process wait for a core."""
+    else running; other jobs on top (load average 9 to 35, measured) make this process wait for a core."""
     burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
     try:
         result = measure_wall_bound(adversarial_outputs(1000))
