@@ -82,6 +82,17 @@ PROMPT_TEMPLATES: dict[str, PromptTemplate] = {
         PromptTemplate(name="chat", text="{question}", chat=True),
         # ... with SimpleRL-Zoo's / Qwen-Math's boxed-answer instruction after the question
         PromptTemplate(name="chat-boxed", text=f"{{question}}\n{_BOXED_INSTRUCTION}", chat=True),
+        # chat-boxed as SmolLM2's chat template renders it (its default system message), after two
+        # solved turns that show the answer format: SmolLM2-135M-Instruct boxes 0-2 % of its answers
+        # with chat-boxed alone and 93 % after these (README "A real model"). Literal ChatML,
+        # as simplerl-qwen-boxed; the examples are made up, in no problem set.
+        PromptTemplate(name="smollm2-chatml-boxed-2shot", text=(
+            "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+            + "".join(f"<|im_start|>user\n{q}\n{_BOXED_INSTRUCTION}<|im_end|>\n<|im_start|>assistant\n"
+                      f"{a} The final answer is \\boxed{{{r}}}.<|im_end|>\n"
+                      for q, a, r in (("What is $17 + 10$?", "17 + 10 = 27.", 27),
+                                      ("What is $16 \\times 3$?", "16 \\times 3 = 48.", 48)))
+            + f"<|im_start|>user\n{{question}}\n{_BOXED_INSTRUCTION}<|im_end|>\n<|im_start|>assistant\n")),
     )
 }
 
@@ -314,6 +325,19 @@ PROBE_SPECS["smollm2-cpu-v1"] = ProbeSpec(
     profile_problems=16,
     fewshot_k=2,
 )
+
+# v2: problems the base solves sometimes. SmolLM2-135M-Instruct solved none of v1's two-step
+# GSM8K problems (0 of 128 samples, 2 % boxed), so v2 probes the calculations those problems'
+# solutions make ("What is $48 \\div 2$?", data/gsm8k/*-arith.jsonl) after two solved examples
+# that show the box: sampled at temperature 1, pass@8 0.50 [0.31, 0.69], mean accuracy 0.24,
+# 93 % boxed, 4 % cut off at 48 tokens (README "A real model"). The held-out evaluation of 0-shot
+# greedy accuracy is the template's own prompt (fewshot_k 0: its examples are the shots).
+PROBE_SPECS["smollm2-cpu-v2"] = PROBE_SPECS["smollm2-cpu-v1"].model_copy(update={
+    "name": "smollm2-cpu-v2",
+    "template": PROMPT_TEMPLATES["smollm2-chatml-boxed-2shot"],
+    "max_response_length": 48,
+    "fewshot_k": 0,
+})
 
 
 def get_probe_spec(name: str) -> ProbeSpec:
