@@ -332,11 +332,18 @@ PROBE_SPECS["smollm2-cpu-v1"] = ProbeSpec(
 # that show the box: sampled at temperature 1, pass@8 0.50 [0.31, 0.69], mean accuracy 0.24,
 # 93 % boxed, 4 % cut off at 48 tokens (README "A real model"). The held-out evaluation of 0-shot
 # greedy accuracy is the template's own prompt (fewshot_k 0: its examples are the shots).
+# The 184-token prompt is most of a rollout's cost (~1.75 CPU-s a rollout on a loaded machine),
+# so the budget is 8 steps of 4 x 8 rollouts, evaluation every 4, a pass@k profile of 8 x 8:
+# about 20 minutes a probe on one core, for a three-probe sweep within an hour (README).
 PROBE_SPECS["smollm2-cpu-v2"] = PROBE_SPECS["smollm2-cpu-v1"].model_copy(update={
     "name": "smollm2-cpu-v2",
     "template": PROMPT_TEMPLATES["smollm2-chatml-boxed-2shot"],
     "max_response_length": 48,
     "fewshot_k": 0,
+    "steps": 8,
+    "eval_every": 4,
+    "checkpoint_every": 4,
+    "profile_problems": 8,
 })
 
 
