@@ -117,7 +117,8 @@ def band(model, prompter: Prompter, problems: list[dict], spec, n: int, seed: in
 
 
 def time_grpo_steps(model, prompter: Prompter, problems: list[dict], spec, steps: int, seed: int) -> list[dict]:
-    """Wall and CPU seconds of `steps` GRPO steps from the checkpoint, with the step's own timings."""
+    """Wall and CPU seconds of `steps` GRPO steps from the checkpoint, with the step's own timings
+    (each printed as it ends)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     reference = None if spec.kl_coef == 0 else AutoModelForCausalLM.from_pretrained(
         model.name_or_path, dtype=torch.float32).eval()
@@ -129,6 +130,7 @@ def time_grpo_steps(model, prompter: Prompter, problems: list[dict], spec, steps
                         "gen_s": round(metrics["timing_s/gen"], 1), "update_s": round(metrics["timing_s/update_actor"], 1),
                         "reward": metrics.get("critic/score/mean"), "response_length": metrics.get("response_length/mean"),
                         "load_avg_1m": os.getloadavg()[0]})
+        print(json.dumps({"grpo_step": step, **timings[-1]}), flush=True)
     return timings
 
 

@@ -335,8 +335,11 @@ PROBE_SPECS["smollm2-cpu-v1"] = ProbeSpec(
 # The 184-token prompt is most of a rollout's cost (~1.75 CPU-s a rollout on a loaded machine),
 # so the budget is 8 steps of 4 x 8 rollouts, evaluation every 4, a pass@k profile of 8 x 8:
 # about 20 minutes a probe on one core, for a three-probe sweep within an hour (README).
+# Mini-batches of 2 groups: one backward pass over all 32 rollouts (~230 tokens each) held
+# 13 GB of activations, and a sweep runs two probes side by side on a 24 GB machine.
 PROBE_SPECS["smollm2-cpu-v2"] = PROBE_SPECS["smollm2-cpu-v1"].model_copy(update={
     "name": "smollm2-cpu-v2",
+    "mini_batch_prompts": 2,
     "template": PROMPT_TEMPLATES["smollm2-chatml-boxed-2shot"],
     "max_response_length": 48,
     "fewshot_k": 0,
