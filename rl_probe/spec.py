@@ -332,14 +332,15 @@ PROBE_SPECS["smollm2-cpu-v1"] = ProbeSpec(
 # that show the box: sampled at temperature 1, pass@8 0.50 [0.31, 0.69], mean accuracy 0.24,
 # 93 % boxed, 4 % cut off at 48 tokens (README "A real model"). The held-out evaluation of 0-shot
 # greedy accuracy is the template's own prompt (fewshot_k 0: its examples are the shots).
-# The 184-token prompt is most of a rollout's cost (~1.75 CPU-s a rollout on a loaded machine),
-# so the budget is 8 steps of 4 x 8 rollouts, evaluation every 4, a pass@k profile of 8 x 8:
-# about 20 minutes a probe on one core, for a three-probe sweep within an hour (README).
-# Mini-batches of 2 groups: one backward pass over all 32 rollouts (~230 tokens each) held
-# 13 GB of activations, and a sweep runs two probes side by side on a 24 GB machine.
+# The 184-token prompt is most of a rollout's cost (~0.8 s to sample one, ~95 s a step on one
+# core), so the budget is 8 steps of 4 x 8 rollouts, evaluation every 4, a pass@k profile of
+# 8 x 8: about 17 minutes a probe, for a three-probe sweep within an hour (README).
+# Mini-batches of one group (4 updates a step): a probe process peaked at 7 GB with 8 rollouts
+# (~230 tokens each) in a backward pass, 12 GB with 16 and over 13 GB with 32 (killed), and a
+# sweep runs two probes side by side on a 24 GB machine.
 PROBE_SPECS["smollm2-cpu-v2"] = PROBE_SPECS["smollm2-cpu-v1"].model_copy(update={
     "name": "smollm2-cpu-v2",
-    "mini_batch_prompts": 2,
+    "mini_batch_prompts": 1,
     "template": PROMPT_TEMPLATES["smollm2-chatml-boxed-2shot"],
     "max_response_length": 48,
     "fewshot_k": 0,
