@@ -83,8 +83,10 @@ PROMPT_TEMPLATES: dict[str, PromptTemplate] = {
         # ... with SimpleRL-Zoo's / Qwen-Math's boxed-answer instruction after the question
         PromptTemplate(name="chat-boxed", text=f"{{question}}\n{_BOXED_INSTRUCTION}", chat=True),
         # chat-boxed as SmolLM2's chat template renders it (its default system message), after two
-        # solved turns that show the answer format: SmolLM2-135M-Instruct boxes 0-2 % of its answers
-        # with chat-boxed alone and 93 % after these (README "A real model"). Literal ChatML,
+        # solved turns that show the answer format: SmolLM2-135M-Instruct boxes 2 % of its sampled
+        # answers to GSM8K word problems in chat-boxed (none of 8 greedy answers to one calculation
+        # holds a filled box) and 93 % of its answers to calculations after these (README "A real
+        # model"). Literal ChatML,
         # as simplerl-qwen-boxed; the examples are made up, in no problem set.
         PromptTemplate(name="smollm2-chatml-boxed-2shot", text=(
             "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
@@ -330,8 +332,8 @@ PROBE_SPECS["smollm2-cpu-v1"] = ProbeSpec(
 # GSM8K problems (0 of 128 samples, 2 % boxed), so v2 probes the calculations those problems'
 # solutions make ("What is $48 \\div 2$?", data/gsm8k/*-arith.jsonl) after two solved examples
 # that show the box: sampled at temperature 1, pass@8 0.50 [0.31, 0.69], mean accuracy 0.24,
-# 93 % boxed, 4 % cut off at 48 tokens (README "A real model"). The held-out evaluation of 0-shot
-# greedy accuracy is the template's own prompt (fewshot_k 0: its examples are the shots).
+# 93 % boxed, 4 % cut off at 48 tokens (README "A real model"). The step-0 profile's few-shot
+# accuracy is 0-shot (fewshot_k 0): the template's two examples are its shots.
 # The 184-token prompt is most of a rollout's cost (~0.8 s to sample one, ~95 s a step on one
 # core), so the budget is 8 steps of 4 x 8 rollouts, evaluation every 4, a pass@k profile of
 # 8 x 8: about 17 minutes a probe, for a three-probe sweep within an hour (README).
