@@ -1,19 +1,32 @@
 """Write the real-model sweep's probe and eval problem sets from GSM8K *train*.
 
-    python dev/gsm8k_probe_sets.py   # -> data/gsm8k/{probe,eval}-2step[-smoke].jsonl
+    python dev/gsm8k_probe_sets.py   # -> data/gsm8k/{probe,eval}-{2step,arith}[-smoke].jsonl
 
-The easiest GSM8K problems by solution length (two worked steps; 1,960 of 7,473), in a fixed
-order by a hash of the question; the first 256 are the probe's RL problems, the next 64 its
-held-out eval set (greedy evaluation of a 135M model on CPU costs minutes per eval), disjoint
-by construction. The smoke preset's sets are the first 16 and 8 of those. Every corpus the sweep reads from the same file is
-decontaminated against both (curation's n-gram filter drops them; the report counts them).
-The output is midprobe's problem-set format: {id, question, answer, data_source, difficulty}.
+Word problems (`*-2step*`, probe spec smollm2-cpu-v1): the easiest GSM8K problems by solution
+length (two worked steps; 1,960 of 7,473), in a fixed order by a hash of the question; the
+first 256 are the probe's RL problems, the next 64 its held-out eval set (greedy evaluation of a
+135M model on CPU costs minutes per eval), disjoint by construction. The smoke preset's sets
+are the first 16 and 8 of those.
+
+Arithmetic (`*-arith*`, smollm2-cpu-v2): SmolLM2-135M-Instruct solves none of those word
+problems (README "A real model"), so v2 probes one step below them: the calculations those same
+problems' solutions make, from GSM8K's calculator annotations (`<<48/2=24>>` -> "What is
+$48 \\div 2$?", answer 24; two whole operands, a whole result). The probe set's calculations come
+from the 256 probe word problems, the eval set's from the 64 eval word problems (a calculation
+in both stays in the probe set only), each in the hash order of its text. The sweep
+decontaminates its corpora against the word problems too (`probe.benchmarks`), so no corpus
+holds the solution a calculation came from.
+
+Every corpus the sweep reads from the same file is decontaminated against these sets
+(curation's n-gram filter drops them; the report counts them). The output is midprobe's
+problem-set format: {id, question, answer, data_source, difficulty}.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 from data_recipes.sources import gsm8k_solution
@@ -22,25 +35,60 @@ ROOT = Path(__file__).resolve().parents[1] / "data" / "gsm8k"
 STEPS = 2
 SIZES = {"probe": 256, "eval": 64}
 SMOKE = {"probe": 16, "eval": 8}
+# GSM8K's calculator annotation of one binary operation on whole numbers with a whole result
+_CALCULATION = re.compile(r"<<\s*(\d+)\s*([-+*/x])\s*(\d+)\s*=\s*(-?\d+)\s*>>")
+_LATEX_OP = {"+": "+", "-": "-", "*": "\\times", "x": "\\times", "/": "\\div"}
 
 
-def main() -> None:
-    rows = [json.loads(line) for line in (ROOT / "train.jsonl").read_text().splitlines()]
+def _hash_order(problems: list[dict]) -> list[dict]:
+    return sorted(problems, key=lambda p: hashlib.sha256(p["question"].encode()).hexdigest())
+
+
+def _write(split: str, kind: str, problems: list[dict], smoke: int) -> None:
+    for suffix, n in (("", len(problems)), ("-smoke", smoke)):
+        path = ROOT / f"{split}-{kind}{suffix}.jsonl"
+        path.write_text("".join(json.dumps(p) + "\n" for p in problems[:n]))
+        print(path, n)
+
+
+def word_problems(rows: list[dict]) -> dict[str, list[dict]]:
+    """{split: two-step word problems with the raw GSM8K answer under `solution`}."""
     chosen = []
     for line_no, row in enumerate(rows, 1):
         steps, final = gsm8k_solution(row["answer"])
         if len(steps.splitlines()) == STEPS:
             chosen.append({"id": f"gsm8k-train-{line_no}", "question": row["question"], "answer": final,
-                           "data_source": "gsm8k-train", "difficulty": STEPS})
-    chosen.sort(key=lambda p: hashlib.sha256(p["question"].encode()).hexdigest())
-    start = 0
+                           "data_source": "gsm8k-train", "difficulty": STEPS, "solution": row["answer"]})
+    chosen = _hash_order(chosen)
+    splits, start = {}, 0
     for split, size in SIZES.items():
-        problems = chosen[start:start + size]
+        splits[split] = chosen[start:start + size]
         start += size
-        for suffix, n in (("", size), ("-smoke", SMOKE[split])):
-            path = ROOT / f"{split}-{STEPS}step{suffix}.jsonl"
-            path.write_text("".join(json.dumps(p) + "\n" for p in problems[:n]))
-            print(path, n)
+    return splits
+
+
+def calculations(problems: list[dict], exclude: set[str]) -> list[dict]:
+    """The distinct calculations annotated in `problems`' solutions, as arithmetic problems."""
+    found = {}
+    for problem in problems:
+        for step, (left, op, right, result) in enumerate(_CALCULATION.findall(problem["solution"]), 1):
+            question = f"What is ${left} {_LATEX_OP[op]} {right}$?"
+            if question not in exclude and question not in found:
+                found[question] = {"id": f"{problem['id']}-calc{step}", "question": question, "answer": result,
+                                   "data_source": "gsm8k-train-arith", "difficulty": 1}
+    return _hash_order(list(found.values()))
+
+
+def main() -> None:
+    rows = [json.loads(line) for line in (ROOT / "train.jsonl").read_text().splitlines()]
+    words = word_problems(rows)
+    for split, problems in words.items():
+        _write(split, f"{STEPS}step", [{k: v for k, v in p.items() if k != "solution"} for p in problems],
+               SMOKE[split])
+    probe = calculations(words["probe"], exclude=set())
+    evals = calculations(words["eval"], exclude={p["question"] for p in probe})
+    _write("probe", "arith", probe, SMOKE["probe"])
+    _write("eval", "arith", evals, SMOKE["eval"])
 
 
 if __name__ == "__main__":

@@ -82,6 +82,19 @@ PROMPT_TEMPLATES: dict[str, PromptTemplate] = {
         PromptTemplate(name="chat", text="{question}", chat=True),
         # ... with SimpleRL-Zoo's / Qwen-Math's boxed-answer instruction after the question
         PromptTemplate(name="chat-boxed", text=f"{{question}}\n{_BOXED_INSTRUCTION}", chat=True),
+        # chat-boxed as SmolLM2's chat template renders it (its default system message), after two
+        # solved turns that show the answer format: SmolLM2-135M-Instruct boxes 2 % of its sampled
+        # answers to GSM8K word problems in chat-boxed (none of 8 greedy answers to one calculation
+        # holds a filled box) and 93 % of its answers to calculations after these (README "A real
+        # model"). Literal ChatML,
+        # as simplerl-qwen-boxed; the examples are made up, in no problem set.
+        PromptTemplate(name="smollm2-chatml-boxed-2shot", text=(
+            "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+            + "".join(f"<|im_start|>user\n{q}\n{_BOXED_INSTRUCTION}<|im_end|>\n<|im_start|>assistant\n"
+                      f"{a} The final answer is \\boxed{{{r}}}.<|im_end|>\n"
+                      for q, a, r in (("What is $17 + 10$?", "17 + 10 = 27.", 27),
+                                      ("What is $16 \\times 3$?", "16 \\times 3 = 48.", 48)))
+            + f"<|im_start|>user\n{{question}}\n{_BOXED_INSTRUCTION}<|im_end|>\n<|im_start|>assistant\n")),
     )
 }
 
@@ -314,6 +327,30 @@ PROBE_SPECS["smollm2-cpu-v1"] = ProbeSpec(
     profile_problems=16,
     fewshot_k=2,
 )
+
+# v2: problems the base solves sometimes. SmolLM2-135M-Instruct solved none of v1's two-step
+# GSM8K problems (0 of 128 samples, 2 % boxed), so v2 probes the calculations those problems'
+# solutions make ("What is $48 \\div 2$?", data/gsm8k/*-arith.jsonl) after two solved examples
+# that show the box: sampled at temperature 1, pass@8 0.50 [0.31, 0.69], mean accuracy 0.24,
+# 93 % boxed, 4 % cut off at 48 tokens (README "A real model"). The step-0 profile's few-shot
+# accuracy is 0-shot (fewshot_k 0): the template's two examples are its shots.
+# The 184-token prompt is most of a rollout's cost (~0.8 s to sample one, ~95 s a step on one
+# core), so the budget is 8 steps of 4 x 8 rollouts, evaluation every 4, a pass@k profile of
+# 8 x 8: about 17 minutes a probe, for a three-probe sweep within an hour (README).
+# Mini-batches of one group (4 updates a step): a probe process peaked at 7 GB with 8 rollouts
+# (~230 tokens each) in a backward pass, 12 GB with 16 and over 13 GB with 32 (killed), and a
+# sweep runs two probes side by side on a 24 GB machine.
+PROBE_SPECS["smollm2-cpu-v2"] = PROBE_SPECS["smollm2-cpu-v1"].model_copy(update={
+    "name": "smollm2-cpu-v2",
+    "mini_batch_prompts": 1,
+    "template": PROMPT_TEMPLATES["smollm2-chatml-boxed-2shot"],
+    "max_response_length": 48,
+    "fewshot_k": 0,
+    "steps": 8,
+    "eval_every": 4,
+    "checkpoint_every": 4,
+    "profile_problems": 8,
+})
 
 
 def get_probe_spec(name: str) -> ProbeSpec:

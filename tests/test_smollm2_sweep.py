@@ -51,7 +51,9 @@ def test_smollm2_smoke_sweep_end_to_end(smollm2, tmp_path):
     ranking = md.split("## Ranking", 1)[1].split("## Probe", 1)[0]
     assert "| cot |" in ranking and "| short |" in ranking
 
-    questions = [json.loads(line)["question"].strip() for name in ("probe-2step-smoke", "eval-2step-smoke")
+    # the probe's calculations and the word problems they come from (probe.benchmarks)
+    questions = [json.loads(line)["question"].strip()
+                 for name in ("probe-arith-smoke", "eval-arith-smoke", "probe-2step", "eval-2step")
                  for line in (REPO / "data" / "gsm8k" / f"{name}.jsonl").read_text().splitlines()]
     for curated in workspace.glob("curate/*/curated"):  # every probe/eval problem is from GSM8K train too
         assert json.loads((curated.parent / "curation.json").read_text())["docs_in"] == 7473
