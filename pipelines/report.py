@@ -487,7 +487,7 @@ def _data_section(doc: Doc, results: SweepResults) -> None:
         for corpus, weight in sorted(cfg["mix"].items()):
             available = results.curation[corpus].read_json("curation.json").get("tokens", 0) if corpus in results.curation else 0
             epochs = cfg["train"]["tokens"] * weight / available if available else float("nan")
-            parts.append(f"{corpus} {weight:.0%} ({epochs:.1f} ep)")
+            parts.append(f"{corpus} {weight:.0%} ({epochs:.2g} ep)")  # 2 significant digits: a small share is not 0.0
         mix_rows.append([_stage_name(info), f"{cfg['train']['tokens']:,}", "; ".join(parts)])
     doc.heading("Token mix", 3)
     doc.table(["stage", "tokens", "mix (epochs of the curated corpus)"], mix_rows)

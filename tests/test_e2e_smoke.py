@@ -60,6 +60,25 @@ def test_every_number_traces_to_a_finished_stage_run(smoke_run):
     assert not list(workspace.glob("*/.*.partial"))
 
 
+def test_token_mix_states_the_epochs_each_stage_reads(smoke_run):
+    """Every stage's share of each corpus in epochs of its curated tokens, never rounded to 0."""
+    workspace, _, _ = smoke_run
+    table = (workspace / "reports" / "toy-smoke" / "report.md").read_text().split("### Token mix", 1)[1]
+    shown = sorted((m[0], int(m[1]), float(m[2])) for m in re.findall(r"(\w+) (\d+)% \(([^ ]+) ep\)", table))
+    expected = []
+    for path in workspace.glob("midtrain/*/manifest.json"):
+        manifest = json.loads(path.read_text())
+        if manifest["config"]["phase"] == "pretrain":  # the base is not a recipe's stage
+            continue
+        for corpus, weight in manifest["config"]["mix"].items():
+            curated = json.loads((workspace / manifest["inputs"][f"corpus:{corpus}"] / "curation.json").read_text())
+            expected.append((corpus, round(weight * 100), manifest["config"]["train"]["tokens"] * weight / curated["tokens"]))
+    expected.sort()
+    assert [row[:2] for row in shown] == [row[:2] for row in expected]
+    for (_, _, epochs_shown), (corpus, share, epochs) in zip(shown, expected):
+        assert epochs_shown == pytest.approx(epochs, rel=0.05), (corpus, share)
+
+
 def test_decay_branches_start_at_the_stable_lr(smoke_run):
     """On the forks the demo really ran: a decay branch's first step trains at the LR its
     stable stage ended with (no second warmup), and its last at min_lr."""
