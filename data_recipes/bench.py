@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import time
 
-from datatrove.data import Document
 from datatrove.pipeline.filters import C4QualityFilter, FineWebQualityFilter, GopherQualityFilter, GopherRepetitionFilter
 
-from data_recipes.calibration import general_web, gsm8k_train, math_train, real_math_documents, rejection
+from data_recipes.calibration import general_web, gsm8k_train, math_train, real_math_documents, rejection, run_chain
 from data_recipes.filters import build_filters
 
 
@@ -26,10 +25,7 @@ def stock_web_chain() -> list:
 def _run_chain(chain: list, texts: list[str]) -> tuple[int, float]:
     """(documents kept, CPU seconds) for running the chain's steps over the texts."""
     started = time.process_time()
-    data = (Document(text=t, id=str(i)) for i, t in enumerate(texts))
-    for step in chain:
-        data = step.run(data, rank=0, world_size=1)
-    kept = sum(1 for _ in data)
+    kept = run_chain(chain, texts)
     return kept, time.process_time() - started
 
 

@@ -41,18 +41,28 @@ def general_web() -> tuple[dict, ...]:
         return tuple(json.loads(line) for line in f)
 
 
+def run_chain(chain: list, texts: list[str]) -> int:
+    """Documents kept when datatrove's steps run over the texts in order; each step's `stats` then
+    count what it dropped and why."""
+    data = (Document(text=t, id=str(i)) for i, t in enumerate(texts))
+    for step in chain:
+        data = step.run(data, rank=0, world_size=1)
+    return sum(1 for _ in data)
+
+
 def rejection(texts: list[str], preset: str) -> dict:
-    """Share of the texts the preset's filters drop, with the first filter's reason for each."""
+    """Share of the texts the preset's filters drop, by the dropping filter's reason (its name when
+    it gives none), from the filters' own datatrove stats."""
     filters = build_filters(preset)
+    kept = run_chain(list(filters.values()), texts)
     reasons = collections.Counter()
-    for i, text in enumerate(texts):
-        doc = Document(text=text, id=str(i))
-        for name, block in filters.items():
-            verdict = block.filter(doc)
-            if verdict is not True:
-                reasons[verdict[1] if isinstance(verdict, tuple) else name] += 1
-                break
-    return {"preset": preset, "pages": len(texts), "rejected": round(sum(reasons.values()) / len(texts), 3),
+    for name, block in filters.items():
+        counts = {label: int(stat.total) for label, stat in block.stats.stats.items()}
+        by_reason = {label.removeprefix("dropped_"): n for label, n in counts.items() if label.startswith("dropped_")}
+        reasons.update(by_reason)
+        if unexplained := counts.get("dropped", 0) - sum(by_reason.values()):
+            reasons[name] += unexplained
+    return {"preset": preset, "pages": len(texts), "rejected": round(1 - kept / len(texts), 3),
             "reasons": dict(reasons)}
 
 
