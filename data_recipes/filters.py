@@ -139,6 +139,11 @@ FILTER_BLOCKS = {
     "math_quality": MathQualityFilter,
 }
 
+# The filter arguments that name a local file: a sweep reads them relative to the sweep file,
+# checks them before any stage runs, and keys curation on the file's content, so a retrained
+# classifier written over the old one re-curates instead of reusing the old result.
+FILTER_FILE_ARGUMENTS = {"fasttext_classifier": "model_url"}
+
 # Preset name -> {filter block: kwargs}; order is pipeline order (cheap repetition checks first).
 # datatrove scores the most common n-gram even when it occurs once, so on documents under
 # ~150 characters a single 4-gram already exceeds Gopher's 16% "top n-gram" limit; the

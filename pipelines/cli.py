@@ -490,8 +490,10 @@ def train_classifier(labelled: Path = typer.Argument(..., help="JSONL rows with 
         result = train(labelled, out, text_field=text_field, label_field=label_field, epochs=epochs)
     except (KeyError, ValueError) as exc:
         raise InputError(f"{labelled}: {exc}") from None
-    typer.echo(f"{result['examples']} examples, labels {result['labels']}, "
-               f"held-out accuracy {result['holdout_accuracy']:.3f}")
+    accuracy = result["holdout_accuracy"]
+    typer.echo(f"{result['examples']} examples, labels {result['labels']}, lr {result['lr']:g} for "
+               f"{result['epochs']} epochs, held-out accuracy "
+               + ("n/a (under 10 rows, none held out)" if accuracy is None else f"{accuracy:.3f}"))
     typer.echo(out)
 
 

@@ -148,10 +148,16 @@ def _resolved(toy_world: dict) -> dict:
 def _curation_config(name: str, corpus, toy_world: dict) -> dict:
     """A curation run's config: the corpus config with every default, the preset it resolves
     to and every argument of that preset's filter blocks (a changed threshold re-curates)."""
-    from data_recipes.filters import resolved_filter_settings
+    from data_recipes.filters import FILTER_FILE_ARGUMENTS, resolved_filter_settings
 
-    return {"corpus": name, "corpus_config": corpus.model_dump(mode="json"), "preset": corpus.preset(),
-            "filters": resolved_filter_settings(corpus.preset(), corpus.curation.filters), "toy_world": toy_world}
+    config = {"corpus": name, "corpus_config": corpus.model_dump(mode="json"), "preset": corpus.preset(),
+              "filters": resolved_filter_settings(corpus.preset(), corpus.curation.filters), "toy_world": toy_world}
+    files = {block: fingerprint(Path(corpus.curation.filters[block][argument]))
+             for block, argument in FILTER_FILE_ARGUMENTS.items()
+             if (corpus.curation.filters.get(block) or {}).get(argument)}
+    if files:  # only where a filter reads a file, so every other curation key stays as it was
+        config["filter_files"] = files
+    return config
 
 
 # TrainConfig fields that do not change what a stage produces: the thread count is the stage's
@@ -172,13 +178,21 @@ def _phase_config(phase: str, stage: StageMix, midtrain: MidtrainSettings, lr: f
 
 
 def _corpus_paths_resolved(corpus, here: Path):
-    """A corpus whose source files (`source.paths`) are relative to the sweep file, as every other
-    path in a sweep is, rather than to wherever midprobe was started."""
-    paths = getattr(corpus.source, "paths", None)
-    if not paths:
-        return corpus
-    source = corpus.source.model_copy(update={"paths": [str(resolve_path(p, here)) for p in paths]})
-    return corpus.model_copy(update={"source": source})
+    """A corpus whose source files (`source.paths`) and filter files (a classifier's model) are
+    relative to the sweep file, as every other path in a sweep is, rather than to wherever
+    midprobe was started."""
+    from data_recipes.filters import FILTER_FILE_ARGUMENTS
+
+    update = {}
+    if paths := getattr(corpus.source, "paths", None):
+        update["source"] = corpus.source.model_copy(update={"paths": [str(resolve_path(p, here)) for p in paths]})
+    filters = dict(corpus.curation.filters)
+    for block, argument in FILTER_FILE_ARGUMENTS.items():
+        if (filters.get(block) or {}).get(argument):
+            filters[block] = {**filters[block], argument: str(resolve_path(filters[block][argument], here))}
+    if filters != corpus.curation.filters:
+        update["curation"] = corpus.curation.model_copy(update={"filters": filters})
+    return corpus.model_copy(update=update)
 
 
 def build_plan(sweep: Sweep, source: Path) -> Plan:

@@ -28,6 +28,7 @@ def check_sweep(sweep: Sweep, source: Path) -> list[str]:
     """Every data-level problem of a schema-valid sweep."""
     errors = _names(sweep)
     errors += _sources(sweep, source.parent)
+    errors += _filter_files(sweep, source.parent)
     errors += _problem_sets(sweep, source.parent)
     errors += _base(sweep, source.parent)
     errors += _budgets(sweep)
@@ -67,6 +68,28 @@ def _sources(sweep: Sweep, here: Path) -> list[str]:
                     path, source.text_field)
                 if problem:
                     errors.append(f"{field}: {path}: {problem}")
+    return errors
+
+
+def _filter_files(sweep: Sweep, here: Path) -> list[str]:
+    """A filter's file (a fastText classifier) exists, loads, and has the labels the filter keeps or removes."""
+    from data_recipes.filters import FILTER_BLOCKS, FILTER_FILE_ARGUMENTS
+
+    errors = []
+    for name, corpus in sweep.corpora.items():
+        for block, argument in FILTER_FILE_ARGUMENTS.items():
+            kwargs = corpus.curation.filters.get(block)
+            if kwargs is None:
+                continue
+            field = f"corpora.{name}.curation.filters.{block}.{argument}"
+            if not kwargs.get(argument):
+                errors.append(f"{field}: missing (the {block} filter reads its model from this file)")
+                continue
+            path = resolve_path(kwargs[argument], here)
+            try:
+                FILTER_BLOCKS[block](**{**kwargs, argument: str(path)}).model
+            except ValueError as exc:  # not found, not a model, or a label it does not have
+                errors.append(f"{field}: {exc}")
     return errors
 
 

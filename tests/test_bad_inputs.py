@@ -121,6 +121,17 @@ def _parquet_without_text(tmp):
     pq.write_table(pa.table({"id": ["a"], "body": ["x"]}), tmp / "web.parquet")
 
 
+_CLASSIFIER = {"model_url": "math.bin", "keep_labels": [["math", 0.5]]}  # relative to the sweep file
+
+
+def _classifier(tmp):
+    from data_recipes.classifier import train_classifier
+
+    rows = [{"text": d["text"], "label": "math"} for d in DOCS] + [
+        {"text": f"The {w} walked home along the river at dusk.", "label": "other"} for w in ("dog", "man", "cat")]
+    train_classifier(_jsonl(tmp / "labelled.jsonl", rows), tmp / "math.bin")
+
+
 def _rename_corpus(tmp, sweep):
     sweep["corpora"]["we/b"] = sweep["corpora"].pop("web")
     for stage in (sweep["base"]["pretrain"], sweep["recipes"]["control"]["stable"]):
@@ -162,6 +173,20 @@ CASES = [
     ("source-parquet-without-text-column", _then(_parquet_without_text, _set(
         "corpora.web.source", lambda t: {"type": "parquet", "paths": [str(t / "web.parquet")]})),
      r"corpora\.web\.source\.paths\.0: .*web\.parquet: no column 'text' \(has: id, body\)"),
+    # a filter's model file: found relative to the sweep, a fastText model, with the labels it filters on
+    ("classifier-model-missing", _set("corpora.web.curation", {"filters": {"fasttext_classifier": _CLASSIFIER}}),
+     r"corpora\.web\.curation\.filters\.fasttext_classifier\.model_url: fastText classifier model not found: "
+     r".*/math\.bin"),
+    ("classifier-not-a-model", _then(lambda t: (t / "math.bin").write_text("not a model"), _set(
+        "corpora.web.curation", {"filters": {"fasttext_classifier": _CLASSIFIER}})),
+     r"corpora\.web\.curation\.filters\.fasttext_classifier\.model_url: .*math\.bin has wrong file format"),
+    ("classifier-without-the-label", _then(_classifier, _set(
+        "corpora.web.curation", {"filters": {"fasttext_classifier": {**_CLASSIFIER, "keep_labels": [["maths", 0.5]]}}})),
+     r"corpora\.web\.curation\.filters\.fasttext_classifier\.model_url: label 'maths' is not in .*math\.bin "
+     r"\(labels: \['math', 'other'\]\)"),
+    ("classifier-without-a-model", _set("corpora.web.curation", {"filters": {"fasttext_classifier": {
+        "keep_labels": [["math", 0.5]]}}}),
+     r"corpora\.web\.curation\.filters\.fasttext_classifier\.model_url: missing"),
     # problem sets
     ("problems-without-answer", _files(_problem_rows(
         PROBLEMS[:1] + [{"id": "x", "question": "q", "data_source": "t"}])),

@@ -194,6 +194,27 @@ def test_exact_dedup_removes_only_identical_text(env, tmp_path):
     assert summary["docs_out"] == len(unique) + len(near)
 
 
+def test_a_trained_classifier_keeps_the_math_of_a_mixed_corpus(env, tmp_path):
+    """The FineMath-style route: label a sample, train, and curate with datatrove's classifier block."""
+    from data_recipes.classifier import train_classifier
+
+    world = env["world"]
+    labelled = [{"text": d["text"], "label": label} for label, kind in (("math", "mathweb"), ("other", "web"))
+                for d in world.documents(kind, 150, seed=11)]
+    train_classifier(_write_jsonl(tmp_path / "labelled.jsonl", labelled), tmp_path / "math.bin")
+    math = [{"id": f"math-{d['id']}", "text": d["text"]} for d in world.documents("mathweb", 100, seed=12)]
+    web = [{"id": f"web-{d['id']}", "text": d["text"]} for d in world.documents("web", 100, seed=12)]
+    _write_jsonl(tmp_path / "mixed.jsonl", math + web)
+    corpus = CorpusConfig(source={"type": "jsonl", "paths": [str(tmp_path / "mixed.jsonl")]},
+                          curation={"preset": "none", "dedup": {"method": "none"},
+                                    "filters": {"fasttext_classifier": {"model_url": str(tmp_path / "math.bin"),
+                                                                        "keep_labels": [["math", 0.5]]}}})
+    summary = curate_corpus(corpus, env["tokenizer"], [], tmp_path / "out", name="mixed")
+    kept = {d["id"] for d in _jsonl(tmp_path / "out" / "curated")}
+    assert len(kept & {d["id"] for d in math}) >= 95 and len(kept & {d["id"] for d in web}) <= 5
+    assert summary["dropped"]["fasttext_classifier"]["total"] == 200 - len(kept)
+
+
 @pytest.mark.parametrize("source_type", ["parquet", "hf"])
 def test_parquet_and_hf_sources(env, tmp_path, source_type):
     import pyarrow as pa

@@ -98,13 +98,8 @@ def test_trained_classifier_filters_math_from_prose(tmp_path):
                         + "".join(json.dumps({"text": t, "label": "other"}) + "\n" for t in prose))
     report = train_classifier(labelled, tmp_path / "math.bin")
     assert report["labels"] == ["math", "other"] and report["holdout_accuracy"] >= 0.95
-    again = train_classifier(labelled, tmp_path / "again.bin")
-    import fasttext
-
-    first, second = fasttext.load_model(str(tmp_path / "math.bin")), fasttext.load_model(str(tmp_path / "again.bin"))
-    texts = solutions[150:170] + prose[-20:]
-    texts = [" ".join(t.split()) for t in texts]  # fastText predicts on one line
-    assert [first.predict(t)[0] for t in texts] == [second.predict(t)[0] for t in texts]  # retraining agrees
+    # Retraining is not compared: fastText gives another model each run here (train_classifier's
+    # docstring), which is why a sweep keys curation on the model file's content.
 
     filters = build_filters("none", {"fasttext_classifier": {"model_url": str(tmp_path / "math.bin"),
                                                              "keep_labels": [["math", 0.5]]}})

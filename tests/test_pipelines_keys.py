@@ -174,3 +174,39 @@ def test_the_selection_picks_from_the_pool_what_the_world_would_draw(tmp_path):
     assert ids(tmp_path / "picked" / "train.jsonl") == expected
     pool_levels = {json.loads(line)["difficulty"] for line in (tmp_path / "pool" / "train.jsonl").read_text().splitlines()}
     assert pool_levels == set(world.cfg.difficulties) and set(expected) <= set(ids(tmp_path / "pool" / "train.jsonl"))
+
+
+def test_a_classifier_model_keys_curation_by_its_content_and_is_read_beside_the_sweep(tmp_path, monkeypatch):
+    """Retraining a classifier over the same file must re-curate (cached = current), and
+    `model_url` is relative to the sweep file like every other path in it."""
+    from data_recipes.classifier import train_classifier
+    from data_recipes.toyworld import ToyWorld
+
+    world = ToyWorld()
+    rows = [{"text": d["text"], "label": label} for label, kind in (("math", "mathweb"), ("other", "web"))
+            for d in world.documents(kind, 60)]
+    labelled = tmp_path / "labelled.jsonl"
+    labelled.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    here = tmp_path / "sweeps"
+    here.mkdir()
+    train_classifier(labelled, here / "math.bin", seed=0)
+    data = yaml.safe_load(TOY_SMOKE.read_text())
+    data["corpora"]["web"]["curation"]["filters"] = {"fasttext_classifier": {"model_url": "math.bin",
+                                                                            "keep_labels": [["other", 0.5]]}}
+    edited = here / "sweep.yaml"
+    edited.write_text(yaml.safe_dump(data))
+    monkeypatch.chdir(tmp_path)  # not where the model is
+    store = RunStore(tmp_path / "ws")
+    first = build_plan(load_sweep(edited), edited)
+    web = next(run for run in first.runs() if run.label == "curate web")
+    assert web.config["corpus_config"]["curation"]["filters"]["fasttext_classifier"]["model_url"] == str(here / "math.bin")
+    store.set_members("toy-smoke", {run: [{}] for run in first.runs()})
+
+    train_classifier(labelled, here / "math.bin", seed=1)  # a new model in the same file
+    second = build_plan(load_sweep(edited), edited)
+    before, after = ({run.label: run.key for run in plan.runs()} for plan in (first, second))
+    assert _changed(before, after) == _downstream_of({"curate web"}, edited)
+    rerun = next(run for run in second.runs() if run.label == "curate web")
+    assert why_run(rerun, store.previous(rerun, "toy-smoke")).startswith("config: filter_files.fasttext_classifier ")
+    # a corpus without a filter file keeps the key it had before filter files were keyed
+    assert "filter_files" not in next(run for run in second.runs() if run.label == "curate qa_cot").config
