@@ -349,7 +349,9 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 def base_profile(model, prompter: Prompter, train: list[dict], evals: list[dict], spec: ProbeSpec,
                  seed: int) -> dict:
-    """Step-0 profile: pass@k on probe (train-split) problems and greedy few-shot accuracy on the eval split."""
+    """Step-0 profile: pass@k on probe (train-split) problems and greedy few-shot accuracy on the eval split
+    (none at fewshot_k 0: 0-shot accuracy is the step-0 evaluation's, and repeating it cost SmolLM2's
+    probe about 55 s)."""
     rng = np.random.default_rng(_stream_seed(seed, 0, "profile"))
     chosen = [train[i] for i in rng.choice(len(train), min(spec.profile_problems, len(train)), replace=False)]
     n = spec.passk_samples
@@ -361,14 +363,16 @@ def base_profile(model, prompter: Prompter, train: list[dict], evals: list[dict]
     correct_per_problem = correct.reshape(len(chosen), n).sum(axis=1)
     passk = {str(k): float(np.mean([pass_at_k(n, int(c), k) for c in correct_per_problem]))
              for k in spec.passk_ks}
-    return {
+    profile = {
         "spec": spec.name,
         "spec_hash": spec.content_hash(),
         "pass_at_k": passk,
         "pass_at_k_problems": len(chosen),
         "pass_at_k_samples": n,
-        "fewshot": fewshot_accuracy(model, prompter, train, evals, spec, seed),
     }
+    if spec.fewshot_k:
+        profile["fewshot"] = fewshot_accuracy(model, prompter, train, evals, spec, seed)
+    return profile
 
 
 def fewshot_accuracy(model, prompter: Prompter, train: list[dict], evals: list[dict], spec: ProbeSpec,
@@ -476,7 +480,7 @@ def _summary(spec: ProbeSpec, seed: int, checkpoint: Path, out_dir: Path, timing
         "evals": {str(step): values for step, values in sorted(evals.items())},
         "final_train_score": train_steps[-1]["data"]["critic/score/mean"] if train_steps else None,
         "base_pass_at_k": profile["pass_at_k"],
-        "base_fewshot_acc": profile["fewshot"]["acc"],
+        "base_fewshot_acc": profile.get("fewshot", {}).get("acc"),
         "prompts": prompt_counts,
         "timings": {
             **{k: round(v, 3) for k, v in timings.items()},

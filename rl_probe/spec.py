@@ -155,7 +155,7 @@ class ProbeSpec(BaseModel):
     # step-0 base profile
     passk_ks: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
     profile_problems: int = Field(default=32, ge=1)
-    fewshot_k: int = Field(default=4, ge=0)
+    fewshot_k: int = Field(default=4, ge=0)  # 0: no few-shot evaluation (the step-0 evaluation is 0-shot)
 
     @field_validator("template", mode="before")
     @classmethod
@@ -332,8 +332,8 @@ PROBE_SPECS["smollm2-cpu-v1"] = ProbeSpec(
 # GSM8K problems (0 of 128 samples, 2 % boxed), so v2 probes the calculations those problems'
 # solutions make ("What is $48 \\div 2$?", data/gsm8k/*-arith.jsonl) after two solved examples
 # that show the box: sampled at temperature 1, pass@8 0.50 [0.31, 0.69], mean accuracy 0.24,
-# 93 % boxed, 4 % cut off at 48 tokens (README "A real model"). The step-0 profile's few-shot
-# accuracy is 0-shot (fewshot_k 0): the template's two examples are its shots.
+# 93 % boxed, 4 % cut off at 48 tokens (README "A real model"). fewshot_k 0: the template's two
+# examples are its shots, so the step-0 profile has no few-shot evaluation of its own.
 # The 184-token prompt is most of a rollout's cost (~0.8 s to sample one, ~95 s a step on one
 # core), so the budget is 8 steps of 4 x 8 rollouts, evaluation every 4, a pass@k profile of
 # 8 x 8: about 17 minutes a probe, for a three-probe sweep within an hour (README).

@@ -142,13 +142,16 @@ def test_resume_refuses_another_seed(inputs, reference_run, tmp_path):
         _run(inputs, tmp_path / "run", seed=5)
 
 
-def test_kl_entropy_and_epochs_path(inputs, tmp_path):
+def test_kl_entropy_epochs_and_zero_shot_path(inputs, tmp_path):
     spec = SMOKE.model_copy(update={"kl_coef": 0.1, "entropy_coeff": 0.01, "ppo_epochs": 2, "steps": 2,
-                                    "loss_agg_mode": "seq-mean-token-mean"})
-    _run(inputs, tmp_path, spec=spec)
+                                    "loss_agg_mode": "seq-mean-token-mean", "fewshot_k": 0})
+    summary = _run(inputs, tmp_path, spec=spec)
     data = read_metrics(tmp_path / "metrics.jsonl")[-1]["data"]
     assert data["actor/kl_coef"] == 0.1 and data["actor/kl_loss"] >= 0
     assert data["actor/ppo_kl"] != 0  # second epoch sees an updated policy
+    # no shots: no few-shot evaluation (it would repeat the step-0 evaluation)
+    assert "fewshot" not in json.loads((tmp_path / "profile.json").read_text())
+    assert summary["base_fewshot_acc"] is None
 
 
 def test_rejects_a_verl_spec(inputs, tmp_path):
