@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,16 +52,42 @@ def why_run(run: StageRun, previous: dict | None) -> str:
 
 def fingerprint(path: Path) -> str:
     """Content fingerprint of a user file or directory (large files by size and mtime)."""
-    digest = hashlib.sha256()
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return files_fingerprint(files, path.parent if path.is_file() else path)
+
+
+def files_fingerprint(files: list[Path], root: Path) -> str:
+    """Content fingerprint of files named relative to `root`: files up to 4 MiB by their bytes,
+    larger ones (corpus shards, model weights) by size and mtime, so planning never reads a corpus."""
+    digest = hashlib.sha256()
     for file in files:
         stat = file.stat()
-        digest.update(str(file.relative_to(path.parent if path.is_file() else path)).encode())
+        digest.update(str(file.relative_to(root)).encode())
         if stat.st_size <= 4 << 20:
             digest.update(file.read_bytes())
         else:
             digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:16]
+
+
+def source_fingerprint(source) -> str | None:
+    """The content fingerprint of a corpus source's local files: the files its paths or globs match
+    now (a new shard re-keys too), or an HF source's save_to_disk directory and data files. None for
+    toy sources and hub datasets, which have no local files to read before they are loaded."""
+    import glob
+
+    from data_recipes.sources import HFSource, expand_paths
+
+    if patterns := getattr(source, "paths", None):
+        files = [Path(f) for f in expand_paths(patterns, "")]  # as curation reads them (preflight: some match)
+    elif isinstance(source, HFSource):
+        local = Path(source.path).expanduser()
+        files = sorted(p for p in local.rglob("*") if p.is_file()) if local.is_dir() else []
+        files += sorted(Path(f) for pattern in source.data_files or []
+                        for f in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(f))
+    else:
+        return None
+    return files_fingerprint([f.resolve() for f in files], Path("/")) if files else None
 
 
 def external(path: Path, label: str) -> StageRun:
@@ -157,6 +184,8 @@ def _curation_config(name: str, corpus, toy_world: dict) -> dict:
              if (corpus.curation.filters.get(block) or {}).get(argument)}
     if files:  # only where a filter reads a file, so every other curation key stays as it was
         config["filter_files"] = files
+    if source := source_fingerprint(corpus.source):  # re-curate when the corpus files change
+        config["source_files"] = source
     return config
 
 
@@ -202,25 +231,27 @@ def build_plan(sweep: Sweep, source: Path) -> Plan:
     probe_cfg = sweep.probe
     toy_world = sweep.toy_world.model_dump()
     problems = problems_run(toy_world, probe_cfg.train_set, probe_cfg.eval_set, here)
+    corpora = {name: _corpus_paths_resolved(corpus, here) for name, corpus in sweep.corpora.items()}
 
     if sweep.tokenizer.path:
         tokenizer = external(resolve_path(sweep.tokenizer.path, here), "tokenizer")
     elif sweep.base.hf_path and not sweep.tokenizer.train_on:
         tokenizer = external(resolve_path(sweep.base.hf_path, here), "tokenizer (base model's)")
     else:
-        tokenizer = stage_run("tokenizer", {
-            "vocab_size": sweep.tokenizer.vocab_size, "toy_world": toy_world,
-            "sources": {name: sweep.corpora[name].source.model_dump(mode="json")
-                        for name in sorted(sweep.tokenizer.train_on)},
-        }, label="tokenizer")
+        trained_on = sorted(sweep.tokenizer.train_on)
+        config = {"vocab_size": sweep.tokenizer.vocab_size, "toy_world": toy_world,
+                  "sources": {name: corpora[name].source.model_dump(mode="json") for name in trained_on}}
+        files = {name: fp for name in trained_on if (fp := source_fingerprint(corpora[name].source))}
+        if files:  # only for file sources, so a toy tokenizer keeps its key
+            config["source_files"] = files
+        tokenizer = stage_run("tokenizer", config, label="tokenizer")
 
     benchmarks = [external(resolve_path(b, here), f"benchmark {b}") for b in probe_cfg.benchmarks]
     curate = {}
-    for name, corpus in sweep.corpora.items():
+    for name, corpus in corpora.items():
         inputs = {"tokenizer": tokenizer, "problems": problems}
         inputs.update({f"benchmark:{i}": b for i, b in enumerate(benchmarks)})
-        curate[name] = stage_run("curate", _curation_config(name, _corpus_paths_resolved(corpus, here), toy_world),
-                                 inputs, label=f"curate {name}")
+        curate[name] = stage_run("curate", _curation_config(name, corpus, toy_world), inputs, label=f"curate {name}")
 
     if sweep.base.hf_path:
         base = external(resolve_path(sweep.base.hf_path, here), "base model")

@@ -210,3 +210,30 @@ def test_a_classifier_model_keys_curation_by_its_content_and_is_read_beside_the_
     assert why_run(rerun, store.previous(rerun, "toy-smoke")).startswith("config: filter_files.fasttext_classifier ")
     # a corpus without a filter file keeps the key it had before filter files were keyed
     assert "filter_files" not in next(run for run in second.runs() if run.label == "curate qa_cot").config
+
+
+def test_corpus_files_key_curation_and_tokenizer_by_content_and_by_which_files_match(tmp_path, monkeypatch):
+    """A corpus re-curates (and a tokenizer trained on it retrains) when its files change or its
+    glob matches another shard (cached = current); planning twice gives the same keys."""
+    from data_recipes.toyworld import ToyWorld
+
+    docs = [{"id": d["id"], "text": d["text"]} for d in ToyWorld().documents("web", 40)]
+    shard = tmp_path / "web" / "00000.jsonl"
+    shard.parent.mkdir()
+    shard.write_text("".join(json.dumps(d) + "\n" for d in docs[:20]))
+    data = yaml.safe_load(TOY_SMOKE.read_text())
+    data["corpora"]["web"]["source"] = {"type": "jsonl", "paths": ["web/*.jsonl"]}  # relative to the sweep
+    edited = tmp_path / "sweep.yaml"
+    edited.write_text(yaml.safe_dump(data))
+    monkeypatch.chdir(tmp_path / "web")  # not where the sweep is
+    first = _keys(edited)
+    assert _keys(edited) == first
+    tokenizer = next(r for r in build_plan(load_sweep(edited), edited).runs() if r.label == "tokenizer")
+    assert tokenizer.config["sources"]["web"]["paths"] == [str(tmp_path / "web" / "*.jsonl")]
+    affected = _downstream_of({"tokenizer"}, edited)  # toy-smoke's tokenizer trains on web
+
+    shard.write_text("".join(json.dumps(d) + "\n" for d in docs[:19]))  # a record fewer
+    edited_file = _keys(edited)
+    assert _changed(first, edited_file) == affected
+    (tmp_path / "web" / "00001.jsonl").write_text(json.dumps(docs[19]) + "\n")  # a new shard
+    assert _changed(edited_file, _keys(edited)) == affected
