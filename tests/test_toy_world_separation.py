@@ -27,17 +27,6 @@ DESIGNED_ORDER = ["qa_cot", "qa_short"]  # README "What the recipes change": bes
 pytestmark = pytest.mark.slow
 
 
-# Measured at commit f2d4604 (README "Measured: what the demo shows today"): with decay branches
-# that continue at the stable LR and decay from the start (no second warmup), qa_short ranks
-# first (+0.177 [+0.154, +0.204] over qa_cot) and qa_cot's fitted gain is +0.030 [-0.001,
-# +0.061]. At dcd4d5a the cause was narrowed to one skill: the qa_cot branch does not copy the
-# daily change (0.09), which today's stable checkpoint no longer brings; 2-3x the decay tokens,
-# 2x the stable tokens or 3x the LR did not restore it. Strict, so that a toy world that
-# restores the design makes these fail until unmarked.
-SCHEDULE_FIX = pytest.mark.xfail(strict=True, reason="the qa_cot branch does not learn to copy "
-                                                     "the daily change (README)")
-
-
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("separation")
@@ -56,7 +45,6 @@ def results(tmp_path_factory):
     return collect(RunStore(tmp / "ws"), "toy-separation")
 
 
-@SCHEDULE_FIX
 def test_recipes_rank_in_the_designed_order_with_a_lead_beyond_noise(results):
     ranking = rank(results.probes)
     assert [r.recipe for r in ranking.recipes] == DESIGNED_ORDER
@@ -73,7 +61,6 @@ def test_probe_set_is_informative(results):
         assert np.mean(uniform) < 0.5, f"{recipe}: most GRPO groups of steps <= 10 are uniform"
 
 
-@SCHEDULE_FIX
 def test_probe_learns_on_the_chain_of_thought_checkpoint(results):
     learning = next(r for r in rank(results.probes, score="fitted_gain").recipes if r.recipe == "qa_cot")
     assert learning.ci_low > 0, (f"qa_cot fitted gain {learning.score:+.3f}, "
