@@ -178,7 +178,7 @@ def run(sweep: Path = typer.Argument(..., help="sweep YAML file"), workspace: Op
 
 
 @app.command()
-def demo(preset: str = typer.Option("default", help="default (≈15 min on 2 cores) or smoke (tests)"),
+def demo(preset: str = typer.Option("default", help="default (≈17 min on 2 cores) or smoke (tests)"),
          workspace: Optional[Path] = WorkspaceOpt, seeds: Optional[str] = SeedsOpt,
          replicas: Optional[int] = typer.Option(None, "--replicas", help=(
              "mid-train every recipe this many times (data-order seeds from the sweep's seed up); "
