@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,14 +55,14 @@ def fingerprint(path: Path) -> str:
     return files_fingerprint(files, path.parent if path.is_file() else path)
 
 
-def files_fingerprint(files: list[Path], root: Path) -> str:
-    """Content fingerprint of files named relative to `root`: files up to 4 MiB by their bytes,
-    larger ones (corpus shards, model weights) by size and mtime, so planning never reads a corpus."""
+def files_fingerprint(files: list[Path], root: Path, read_up_to: int = 4 << 20) -> str:
+    """Content fingerprint of files named relative to `root`: files up to `read_up_to` bytes by
+    their bytes, larger ones (model weights) by size and mtime."""
     digest = hashlib.sha256()
     for file in files:
         stat = file.stat()
         digest.update(str(file.relative_to(root)).encode())
-        if stat.st_size <= 4 << 20:
+        if stat.st_size <= read_up_to:
             digest.update(file.read_bytes())
         else:
             digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
@@ -71,23 +70,22 @@ def files_fingerprint(files: list[Path], root: Path) -> str:
 
 
 def source_fingerprint(source) -> str | None:
-    """The content fingerprint of a corpus source's local files: the files its paths or globs match
+    """The fingerprint of a corpus source's local files, each by name, size and mtime (planning never
+    reads a corpus, whose thousands of shards may each be small): the files its paths or globs match
     now (a new shard re-keys too), or an HF source's save_to_disk directory and data files. None for
     toy sources and hub datasets, which have no local files to read before they are loaded."""
-    import glob
-
     from data_recipes.sources import HFSource, expand_paths
+    from pipelines.preflight import source_files
 
     if patterns := getattr(source, "paths", None):
         files = [Path(f) for f in expand_paths(patterns, "")]  # as curation reads them (preflight: some match)
     elif isinstance(source, HFSource):
         local = Path(source.path).expanduser()
         files = sorted(p for p in local.rglob("*") if p.is_file()) if local.is_dir() else []
-        files += sorted(Path(f) for pattern in source.data_files or []
-                        for f in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(f))
+        files += [Path(f) for pattern in source.data_files or [] for f in source_files(pattern)]
     else:
         return None
-    return files_fingerprint([f.resolve() for f in files], Path("/")) if files else None
+    return files_fingerprint([f.resolve() for f in files], Path("/"), read_up_to=0) if files else None
 
 
 def external(path: Path, label: str) -> StageRun:
@@ -172,7 +170,7 @@ def _resolved(toy_world: dict) -> dict:
     return ToyWorldConfig(**toy_world).model_dump()
 
 
-def _curation_config(name: str, corpus, toy_world: dict) -> dict:
+def _curation_config(name: str, corpus, toy_world: dict, source_files: str | None) -> dict:
     """A curation run's config: the corpus config with every default, the preset it resolves
     to and every argument of that preset's filter blocks (a changed threshold re-curates)."""
     from data_recipes.filters import FILTER_FILE_ARGUMENTS, resolved_filter_settings
@@ -184,8 +182,8 @@ def _curation_config(name: str, corpus, toy_world: dict) -> dict:
              if (corpus.curation.filters.get(block) or {}).get(argument)}
     if files:  # only where a filter reads a file, so every other curation key stays as it was
         config["filter_files"] = files
-    if source := source_fingerprint(corpus.source):  # re-curate when the corpus files change
-        config["source_files"] = source
+    if source_files:  # re-curate when the corpus files change
+        config["source_files"] = source_files
     return config
 
 
@@ -232,6 +230,7 @@ def build_plan(sweep: Sweep, source: Path) -> Plan:
     toy_world = sweep.toy_world.model_dump()
     problems = problems_run(toy_world, probe_cfg.train_set, probe_cfg.eval_set, here)
     corpora = {name: _corpus_paths_resolved(corpus, here) for name, corpus in sweep.corpora.items()}
+    source_files = {name: source_fingerprint(corpus.source) for name, corpus in corpora.items()}  # once each
 
     if sweep.tokenizer.path:
         tokenizer = external(resolve_path(sweep.tokenizer.path, here), "tokenizer")
@@ -241,7 +240,7 @@ def build_plan(sweep: Sweep, source: Path) -> Plan:
         trained_on = sorted(sweep.tokenizer.train_on)
         config = {"vocab_size": sweep.tokenizer.vocab_size, "toy_world": toy_world,
                   "sources": {name: corpora[name].source.model_dump(mode="json") for name in trained_on}}
-        files = {name: fp for name in trained_on if (fp := source_fingerprint(corpora[name].source))}
+        files = {name: source_files[name] for name in trained_on if source_files[name]}
         if files:  # only for file sources, so a toy tokenizer keeps its key
             config["source_files"] = files
         tokenizer = stage_run("tokenizer", config, label="tokenizer")
@@ -251,7 +250,8 @@ def build_plan(sweep: Sweep, source: Path) -> Plan:
     for name, corpus in corpora.items():
         inputs = {"tokenizer": tokenizer, "problems": problems}
         inputs.update({f"benchmark:{i}": b for i, b in enumerate(benchmarks)})
-        curate[name] = stage_run("curate", _curation_config(name, corpus, toy_world), inputs, label=f"curate {name}")
+        curate[name] = stage_run("curate", _curation_config(name, corpus, toy_world, source_files[name]),
+                                 inputs, label=f"curate {name}")
 
     if sweep.base.hf_path:
         base = external(resolve_path(sweep.base.hf_path, here), "base model")
