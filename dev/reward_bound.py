@@ -3,7 +3,7 @@
     python dev/reward_bound.py [--adversarial 1000] [--every 1]
 
 Starts two CPU-bound processes (the load), then scores: every GSM8K/MATH train solution
-against its gold answer and against a wrong one (see rl_probe/reward_calibration.py), then the
+against its gold answer and against a wrong one (see bench/reward_calibration.py), then the
 adversarial responses, each call timed on the wall clock, with the load average.
 Prints one JSON line per part.
 """
@@ -17,7 +17,7 @@ import subprocess
 import sys
 
 from rl_probe.reward import warm_up_verifier
-from rl_probe.reward_calibration import adversarial_outputs, gsm8k_cases, math_cases, measure, measure_wall_bound
+from bench.reward_calibration import adversarial_outputs, gsm8k_cases, math_cases, measure, measure_wall_bound
 
 
 def main() -> None:

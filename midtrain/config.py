@@ -8,7 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from midtrain.memory import OptimizerChoice
+OptimizerChoice = Literal["auto", "torch-adamw", "megatron-distributed"]
+
 
 # Bump when `midtrain.train.train` gives other weights or metrics for the same config and
 # inputs: it is part of every midtrain stage key, so finished runs are not reused across it.

@@ -38,9 +38,8 @@ from pydantic import BaseModel, ConfigDict
 from midtrain.spec import ModelSpec
 
 if TYPE_CHECKING:
-    from midtrain.train import TrainConfig
+    from midtrain.config import OptimizerChoice, TrainConfig
 
-OptimizerChoice = Literal["auto", "torch-adamw", "megatron-distributed"]
 GIB = 1024 ** 3
 GPU_RUNTIME_RESERVE = 2 * GIB
 

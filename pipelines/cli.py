@@ -38,7 +38,7 @@ def _workspace(sweep_workspace: str | None, override: Optional[Path]) -> Path:
 @app.command()
 def validate(sweep: Path = typer.Argument(..., help="sweep YAML file")) -> None:
     """Check a sweep file; list every error with its field path."""
-    from pipelines.sweep import validate_sweep
+    from pipelines.preflight import validate_sweep
 
     errors = validate_sweep(sweep)
     if errors:
@@ -54,7 +54,8 @@ def plan(sweep: Path = typer.Argument(..., help="sweep YAML file"), workspace: O
     from pipelines.plan import build_plan, why_run
     from pipelines.store import RunStore
     from midtrain.memory import GIB
-    from pipelines.sweep import load_sweep, midtrain_memory
+    from pipelines.sweep import midtrain_memory
+    from pipelines.preflight import load_sweep
 
     spec = load_sweep(sweep)
     the_plan = build_plan(spec, sweep)
@@ -103,7 +104,7 @@ def _load(sweep_path: Path, seeds: Optional[str], replicas: Optional[int] = None
     from the command line if asked (replicas: seeds from the sweep's midtrain seed up, so
     the first replica is the sweep's own run and reuses it)."""
     from midtrain.config import MidtrainSettings
-    from pipelines.sweep import load_sweep
+    from pipelines.preflight import load_sweep
 
     spec = load_sweep(sweep_path)
     if seeds:
@@ -319,7 +320,7 @@ def validate_probe(sweep: Path = typer.Argument(..., help="sweep YAML file"),
 def report(sweep: Path = typer.Argument(..., help="sweep YAML file"), workspace: Optional[Path] = WorkspaceOpt) -> None:
     """(Re)write the comparison report of a sweep from the run store."""
     from pipelines.store import RunStore
-    from pipelines.sweep import load_sweep
+    from pipelines.preflight import load_sweep
 
     spec = load_sweep(sweep)
     path = _workspace(spec.workspace, workspace)
@@ -336,7 +337,7 @@ def status(sweep_file: Optional[Path] = typer.Argument(
     """Table of stage runs in a workspace: running, done, failed; and who holds which lock."""
     from pipelines.locks import describe, lock_states
     from pipelines.store import RunStore
-    from pipelines.sweep import load_sweep
+    from pipelines.preflight import load_sweep
 
     sweep_workspace = None
     if sweep_file is not None:

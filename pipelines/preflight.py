@@ -18,7 +18,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from pipelines.errors import InputError
-from pipelines.sweep import ExecutorSection, Sweep, resolve_path
+from pipelines.sweep import ExecutorSection, Sweep, cross_check, parse_sweep, resolve_path
 
 SAMPLE_LINES = 100  # of each source file: enough to find a wrong text field, cheap on a large corpus
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # a path component, never '.' or '..'
@@ -285,3 +285,20 @@ def finished_probe(workspace: Path, sweep: str) -> None:
         db.close()
     if not any((workspace / "probe" / key / "manifest.json").is_file() for key in keys):
         raise InputError(f"{workspace}: no finished probe of sweep '{sweep}' (midprobe run writes them)")
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Load and fully validate a sweep; raise InputError listing every problem."""
+    errors = validate_sweep(path)
+    if errors:
+        more = f" (+{len(errors) - 1} more: midprobe validate {path})" if len(errors) > 1 else ""
+        raise InputError(f"{path}: {errors[0]}{more}")
+    return parse_sweep(Path(path))[0]
+
+
+def validate_sweep(path: str | Path) -> list[str]:
+    path = Path(path)
+    sweep, errors = parse_sweep(path)
+    if sweep is not None:
+        errors = cross_check(sweep, path) + check_sweep(sweep, path)
+    return errors

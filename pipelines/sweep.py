@@ -335,25 +335,6 @@ def resolve_path(value: str, base_dir: Path) -> Path:
     return path if path.is_absolute() else (base_dir / path).resolve()
 
 
-def load_sweep(path: str | Path) -> Sweep:
-    """Load and fully validate a sweep; raise InputError listing every problem."""
-    errors = validate_sweep(path)
-    if errors:
-        more = f" (+{len(errors) - 1} more: midprobe validate {path})" if len(errors) > 1 else ""
-        raise InputError(f"{path}: {errors[0]}{more}")
-    return _parse(Path(path))[0]
-
-
-def validate_sweep(path: str | Path) -> list[str]:
-    path = Path(path)
-    sweep, errors = _parse(path)
-    if sweep is not None:
-        from pipelines.preflight import check_sweep
-
-        errors = cross_check(sweep, path) + check_sweep(sweep, path)
-    return errors
-
-
 class _UniqueKeyLoader(yaml.SafeLoader):
     """YAML's safe loader, refusing a mapping that repeats a key (plain YAML lets the last win)."""
 
@@ -367,7 +348,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def _parse(path: Path) -> tuple[Sweep | None, list[str]]:
+def parse_sweep(path: Path) -> tuple[Sweep | None, list[str]]:
     if not path.is_file():
         raise InputError(f"{path}: sweep file not found")
     try:

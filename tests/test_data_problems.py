@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from data_recipes.problems import ProblemFields, ProblemFormatError, has_levels, read_problem_set
-from pipelines.sweep import bundled_sweep, validate_sweep
+from pipelines.sweep import bundled_sweep
+from pipelines.preflight import validate_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,8 @@ from pipelines.plan import build_plan
 from pipelines.ranking import ProbeRun, rank
 from pipelines.results import StageInfo, SweepResults
 from pipelines.stages import STAGES
-from pipelines.sweep import bundled_sweep, load_sweep
+from pipelines.sweep import bundled_sweep
+from pipelines.preflight import load_sweep
 
 EVAL_STEPS = list(range(0, 45, 5))  # a 40-step probe evaluating every 5 steps
 N_PROBLEMS = 64

@@ -13,7 +13,8 @@ import yaml
 
 from pipelines.plan import build_plan, why_run
 from pipelines.store import RunStore
-from pipelines.sweep import bundled_sweep, load_sweep
+from pipelines.sweep import bundled_sweep
+from pipelines.preflight import load_sweep
 
 TOY_SMOKE = bundled_sweep("toy-smoke")
 
@@ -101,7 +102,7 @@ def test_bundled_sweep_keys_do_not_depend_on_where_or_how_the_plan_is_built(tmp_
     copy.parent.mkdir()
     copy.write_text(bundled_sweep("toy").read_text())
     script = ("import json,sys; from pathlib import Path; from pipelines.plan import build_plan; "
-              "from pipelines.sweep import load_sweep; p=Path(sys.argv[1]); "
+              "from pipelines.preflight import load_sweep; p=Path(sys.argv[1]); "
               "print(json.dumps({r.label: r.key for r in build_plan(load_sweep(p), p).runs()}))")
     outputs = [subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, check=True,
                               cwd=cwd, env={**os.environ, "PYTHONHASHSEED": seed}).stdout

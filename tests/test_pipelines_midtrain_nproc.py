@@ -19,7 +19,8 @@ from pipelines.execute import STAGE_LOG, Runtime, captured_output, execute_stage
 from pipelines.plan import build_plan
 from pipelines.stages import STAGES
 from pipelines.store import RunStore
-from pipelines.sweep import bundled_sweep, load_sweep, validate_sweep
+from pipelines.sweep import bundled_sweep
+from pipelines.preflight import load_sweep, validate_sweep
 
 SMOKE = bundled_sweep("toy-smoke")
 

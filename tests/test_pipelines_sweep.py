@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from pipelines.plan import build_plan
-from pipelines.sweep import bundled_sweep, load_sweep, validate_sweep
+from pipelines.sweep import bundled_sweep
+from pipelines.preflight import load_sweep, validate_sweep
 
 TOY_SMOKE = bundled_sweep("toy-smoke")
 

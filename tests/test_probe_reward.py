@@ -11,7 +11,7 @@ import pytest
 from data_recipes.calibration import math_train
 from rl_probe import reward
 from rl_probe.reward import SCORE_WALL_S, has_repetition, last_boxed, score, warm_up_verifier
-from rl_probe.reward_calibration import (adversarial_outputs, cpu_and_run_queue_s, gsm8k_cases, math_cases, measure,
+from bench.reward_calibration import (adversarial_outputs, cpu_and_run_queue_s, gsm8k_cases, math_cases, measure,
                                          measure_wall_bound, wrong_answer)
 
 

@@ -9,7 +9,8 @@ from pydantic import ValidationError
 
 from pipelines.errors import InputError
 from pipelines.plan import build_plan
-from pipelines.sweep import bundled_sweep, load_sweep, validate_sweep
+from pipelines.sweep import bundled_sweep
+from pipelines.preflight import load_sweep, validate_sweep
 from rl_probe.spec import PROBE_SPECS, PROMPT_TEMPLATES, ProbeSpec, SpecSourceError, resolve_probe_spec
 
 TOY_SMOKE = bundled_sweep("toy-smoke")
