@@ -31,7 +31,7 @@ from pipelines.errors import StageFailed
 from pipelines.locks import WAIT_REPORT_SECONDS, Busy
 from pipelines.plan import Plan
 from pipelines.processes import Containment, end_tree, init_worker, worker_tag
-from pipelines.stages import STAGES, THREADED
+from pipelines.stages import STAGES, StageContext
 from pipelines.store import TRACKED_METRICS, RunStore, StageRun
 from runfiles import last_metrics
 from pipelines.sweep import ExecutorSection
@@ -110,10 +110,8 @@ def execute_stage_run(run: StageRun, runtime: Runtime) -> tuple[str, bool]:
         torch.set_num_threads(runtime.threads)
         os.environ.setdefault("OMP_NUM_THREADS", str(runtime.threads))
         with captured_output(out / STAGE_LOG), StageTracker(store, run, runtime.sweep) as tracker:
-            kwargs = {"threads": runtime.threads} if run.stage in THREADED else {}
-            if run.stage == "curate":
-                kwargs["executor"] = runtime.curation_executor
-            STAGES[run.stage](run, inputs, out, tracker.log, **kwargs)
+            STAGES[run.stage](run, inputs, out, StageContext(on_metrics=tracker.log, threads=runtime.threads,
+                                                             curation_executor=runtime.curation_executor))
 
     path, reused = store.execute(run, work, seed=run.config.get("seed"), wait=runtime.wait_for_locks)
     return str(path), reused

@@ -1,14 +1,16 @@
 """What each stage run does: the glue from a StageRun's config to a stage package.
 
-Every function here gets the run, the resolved paths of its inputs, its
-private working directory and a metrics callback. It translates the sweep's
-resolved config into the stage package's typed config and calls it; the
-stage packages do the work and know nothing of the run store.
+Every function here has one signature, `(run, inputs, out, ctx)`: the run, the resolved paths
+of its inputs, its private working directory and a `StageContext` (the run's thread budget, the
+curation executor, the metrics callback). It translates the sweep's resolved config into the
+stage package's typed config and calls it; the stage packages do the work and know nothing of
+the run store.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -19,7 +21,16 @@ from pipelines.store import StageRun
 Metrics = Callable[[int, dict], None]
 
 
-def _problems(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metrics) -> None:
+@dataclass(frozen=True)
+class StageContext:
+    """What the executor gives every stage run besides its config: runtime choices that never
+    change results, so they stay out of keys (a midtrain stage's own `threads` setting does not)."""
+    on_metrics: Metrics
+    threads: int = 1
+    curation_executor: dict | None = None
+
+
+def _problems(run: StageRun, inputs: dict[str, Path], out: Path, ctx: StageContext) -> None:
     """The problem pool: a user file whole (GSM8K, MATH, mapped fields ... in midprobe's format),
     or a toy set's n problems at every level."""
     from data_recipes.problems import ProblemFields, read_problem_set, write_problem_set
@@ -39,7 +50,7 @@ def _problems(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Met
                            out / f"{name}.jsonl")
 
 
-def _tokenizer(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metrics) -> None:
+def _tokenizer(run: StageRun, inputs: dict[str, Path], out: Path, ctx: StageContext) -> None:
     from data_recipes.curate import CorpusConfig, iter_source_texts
     from data_recipes.tokenizer import train_tokenizer
 
@@ -52,8 +63,7 @@ def _tokenizer(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Me
     train_tokenizer(texts(), run.config["vocab_size"], out)
 
 
-def _curate(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metrics,
-            executor: dict | None = None) -> None:
+def _curate(run: StageRun, inputs: dict[str, Path], out: Path, ctx: StageContext) -> None:
     from data_recipes.curate import CorpusConfig, ExecutorConfig, curate_corpus
 
     benchmarks = [inputs["problems"] / "train.jsonl", inputs["problems"] / "eval.jsonl"]
@@ -61,11 +71,10 @@ def _curate(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metri
     curate_corpus(CorpusConfig(**run.config["corpus_config"]), name=run.config["corpus"],
                   toy_world=run.config["toy_world"], tokenizer_dir=inputs["tokenizer"],
                   decontaminate_against=benchmarks, out_dir=out,
-                  executor=ExecutorConfig(**(executor or {})))
+                  executor=ExecutorConfig(**(ctx.curation_executor or {})))
 
 
-def _midtrain(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metrics,
-              threads: int = 1) -> None:
+def _midtrain(run: StageRun, inputs: dict[str, Path], out: Path, ctx: StageContext) -> None:
     from midtrain.spec import ModelSpec
     from midtrain.config import TrainConfig
     from midtrain.train import BlendPart, TrainJob, train
@@ -73,7 +82,7 @@ def _midtrain(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Met
     cfg = run.config
     nproc = cfg["nproc_per_node"]
     # the processes share the stage's thread budget
-    train_cfg = TrainConfig(**cfg["train"], threads=max(1, (cfg["threads"] or threads) // nproc))
+    train_cfg = TrainConfig(**cfg["train"], threads=max(1, (cfg["threads"] or ctx.threads) // nproc))
     blend = []
     for name, weight in sorted(cfg["mix"].items()):
         corpus_dir = inputs[f"corpus:{name}"]
@@ -92,10 +101,10 @@ def _midtrain(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Met
         model = ModelSpec.from_hf_config(hf_dir(init))
     if nproc == 1:
         train(model, train_cfg, blend, out_dir=out, init=init, tokenizer_dir=inputs["tokenizer"],
-              on_metrics=on_metrics)
+              on_metrics=ctx.on_metrics)
     else:
         torchrun(TrainJob(model=model, config=train_cfg, blend=blend, out_dir=out, init=init,
-                           tokenizer_dir=inputs["tokenizer"]), nproc, on_metrics)
+                           tokenizer_dir=inputs["tokenizer"]), nproc, ctx.on_metrics)
 
 
 def _vocab_size(tokenizer_dir: Path) -> int:
@@ -106,7 +115,7 @@ def _vocab_size(tokenizer_dir: Path) -> int:
 
 
 
-def _probe(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metrics) -> None:
+def _probe(run: StageRun, inputs: dict[str, Path], out: Path, ctx: StageContext) -> None:
     from rl_probe.embedded import run_probe
     from rl_probe.spec import ProbeSpec
     from rl_probe.verl_backend import run_probe_verl
@@ -121,7 +130,7 @@ def _probe(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metric
         engine, options = run_probe, {"keep_policy": run.config.get("keep_policy", False)}
     engine(hf_dir(inputs["checkpoint"]), spec, inputs["problems"] / "train.jsonl",
            inputs["problems"] / "eval.jsonl", seed=run.config["seed"], out_dir=out,
-           on_metrics=on_metrics, **options)
+           on_metrics=ctx.on_metrics, **options)
 
 
 def _pick(pool: list[dict], levels: list[int] | None, n: int | None) -> list[dict]:
@@ -134,7 +143,7 @@ def _pick(pool: list[dict], levels: list[int] | None, n: int | None) -> list[dic
     return [p for i, group in enumerate(groups) for p in group[:n // len(levels) + (i < n % len(levels))]]
 
 
-def _select_problems(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metrics) -> None:
+def _select_problems(run: StageRun, inputs: dict[str, Path], out: Path, ctx: StageContext) -> None:
     cfg = run.config
     from rl_probe.prompts import load_problems
 
@@ -152,7 +161,7 @@ def _select_problems(run: StageRun, inputs: dict[str, Path], out: Path, on_metri
             ProbeSpec.model_validate(cfg["spec"]), k=cfg["k"])
         chosen = choose_levels(measured, *cfg["target"])
         levels = {name: chosen for name in pool}
-        on_metrics(0, {f"difficulty/pass@{cfg['k']}/level_{level}": value for level, value in measured.items()})
+        ctx.on_metrics(0, {f"difficulty/pass@{cfg['k']}/level_{level}": value for level, value in measured.items()})
         (out / "difficulty.json").write_text(json.dumps({
             "k": cfg["k"], "target": cfg["target"], "pass_at_k_by_level": measured, "chosen_levels": chosen},
             indent=2))
@@ -187,6 +196,3 @@ STAGES: dict[str, Callable] = {
     "midtrain": _midtrain,
     "probe": _probe,
 }
-# Stages that need the run's thread budget as a setting (the worker already sets torch's);
-# curation takes the executor config instead.
-THREADED = {"midtrain"}

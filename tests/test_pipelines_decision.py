@@ -13,7 +13,7 @@ from pipelines.decision import (
 from pipelines.plan import build_plan
 from pipelines.ranking import ProbeRun, rank
 from pipelines.results import StageInfo, SweepResults
-from pipelines.stages import STAGES
+from pipelines.stages import STAGES, StageContext
 from pipelines.sweep import bundled_sweep
 from pipelines.preflight import load_sweep
 
@@ -189,7 +189,7 @@ def test_target_evaluates_on_its_own_problems(tmp_path):
         pool = plan.problems.inputs["pool"]
         out = tmp_path / name
         out.mkdir()
-        STAGES["problems"](pool, {}, out, lambda step, metrics: None)
+        STAGES["problems"](pool, {}, out, StageContext(on_metrics=lambda step, metrics: None))
         pools[name] = {split: [json.loads(line) for line in (out / f"{split}.jsonl").read_text().splitlines()]
                        for split in ("train", "eval")}
     assert pools["probe"]["train"] == pools["target"]["train"]

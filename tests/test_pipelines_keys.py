@@ -152,7 +152,7 @@ def test_the_selection_picks_from_the_pool_what_the_world_would_draw(tmp_path):
     """A fixed selection takes n problems in equal shares of its levels from a pool that has
     every level; they are the world's own draws at those levels, and the pool holds them all."""
     from data_recipes.toyworld import ToyWorld, ToyWorldConfig
-    from pipelines.stages import STAGES
+    from pipelines.stages import STAGES, StageContext
     from pipelines.sweep import ProblemSet
 
     data = yaml.safe_load(TOY_SMOKE.read_text())
@@ -163,8 +163,8 @@ def test_the_selection_picks_from_the_pool_what_the_world_would_draw(tmp_path):
     pool_run, selection = plan.problems.inputs["pool"], plan.problems
     (tmp_path / "pool").mkdir()
     (tmp_path / "picked").mkdir()
-    STAGES["problems"](pool_run, {}, tmp_path / "pool", print)
-    STAGES["select_problems"](selection, {"pool": tmp_path / "pool"}, tmp_path / "picked", print)
+    STAGES["problems"](pool_run, {}, tmp_path / "pool", StageContext(on_metrics=print))
+    STAGES["select_problems"](selection, {"pool": tmp_path / "pool"}, tmp_path / "picked", StageContext(on_metrics=print))
 
     def ids(path):
         return [json.loads(line)["id"] for line in path.read_text().splitlines()]

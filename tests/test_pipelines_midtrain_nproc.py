@@ -17,7 +17,7 @@ import yaml
 from pipelines.errors import StageFailed
 from pipelines.execute import STAGE_LOG, Runtime, captured_output, execute_stage_run
 from pipelines.plan import build_plan
-from pipelines.stages import STAGES
+from pipelines.stages import STAGES, StageContext
 from pipelines.store import RunStore
 from pipelines.sweep import bundled_sweep
 from pipelines.preflight import load_sweep, validate_sweep
@@ -130,7 +130,7 @@ def test_failed_torchrun_fails_the_stage_with_the_ranks_error(workspace, tmp_pat
     out.mkdir()
 
     with pytest.raises(StageFailed) as failed, captured_output(out / STAGE_LOG):
-        STAGES["midtrain"](base, inputs, out, lambda step, data: None, threads=2)
+        STAGES["midtrain"](base, inputs, out, StageContext(on_metrics=lambda step, data: None, threads=2))
     message = str(failed.value)
     assert message.startswith("torchrun (2 processes) exited with code 1; last output:\n")
     assert message.count("\n") <= 12 and "FileNotFoundError: blend part 'web'" in message
