@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q -e ".[dev]"
 	touch $(STAMP)
 
-.PHONY: venv demo test test-slow bench gpu-check smollm2
+.PHONY: venv demo test test-slow bench gpu-check smollm2 py312-check
 venv: $(STAMP)
 
 demo: $(STAMP)
@@ -39,3 +39,18 @@ bench: $(STAMP)
 # wheels in dev/gpu_check_wheels.md; without CUDA it runs the CPU side and skips the rest.
 gpu-check:
 	WANDB_MODE=$${WANDB_MODE:-offline} $(or $(wildcard $(VENV)/bin/python),python3) dev/gpu_check.py $(ARGS)
+
+# The Python 3.12 check: a separate venv from pyenv's 3.12 with midprobe installed from this tree
+# (torch from PyPI: on x86_64 a CUDA build of several GB), then the smoke demo from the installed
+# package and the fast key and memory-plan tests. PY312=/path/to/python3.12 picks another interpreter.
+PYENV_ROOT ?= $(shell pyenv root 2>/dev/null || echo $(HOME)/.pyenv)
+PY312 ?= $(lastword $(sort $(wildcard $(PYENV_ROOT)/versions/3.12*/bin/python3.12)))
+VENV312 := .venv-py312
+py312-check:
+	@test -n "$(PY312)" || { echo "py312-check: no Python 3.12 under $(PYENV_ROOT)/versions; set PY312=/path/to/python3.12"; exit 2; }
+	test -x $(VENV312)/bin/python || $(PY312) -m venv $(VENV312)
+	$(VENV312)/bin/pip install -q ".[dev]"
+	$(VENV312)/bin/pip check
+	rm -rf $(VENV312)/smoke-workspace
+	cd $(VENV312) && WANDB_MODE=offline bin/midprobe demo --preset smoke --workspace smoke-workspace
+	WANDB_MODE=offline $(VENV312)/bin/python -m pytest -q tests/test_pipelines_keys.py tests/test_midtrain_memory.py
