@@ -136,8 +136,7 @@ def train_run(root: Path, name: str, tokenizer_dir: Path, blend, cuda: bool, ini
     """One `python -m midtrain.train` process from `init`; returns its summary and losses."""
     cfg = TrainConfig(tokens=STEPS * 4 * 128, seq_length=128, micro_batch_size=4, lr=3e-3,
                       min_lr=3e-4, schedule="constant", eval_every_steps=STEPS,
-                      eval_tokens=1024, checkpoint_every_tokens=None,
-                      export_hf_checkpoints=False, **settings)
+                      eval_tokens=1024, checkpoint_every_tokens=None, **settings)
     job = TrainJob(model=toy_spec(tokenizer_dir), config=cfg, blend=blend,
                    out_dir=root / name, tokenizer_dir=tokenizer_dir, init=init)
     job_file = root / f"{name}.json"

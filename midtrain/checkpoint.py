@@ -2,7 +2,8 @@
 
 A checkpoint is `<state_dir>/step_<NNNNNNNN>/`: a dist_checkpointing directory
 plus `model_spec.json`. It is written as `.step_<N>.partial/` and renamed when
-complete, so `latest_checkpoint` never returns a half-written one.
+complete, so `latest_checkpoint` never returns a half-written one; it is deleted
+by renaming it to `.step_<N>.deleted/` first, so it never returns a half-deleted one.
 """
 
 from __future__ import annotations
@@ -32,6 +33,19 @@ SPEC_FILE = "model_spec.json"
 def latest_checkpoint(state_dir: Path) -> Path | None:
     steps = sorted(p for p in Path(state_dir).glob("step_*") if _STEP_DIR.match(p.name))
     return steps[-1] if steps else None
+
+
+def prune_checkpoints(state_dir: Path, keep: int) -> None:
+    """Delete all but the newest `keep` complete checkpoints (0: all), oldest first, and what
+    an interrupted prune left. The newest go last: a kill part-way leaves the resume point."""
+    state_dir = Path(state_dir)
+    for debris in state_dir.glob(".step_*.deleted"):
+        shutil.rmtree(debris)
+    steps = sorted(p for p in state_dir.glob("step_*") if _STEP_DIR.match(p.name))
+    for old in steps[:max(0, len(steps) - keep)]:
+        doomed = state_dir / f".{old.name}.deleted"
+        os.replace(old, doomed)
+        shutil.rmtree(doomed)
 
 
 def resolve_checkpoint(path: Path) -> Path:

@@ -98,9 +98,15 @@ class TrainSettings(BaseModel):
     # Saves after the first cost ~0.15 s at toy scale (the first ~4 s: dist_checkpointing
     # starts a helper process); raise this for large global batches.
     checkpoint_every_tokens: int | None = Field(
-        262_144, gt=0, description="None: only the final checkpoint")
-    export_hf_checkpoints: bool = Field(
-        True, description="also export each checkpoint to hf_checkpoints/<tokens>/")
+        262_144, gt=0, description="training states (weights and optimizer: the resume points) "
+        "every this many tokens; None: only the final one")
+    keep_states: int = Field(2, gt=0, description=(
+        "training states a run keeps: the newest ones, each older one deleted once a newer one "
+        "is complete. A finished stage keeps only its final state, and only where decay "
+        "branches fork from it"))
+    export_every_tokens: int | None = Field(None, gt=0, description=(
+        "HF exports to hf_checkpoints/<tokens>/ every this many tokens, beside the stage's "
+        "end (hf/, always written); None: the end only"))
     eval_every_steps: int = Field(50, gt=0)
     eval_tokens: int = Field(16384, gt=0, description="validation tokens per blend part")
     valid_percent: float = Field(2.0, gt=0, lt=50, description="documents held out per prefix")

@@ -215,8 +215,9 @@ def _special_token_ids(tokenizer_dir: Path) -> dict[str, int | None]:
 
 
 def export_hf(model_or_weights, spec: ModelSpec, tokenizer_dir: str | Path | None,
-              out_dir: str | Path) -> Path | None:
-    """Write an HF Llama directory (config.json, model.safetensors, tokenizer files).
+              out_dir: str | Path, dtype: torch.dtype = torch.float32) -> Path | None:
+    """Write an HF Llama directory (config.json, model.safetensors, tokenizer files), its
+    weights stored as `dtype` (a run's training dtype).
 
     `model_or_weights` is a GPTModel or its full megatron-layout weights. A model's
     weights are gathered over its tensor-parallel group (every rank of the group
@@ -239,10 +240,12 @@ def export_hf(model_or_weights, spec: ModelSpec, tokenizer_dir: str | Path | Non
             if (tokenizer_dir / name).exists():
                 shutil.copy2(tokenizer_dir / name, staging / name)
         token_ids = _special_token_ids(tokenizer_dir)
-    (staging / "config.json").write_text(json.dumps(spec.to_hf_config(**token_ids), indent=2))
+    (staging / "config.json").write_text(json.dumps(
+        spec.to_hf_config(str(dtype).removeprefix("torch."), **token_ids), indent=2))
     (staging / "generation_config.json").write_text(json.dumps(
         {k: v for k, v in token_ids.items() if v is not None}, indent=2))
-    save_file(megatron_to_hf(weights, spec), staging / "model.safetensors",
+    save_file({name: tensor.to(dtype) for name, tensor in megatron_to_hf(weights, spec).items()},
+              staging / "model.safetensors",
               metadata={"format": "pt"})
     if out_dir.exists():
         shutil.rmtree(out_dir)

@@ -113,9 +113,9 @@ class ModelSpec(BaseModel):
             qkv_bias=model_type == "qwen2",
         )
 
-    def to_hf_config(self, **token_ids: int | None) -> dict:
-        """A `LlamaForCausalLM` (or, with qkv_bias, `Qwen2ForCausalLM`) config.json dict; `token_ids`
-        sets bos/eos/pad_token_id."""
+    def to_hf_config(self, torch_dtype: str = "float32", **token_ids: int | None) -> dict:
+        """A `LlamaForCausalLM` (or, with qkv_bias, `Qwen2ForCausalLM`) config.json dict of weights
+        stored as `torch_dtype`; `token_ids` sets bos/eos/pad_token_id."""
         cfg = {
             "architectures": ["Qwen2ForCausalLM" if self.qkv_bias else "LlamaForCausalLM"],
             "model_type": "qwen2" if self.qkv_bias else "llama",
@@ -134,7 +134,7 @@ class ModelSpec(BaseModel):
             "attention_bias": False,
             "mlp_bias": False,
             "attention_dropout": 0.0,
-            "torch_dtype": "float32",
+            "torch_dtype": torch_dtype,
             # Legacy top-level keys: read by transformers 4.x and converted by 5.x.
             "rope_theta": self.rope_theta,
             "rope_scaling": (

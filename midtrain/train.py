@@ -322,12 +322,15 @@ class _MetricsLog:
 
 def train(model: ModelSpec, cfg: TrainConfig, blend: list[BlendPart], out_dir: str | Path,
           init: str | Path | None, tokenizer_dir: str | Path,
-          on_metrics: MetricsCallback | None = None) -> dict:
+          on_metrics: MetricsCallback | None = None, keep_final_state: bool = True) -> dict:
     """Train `model` on `blend` for `cfg.tokens`, resuming from `out_dir/state` if present.
 
     `init`: None (random init), an HF Llama dir (weights only), or a previous
     midtrain out_dir / checkpoint dir (weights and optimizer: a decay branch
     continuing a stable stage). Returns the summary written to summary.json.
+    While it runs, it keeps the newest `cfg.keep_states` training states; once
+    finished, only the final one, and none without `keep_final_state` (a run
+    nothing continues: its HF export `hf/` is what it leaves).
     """
     wall_start = time.perf_counter()
     torch.set_num_threads(cfg.threads)
@@ -335,6 +338,12 @@ def train(model: ModelSpec, cfg: TrainConfig, blend: list[BlendPart], out_dir: s
     state_dir = out_dir / "state"
     rank, world = init_distributed(cfg.tensor_model_parallel_size,
                                    cfg.pipeline_model_parallel_size)
+    summary_path = out_dir / "summary.json"
+    if summary_path.is_file() and checkpoint.latest_checkpoint(state_dir) is None:
+        # finished and its states deleted (summary.json is written before they are)
+        if rank == 0:
+            checkpoint.prune_checkpoints(state_dir, 0)  # what a killed prune left
+        return json.loads(summary_path.read_text())
     # Ranks of a tensor-parallel group hold one model replica and read the same samples.
     tp_group = parallel_state.get_tensor_model_parallel_group()
     dp_group = parallel_state.get_data_parallel_group()
@@ -345,6 +354,8 @@ def train(model: ModelSpec, cfg: TrainConfig, blend: list[BlendPart], out_dir: s
     warmup_steps = round(cfg.warmup_tokens / tokens_per_step)
     ckpt_every = (max(1, round(cfg.checkpoint_every_tokens / tokens_per_step))
                   if cfg.checkpoint_every_tokens else total_steps)
+    export_every = (max(1, round(cfg.export_every_tokens / tokens_per_step))
+                    if cfg.export_every_tokens else None)
 
     seed_all(cfg.seed)
     optimizer_kind = resolve_optimizer(cfg.optimizer, cuda=not cpu_compat.on_cpu())
@@ -376,21 +387,26 @@ def train(model: ModelSpec, cfg: TrainConfig, blend: list[BlendPart], out_dir: s
     def export(hf_dir: Path) -> None:
         # Gathered in the first replica's tensor-parallel group; its rank 0 (rank 0) writes.
         if dp_group.rank() == 0:
-            export_hf(gpt, model, tokenizer_dir, hf_dir)
+            export_hf(gpt, model, tokenizer_dir, hf_dir,
+                      dtype=torch.bfloat16 if cfg.bf16 else torch.float32)
 
-    def export_checkpoint(step: int) -> None:
-        if cfg.export_hf_checkpoints:
-            export(out_dir / "hf_checkpoints" / str(step * tokens_per_step))
+    def export_path(step: int) -> Path | None:
+        """Where the HF export declared at `step` goes (None: none; the end's is `hf/`)."""
+        if export_every is None or step % export_every or step == total_steps:
+            return None
+        return out_dir / "hf_checkpoints" / str(step * tokens_per_step)
 
     def save(step: int, last_train: dict) -> None:
         checkpoint.save_checkpoint(state_dir, step, gpt, model, optimizer,
                                    {"step": step, "tokens": step * tokens_per_step,
                                     "global_batch": global_batch,
                                     "seq_length": cfg.seq_length, "last_train": last_train})
-        export_checkpoint(step)
+        if rank == 0:  # the new state is complete: older ones past keep_states can go
+            checkpoint.prune_checkpoints(state_dir, cfg.keep_states)
 
-    if start_step and not (out_dir / "hf_checkpoints" / str(start_step * tokens_per_step)).exists():
-        export_checkpoint(start_step)  # the previous attempt died between save and export
+    resumed_export = export_path(start_step) if start_step else None
+    if resumed_export is not None and not resumed_export.exists():
+        export(resumed_export)  # the previous attempt died between save and export
 
     gpt.train()
     last_val, train_seconds = {}, 0.0
@@ -424,6 +440,8 @@ def train(model: ModelSpec, cfg: TrainConfig, blend: list[BlendPart], out_dir: s
         metrics.log(done, record)
         if done % ckpt_every == 0 or done == total_steps:
             save(done, last_train)
+        if (path := export_path(done)) is not None:
+            export(path)
 
     if start_step == total_steps:  # resumed after the final checkpoint
         last_val = _evaluate(update.module, data.valid, cfg, dp_group)
@@ -449,7 +467,9 @@ def train(model: ModelSpec, cfg: TrainConfig, blend: list[BlendPart], out_dir: s
     if rank == 0:
         # the digest makes "same stage key, same weights" checkable across runs and machines
         summary["reproducibility"] = reproducibility(device.type == "cuda", out_dir / "hf")
-        atomic_write(out_dir / "summary.json", json.dumps(summary, indent=2))
+        atomic_write(summary_path, json.dumps(summary, indent=2))
+        if not keep_final_state:
+            checkpoint.prune_checkpoints(state_dir, 0)
     torch.distributed.barrier()
     return summary
 
@@ -463,6 +483,7 @@ class TrainJob(BaseModel):
     out_dir: Path
     init: Path | None = None
     tokenizer_dir: Path
+    keep_final_state: bool = True
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -474,7 +495,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("usage: python -m midtrain.train <job.json>")
     job = TrainJob.model_validate_json(Path(args[0]).read_text())
     try:
-        train(job.model, job.config, job.blend, job.out_dir, job.init, job.tokenizer_dir)
+        train(job.model, job.config, job.blend, job.out_dir, job.init, job.tokenizer_dir,
+              keep_final_state=job.keep_final_state)
     except BaseException:
         # A process that fails with NCCL's group alive waits minutes on its heartbeat
         # monitor before it exits (seen on an H100 after a failed step): a failure must

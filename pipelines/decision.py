@@ -57,7 +57,7 @@ def target_plan(sweep: Sweep, source: Path, multiplier: int, seeds: list[int],
         "name": f"{spec.name}-x{multiplier}", "steps": spec.steps * multiplier,
         "eval_every": spec.eval_every * multiplier, "checkpoint_every": spec.checkpoint_every * multiplier})
     target = Plan(sweep.name + TARGET_SUFFIX, plan.executor, held_out(plan.problems, eval_set), {},
-                  plan.curation_executor, plan.base, plan.midtrain)
+                  plan.curation_executor, plan.base, plan.midtrain, retention=plan.retention)
     target.role(target.problems, kind="difficulty" if target.problems.config["difficulty"] == "auto" else "problems")
     for recipe, replica, checkpoint in plan.checkpoints():
         target.add_probes(recipe, checkpoint, long_spec, seeds, sweep.probe.verl, replica)

@@ -45,6 +45,7 @@ class Runtime:
     sweep: str
     threads: int = 1
     curation_executor: dict | None = None
+    retention: dict | None = None  # which training states and exports midtrain runs keep
     # False under an orchestrator: a run another process holds comes back as Busy, not a wait
     wait_for_locks: bool = True
     # False in the orchestrator's workers: only the orchestrator opens index.sqlite (SQLite's
@@ -111,7 +112,8 @@ def execute_stage_run(run: StageRun, runtime: Runtime) -> tuple[str, bool]:
         os.environ.setdefault("OMP_NUM_THREADS", str(runtime.threads))
         with captured_output(out / STAGE_LOG), StageTracker(store, run, runtime.sweep) as tracker:
             STAGES[run.stage](run, inputs, out, StageContext(on_metrics=tracker.log, threads=runtime.threads,
-                                                             curation_executor=runtime.curation_executor))
+                                                             curation_executor=runtime.curation_executor,
+                                                             retention=runtime.retention))
 
     path, reused = store.execute(run, work, seed=run.config.get("seed"), wait=runtime.wait_for_locks)
     return str(path), reused
@@ -290,7 +292,8 @@ def run_plan(plan: Plan, store: RunStore, console: Console, executor: ExecutorSe
     """Execute every stage run of the plan; returns ref -> reused-from-store."""
     cfg = executor or plan.executor
     runtime = Runtime(workspace=str(store.workspace), sweep=plan.name, threads=cfg.threads_per_run,
-                      curation_executor=plan.curation_executor or None, wait_for_locks=False)
+                      curation_executor=plan.curation_executor or None, retention=plan.retention or None,
+                      wait_for_locks=False)
     worker_runtime = dataclasses.replace(runtime, owns_index=False)
     store.reconcile()
     runs = plan.runs()

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from midtrain.config import MidtrainSettings, phase_schedule, phase_warmup
+from midtrain.config import MidtrainSettings, TrainConfig, phase_schedule, phase_warmup
 from pipelines.store import StageRun
 from pipelines.sweep import ExecutorSection, ProblemSet, StageMix, Sweep, probe_spec, resolve_path
 
@@ -106,6 +106,7 @@ class Plan:
     # recipe -> mid-training replica (its seed; None: the sweep has no midtrain.seeds) -> [stable, decay?]
     midtrain: dict[str, dict[int | None, list[StageRun]]] = field(default_factory=dict)
     roles: dict[StageRun, list[dict]] = field(default_factory=dict)
+    retention: dict = field(default_factory=dict)  # RETENTION_FIELDS of the midtrain stages
 
     def role(self, run: StageRun, **info) -> None:
         self.roles.setdefault(run, []).append(info)
@@ -187,9 +188,21 @@ def _curation_config(name: str, corpus, toy_world: dict, source_files: str | Non
     return config
 
 
+# TrainConfig fields that say which training states and HF exports a run keeps: not what it
+# computes, so not in its key; they reach the stage with its runtime (Plan.retention).
+RETENTION_FIELDS = ("keep_states", "export_every_tokens")
 # TrainConfig fields that do not change what a stage produces: the thread count is the stage's
 # own `threads` (None: the executor's), the memory budget only gates validation.
-RUNTIME_FIELDS = {"threads", "gpu_memory_gb"}
+RUNTIME_FIELDS = {"threads", "gpu_memory_gb", *RETENTION_FIELDS}
+# The setting retention replaced (an HF export at every training state) stays in the keys as it
+# was, so runs finished before retention existed stay cached: their weights never depended on it.
+RETIRED_TRAIN_FIELDS = {"export_hf_checkpoints": True}
+
+
+def stage_train_config(config: dict, retention: dict, threads: int = 1) -> TrainConfig:
+    """A midtrain stage run's TrainConfig: its keyed settings, the sweep's retention, `threads`."""
+    keyed = {name: value for name, value in config["train"].items() if name not in RETIRED_TRAIN_FIELDS}
+    return TrainConfig(**keyed, **retention, threads=threads)
 
 
 def _phase_config(phase: str, stage: StageMix, midtrain: MidtrainSettings, lr: float | None) -> dict:
@@ -200,7 +213,8 @@ def _phase_config(phase: str, stage: StageMix, midtrain: MidtrainSettings, lr: f
         tokens=stage.tokens, lr=lr or midtrain.lr,
         schedule=phase_schedule(phase, stage.schedule, midtrain.schedule),
         warmup_tokens=phase_warmup(phase, midtrain.warmup_tokens))
-    return {"phase": phase, "train": train.model_dump(mode="json", exclude=RUNTIME_FIELDS),
+    return {"phase": phase, "train": {**train.model_dump(mode="json", exclude=RUNTIME_FIELDS),
+                                      **RETIRED_TRAIN_FIELDS},
             "threads": stage.threads, "nproc_per_node": midtrain.nproc_per_node, "mix": stage.mix}
 
 
@@ -279,7 +293,8 @@ def build_plan(sweep: Sweep, source: Path) -> Plan:
                                         label=f"midtrain {rname} decay{_replica_label(replica)}"))
             midtrain[rname][replica] = stages
 
-    plan = Plan(sweep.name, sweep.executor, problems, {}, sweep.curation_executor.model_dump(), base, midtrain)
+    plan = Plan(sweep.name, sweep.executor, problems, {}, sweep.curation_executor.model_dump(), base, midtrain,
+                retention=sweep.midtrain.model_dump(include=set(RETENTION_FIELDS)))
     plan.role(problems, kind="problems")
     plan.role(tokenizer, kind="tokenizer")
     for name, run in curate.items():

@@ -28,6 +28,7 @@ class StageContext:
     on_metrics: Metrics
     threads: int = 1
     curation_executor: dict | None = None
+    retention: dict | None = None  # which training states and HF exports midtrain runs keep
 
 
 def _problems(run: StageRun, inputs: dict[str, Path], out: Path, ctx: StageContext) -> None:
@@ -76,13 +77,16 @@ def _curate(run: StageRun, inputs: dict[str, Path], out: Path, ctx: StageContext
 
 def _midtrain(run: StageRun, inputs: dict[str, Path], out: Path, ctx: StageContext) -> None:
     from midtrain.spec import ModelSpec
-    from midtrain.config import TrainConfig
     from midtrain.train import BlendPart, TrainJob, train
+    from pipelines.plan import stage_train_config
 
     cfg = run.config
     nproc = cfg["nproc_per_node"]
     # the processes share the stage's thread budget
-    train_cfg = TrainConfig(**cfg["train"], threads=max(1, (cfg["threads"] or ctx.threads) // nproc))
+    train_cfg = stage_train_config(cfg, ctx.retention or {},
+                                   threads=max(1, (cfg["threads"] or ctx.threads) // nproc))
+    # decay branches continue a stable stage's final state; any other stage leaves its HF export
+    keep_final_state = cfg["phase"] == "stable"
     blend = []
     for name, weight in sorted(cfg["mix"].items()):
         corpus_dir = inputs[f"corpus:{name}"]
@@ -101,10 +105,11 @@ def _midtrain(run: StageRun, inputs: dict[str, Path], out: Path, ctx: StageConte
         model = ModelSpec.from_hf_config(hf_dir(init))
     if nproc == 1:
         train(model, train_cfg, blend, out_dir=out, init=init, tokenizer_dir=inputs["tokenizer"],
-              on_metrics=ctx.on_metrics)
+              on_metrics=ctx.on_metrics, keep_final_state=keep_final_state)
     else:
         torchrun(TrainJob(model=model, config=train_cfg, blend=blend, out_dir=out, init=init,
-                           tokenizer_dir=inputs["tokenizer"]), nproc, ctx.on_metrics)
+                          tokenizer_dir=inputs["tokenizer"], keep_final_state=keep_final_state),
+                 nproc, ctx.on_metrics)
 
 
 def _vocab_size(tokenizer_dir: Path) -> int:

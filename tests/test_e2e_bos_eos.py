@@ -44,7 +44,7 @@ def test_bos_and_eos_from_curation_through_midtraining_to_the_probe(tmp_path):
     init_distributed()
     model = preset("toy-xs", vocab_size=len(tok))
     config = TrainConfig(tokens=128 * 8 * 3, seq_length=128, micro_batch_size=8, checkpoint_every_tokens=None,
-                         export_hf_checkpoints=False, eval_every_steps=3, eval_tokens=512)
+                         eval_every_steps=3, eval_tokens=512)
     train(model, config, [BlendPart(name="qa_cot", prefixes=prefixes, weight=1.0)], tmp_path / "midtrain",
           init=None, tokenizer_dir=tmp_path / "tok")
     hf = tmp_path / "midtrain" / "hf"

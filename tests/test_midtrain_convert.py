@@ -1,5 +1,7 @@
 """HF <-> megatron weight conversion against transformers' own LlamaForCausalLM."""
 
+import json
+
 import pytest
 import torch
 
@@ -107,6 +109,24 @@ def test_export_loads_with_auto_model_and_generates(tmp_path):
     spec_back, weights_back = import_hf(out)
     assert spec_back == spec
     assert all(torch.equal(weights_back[k], v) for k, v in megatron_weights(mc).items())
+
+
+def test_a_bf16_export_stores_bf16_weights_that_transformers_loads_as_bf16(tmp_path):
+    """A bf16 run's export is half an fp32 one: its weights rounded to bf16, declared so."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    spec = random_spec(**SHAPES["untied-gqa"])
+    weights = megatron_weights(build_gpt_model(spec))
+    fp32 = export_hf(weights, spec, None, tmp_path / "fp32")
+    bf16 = export_hf(weights, spec, None, tmp_path / "bf16", dtype=torch.bfloat16)
+    stored = load_file(bf16 / "model.safetensors")
+    assert {t.dtype for t in stored.values()} == {torch.bfloat16}
+    assert all(torch.equal(stored[k], v.to(torch.bfloat16)) for k, v in load_file(fp32 / "model.safetensors").items())
+    assert json.loads((bf16 / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    size = {path.name: (path / "model.safetensors").stat().st_size for path in (fp32, bf16)}
+    assert size["bf16"] < 0.51 * size["fp32"]
+    assert AutoModelForCausalLM.from_pretrained(bf16, torch_dtype="auto").dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("shape", ["untied-gqa", "qwen2-tied-gqa"])

@@ -78,7 +78,7 @@ def tensor_parallel_runs(corpus, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tp")
     seed_all(0)
     export_hf(build_gpt_model(SPEC), SPEC, tokenizer, root / "init")
-    cfg = config(checkpoint_every_tokens=512 * 12, export_hf_checkpoints=True)
+    cfg = config(checkpoint_every_tokens=512 * 12, export_every_tokens=512 * 12)
     train(SPEC, cfg, blend, root / "tp1", root / "init", tokenizer)
     torchrun("-m", "midtrain.train", str(write_job(root / "tp2.json", TrainJob(
         model=SPEC, config=cfg.model_copy(update={"tensor_model_parallel_size": 2}),
@@ -102,8 +102,7 @@ def test_tensor_parallel_training_matches_single_rank(tensor_parallel_runs):
     assert_same_trajectory(single, sharded, rel=1e-5)
     summary = json.loads((root / "tp2" / "summary.json").read_text())
     assert (summary["world_size"], summary["tensor_model_parallel_size"]) == (2, 2)
-    assert sorted(p.name for p in (root / "tp2" / "hf_checkpoints").iterdir()) == [
-        "12288", "6144"]
+    assert sorted(p.name for p in (root / "tp2" / "hf_checkpoints").iterdir()) == ["6144"]
 
     tokens = torch.randint(0, SPEC.vocab_size, (2, 48),
                            generator=torch.Generator().manual_seed(0))
@@ -123,7 +122,7 @@ def test_tensor_parallel_run_resumes_bitwise(tensor_parallel_runs, tmp_path):
     root = tensor_parallel_runs
     resumed = tmp_path / "tp2"
     shutil.copytree(root / "tp2", resumed)
-    for later in ("state/step_00000024", "hf_checkpoints/12288", "hf"):
+    for later in ("state/step_00000024", "hf"):
         shutil.rmtree(resumed / later)
     (resumed / "summary.json").unlink()
     job = TrainJob.model_validate_json((root / "tp2.json").read_text())

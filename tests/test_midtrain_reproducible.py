@@ -52,7 +52,7 @@ def test_two_thread_stage_is_bitwise_equal_alone_and_under_load(tmp_path):
     # the toy sweep's model and micro batches at 2 threads, as its base and stable stage train
     config = TrainConfig(tokens=1024 * 16, seq_length=256, micro_batch_size=4, lr=3e-3, min_lr=3e-4,
                          warmup_tokens=2048, eval_every_steps=8, eval_tokens=1024,
-                         checkpoint_every_tokens=1024 * 8, export_hf_checkpoints=False, threads=2)
+                         checkpoint_every_tokens=1024 * 8, threads=2)
     job = TrainJob(model=preset("toy-s", vocab_size=VOCAB), config=config, blend=blend,
                    out_dir=tmp_path, tokenizer_dir=tmp_path / "tok")
     alone = _train(job, tmp_path, "alone", busy=0)

@@ -64,8 +64,7 @@ SPEC = preset("toy-xs", vocab_size=VOCAB)
 
 def config(**overrides) -> TrainConfig:
     base = dict(tokens=512 * 24, seq_length=64, micro_batch_size=4, grad_accum=2, lr=3e-3,
-                min_lr=3e-4, warmup_tokens=512 * 4, eval_every_steps=12, eval_tokens=512,
-                export_hf_checkpoints=False)
+                min_lr=3e-4, warmup_tokens=512 * 4, eval_every_steps=12, eval_tokens=512)
     return TrainConfig(**{**base, **overrides})
 
 
@@ -76,7 +75,7 @@ def read_metrics(out_dir):
 def test_training_lowers_loss_and_writes_artifacts(corpus, tmp_path):
     tokenizer, blend = corpus
     seen = []
-    summary = train(SPEC, config(export_hf_checkpoints=True, checkpoint_every_tokens=512 * 12),
+    summary = train(SPEC, config(export_every_tokens=512 * 12, checkpoint_every_tokens=512 * 12),
                     blend, tmp_path, None, tokenizer, on_metrics=lambda s, d: seen.append(s))
     metrics = read_metrics(tmp_path)
     assert [m["step"] for m in metrics] == seen == list(range(1, 25))
@@ -89,12 +88,13 @@ def test_training_lowers_loss_and_writes_artifacts(corpus, tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["final"] == summary["final"]
     assert sorted(p.name for p in (tmp_path / "state").iterdir()) == [
         "step_00000012", "step_00000024"]
-    assert sorted(p.name for p in (tmp_path / "hf_checkpoints").iterdir()) == ["12288", "6144"]
+    # the declared export; the end's is hf/
+    assert sorted(p.name for p in (tmp_path / "hf_checkpoints").iterdir()) == ["6144"]
     assert (tmp_path / "hf" / "model.safetensors").exists()
     assert (tmp_path / "hf" / "tokenizer.json").exists()
 
     # Running a finished stage again only reloads the final checkpoint.
-    again = train(SPEC, config(export_hf_checkpoints=True, checkpoint_every_tokens=512 * 12),
+    again = train(SPEC, config(export_every_tokens=512 * 12, checkpoint_every_tokens=512 * 12),
                   blend, tmp_path, None, tokenizer)
     assert again["resumed_from_step"] == 24 and again["final"] == summary["final"]
     assert len(read_metrics(tmp_path)) == 24
@@ -218,3 +218,54 @@ def test_parallel_sizes_validate_and_unsupported_settings_are_refused(corpus, tm
     with pytest.raises(ValueError, match="midtrain.bf16 needs a GPU"):
         train(SPEC, config(bf16=True), blend, tmp_path, None, tokenizer)
     assert not (tmp_path / "state").exists()
+
+
+def _weights(run_dir: Path) -> dict:
+    return load_file(run_dir / "hf" / "model.safetensors")
+
+
+def _losses(summary: dict) -> dict:
+    """The final metrics that depend on the weights (not the timing ones)."""
+    return {name: value for name, value in summary["final"].items() if not name.startswith("perf/")}
+
+
+def test_retention_keeps_the_newest_states_and_a_run_nothing_continues_keeps_none(corpus, tmp_path):
+    """keep_states bounds the training states on disk; a run no decay branch continues leaves
+    its HF export only, and running it again returns its summary without training."""
+    tokenizer, blend = corpus
+    cfg = config(checkpoint_every_tokens=512 * 4, keep_states=2)  # six states over 24 steps
+    kept = train(SPEC, cfg, blend, tmp_path / "kept", None, tokenizer)
+    assert sorted(p.name for p in (tmp_path / "kept" / "state").iterdir()) == [
+        "step_00000020", "step_00000024"]
+    assert not (tmp_path / "kept" / "hf_checkpoints").exists()  # none declared
+
+    dropped = train(SPEC, cfg, blend, tmp_path / "dropped", None, tokenizer, keep_final_state=False)
+    assert not any((tmp_path / "dropped" / "state").iterdir())
+    assert _losses(dropped) == _losses(kept)
+    assert all(torch.equal(a, b) for a, b in zip(_weights(tmp_path / "kept").values(),
+                                                  _weights(tmp_path / "dropped").values()))
+    logged = (tmp_path / "dropped" / "metrics.jsonl").read_text()
+    assert train(SPEC, cfg, blend, tmp_path / "dropped", None, tokenizer,
+                 keep_final_state=False) == dropped
+    assert (tmp_path / "dropped" / "metrics.jsonl").read_text() == logged
+
+
+def test_a_run_killed_while_deleting_its_states_resumes_or_is_finished(corpus, tmp_path):
+    """States are renamed out of `step_*` before they are deleted, oldest first, and after the
+    summary: a kill at any point leaves either the final state to resume from or a finished run."""
+    tokenizer, blend = corpus
+    cfg = config(checkpoint_every_tokens=512 * 12)
+    straight = train(SPEC, cfg, blend, tmp_path / "straight", None, tokenizer, keep_final_state=False)
+    run = tmp_path / "killed"
+    train(SPEC, cfg, blend, run, None, tokenizer)  # both states kept: the kill comes before the prune
+    # killed after renaming the older state: the final one is the resume point
+    (run / "state" / "step_00000012").rename(run / "state" / ".step_00000012.deleted")
+    assert latest_checkpoint(run / "state").name == "step_00000024"
+    resumed = train(SPEC, cfg, blend, run, None, tokenizer, keep_final_state=False)
+    assert resumed["resumed_from_step"] == 24 and _losses(resumed) == _losses(straight)
+    assert not any((run / "state").iterdir())
+
+    # killed after renaming the final state too: the summary says it finished
+    (run / "state" / ".step_00000024.deleted").mkdir()
+    assert train(SPEC, cfg, blend, run, None, tokenizer, keep_final_state=False) == resumed
+    assert not any((run / "state").iterdir())

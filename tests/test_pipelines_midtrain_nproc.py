@@ -142,8 +142,7 @@ def test_killed_torchrun_stage_resumes_from_its_checkpoints(workspace):
     """kill -9 of the stage's worker takes torchrun and its ranks down with it (no training
     left running); the next attempt resumes from the checkpoints in the partial directory."""
     plan, base = _base_run(workspace, pretrain_tokens=1024 * 40, nproc_per_node=2,
-                           tensor_model_parallel_size=2, checkpoint_every_tokens=1024 * 8,
-                           export_hf_checkpoints=False)
+                           tensor_model_parallel_size=2, checkpoint_every_tokens=1024 * 8)
     runtime = Runtime(str(workspace / "ws"), plan.name)
     store = RunStore(workspace / "ws")
     worker = multiprocessing.get_context("spawn").Process(target=execute_stage_run, args=(base, runtime))
