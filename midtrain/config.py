@@ -11,9 +11,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 OptimizerChoice = Literal["auto", "torch-adamw", "megatron-distributed"]
 
 
-# Bump when `midtrain.train.train` gives other weights or metrics for the same config and
-# inputs: it is part of every midtrain stage key, so finished runs are not reused across it.
-MIDTRAIN_CODE_VERSION = 1
 
 def is_hf_dir(path: str | Path) -> bool:
     """An HF model directory: one that `from_pretrained` reads (its config.json is there)."""
@@ -24,6 +21,11 @@ def hf_dir(path: str | Path) -> Path:
     """The HF directory of a checkpoint: a midtrain run's export (`<run>/hf`) or `path` itself."""
     path = Path(path)
     return path / "hf" if is_hf_dir(path / "hf") else path
+
+
+def interval_steps(tokens: int | None, tokens_per_step: int) -> int | None:
+    """Steps between the saves or exports declared every `tokens` (None: none declared)."""
+    return max(1, round(tokens / tokens_per_step)) if tokens else None
 
 
 Schedule = Literal["constant", "cosine", "wsd", "linear-decay"]

@@ -27,10 +27,17 @@ parallel shard; dp = data-parallel size):
   allocator's fragmentation: an assumption, not a measurement of this project.
 
 No sequence parallelism, pipeline parallelism or CPU offload: midtrain uses none.
+
+Bytes on disk of a stage run (`stage_disk`, N = the whole model's parameters): a training
+state holds the weights in the model's dtype and the optimizer state: torch AdamW's two fp32
+moments (12N in all), or the distributed optimizer's fp32 main weights and moments (14N in
+bf16, 16N in fp32; `tests/test_midtrain_memory.py` weighs saved ones). An HF export holds the
+weights in the training dtype (2N or 4N).
 """
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -130,3 +137,48 @@ def estimate_memory(spec: ModelSpec, cfg: TrainConfig, nproc: int = 1,
         parameters_per_rank=n, weights=weights, grads=grads, optimizer_state=optimizer_state,
         activations=activations,
         step_temporaries=step_temporaries, runtime_reserve=GPU_RUNTIME_RESERVE if cuda else 0)
+
+
+class StageDisk(BaseModel):
+    """Bytes on disk of a midtrain stage run: its training states and HF exports."""
+
+    model_config = ConfigDict(frozen=True)
+
+    state: int  # one training state
+    export: int  # one HF export
+    states_running: int  # at once while it runs: keep_states and the one being written
+    states_kept: int  # once finished: the final one where decay branches continue it
+    exports: int
+
+    @property
+    def peak(self) -> int:
+        return self.states_running * self.state + self.exports * self.export
+
+    @property
+    def kept(self) -> int:
+        return self.states_kept * self.state + self.exports * self.export
+
+
+def training_state_bytes(spec: ModelSpec, cfg: TrainConfig, cuda: bool = True) -> int:
+    """One saved training state, every rank's shards together."""
+    n = parameters_per_rank(spec, 1)
+    if resolve_optimizer(cfg.optimizer, cuda) == "torch-adamw":
+        return 4 * n + 8 * n  # fp32 weights (bf16 only as autocast), two moments
+    return (2 if cfg.bf16 else 4) * n + 12 * n  # weights, fp32 main weights and two moments
+
+
+def stage_disk(spec: ModelSpec, cfg: TrainConfig, nproc: int, keep_final_state: bool,
+               cuda: bool = True) -> StageDisk:
+    """What a stage run of `cfg.tokens` on `nproc` ranks keeps on disk (midtrain.train's retention)."""
+    from midtrain.config import interval_steps
+
+    data_parallel = max(1, nproc // cfg.tensor_model_parallel_size)
+    tokens_per_step = cfg.micro_batch_size * cfg.grad_accum * data_parallel * cfg.seq_length
+    steps = math.ceil(cfg.tokens / tokens_per_step)
+    saves = math.ceil(steps / (interval_steps(cfg.checkpoint_every_tokens, tokens_per_step) or steps))
+    export_every = interval_steps(cfg.export_every_tokens, tokens_per_step)
+    return StageDisk(
+        state=training_state_bytes(spec, cfg, cuda),
+        export=(2 if cfg.bf16 else 4) * parameters_per_rank(spec, 1),
+        states_running=min(saves, cfg.keep_states + 1), states_kept=int(keep_final_state),
+        exports=1 + ((steps - 1) // export_every if export_every else 0))

@@ -40,7 +40,7 @@ from midtrain.convert import export_hf, import_hf, load_megatron_weights
 from midtrain.data import BlendPart, build_blend, collate
 from midtrain.memory import resolve_optimizer
 from midtrain.model import build_gpt_model, init_distributed, seed_all
-from midtrain.config import TrainConfig, is_hf_dir
+from midtrain.config import TrainConfig, interval_steps, is_hf_dir
 from midtrain.reproducibility import reproducibility
 from midtrain.schedule import learning_rate
 from midtrain.spec import ModelSpec
@@ -352,10 +352,8 @@ def train(model: ModelSpec, cfg: TrainConfig, blend: list[BlendPart], out_dir: s
     tokens_per_step = global_batch * cfg.seq_length
     total_steps = math.ceil(cfg.tokens / tokens_per_step)
     warmup_steps = round(cfg.warmup_tokens / tokens_per_step)
-    ckpt_every = (max(1, round(cfg.checkpoint_every_tokens / tokens_per_step))
-                  if cfg.checkpoint_every_tokens else total_steps)
-    export_every = (max(1, round(cfg.export_every_tokens / tokens_per_step))
-                    if cfg.export_every_tokens else None)
+    ckpt_every = interval_steps(cfg.checkpoint_every_tokens, tokens_per_step) or total_steps
+    export_every = interval_steps(cfg.export_every_tokens, tokens_per_step)
 
     seed_all(cfg.seed)
     optimizer_kind = resolve_optimizer(cfg.optimizer, cuda=not cpu_compat.on_cpu())

@@ -38,9 +38,11 @@ def _workspace(sweep_workspace: str | None, override: Optional[Path]) -> Path:
 @app.command()
 def validate(sweep: Path = typer.Argument(..., help="sweep YAML file")) -> None:
     """Check a sweep file; list every error with its field path."""
-    from pipelines.preflight import validate_sweep
+    from pipelines.disk import disk_errors
+    from pipelines.preflight import load_sweep, validate_sweep
 
-    errors = validate_sweep(sweep)
+    # the disk estimate needs the plan, which needs a sweep that passed every other check
+    errors = validate_sweep(sweep) or disk_errors(load_sweep(sweep), sweep)
     if errors:
         for line in errors:
             typer.echo(f"{sweep}: {line}", err=True)
@@ -51,6 +53,7 @@ def validate(sweep: Path = typer.Argument(..., help="sweep YAML file")) -> None:
 @app.command()
 def plan(sweep: Path = typer.Argument(..., help="sweep YAML file"), workspace: Optional[Path] = WorkspaceOpt) -> None:
     """Show the stage DAG and what the run store already has."""
+    from pipelines.disk import disk_errors, sweep_disk
     from pipelines.plan import build_plan, why_run
     from pipelines.store import RunStore
     from midtrain.memory import GIB
@@ -62,8 +65,11 @@ def plan(sweep: Path = typer.Argument(..., help="sweep YAML file"), workspace: O
     path = preflight.workspace(_workspace(spec.workspace, workspace))
     store = RunStore(path) if (path / "index.sqlite").is_file() else None  # plan writes nothing
     memory = midtrain_memory(spec, sweep)
+    disk = sweep_disk(spec, sweep, the_plan)
+    _refuse(disk_errors(spec, sweep, the_plan), str(sweep))
     table = Table(title=f"sweep {spec.name}: {len(the_plan.runs())} stage runs", title_justify="left")
-    for col in ("stage run", "key", "inputs", "state", "memory/GPU (estimate)", "why it runs"):
+    for col in ("stage run", "key", "inputs", "state", "memory/GPU (estimate)", "disk kept (estimate)",
+                "why it runs"):
         table.add_column(col)
     for run in the_plan.runs():
         cached = run.stage == "external" or (store is not None and store.is_done(run))
@@ -72,11 +78,14 @@ def plan(sweep: Path = typer.Argument(..., help="sweep YAML file"), workspace: O
         inputs = ", ".join(dep.label or dep.ref for dep in run.inputs.values() if dep.stage != "external")
         per_gpu = f"{memory.total / GIB:.1f} GiB" if memory and run.stage == "midtrain" else ""
         why = "" if cached else why_run(run, store.previous(run, spec.name) if store else None)
-        table.add_row(run.label or run.stage, run.key[:10], inputs, state, per_gpu, why)
+        table.add_row(run.label or run.stage, run.key[:10], inputs, state, per_gpu,
+                      disk.of(run) if disk else "", why)
     out.print(table)
     if memory is not None:
         out.print(f"midtrain memory per GPU, every midtrain stage: {memory.describe()}",
                   soft_wrap=True)
+    if disk is not None:
+        out.print(f"disk, whole sweep: {disk.describe()}", soft_wrap=True)
     if the_plan.midtrain or the_plan.base and the_plan.base.stage == "midtrain":
         from midtrain.reproducibility import CPU, CUDA
 
@@ -125,6 +134,7 @@ def _load(sweep_path: Path, seeds: Optional[str], replicas: Optional[int] = None
 def _run_sweep(sweep_path: Path, workspace: Optional[Path], executor: Optional[str],
                parallel: Optional[int], seeds: Optional[str] = None,
                replicas: Optional[int] = None) -> tuple:
+    from pipelines.disk import disk_errors
     from pipelines.execute import run_plan
     from pipelines.plan import build_plan
     from pipelines.store import RunStore
@@ -133,6 +143,7 @@ def _run_sweep(sweep_path: Path, workspace: Optional[Path], executor: Optional[s
     exec_cfg = preflight.executor(spec.executor, type=executor, parallel=parallel)
     store = RunStore(preflight.workspace(_workspace(spec.workspace, workspace)))
     the_plan = build_plan(spec, sweep_path)
+    _refuse(disk_errors(spec, sweep_path, the_plan, exec_cfg.parallel), str(sweep_path))
     started = time.time()
     try:
         outcome = run_plan(the_plan, store, console, exec_cfg)

@@ -154,6 +154,9 @@ class ExecutorSection(_Strict):
 class Sweep(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     workspace: str = "./midprobe-runs"
+    disk_budget_gb: float | None = Field(default=None, gt=0, description=(
+        "GiB of disk the sweep's stage runs may take; validate/plan/run refuse a sweep whose estimate "
+        "(pipelines.disk: training states, HF exports, dataset shards) exceeds it"))
     toy_world: ToyWorldConfig = Field(default_factory=ToyWorldConfig)
     tokenizer: TokenizerSection = Field(default_factory=TokenizerSection)
     base: BaseModelSection

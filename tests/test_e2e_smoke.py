@@ -97,6 +97,31 @@ def test_decay_branches_start_at_the_stable_lr(smoke_run):
         assert branch[-1]["train/lr"] == pytest.approx(decay["config"]["train"]["min_lr"])
 
 
+def test_midtrain_runs_keep_only_the_forked_states_and_the_exports_the_plan_estimates(smoke_run):
+    """Of the forked sweep's training states, only the stable stage's final one is on disk (the
+    decay branches continued it); each run has its export at the end and no other; what the runs
+    keep weighs what `plan` estimates."""
+    from pipelines.disk import sweep_disk
+    from pipelines.plan import build_plan
+    from pipelines.sweep import load_sweep
+
+    workspace, _, _ = smoke_run
+    sweep_path = bundled_sweep("toy-smoke")
+    plan = build_plan(load_sweep(sweep_path), sweep_path)
+    estimate = sweep_disk(load_sweep(sweep_path), sweep_path, plan)
+    phases = []
+    for run in (r for r in plan.runs() if r.stage == "midtrain"):
+        path = workspace / run.ref
+        phases.append(run.config["phase"])
+        states = sorted(p.name for p in (path / "state").iterdir())
+        assert states == ([f"step_{json.loads((path / 'summary.json').read_text())['steps']:08d}"]
+                          if run.config["phase"] == "stable" else []), (run.label, states)
+        assert (path / "hf" / "model.safetensors").is_file() and not (path / "hf_checkpoints").exists()
+        kept = sum(p.stat().st_size for d in ("state", "hf") for p in (path / d).rglob("*") if p.is_file())
+        assert kept == pytest.approx(estimate.midtrain[run].kept, rel=0.1), run.label
+    assert sorted(phases) == ["decay"] * 3 + ["pretrain", "stable"]
+
+
 def test_second_demo_reuses_every_stage(smoke_run):
     workspace, first, first_seconds = smoke_run
     started = time.time()

@@ -14,7 +14,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from test_midtrain_train import megatron_env  # noqa: F401
 
-from midtrain.memory import estimate_memory, parameters_per_rank, resolve_optimizer
+from midtrain.memory import GIB, estimate_memory, parameters_per_rank, resolve_optimizer
 from midtrain.model import build_gpt_model, seed_all
 from midtrain.spec import preset
 from midtrain.train import TrainConfig, make_weight_update
@@ -179,6 +179,64 @@ def test_plan_prints_the_3b_estimate_and_refuses_an_8b_that_cannot_fit(tmp_path)
     fitted = {**eight_b, "recompute_activations": True}
     result = midprobe("validate", str(write_sweep(tmp_path / "8b-fit", "llama-3.1-8b", fitted)))
     assert result.returncode == 0, result.stderr
+
+
+def readme_sweep(tmp_path, budget: float | None = None):
+    """The README's 3B sweep: a stable stage of 2e10 tokens shared by two decay branches, two
+    mid-training replicas, three corpora (tiny files: planning reads none)."""
+    path = write_sweep(tmp_path, "llama-3.2-3b", {**README_3B, "bf16": True, "seeds": [1234, 1235]})
+    sweep = json.loads(path.read_text())
+    web = sweep["corpora"]["web"]
+    sweep["corpora"] = {"megamath": web, "qa_short": web, "long_cot": web}
+    stable = {"tokens": 2 * 10**10, "mix": {"megamath": 1.0}}
+    sweep["recipes"] = {name: {"stable": stable, "decay": {"tokens": 2 * 10**9, "mix": {"megamath": 0.6, name: 0.4}}}
+                        for name in ("qa_short", "long_cot")}
+    if budget is not None:
+        sweep["disk_budget_gb"] = budget
+    path.write_text(json.dumps(sweep))
+    return path
+
+
+def test_plan_prints_the_3b_disk_estimate_and_refuses_a_sweep_over_its_disk_budget(tmp_path):
+    """Two kept states while a stage runs (and the one being written), the final state only of the
+    stable stages the branches fork from, one bf16 export per stage, 4-byte token shards."""
+    result = midprobe("plan", str(readme_sweep(tmp_path / "3b")), "-w", str(tmp_path / "ws"))
+    assert result.returncode == 0, result.stderr
+    n = parameters_per_rank(preset("llama-3.2-3b"), 1)
+    state, export = 14 * n, 2 * n  # bf16 weights, fp32 main weights and moments; bf16 export
+    shards = 4 * (2 * 10**10 + 2 * 0.4 * 2 * 10**9)
+    running = 2 * 3 * state  # two stage runs at once (executor.parallel), three states each
+    total = 2 * state + 6 * export + shards + running
+    line = next(x for x in result.stdout.splitlines() if x.startswith("disk, whole sweep"))
+    assert line.startswith(f"disk, whole sweep: {total / GIB:.1f} GiB (training states kept "
+                           f"{2 * state / GIB:.1f} GiB, HF exports {6 * export / GIB:.1f} GiB, "
+                           f"dataset shards {shards / GIB:.1f} GiB"), line
+    assert 40 < 2 * state / GIB < 100 and total < 1024 * GIB  # hundreds of GiB, not petabytes
+
+    over = midprobe("validate", str(readme_sweep(tmp_path / "over", budget=300)))
+    errors = over.stderr.strip().splitlines()
+    assert over.returncode == 2 and len(errors) == 1, over.stderr
+    assert f"disk_budget_gb: the sweep needs an estimated {total / GIB:.1f} GiB" in errors[0]
+    assert "more than the declared 300 GiB" in errors[0]
+    assert midprobe("validate", str(readme_sweep(tmp_path / "under", budget=500))).returncode == 0
+
+
+@pytest.mark.parametrize("optimizer", ["torch-adamw", "megatron-distributed"])
+def test_the_training_state_estimate_weighs_what_a_checkpoint_saves(optimizer, tmp_path):
+    from midtrain.checkpoint import save_checkpoint
+    from midtrain.memory import training_state_bytes
+
+    spec = preset("toy-s")
+    cfg = TrainConfig(tokens=1, seq_length=16, micro_batch_size=1, optimizer=optimizer)
+    seed_all(0)
+    gpt = build_gpt_model(spec)
+    update = make_weight_update(gpt, cfg, optimizer)
+    tokens = torch.randint(0, spec.vocab_size, (1, 17), generator=torch.Generator().manual_seed(0))
+    update.accumulate([(tokens[:, :-1], tokens[:, 1:], torch.ones(1, 16))])
+    update.step(1e-3)
+    saved = save_checkpoint(tmp_path, 1, gpt, spec, update.optimizer, {"step": 1})
+    size = sum(path.stat().st_size for path in saved.rglob("*") if path.is_file())
+    assert size == pytest.approx(training_state_bytes(spec, cfg, cuda=False), rel=0.03)
 
 
 if __name__ == "__main__":  # measure_in_a_fresh_process: name, TrainConfig JSON, steps
