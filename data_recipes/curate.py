@@ -55,9 +55,6 @@ from runfiles import atomic_write
 
 __all__ = ["CorpusConfig", "CurationConfig", "ExecutorConfig", "curate_corpus", "iter_source_texts"]
 
-# Bump when curate_corpus keeps, drops or tokenizes other documents for the same config and
-# inputs: it is part of every curation stage key, so finished runs are not reused across it.
-CURATION_CODE_VERSION = 1
 
 # Toy corpora are curated with the preset written for their kind; boxed_repeat is the
 # deliberately pathological corpus, so no quality filter may remove it.

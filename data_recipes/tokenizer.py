@@ -9,9 +9,6 @@ from typing import Iterable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 EOS_TOKEN = "<|endoftext|>"
-# Bump when train_tokenizer gives another tokenizer for the same texts and vocab size (part of
-# the tokenizer stage's key).
-TOKENIZER_CODE_VERSION = 2  # 2: the toy tokenizer declares that it adds its BOS (= its EOS)
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path) -> Path:

@@ -38,13 +38,18 @@ def _shown(value: Any, width: int = 40) -> str:
 
 
 def why_run(run: StageRun, previous: dict | None) -> str:
-    """Why a run that is not in the store will run: new, which config fields changed since the
-    last run of the same stage and name, or which inputs did."""
+    """Why a run that is not in the store will run: new, its stage's code version and which config
+    fields changed since the last run of the same stage and name, or which inputs did."""
     if previous is None:
         return "new"
-    changed = config_changes(previous["config"], run.config)
-    if changed:
-        return "config: " + "; ".join(changed)
+    old, new = ({name: value for name, value in config.items() if name != "code_version"}
+                for config in (previous["config"], run.config))
+    versions = previous["config"].get("code_version"), run.config.get("code_version")
+    reasons = [f"code changed (version {versions[0]} → {versions[1]})"] if versions[0] != versions[1] else []
+    if changed := config_changes(old, new):
+        reasons.append("config: " + "; ".join(changed))
+    if reasons:
+        return "; ".join(reasons)
     inputs = sorted(role for role, dep in run.inputs.items() if previous["inputs"].get(role) != dep.ref)
     return "input changed: " + ", ".join(inputs) if inputs else "new"
 

@@ -175,22 +175,13 @@ def _select_problems(run: StageRun, inputs: dict[str, Path], out: Path, ctx: Sta
         (out / f"{name}.jsonl").write_text("".join(json.dumps(p) + "\n" for p in picked))
 
 
-# Bump a stage's own version when its function here changes what it writes for the same config.
-PROBLEMS_CODE_VERSION = 1
-
-
 def code_versions() -> dict[str, int]:
-    """Each stage's code version, part of its runs' keys: a behaviour change must bump it so that
-    no finished run made by the old code is reused."""
-    from data_recipes.curate import CURATION_CODE_VERSION
-    from data_recipes.tokenizer import TOKENIZER_CODE_VERSION
-    from midtrain.config import MIDTRAIN_CODE_VERSION
-    from rl_probe.difficulty import DIFFICULTY_CODE_VERSION
-    from rl_probe.spec import PROBE_CODE_VERSION
+    """Each stage's code version, part of its runs' keys, as pipelines/code_versions.json records
+    it: a test fails when a stage's code changed and no version decision was recorded, so no
+    finished run made by other code is reused."""
+    from pipelines.code_versions import recorded
 
-    return {"problems": PROBLEMS_CODE_VERSION, "select_problems": DIFFICULTY_CODE_VERSION,
-            "tokenizer": TOKENIZER_CODE_VERSION, "curate": CURATION_CODE_VERSION,
-            "midtrain": MIDTRAIN_CODE_VERSION, "probe": PROBE_CODE_VERSION}
+    return {stage: entry["version"] for stage, entry in recorded().items()}
 
 
 STAGES: dict[str, Callable] = {

@@ -16,10 +16,6 @@ import numpy as np
 
 from rl_probe.spec import ProbeSpec
 
-# Bump when pass@k measurement or the choice of levels changes for the same spec (part of the
-# difficulty-control stage's key).
-DIFFICULTY_CODE_VERSION = 1
-
 
 def pass_at_k_by_difficulty(checkpoint: Path, problems: list[dict], spec: ProbeSpec, k: int = 8,
                             per_level: int = 32, seed: int = 0) -> dict[int, float]:

@@ -21,10 +21,6 @@ LossAggMode = Literal[
 KlType = Literal["kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3"]
 # single-box: OctoThinker's format rule, several \boxed{} in one response are a format error.
 RewardVariant = Literal["default", "wrong-half", "repetition", "single-box"]
-# Bump when an engine (embedded or verl) runs a spec differently — other rollouts, updates or
-# metrics for the same spec, checkpoint and seed (part of every probe stage key; the spec's
-# content hash covers the spec itself).
-PROBE_CODE_VERSION = 1
 
 QUESTION = "{question}"  # where a template puts the problem's question
 

@@ -67,8 +67,7 @@ def rebuilt(monkeypatch):
 def test_a_changed_default_or_code_version_changes_exactly_the_dependent_keys(case, monkeypatch, rebuilt):
     from data_recipes import curate, filters, toyworld
     from midtrain import config
-    from pipelines import stages
-    from rl_probe import spec
+    from pipelines import code_versions
 
     before = _keys()
     if case == "train_default":
@@ -85,15 +84,25 @@ def test_a_changed_default_or_code_version_changes_exactly_the_dependent_keys(ca
         _with_default(monkeypatch, rebuilt, toyworld.ToyWorldConfig, "web_qa_rate", 0.2)
         expected = set(before)
     else:
-        stage = case.removesuffix("_code")
-        module, name = {"midtrain": (config, "MIDTRAIN_CODE_VERSION"),
-                        "curation": (curate, "CURATION_CODE_VERSION"),
-                        "probe": (spec, "PROBE_CODE_VERSION"),
-                        "problems": (stages, "PROBLEMS_CODE_VERSION")}[stage]
-        monkeypatch.setattr(module, name, getattr(module, name) + 1)
-        expected = _downstream_of({{"curation": "curate"}.get(stage, stage)})
+        stage = {"curation": "curate"}.get(case.removesuffix("_code"), case.removesuffix("_code"))
+        table = {name: dict(entry) for name, entry in code_versions.recorded().items()}
+        table[stage]["version"] += 1
+        monkeypatch.setattr(code_versions, "recorded", lambda: table)
+        expected = _downstream_of({stage})
     assert _changed(before, _keys()) == expected
     assert expected and expected != set(before) or case == "toy_world_default"
+
+
+# The demo's and the smoke sweep's keys, every run's (a stable hash of label -> key): a change to
+# them re-runs every workspace's cached demo, so it is made on purpose, with a code version bump.
+PINNED_KEYS = {"toy": "8c9d0a4bc1898c2b", "toy-smoke": "fc6fe85b3f1f222e"}
+
+
+@pytest.mark.parametrize("name", sorted(PINNED_KEYS))
+def test_the_demo_and_smoke_keys_are_pinned(name):
+    from pipelines.store import stable_hash
+
+    assert stable_hash(_keys(bundled_sweep(name))) == PINNED_KEYS[name]
 
 
 def test_bundled_sweep_keys_do_not_depend_on_where_or_how_the_plan_is_built(tmp_path):
