@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from midtrain.config import interval_steps
 from midtrain.spec import ModelSpec
 
 if TYPE_CHECKING:
@@ -170,8 +171,6 @@ def training_state_bytes(spec: ModelSpec, cfg: TrainConfig, cuda: bool = True) -
 def stage_disk(spec: ModelSpec, cfg: TrainConfig, nproc: int, keep_final_state: bool,
                cuda: bool = True) -> StageDisk:
     """What a stage run of `cfg.tokens` on `nproc` ranks keeps on disk (midtrain.train's retention)."""
-    from midtrain.config import interval_steps
-
     data_parallel = max(1, nproc // cfg.tensor_model_parallel_size)
     tokens_per_step = cfg.micro_batch_size * cfg.grad_accum * data_parallel * cfg.seq_length
     steps = math.ceil(cfg.tokens / tokens_per_step)

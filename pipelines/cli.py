@@ -141,9 +141,9 @@ def _run_sweep(sweep_path: Path, workspace: Optional[Path], executor: Optional[s
 
     spec = _load(sweep_path, seeds, replicas)
     exec_cfg = preflight.executor(spec.executor, type=executor, parallel=parallel)
-    store = RunStore(preflight.workspace(_workspace(spec.workspace, workspace)))
     the_plan = build_plan(spec, sweep_path)
     _refuse(disk_errors(spec, sweep_path, the_plan, exec_cfg.parallel), str(sweep_path))
+    store = RunStore(preflight.workspace(_workspace(spec.workspace, workspace)))
     started = time.time()
     try:
         outcome = run_plan(the_plan, store, console, exec_cfg)

@@ -39,6 +39,12 @@ def recorded() -> dict[str, dict]:
     return json.loads(TABLE.read_text())
 
 
+def code_versions() -> dict[str, int]:
+    """Each stage's code version, part of its runs' keys: a test fails when a stage's code changed
+    and no decision was recorded, so no finished run made by other code is reused."""
+    return {stage: entry["version"] for stage, entry in recorded().items()}
+
+
 def _function_source(path: Path, name: str) -> str:
     text = path.read_text()
     for node in ast.parse(text).body:

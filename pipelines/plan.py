@@ -164,7 +164,7 @@ def _blend_inputs(mix: StageMix, curate: dict[str, StageRun]) -> dict[str, Stage
 
 def stage_run(stage: str, config: dict, inputs: dict[str, StageRun] | None = None, label: str = "") -> StageRun:
     """A stage run whose key covers its stage's code version next to its resolved config."""
-    from pipelines.stages import code_versions
+    from pipelines.code_versions import code_versions
 
     return StageRun(stage, {**config, "code_version": code_versions()[stage]}, inputs or {}, label=label)
 

@@ -175,15 +175,6 @@ def _select_problems(run: StageRun, inputs: dict[str, Path], out: Path, ctx: Sta
         (out / f"{name}.jsonl").write_text("".join(json.dumps(p) + "\n" for p in picked))
 
 
-def code_versions() -> dict[str, int]:
-    """Each stage's code version, part of its runs' keys, as pipelines/code_versions.json records
-    it: a test fails when a stage's code changed and no version decision was recorded, so no
-    finished run made by other code is reused."""
-    from pipelines.code_versions import recorded
-
-    return {stage: entry["version"] for stage, entry in recorded().items()}
-
-
 STAGES: dict[str, Callable] = {
     "select_problems": _select_problems,
     "problems": _problems,

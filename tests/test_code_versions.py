@@ -13,9 +13,10 @@ from typer.testing import CliRunner
 
 from pipelines import code_versions
 from pipelines.plan import build_plan, why_run
-from pipelines.stages import STAGES, code_versions as stage_versions
+from pipelines.stages import STAGES
 from pipelines.store import RunStore
-from pipelines.sweep import bundled_sweep, load_sweep
+from pipelines.preflight import load_sweep
+from pipelines.sweep import bundled_sweep
 
 HOW = ("python -m pipelines.code_versions --bump STAGE (its outputs change) or --same-outputs STAGE "
        "--before WS --after WS (docs/operations.md, 'Stage keys and code versions')")
@@ -114,7 +115,7 @@ def test_plan_says_code_changed_for_the_runs_of_a_bumped_stage(tmp_path, monkeyp
     table = {stage: dict(entry) for stage, entry in code_versions.recorded().items()}
     table["probe"]["version"] += 1
     monkeypatch.setattr(code_versions, "recorded", lambda: table)
-    assert stage_versions()["probe"] == table["probe"]["version"]
+    assert code_versions.code_versions()["probe"] == table["probe"]["version"]
     second = build_plan(load_sweep(sweep), sweep)
     before = {run.ref for run in first.runs()}
     rekeyed = {run.label for run in second.runs() if run.ref not in before}

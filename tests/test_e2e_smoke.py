@@ -103,7 +103,7 @@ def test_midtrain_runs_keep_only_the_forked_states_and_the_exports_the_plan_esti
     keep weighs what `plan` estimates."""
     from pipelines.disk import sweep_disk
     from pipelines.plan import build_plan
-    from pipelines.sweep import load_sweep
+    from pipelines.preflight import load_sweep
 
     workspace, _, _ = smoke_run
     sweep_path = bundled_sweep("toy-smoke")

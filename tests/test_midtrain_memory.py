@@ -213,11 +213,15 @@ def test_plan_prints_the_3b_disk_estimate_and_refuses_a_sweep_over_its_disk_budg
                            f"dataset shards {shards / GIB:.1f} GiB"), line
     assert 40 < 2 * state / GIB < 100 and total < 1024 * GIB  # hundreds of GiB, not petabytes
 
-    over = midprobe("validate", str(readme_sweep(tmp_path / "over", budget=300)))
-    errors = over.stderr.strip().splitlines()
-    assert over.returncode == 2 and len(errors) == 1, over.stderr
-    assert f"disk_budget_gb: the sweep needs an estimated {total / GIB:.1f} GiB" in errors[0]
-    assert "more than the declared 300 GiB" in errors[0]
+    over = readme_sweep(tmp_path / "over", budget=300)
+    for command in (["validate", str(over)], ["plan", str(over), "-w", str(tmp_path / "ws")],
+                    ["run", str(over), "-w", str(tmp_path / "refused")]):
+        result = midprobe(*command)
+        errors = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(errors) == 1, result.stderr
+        assert f"disk_budget_gb: the sweep needs an estimated {total / GIB:.1f} GiB" in errors[0]
+        assert "more than the declared 300 GiB" in errors[0]
+    assert not (tmp_path / "refused").exists()
     assert midprobe("validate", str(readme_sweep(tmp_path / "under", budget=500))).returncode == 0
 
 
