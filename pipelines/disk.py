@@ -58,13 +58,15 @@ def _gib(size: int) -> str:
     return f"{size / GIB:.1f} GiB"
 
 
-def estimate_disk(plan: Plan, model, nproc: int, at_once: int) -> DiskEstimate | None:
-    """The plan's disk, for `model` (the planned ModelSpec; None: not known, no estimate)."""
+def estimate_disk(plan: Plan, model, nproc: int, at_once: int, cuda: bool = True) -> DiskEstimate | None:
+    """The plan's disk, for `model` (the planned ModelSpec; None: not known, no estimate), on GPUs
+    (where `optimizer: auto` is megatron's distributed optimizer) or, `cuda=False`, on CPUs."""
     if model is None:
         return None
     stages = [run for run in plan.runs() if run.stage == "midtrain"]
     midtrain = {run: stage_disk(model, stage_train_config(run.config, plan.retention), nproc,
-                                keep_final_state=run.config["phase"] == "stable") for run in stages}
+                                keep_final_state=run.config["phase"] == "stable", cuda=cuda)
+                for run in stages}
     token_bytes = 4 if model.vocab_size > 65536 else 2
     shards = {}
     for run in plan.runs():
@@ -76,15 +78,15 @@ def estimate_disk(plan: Plan, model, nproc: int, at_once: int) -> DiskEstimate |
     return DiskEstimate(midtrain, shards, min(at_once, max(1, len(stages))))
 
 
-def sweep_disk(sweep, source: Path, plan: Plan | None = None,
-               parallel: int | None = None) -> DiskEstimate | None:
+def sweep_disk(sweep, source: Path, plan: Plan | None = None, parallel: int | None = None,
+               cuda: bool = True) -> DiskEstimate | None:
     """The disk estimate of a validated sweep (its plan built here unless given) with `parallel`
-    stage runs at once (None: its executor's)."""
+    stage runs at once (None: its executor's), on GPUs as `plan` prints it (or on CPUs)."""
     from pipelines.plan import build_plan
     from pipelines.sweep import planned_model
 
     return estimate_disk(plan or build_plan(sweep, source), planned_model(sweep, source),
-                         sweep.midtrain.nproc_per_node, parallel or sweep.executor.parallel)
+                         sweep.midtrain.nproc_per_node, parallel or sweep.executor.parallel, cuda)
 
 
 def disk_errors(sweep, source: Path, plan: Plan | None = None, parallel: int | None = None) -> list[str]:
