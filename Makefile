@@ -49,8 +49,8 @@ VENV312 := .venv-py312
 py312-check:
 	@test -n "$(PY312)" || { echo "py312-check: no Python 3.12 under $(PYENV_ROOT)/versions; set PY312=/path/to/python3.12"; exit 2; }
 	test -x $(VENV312)/bin/python || $(PY312) -m venv $(VENV312)
-	$(VENV312)/bin/pip install -q ".[dev]"
-	$(VENV312)/bin/pip check
+	$(VENV312)/bin/python -m pip install -q ".[dev]"
+	$(VENV312)/bin/python -m pip check
 	rm -rf $(VENV312)/smoke-workspace
-	cd $(VENV312) && WANDB_MODE=offline bin/midprobe demo --preset smoke --workspace smoke-workspace
+	cd $(VENV312) && WANDB_MODE=offline bin/python -m pipelines.cli demo --preset smoke --workspace smoke-workspace
 	WANDB_MODE=offline $(VENV312)/bin/python -m pytest -q tests/test_pipelines_keys.py tests/test_midtrain_memory.py
