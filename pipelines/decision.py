@@ -28,6 +28,7 @@ import numpy as np
 
 from pipelines.errors import InputError
 from pipelines.plan import Plan, build_plan, fingerprint
+from pipelines.run_configs import ProblemSource
 from pipelines.ranking import ProbeRun, Ranking, rank, run_scores
 from pipelines.results import SweepResults, collect
 from pipelines.store import RunStore, StageRun
@@ -58,7 +59,7 @@ def target_plan(sweep: Sweep, source: Path, multiplier: int, seeds: list[int],
         "eval_every": spec.eval_every * multiplier, "checkpoint_every": spec.checkpoint_every * multiplier})
     target = Plan(sweep.name + TARGET_SUFFIX, plan.executor, held_out(plan.problems, eval_set), {},
                   plan.curation_executor, plan.base, plan.midtrain)
-    target.role(target.problems, kind="difficulty" if target.problems.config["difficulty"] == "auto" else "problems")
+    target.role(target.problems, kind="difficulty" if target.problems.config.difficulty == "auto" else "problems")
     for recipe, replica, checkpoint in plan.checkpoints():
         target.add_probes(recipe, checkpoint, long_spec, seeds, sweep.probe.verl, replica)
     return plan, target
@@ -74,15 +75,15 @@ def held_out(problems: StageRun, eval_set: Path | None) -> StageRun:
         return StageRun(problems.stage, problems.config,
                         {**problems.inputs, "pool": held_out(problems.inputs["pool"], eval_set)},
                         label="difficulty control (target's held-out eval)")
-    current = problems.config["eval_set"]
+    current = problems.config.eval_set
     if eval_set is not None:
-        replaced = {**current, "toy_split": None, "path": str(eval_set), "fingerprint": fingerprint(eval_set)}
-    elif current.get("path"):
+        replaced = ProblemSource(path=str(eval_set), fingerprint=fingerprint(eval_set))
+    elif current.path:
         raise InputError("--target-eval-set: the sweep's eval set is a file; the target needs its own "
                          "held-out eval problems (a JSONL file disjoint from the probe's)")
     else:  # the toy split's next problems: a smaller n is a prefix of a larger one
-        replaced = {**current, "offset": current["n"]}
-    return StageRun("problems", {**problems.config, "eval_set": replaced}, problems.inputs,
+        replaced = current.model_copy(update={"offset": current.n})
+    return StageRun("problems", problems.config.model_copy(update={"eval_set": replaced}), problems.inputs,
                     label="probe/target-eval problems")
 
 

@@ -84,7 +84,7 @@ def captured_output(path: Path):
 
 
 def artifact_path(store: RunStore, run: StageRun) -> Path:
-    return Path(run.config["path"]) if run.stage == "external" else store.path(run)
+    return Path(run.config.path) if run.stage == "external" else store.path(run)
 
 
 def execute_stage_run(run: StageRun, runtime: Runtime) -> tuple[str, bool]:
@@ -92,7 +92,7 @@ def execute_stage_run(run: StageRun, runtime: Runtime) -> tuple[str, bool]:
     store = RunStore(Path(runtime.workspace), index=runtime.owns_index)
     if run.stage == "external":
         def work(out: Path) -> None:
-            (out / "source.json").write_text(json.dumps(run.config, indent=2))
+            (out / "source.json").write_text(json.dumps(run.canonical_config, indent=2))
         path, reused = store.execute(run, work)
         return str(path), reused
 
@@ -113,7 +113,7 @@ def execute_stage_run(run: StageRun, runtime: Runtime) -> tuple[str, bool]:
             STAGES[run.stage](run, inputs, out, StageContext(on_metrics=tracker.log, threads=runtime.threads,
                                                              curation_executor=runtime.curation_executor))
 
-    path, reused = store.execute(run, work, seed=run.config.get("seed"), wait=runtime.wait_for_locks)
+    path, reused = store.execute(run, work, seed=run.canonical_config.get("seed"), wait=runtime.wait_for_locks)
     return str(path), reused
 
 

@@ -31,11 +31,11 @@ class _Strict(BaseModel):
 
 
 class StageMix(_Strict):
-    """One mid-training stage of a recipe: a token budget and a corpus mix."""
+    """One mid-training stage of a recipe: a token budget and a corpus mix. A decay branch is
+    exactly this: it continues at its stable stage's LR, so it has no LR of its own."""
 
     tokens: int = Field(gt=0)
     mix: dict[str, float]
-    lr: float | None = Field(default=None, gt=0, description="overrides midtrain.lr for this stage")
     threads: int | None = Field(default=None, gt=0, description=(
         "torch threads for this stage (default: the executor's threads_per_run). Worth setting on "
         "stages nothing else can run beside (the base, a shared stable stage). Part of the stage's "
@@ -44,6 +44,13 @@ class StageMix(_Strict):
         "this stage's LR schedule. Default: midtrain.schedule where training runs start to end "
         "(base pretraining, a recipe without decay); constant for a stable stage with decay "
         "branches; linear-decay for a decay branch (which may choose cosine)"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_lr(cls, data: Any) -> Any:
+        if cls is StageMix and isinstance(data, dict) and "lr" in data:
+            raise ValueError("a decay branch continues at its stable stage's LR: leave lr out")
+        return data
 
     @field_validator("mix")
     @classmethod
@@ -58,9 +65,16 @@ class StageMix(_Strict):
         return {name: w for name, w in mix.items() if w > 0}
 
 
+class LeadStage(StageMix):
+    """A stage where training starts or holds its own LR: the base's pretraining, a stable
+    stage, a recipe without decay."""
+
+    lr: float | None = Field(default=None, gt=0, description="overrides midtrain.lr for this stage")
+
+
 class Recipe(_Strict):
     description: str = ""
-    stable: StageMix
+    stable: LeadStage
     decay: StageMix | None = None
 
 
@@ -69,7 +83,7 @@ class BaseModelSection(_Strict):
 
     preset: str | None = None
     hf_path: str | None = None
-    pretrain: StageMix | None = None
+    pretrain: LeadStage | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> "BaseModelSection":
@@ -236,10 +250,6 @@ def _schedule_errors(sweep: Sweep) -> list[str]:
                 phase_schedule(phase, stage.schedule, "constant")
             except ValueError as exc:
                 errors.append(f"recipes.{rname}.{phase}.schedule: {exc}")
-        stable_lr = recipe.stable.lr or sweep.midtrain.lr
-        if recipe.decay.lr is not None and recipe.decay.lr != stable_lr:
-            errors.append(f"recipes.{rname}.decay.lr: a decay branch continues at its stable stage's "
-                          f"LR ({stable_lr:g}); leave it out, not {recipe.decay.lr:g}")
     return errors
 
 

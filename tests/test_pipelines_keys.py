@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from pipelines.plan import build_plan, why_run
+from pipelines.preflight import load_sweep
 from pipelines.store import RunStore
 from pipelines.sweep import bundled_sweep
-from pipelines.preflight import load_sweep
 
 TOY_SMOKE = bundled_sweep("toy-smoke")
 
@@ -169,7 +169,7 @@ def test_the_selection_picks_from_the_pool_what_the_world_would_draw(tmp_path):
     def ids(path):
         return [json.loads(line)["id"] for line in path.read_text().splitlines()]
 
-    world = ToyWorld(ToyWorldConfig(**pool_run.config["toy_world"]))
+    world = ToyWorld(pool_run.config.toy_world)
     train = ProblemSet(**data["probe"]["train_set"])  # n 32 at levels [1, 2]
     expected = [p.id for level in train.difficulty for p in world.problems("probe", train.n // 2, difficulty=level)]
     assert ids(tmp_path / "picked" / "train.jsonl") == expected
@@ -200,7 +200,7 @@ def test_a_classifier_model_keys_curation_by_its_content_and_is_read_beside_the_
     store = RunStore(tmp_path / "ws")
     first = build_plan(load_sweep(edited), edited)
     web = next(run for run in first.runs() if run.label == "curate web")
-    assert web.config["corpus_config"]["curation"]["filters"]["fasttext_classifier"]["model_url"] == str(here / "math.bin")
+    assert web.config.corpus_config.curation.filters["fasttext_classifier"]["model_url"] == str(here / "math.bin")
     store.set_members("toy-smoke", {run: [{}] for run in first.runs()})
 
     train_classifier(labelled, here / "math.bin", seed=1)  # a new model in the same file
@@ -230,7 +230,7 @@ def test_corpus_files_key_curation_and_tokenizer_by_content_and_by_which_files_m
     first = _keys(edited)
     assert _keys(edited) == first
     tokenizer = next(r for r in build_plan(load_sweep(edited), edited).runs() if r.label == "tokenizer")
-    assert tokenizer.config["sources"]["web"]["paths"] == [str(tmp_path / "web" / "*.jsonl")]
+    assert tokenizer.config.sources["web"]["paths"] == [str(tmp_path / "web" / "*.jsonl")]
     affected = _downstream_of({"tokenizer"}, edited)  # toy-smoke's tokenizer trains on web
 
     shard.write_text("".join(json.dumps(d) + "\n" for d in docs[:19]))  # a record fewer
@@ -238,3 +238,16 @@ def test_corpus_files_key_curation_and_tokenizer_by_content_and_by_which_files_m
     assert _changed(first, edited_file) == affected
     (tmp_path / "web" / "00001.jsonl").write_text(json.dumps(docs[19]) + "\n")  # a new shard
     assert _changed(edited_file, _keys(edited)) == affected
+
+
+BUNDLED_KEYS = Path(__file__).parent / "fixtures" / "bundled_sweep_keys.json"
+
+
+def test_bundled_sweeps_keep_the_keys_they_had():
+    """Every stage key of the toy sweeps, as recorded: a change that re-keys finished runs (a code
+    version bump, a changed default) must say so by updating the record in the same commit."""
+    recorded = json.loads(BUNDLED_KEYS.read_text())
+    for name, keys in recorded.items():
+        path = bundled_sweep(name)
+        plan = build_plan(load_sweep(path), path)
+        assert {run.label or run.stage: run.ref for run in plan.runs()} == keys, name

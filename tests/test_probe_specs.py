@@ -81,7 +81,7 @@ def test_a_sweep_takes_a_derived_spec_and_probes_with_its_hash(tmp_path):
     assert validate_sweep(path) == []
     plan = build_plan(load_sweep(path), path)
     expected = resolve_probe_spec({"base": "toy-smoke-v1", "lr": 5e-4})
-    assert {run.config["spec_hash"] for run in plan.probes.values()} == {expected.content_hash()}
+    assert {run.config.spec_hash for run in plan.probes.values()} == {expected.content_hash()}
     # a spec change re-keys the probes (and difficulty control, which measures with the spec), not
     # the tokenizer, curation or mid-training
     (tmp_path / "plain").mkdir()
