@@ -503,10 +503,10 @@ def _resolve_spec(spec: Optional[str], set_fields: Optional[list[str]]):
     import yaml
     from pydantic import ValidationError
 
-    from rl_probe.spec import PROBE_SPECS, SpecSourceError, resolve_probe_spec
+    from rl_probe.spec import CURRENT_SPECS, SpecSourceError, resolve_probe_spec
 
     if spec is None:
-        raise InputError(f"--spec: give a probe spec, a shipped name ({', '.join(sorted(PROBE_SPECS))}) "
+        raise InputError(f"--spec: give a probe spec, a shipped name ({', '.join(sorted(CURRENT_SPECS))}) "
                          f"or a YAML file")
     overrides = {}
     for item in set_fields or []:
@@ -528,10 +528,11 @@ def _resolve_spec(spec: Optional[str], set_fields: Optional[list[str]]):
 @app.command()
 def specs(spec: Optional[str] = typer.Argument(None, help="show this spec's resolved fields: a name or YAML file"),
           set_fields: Optional[list[str]] = typer.Option(None, "--set", help="FIELD=VALUE overrides, as for probe")) -> None:
-    """List the shipped probe specs with their content hashes, or show one spec in full."""
+    """List the current shipped probe specs with their content hashes, or show one spec in full
+    (retired specs too, by name)."""
     import yaml
 
-    from rl_probe.spec import PROBE_SPECS
+    from rl_probe.spec import CURRENT_SPECS
 
     if spec is not None or set_fields:
         resolved = _resolve_spec(spec, set_fields)
@@ -541,7 +542,7 @@ def specs(spec: Optional[str] = typer.Argument(None, help="show this spec's reso
     table = Table(title="probe specs", title_justify="left")
     for col in ("name", "engine", "hash", "template", "steps", "prompts × group", "lr", "max prompt / response"):
         table.add_column(col)
-    for spec in PROBE_SPECS.values():
+    for spec in CURRENT_SPECS.values():
         table.add_row(spec.name, spec.engine, spec.content_hash(), spec.template.name, str(spec.steps),
                       f"{spec.prompts_per_step} × {spec.group_size}", f"{spec.lr:g}",
                       f"{spec.max_prompt_length} / {spec.max_response_length}")
