@@ -36,15 +36,17 @@ def _workspace(sweep_workspace: str | None, override: Optional[Path]) -> Path:
 
 
 @app.command()
-def validate(sweep: Path = typer.Argument(..., help="sweep YAML file")) -> None:
-    """Check a sweep file; list every error with its field path."""
-    from pipelines.preflight import validate_sweep
+def validate(sweep: Path = typer.Argument(..., help="sweep YAML file"),
+             workspace: Optional[Path] = WorkspaceOpt) -> None:
+    """Check a sweep file and its workspace; list every error with its field path."""
+    from pipelines.preflight import load_sweep, validate_sweep
 
     errors = validate_sweep(sweep)
     if errors:
         for line in errors:
             typer.echo(f"{sweep}: {line}", err=True)
         raise typer.Exit(2)
+    preflight.workspace(_workspace(load_sweep(sweep).workspace, workspace))
     typer.echo(f"{sweep}: ok")
 
 
@@ -256,6 +258,7 @@ def probe(checkpoints: list[str] = typer.Argument(..., help="HF checkpoint direc
         _refuse(preflight.safe_name(name, "--name"))
     probe_executor = preflight.executor(ExecutorSection(), parallel=parallel)
     seed_list = _seed_list(seeds)
+    workspace = preflight.workspace(workspace.resolve())
     dirs = _checkpoint_dirs(checkpoints)
     for path in dirs.values():
         _refuse(preflight.checkpoint_errors(path, "checkpoint"))
@@ -264,7 +267,7 @@ def probe(checkpoints: list[str] = typer.Argument(..., help="HF checkpoint direc
     job = name or f"probe-{stable_hash(sorted(str(p) for p in dirs.values()), 8)}"
     the_plan = build_checkpoint_plan(job, dirs, probe_spec, seed_list, *sets,
                                      executor=probe_executor, keep_policy=keep_policy)
-    store = RunStore(preflight.workspace(workspace.resolve()))
+    store = RunStore(workspace)
     run_plan(the_plan, store, console)
     typer.echo(_write_report_named(job, store, f"midprobe · checkpoints · {job}"))
 

@@ -404,9 +404,9 @@ def cheap_signals(results: SweepResults, recipes: list[str], seeds: list[int], s
     signals["few-shot accuracy"] = per_run(lambda run: run.profile.get("fewshot", {}).get("acc", np.nan), profile_s)
     signals["step-0 held-out accuracy"] = (stack[:, :, 0].mean(axis=-1),
                                            sum(c.cpu_seconds(0, 1, profile=False) for c in all_costs))
-    val = _validation_loss(results, recipes)
-    if val is not None:
-        signals["−validation loss"] = (np.repeat(-val[:, None], len(seeds), axis=1), 0.0)
+    shared_val = results.validation_loss(recipes)
+    if shared_val is not None:
+        signals["−validation loss"] = (np.repeat(-shared_val[1][:, None], len(seeds), axis=1), 0.0)
     signals["step-0 policy entropy"] = per_run(  # logged by the first update, on the step-0 policy's rollouts
         lambda run: dict(run.metrics.get("actor/entropy", [])).get(1, np.nan),
         sum(c.cpu_seconds(1, 0, profile=False) for c in all_costs))
@@ -431,19 +431,3 @@ def _entropy_ceiling(run: ProbeRun, last_step: int) -> float:
         return float("nan")
     h, r = np.array(points).T
     return entropy_fit_ceiling(h, r)
-
-
-def _validation_loss(results: SweepResults, recipes: list[str]) -> np.ndarray | None:
-    """Final validation loss of each recipe's checkpoint, averaged over the corpora every
-    recipe's last stage validated on (losses on different corpora do not compare)."""
-    finals = []
-    for recipe in recipes:
-        final = results.final_checkpoint_stage(recipe)
-        if final is None:
-            return None
-        finals.append({n: v[-1][1] for n, v in final.metrics.items()
-                       if n.startswith("val/") and n.endswith("/loss") and v})
-    shared = sorted(set.intersection(*(set(f) for f in finals)))
-    if not shared:
-        return None
-    return np.array([np.mean([f[n] for n in shared]) for f in finals])

@@ -281,8 +281,10 @@ def build_plan(sweep: Sweep, source: Path) -> Plan:
     spec = probe_spec(sweep, source)
     # probes read the selected problems; curation decontaminates against the whole pool, so
     # how the probe picks its problems never re-keys curation or mid-training
+    measured_with = spec if probe_cfg.difficulty_max_response_length is None else spec.model_copy(
+        update={"max_response_length": probe_cfg.difficulty_max_response_length, "length_schedule": None})
     plan.problems = selection_run(problems, probe_cfg.train_set, probe_cfg.eval_set, probe_cfg.difficulty,
-                                  auto={"spec": spec, "k": probe_cfg.difficulty_k,
+                                  auto={"spec": measured_with, "k": probe_cfg.difficulty_k,
                                         "target": list(probe_cfg.difficulty_target), "checkpoint": base})
     plan.role(plan.problems, kind="difficulty" if probe_cfg.difficulty == "auto" else "problems")
     if probe_cfg.include_base:

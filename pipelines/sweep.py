@@ -140,6 +140,9 @@ class ProbeSection(_Strict):
         "rollout_tp, micro_batch_per_gpu"))
     difficulty_target: tuple[float, float] = (0.2, 0.8)
     difficulty_k: int = Field(default=8, gt=0)
+    difficulty_max_response_length: int | None = Field(default=None, gt=0, description=(
+        "difficulty: auto samples the base's responses up to this many tokens instead of the spec's; "
+        "needed with a verl spec, since the embedded engine (CPU or one GPU) measures it"))
 
     @model_validator(mode="after")
     def _target(self) -> "ProbeSection":
@@ -294,6 +297,13 @@ def cross_check(sweep: Sweep, source: Path) -> list[str]:
     spec = _check_probe_spec(sweep.probe.spec, here, errors)
     if spec is not None and spec.template.chat:
         errors += _chat_template_errors(sweep, spec.template.name, here)
+    if (spec is not None and spec.engine == "verl" and sweep.probe.difficulty == "auto"
+            and sweep.probe.difficulty_max_response_length is None):
+        errors.append(
+            f"probe.difficulty: auto samples the base with the embedded engine (CPU or one GPU), "
+            f"{2 * sweep.probe.difficulty_k} responses per problem of up to {spec.longest_response:,} tokens "
+            f"(verl spec {spec.name!r}); set probe.difficulty_max_response_length to a length it can afford "
+            f"(e.g. 512), or use difficulty: fixed with the sets' difficulty levels")
     for field_name in ("train_set", "eval_set"):  # their contents: preflight, with the problem-set reader
         problem_set = getattr(sweep.probe, field_name)
         if problem_set.path and not resolve_path(problem_set.path, here).is_file():

@@ -140,12 +140,13 @@ def test_bad_input_is_one_line_exit_2_and_nothing_done(tmp_path, case):
 
 def test_verl_engine_options_reach_the_probe_runs(tmp_path):
     path = _write(tmp_path, lambda d: d["probe"].update(
-        spec="octothinker-v1", verl={"n_gpus_per_node": 4, "rollout_engine": "sglang"}))
+        spec="octothinker-v1", difficulty_max_response_length=64,
+        verl={"n_gpus_per_node": 4, "rollout_engine": "sglang"}))
     plan = build_plan(load_sweep(path), path)
     probe = plan.probes[("qa_cot", None, 0)]
     assert probe.config.spec.engine == "verl"
     assert probe.config.engine_options == {"n_gpus_per_node": 4, "rollout_engine": "sglang"}
-    assert "engine_options" not in build_plan(load_sweep(TOY_SMOKE), TOY_SMOKE).probes[("qa_cot", None, 0)].config
+    assert "engine_options" not in build_plan(load_sweep(TOY_SMOKE), TOY_SMOKE).probes[("qa_cot", None, 0)].canonical_config
 
 
 def test_every_ranking_score_can_be_chosen_in_a_sweep():
@@ -205,3 +206,25 @@ def test_corpus_files_are_relative_to_the_sweep_file(tmp_path):
     plan = build_plan(load_sweep(path), path)
     curate = next(run for run in plan.runs() if run.stage == "curate" and run.config.corpus == "gsm8k")
     assert curate.config.corpus_config.source.paths == [str(tmp_path / "data" / "*.jsonl")]
+
+
+def test_difficulty_control_of_a_verl_spec_needs_a_declared_length_cap(tmp_path):
+    """difficulty: auto samples the base with the embedded engine; at a verl spec's 4,096-token
+    responses that is refused in one line saying what to do, and runs at the declared cap."""
+    path = _write(tmp_path, lambda d: d["probe"].update(spec="octothinker-v1"))  # toy-smoke: difficulty auto
+    errors = validate_sweep(path)
+    assert errors == ["probe.difficulty: auto samples the base with the embedded engine (CPU or one GPU), "
+                      "16 responses per problem of up to 4,096 tokens (verl spec 'octothinker-v1'); set "
+                      "probe.difficulty_max_response_length to a length it can afford (e.g. 512), or use "
+                      "difficulty: fixed with the sets' difficulty levels"]
+    result = _cli("plan", str(path), "--workspace", str(tmp_path / "ws"))
+    assert result.returncode == 2 and result.stderr.strip().endswith("difficulty: fixed with the sets' difficulty levels")
+    capped = _write(tmp_path, lambda d: d["probe"].update(spec="octothinker-v1", difficulty_max_response_length=64))
+    assert validate_sweep(capped) == []
+    measured_with = build_plan(load_sweep(capped), capped).problems.config.spec
+    assert measured_with.max_response_length == 64 and measured_with.name == "octothinker-v1"
+    # without a cap the selection measures with the probe's own spec, as before
+    from pipelines.sweep import probe_spec
+
+    smoke = load_sweep(TOY_SMOKE)
+    assert build_plan(smoke, TOY_SMOKE).problems.config.spec == probe_spec(smoke, TOY_SMOKE)
