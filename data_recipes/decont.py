@@ -9,6 +9,17 @@ removed document can be listed with the benchmark item and the span that matched
 
 A problem shorter than n words ("Simplify $\\sqrt{242}$.", 3 words) has no n-gram; it is
 matched as a whole: its normalised words appearing consecutively in a document.
+
+Eval files often wrap every item in the same prompt text (an instruction sentence before each
+problem, a formatting reminder after it). That text is not the item: indexed with it, a short
+problem became a long "item" whose every n-gram spans the instruction, so the bare problem copied
+into a document matched nothing, and n-grams of the instruction alone would remove clean documents
+that quote it. So each file's shared text is found first — every word covered by a word
+SHARED_GRAM_WORDS-gram that at least SHARED_SHARE of the file's items contain (and at least two) —
+and each item is indexed by the runs of its own words between (its n-grams; each run matched whole
+when none is n words long). Shared text shorter than SHARED_GRAM_WORDS words ("Question:", "What
+is") is kept: it cannot be told from the items' own phrasing. An item with fewer than
+MIN_WHOLE_ITEM_WORDS words of its own (a file of near-identical items) is indexed whole, as before.
 Normalisation: Asymptote figure code and LaTeX spacing and sizing commands dropped (`\\,`, `\\!`,
 `\\left`, `\\dfrac` -> `\\frac`), then datatrove's (lowercase, punctuation to spaces, whitespace collapsed; numbers kept,
 since with them normalised every arithmetic problem of one template would collide).
@@ -16,8 +27,10 @@ since with them normalised every arithmetic problem of one template would collid
 
 from __future__ import annotations
 
+import collections
 import gzip
 import json
+import math
 import re
 from pathlib import Path
 
@@ -36,6 +49,8 @@ from data_recipes.words import RegexWordTokenizer
 QUESTION_FIELDS = ("question", "problem", "prompt", "query")
 ANSWER_FIELDS = ("answer", "solution", "gold", "target")
 MIN_WHOLE_ITEM_WORDS = 3  # shorter items ("Factor $x^2$") would match ordinary text
+SHARED_GRAM_WORDS = 4  # 3-grams such as "what is the" are in a third of MATH's problems
+SHARED_SHARE = 0.5  # no 4-gram is in more than 6% of GSM8K's or MATH's train problems
 _LATEX_SPACING = re.compile(r"\\[!,;: ]|\\left\b|\\right\b|\\displaystyle\b|\{,\}")
 _LATEX_FRAC = re.compile(r"\\[dt]frac\b")
 # Asymptote figure code is drawing boilerplate shared across problems ("pen dps=linewidth(0.7)+
@@ -92,29 +107,69 @@ def benchmark_names(benchmarks: list[Path]) -> dict[str, Path]:
     return names
 
 
+def own_runs(items_words: list[list[str]]) -> tuple[list[list[list[str]]], dict[str, int]]:
+    """Per item (its normalised words), the runs of its own words once the text shared by the
+    file's items is left out; and the shared runs, with how many items have each."""
+    k = SHARED_GRAM_WORDS
+    in_items = collections.Counter(g for w in items_words for g in {tuple(w[i:i + k]) for i in range(len(w) - k + 1)})
+    least = max(2, math.ceil(SHARED_SHARE * len(items_words)))
+    frequent = {g for g, count in in_items.items() if count >= least}
+    runs, shared = [], collections.Counter()
+    for w in items_words:
+        is_shared = [False] * len(w)
+        for i in range(len(w) - k + 1):
+            if tuple(w[i:i + k]) in frequent:
+                is_shared[i:i + k] = [True] * k
+        own = [[w[i] for i in idx] for s, idx in _runs(is_shared) if not s]
+        shared.update({" ".join(w[i] for i in idx) for s, idx in _runs(is_shared) if s})
+        runs.append(own if sum(map(len, own)) >= MIN_WHOLE_ITEM_WORDS else [w])
+    return runs, dict(shared.most_common())
+
+
+def _runs(flags: list[bool]) -> list[tuple[bool, list[int]]]:
+    """Maximal runs of equal flags: (flag, indices); one empty own run for no flags."""
+    out: list[tuple[bool, list[int]]] = []
+    for i, flag in enumerate(flags):
+        if out and out[-1][0] == flag:
+            out[-1][1].append(i)
+        else:
+            out.append((flag, [i]))
+    return out or [(False, [])]
+
+
 def write_index(benchmarks: list[Path], n_grams: int, out_dir: Path) -> dict[str, int]:
-    """`items.jsonl`, `ngrams.npy` (hash, item row) and `whole.json` (short items' words) in
-    out_dir; returns task name -> number of items."""
+    """`items.jsonl`, `ngrams.npy` (hash, item row), `whole.json` (short items' words) and, when a
+    file wraps its items in shared text, `shared_text.json` (per task, the text left out and how
+    many items have it) in out_dir; returns task name -> number of items."""
     hasher = _Hasher(decont_config(n_grams))
     words = RegexWordTokenizer()
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows, hashes, owners, whole, counts = [], [], [], {}, {}
+    rows, hashes, owners, whole, counts, shared = [], [], [], {}, {}, {}
     for task, path in benchmark_names(benchmarks).items():
         items = read_benchmark(path)
         counts[task] = len(items)
-        for item in items:
+        question_words = [words.word_tokenize(normalize(item["question"])) for item in items]
+        runs, shared[task] = own_runs(question_words)
+        for item, item_runs in zip(items, runs):
             row = len(rows)
             rows.append({"task": task, "id": item["id"], "line": item["line"], "question": item["question"]})
-            item_hashes = hasher.compute_hashes(normalize(item["answer"]), normalize(item["question"]))
+            *first_runs, last_run = map(" ".join, item_runs)
+            # the last run with the answer: its n-grams, the answer's and those spanning both
+            item_hashes = hasher.compute_hashes(normalize(item["answer"]), last_run)
+            item_hashes += [h for run in first_runs for h in hasher.compute_hashes(run)]
             hashes += item_hashes
             owners += [row] * len(item_hashes)
-            question_words = words.word_tokenize(normalize(item["question"]))
-            if MIN_WHOLE_ITEM_WORDS <= len(question_words) < n_grams:
-                whole.setdefault(" ".join(question_words), row)
+            if all(len(run) < n_grams for run in item_runs):
+                for run in item_runs:
+                    if len(run) >= MIN_WHOLE_ITEM_WORDS:
+                        whole.setdefault(" ".join(run), row)
     with open(out_dir / "items.jsonl", "w") as f:
         f.writelines(json.dumps(row) + "\n" for row in rows)
     np.save(out_dir / "ngrams.npy", np.array([hashes, owners], dtype=np.uint64).T.reshape(-1, 2))
     (out_dir / "whole.json").write_text(json.dumps({"n_grams": n_grams, "items": whole}))
+    shared = {task: texts for task, texts in shared.items() if texts}
+    if shared:  # only for wrapped files: an unwrapped file's index is what it always was
+        (out_dir / "shared_text.json").write_text(json.dumps(shared, indent=1) + "\n")
     return counts
 
 

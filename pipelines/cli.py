@@ -36,8 +36,9 @@ def _workspace(sweep_workspace: str | None, override: Optional[Path]) -> Path:
 
 
 @app.command()
-def validate(sweep: Path = typer.Argument(..., help="sweep YAML file")) -> None:
-    """Check a sweep file; list every error with its field path."""
+def validate(sweep: Path = typer.Argument(..., help="sweep YAML file"),
+             workspace: Optional[Path] = WorkspaceOpt) -> None:
+    """Check a sweep file and its workspace; list every error with its field path."""
     from pipelines.disk import disk_errors
     from pipelines.preflight import load_sweep, validate_sweep
 
@@ -47,6 +48,7 @@ def validate(sweep: Path = typer.Argument(..., help="sweep YAML file")) -> None:
         for line in errors:
             typer.echo(f"{sweep}: {line}", err=True)
         raise typer.Exit(2)
+    preflight.workspace(_workspace(load_sweep(sweep).workspace, workspace))
     typer.echo(f"{sweep}: ok")
 
 
@@ -267,6 +269,7 @@ def probe(checkpoints: list[str] = typer.Argument(..., help="HF checkpoint direc
         _refuse(preflight.safe_name(name, "--name"))
     probe_executor = preflight.executor(ExecutorSection(), parallel=parallel)
     seed_list = _seed_list(seeds)
+    workspace = preflight.workspace(workspace.resolve())
     dirs = _checkpoint_dirs(checkpoints)
     for path in dirs.values():
         _refuse(preflight.checkpoint_errors(path, "checkpoint"))
@@ -275,7 +278,7 @@ def probe(checkpoints: list[str] = typer.Argument(..., help="HF checkpoint direc
     job = name or f"probe-{stable_hash(sorted(str(p) for p in dirs.values()), 8)}"
     the_plan = build_checkpoint_plan(job, dirs, probe_spec, seed_list, *sets,
                                      executor=probe_executor, keep_policy=keep_policy)
-    store = RunStore(preflight.workspace(workspace.resolve()))
+    store = RunStore(workspace)
     run_plan(the_plan, store, console)
     typer.echo(_write_report_named(job, store, f"midprobe · checkpoints · {job}"))
 
@@ -514,10 +517,10 @@ def _resolve_spec(spec: Optional[str], set_fields: Optional[list[str]]):
     import yaml
     from pydantic import ValidationError
 
-    from rl_probe.spec import PROBE_SPECS, SpecSourceError, resolve_probe_spec
+    from rl_probe.spec import CURRENT_SPECS, SpecSourceError, resolve_probe_spec
 
     if spec is None:
-        raise InputError(f"--spec: give a probe spec, a shipped name ({', '.join(sorted(PROBE_SPECS))}) "
+        raise InputError(f"--spec: give a probe spec, a shipped name ({', '.join(sorted(CURRENT_SPECS))}) "
                          f"or a YAML file")
     overrides = {}
     for item in set_fields or []:
@@ -539,10 +542,11 @@ def _resolve_spec(spec: Optional[str], set_fields: Optional[list[str]]):
 @app.command()
 def specs(spec: Optional[str] = typer.Argument(None, help="show this spec's resolved fields: a name or YAML file"),
           set_fields: Optional[list[str]] = typer.Option(None, "--set", help="FIELD=VALUE overrides, as for probe")) -> None:
-    """List the shipped probe specs with their content hashes, or show one spec in full."""
+    """List the current shipped probe specs with their content hashes, or show one spec in full
+    (retired specs too, by name)."""
     import yaml
 
-    from rl_probe.spec import PROBE_SPECS
+    from rl_probe.spec import CURRENT_SPECS
 
     if spec is not None or set_fields:
         resolved = _resolve_spec(spec, set_fields)
@@ -552,7 +556,7 @@ def specs(spec: Optional[str] = typer.Argument(None, help="show this spec's reso
     table = Table(title="probe specs", title_justify="left")
     for col in ("name", "engine", "hash", "template", "steps", "prompts × group", "lr", "max prompt / response"):
         table.add_column(col)
-    for spec in PROBE_SPECS.values():
+    for spec in CURRENT_SPECS.values():
         table.add_row(spec.name, spec.engine, spec.content_hash(), spec.template.name, str(spec.steps),
                       f"{spec.prompts_per_step} × {spec.group_size}", f"{spec.lr:g}",
                       f"{spec.max_prompt_length} / {spec.max_response_length}")

@@ -28,6 +28,7 @@ import numpy as np
 
 from pipelines.errors import InputError
 from pipelines.plan import Plan, build_plan, fingerprint
+from pipelines.run_configs import ProblemSource
 from pipelines.ranking import ProbeRun, Ranking, rank, run_scores
 from pipelines.results import SweepResults, collect
 from pipelines.store import RunStore, StageRun
@@ -57,8 +58,8 @@ def target_plan(sweep: Sweep, source: Path, multiplier: int, seeds: list[int],
         "name": f"{spec.name}-x{multiplier}", "steps": spec.steps * multiplier,
         "eval_every": spec.eval_every * multiplier, "checkpoint_every": spec.checkpoint_every * multiplier})
     target = Plan(sweep.name + TARGET_SUFFIX, plan.executor, held_out(plan.problems, eval_set), {},
-                  plan.curation_executor, plan.base, plan.midtrain, retention=plan.retention)
-    target.role(target.problems, kind="difficulty" if target.problems.config["difficulty"] == "auto" else "problems")
+                  plan.curation_executor, plan.base, plan.midtrain)
+    target.role(target.problems, kind="difficulty" if target.problems.config.difficulty == "auto" else "problems")
     for recipe, replica, checkpoint in plan.checkpoints():
         target.add_probes(recipe, checkpoint, long_spec, seeds, sweep.probe.verl, replica)
     return plan, target
@@ -74,15 +75,15 @@ def held_out(problems: StageRun, eval_set: Path | None) -> StageRun:
         return StageRun(problems.stage, problems.config,
                         {**problems.inputs, "pool": held_out(problems.inputs["pool"], eval_set)},
                         label="difficulty control (target's held-out eval)")
-    current = problems.config["eval_set"]
+    current = problems.config.eval_set
     if eval_set is not None:
-        replaced = {**current, "toy_split": None, "path": str(eval_set), "fingerprint": fingerprint(eval_set)}
-    elif current.get("path"):
+        replaced = ProblemSource(path=str(eval_set), fingerprint=fingerprint(eval_set))
+    elif current.path:
         raise InputError("--target-eval-set: the sweep's eval set is a file; the target needs its own "
                          "held-out eval problems (a JSONL file disjoint from the probe's)")
     else:  # the toy split's next problems: a smaller n is a prefix of a larger one
-        replaced = {**current, "offset": current["n"]}
-    return StageRun("problems", {**problems.config, "eval_set": replaced}, problems.inputs,
+        replaced = current.model_copy(update={"offset": current.n})
+    return StageRun("problems", problems.config.model_copy(update={"eval_set": replaced}), problems.inputs,
                     label="probe/target-eval problems")
 
 
@@ -403,9 +404,9 @@ def cheap_signals(results: SweepResults, recipes: list[str], seeds: list[int], s
     signals["few-shot accuracy"] = per_run(lambda run: run.profile.get("fewshot", {}).get("acc", np.nan), profile_s)
     signals["step-0 held-out accuracy"] = (stack[:, :, 0].mean(axis=-1),
                                            sum(c.cpu_seconds(0, 1, profile=False) for c in all_costs))
-    val = _validation_loss(results, recipes)
-    if val is not None:
-        signals["−validation loss"] = (np.repeat(-val[:, None], len(seeds), axis=1), 0.0)
+    shared_val = results.validation_loss(recipes)
+    if shared_val is not None:
+        signals["−validation loss"] = (np.repeat(-shared_val[1][:, None], len(seeds), axis=1), 0.0)
     signals["step-0 policy entropy"] = per_run(  # logged by the first update, on the step-0 policy's rollouts
         lambda run: dict(run.metrics.get("actor/entropy", [])).get(1, np.nan),
         sum(c.cpu_seconds(1, 0, profile=False) for c in all_costs))
@@ -430,19 +431,3 @@ def _entropy_ceiling(run: ProbeRun, last_step: int) -> float:
         return float("nan")
     h, r = np.array(points).T
     return entropy_fit_ceiling(h, r)
-
-
-def _validation_loss(results: SweepResults, recipes: list[str]) -> np.ndarray | None:
-    """Final validation loss of each recipe's checkpoint, averaged over the corpora every
-    recipe's last stage validated on (losses on different corpora do not compare)."""
-    finals = []
-    for recipe in recipes:
-        final = results.final_checkpoint_stage(recipe)
-        if final is None:
-            return None
-        finals.append({n: v[-1][1] for n, v in final.metrics.items()
-                       if n.startswith("val/") and n.endswith("/loss") and v})
-    shared = sorted(set.intersection(*(set(f) for f in finals)))
-    if not shared:
-        return None
-    return np.array([np.mean([f[n] for n in shared]) for f in finals])

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from midtrain.memory import GIB, StageDisk, stage_disk
-from pipelines.plan import Plan, stage_train_config
+from pipelines.plan import Plan
 from pipelines.store import StageRun
 
 
@@ -64,16 +64,15 @@ def estimate_disk(plan: Plan, model, nproc: int, at_once: int, cuda: bool = True
     if model is None:
         return None
     stages = [run for run in plan.runs() if run.stage == "midtrain"]
-    midtrain = {run: stage_disk(model, stage_train_config(run.config, plan.retention), nproc,
-                                keep_final_state=run.config["phase"] == "stable", cuda=cuda)
-                for run in stages}
+    midtrain = {run: stage_disk(model, run.config.train, nproc, keep_final_state=run.config.phase == "stable",
+                                cuda=cuda) for run in stages}
     token_bytes = 4 if model.vocab_size > 65536 else 2
     shards = {}
     for run in plan.runs():
         if run.stage != "curate":
             continue
-        read = [stage.config["mix"][run.config["corpus"]] * stage.config["train"]["tokens"]
-                for stage in stages if stage.inputs.get(f"corpus:{run.config['corpus']}") == run]
+        read = [stage.config.mix[run.config.corpus] * stage.config.train.tokens
+                for stage in stages if stage.inputs.get(f"corpus:{run.config.corpus}") == run]
         shards[run] = round(max(read, default=0) * token_bytes)
     return DiskEstimate(midtrain, shards, min(at_once, max(1, len(stages))))
 

@@ -45,7 +45,6 @@ class Runtime:
     sweep: str
     threads: int = 1
     curation_executor: dict | None = None
-    retention: dict | None = None  # which training states and exports midtrain runs keep
     # False under an orchestrator: a run another process holds comes back as Busy, not a wait
     wait_for_locks: bool = True
     # False in the orchestrator's workers: only the orchestrator opens index.sqlite (SQLite's
@@ -85,7 +84,7 @@ def captured_output(path: Path):
 
 
 def artifact_path(store: RunStore, run: StageRun) -> Path:
-    return Path(run.config["path"]) if run.stage == "external" else store.path(run)
+    return Path(run.config.path) if run.stage == "external" else store.path(run)
 
 
 def execute_stage_run(run: StageRun, runtime: Runtime) -> tuple[str, bool]:
@@ -93,7 +92,7 @@ def execute_stage_run(run: StageRun, runtime: Runtime) -> tuple[str, bool]:
     store = RunStore(Path(runtime.workspace), index=runtime.owns_index)
     if run.stage == "external":
         def work(out: Path) -> None:
-            (out / "source.json").write_text(json.dumps(run.config, indent=2))
+            (out / "source.json").write_text(json.dumps(run.canonical_config, indent=2))
         path, reused = store.execute(run, work)
         return str(path), reused
 
@@ -112,10 +111,9 @@ def execute_stage_run(run: StageRun, runtime: Runtime) -> tuple[str, bool]:
         os.environ.setdefault("OMP_NUM_THREADS", str(runtime.threads))
         with captured_output(out / STAGE_LOG), StageTracker(store, run, runtime.sweep) as tracker:
             STAGES[run.stage](run, inputs, out, StageContext(on_metrics=tracker.log, threads=runtime.threads,
-                                                             curation_executor=runtime.curation_executor,
-                                                             retention=runtime.retention))
+                                                             curation_executor=runtime.curation_executor))
 
-    path, reused = store.execute(run, work, seed=run.config.get("seed"), wait=runtime.wait_for_locks)
+    path, reused = store.execute(run, work, seed=run.canonical_config.get("seed"), wait=runtime.wait_for_locks)
     return str(path), reused
 
 
@@ -292,8 +290,7 @@ def run_plan(plan: Plan, store: RunStore, console: Console, executor: ExecutorSe
     """Execute every stage run of the plan; returns ref -> reused-from-store."""
     cfg = executor or plan.executor
     runtime = Runtime(workspace=str(store.workspace), sweep=plan.name, threads=cfg.threads_per_run,
-                      curation_executor=plan.curation_executor or None, retention=plan.retention or None,
-                      wait_for_locks=False)
+                      curation_executor=plan.curation_executor or None, wait_for_locks=False)
     worker_runtime = dataclasses.replace(runtime, owns_index=False)
     store.reconcile()
     runs = plan.runs()

@@ -8,6 +8,18 @@ takes it over and logs that: on the same host the owner's pid is dead (or is ano
 now); on another host its heartbeat is older than STALE_SECONDS (hosts' clocks are assumed
 NTP-synchronised, as on any cluster). Unlike an ``flock``, the lock is not inherited by the
 owner's children, so a leftover helper process never holds it.
+
+Every change to an existing lock file — a heartbeat's rewrite, a takeover's removal, a release —
+is a compare-and-swap on the owner's token: it happens while holding the lock's guard file
+(``<lock>.guard``, also created by ``os.link``, so exclusive on NFS as on a local disk), after
+re-reading the owner under that guard, and only if the token read is the one expected. A lock
+file appears otherwise only by ``os.link`` where none exists. So a heartbeat never rewrites a lock
+another process has taken over, and a release never removes another's lock. What this rests on:
+``link(2)`` failing with EEXIST on the server when the name exists, and close-to-open consistency
+(an ``open`` after another client's change sees it: Linux NFS clients' default; not under the
+``nocto`` mount option). What it does not cover: a guard's holder that stalls for more than
+STALE_SECONDS inside its few-millisecond critical section (a process stopped there, a host
+frozen) has its guard taken as abandoned and removed; its write may then land after a takeover.
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ HEARTBEAT_SECONDS = 10.0
 STALE_SECONDS = 60.0
 WAIT_REPORT_SECONDS = 30.0  # a waiting process says what it waits for this often
 POLL_SECONDS = 1.0
+GUARD_POLL_SECONDS = 0.005  # a guard is held for one read and one write
 
 
 class Busy(Exception):
@@ -83,26 +96,39 @@ def _write_new(path: Path, owner: dict) -> bool:
         tmp.unlink()
 
 
-def _take_over(path: Path, stale: dict) -> bool:
-    """Remove a dead owner's lock, unless someone else already replaced it; under a short-lived
-    guard file so that two processes never both decide to remove the same lock."""
-    guard = path.with_name(path.name + ".takeover")
-    with contextlib.suppress(FileNotFoundError):
-        if time.time() - guard.stat().st_mtime > STALE_SECONDS:  # a taker that died in between
+@contextlib.contextmanager
+def _guard(path: Path, patience: float) -> Iterator[bool]:
+    """Hold the lock's guard file for a read-compare-write of the lock (yields False when it could
+    not be had within `patience` seconds). A guard older than STALE_SECONDS is its holder's
+    leftover (it died holding it) and is removed."""
+    guard = path.with_name(path.name + ".guard")
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "token": uuid.uuid4().hex}
+    deadline = time.time() + patience
+    while not (held := _write_new(guard, me)) and time.time() < deadline:
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - guard.stat().st_mtime > STALE_SECONDS:
+                guard.unlink()
+        time.sleep(GUARD_POLL_SECONDS)
+    try:
+        yield held
+    finally:
+        if held and _owned(guard, me):
             guard.unlink()
-    try:
-        fd = os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return False
-    os.close(fd)
-    try:
-        if read_owner(path) != stale:
+
+
+def _take_over(path: Path, stale: dict) -> bool:
+    """Remove a dead owner's lock, unless someone else already replaced it or its owner's
+    heartbeat changed it since it was read."""
+    with _guard(path, patience=POLL_SECONDS) as held:
+        if not held or read_owner(path) != stale:
             return False
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         return True
-    finally:
-        guard.unlink()
+
+
+def _owned(path: Path, owner: dict) -> bool:
+    return (read_owner(path) or {}).get("token") == owner["token"]
 
 
 class _Heartbeat(threading.Thread):
@@ -112,13 +138,15 @@ class _Heartbeat(threading.Thread):
 
     def run(self) -> None:
         while not self.stopped.wait(HEARTBEAT_SECONDS):
-            current = read_owner(self.path)
-            if not current or current.get("token") != self.owner["token"]:
-                return  # taken over (we were thought dead); the new owner's record stays
-            self.owner["heartbeat"] = time.time()
-            tmp = self.path.with_name(f"{self.path.name}.{self.owner['token']}.tmp")
-            tmp.write_text(json.dumps(self.owner))
-            os.replace(tmp, self.path)
+            with _guard(self.path, patience=HEARTBEAT_SECONDS / 2) as held:
+                if not held:
+                    continue  # the next beat tries again
+                if not _owned(self.path, self.owner):
+                    return  # taken over (we were thought dead); the new owner's record stays
+                self.owner["heartbeat"] = time.time()
+                tmp = self.path.with_name(f"{self.path.name}.{self.owner['token']}.tmp")
+                tmp.write_text(json.dumps(self.owner))
+                os.replace(tmp, self.path)
 
 
 @contextlib.contextmanager
@@ -156,8 +184,10 @@ def hold(path: Path, what: str, wait: bool = True, log: Callable[[str], None] = 
     finally:
         heartbeat.stopped.set()
         heartbeat.join()
-        if (read_owner(path) or {}).get("token") == owner["token"]:
-            path.unlink()
+        # patient: a guard left by a dead holder is removed after STALE_SECONDS
+        with _guard(path, patience=2 * STALE_SECONDS) as held:
+            if held and _owned(path, owner):
+                path.unlink()
 
 
 def lock_states(folder: Path) -> list[tuple[str, dict, bool]]:

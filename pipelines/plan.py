@@ -13,7 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from midtrain.config import MidtrainSettings, TrainConfig, phase_schedule, phase_warmup
+from data_recipes.toyworld import ToyWorldConfig
+from midtrain.config import MidtrainSettings, phase_schedule, phase_warmup
+from pipelines.run_configs import (CurateRun, ExternalRun, LevelPick, MidtrainRun, ProblemSource, ProblemsRun,
+                                   ProbeRun, RunConfig, SelectionRun, TokenizerRun)
 from pipelines.store import StageRun
 from pipelines.sweep import ExecutorSection, ProblemSet, StageMix, Sweep, probe_spec, resolve_path
 
@@ -43,8 +46,8 @@ def why_run(run: StageRun, previous: dict | None) -> str:
     if previous is None:
         return "new"
     old, new = ({name: value for name, value in config.items() if name != "code_version"}
-                for config in (previous["config"], run.config))
-    versions = previous["config"].get("code_version"), run.config.get("code_version")
+                for config in (previous["config"], run.canonical_config))
+    versions = previous["config"].get("code_version"), run.canonical_config.get("code_version")
     reasons = [f"code changed (version {versions[0]} → {versions[1]})"] if versions[0] != versions[1] else []
     if changed := config_changes(old, new):
         reasons.append("config: " + "; ".join(changed))
@@ -95,7 +98,7 @@ def source_fingerprint(source) -> str | None:
 
 def external(path: Path, label: str) -> StageRun:
     """A user-provided artifact (HF model, tokenizer, file) as a node of the DAG."""
-    return StageRun("external", {"path": str(path), "fingerprint": fingerprint(path)}, label=label)
+    return StageRun("external", ExternalRun(path=str(path), fingerprint=fingerprint(path)), label=label)
 
 
 @dataclass
@@ -111,7 +114,6 @@ class Plan:
     # recipe -> mid-training replica (its seed; None: the sweep has no midtrain.seeds) -> [stable, decay?]
     midtrain: dict[str, dict[int | None, list[StageRun]]] = field(default_factory=dict)
     roles: dict[StageRun, list[dict]] = field(default_factory=dict)
-    retention: dict = field(default_factory=dict)  # RETENTION_FIELDS of the midtrain stages
 
     def role(self, run: StageRun, **info) -> None:
         self.roles.setdefault(run, []).append(info)
@@ -143,11 +145,9 @@ class Plan:
                    engine_options: dict | None = None, replica: int | None = None,
                    keep_policy: bool = False) -> None:
         for seed in seeds:
-            config = {"spec": spec.model_dump(mode="json"), "spec_hash": spec.content_hash(), "seed": seed}
-            if spec.engine == "verl":  # GPUs, nodes, rollout engine: how verl lays the run out
-                config["engine_options"] = engine_options or {}
-            if keep_policy:  # the run's artifacts include the final policy (absent: the keys of before)
-                config["keep_policy"] = True
+            config = ProbeRun(spec=spec, spec_hash=spec.content_hash(), seed=seed, keep_policy=keep_policy,
+                              # GPUs, nodes, rollout engine: how verl lays the run out
+                              engine_options=(engine_options or {}) if spec.engine == "verl" else None)
             run = stage_run("probe", config, {"checkpoint": checkpoint, "problems": self.problems},
                             label=f"probe {recipe}{_replica_label(replica)} seed {seed}")
             self.probes[(recipe, replica, seed)] = run
@@ -162,55 +162,30 @@ def _blend_inputs(mix: StageMix, curate: dict[str, StageRun]) -> dict[str, Stage
     return {f"corpus:{name}": curate[name] for name in sorted(mix.mix)}
 
 
-def stage_run(stage: str, config: dict, inputs: dict[str, StageRun] | None = None, label: str = "") -> StageRun:
+def stage_run(stage: str, config: RunConfig, inputs: dict[str, StageRun] | None = None, label: str = "") -> StageRun:
     """A stage run whose key covers its stage's code version next to its resolved config."""
     from pipelines.code_versions import code_versions
 
-    return StageRun(stage, {**config, "code_version": code_versions()[stage]}, inputs or {}, label=label)
+    return StageRun(stage, config.model_copy(update={"code_version": code_versions()[stage]}), inputs or {},
+                    label=label)
 
 
-def _resolved(toy_world: dict) -> dict:
-    """The toy-world config as it enters stage keys: every default and the generator version."""
-    from data_recipes.toyworld import ToyWorldConfig
-
-    return ToyWorldConfig(**toy_world).model_dump()
-
-
-def _curation_config(name: str, corpus, toy_world: dict, source_files: str | None) -> dict:
+def _curation_config(name: str, corpus, toy_world, source_files: str | None) -> CurateRun:
     """A curation run's config: the corpus config with every default, the preset it resolves
     to and every argument of that preset's filter blocks (a changed threshold re-curates)."""
     from data_recipes.filters import FILTER_FILE_ARGUMENTS, resolved_filter_settings
 
-    config = {"corpus": name, "corpus_config": corpus.model_dump(mode="json"), "preset": corpus.preset(),
-              "filters": resolved_filter_settings(corpus.preset(), corpus.curation.filters), "toy_world": toy_world}
     files = {block: fingerprint(Path(corpus.curation.filters[block][argument]))
              for block, argument in FILTER_FILE_ARGUMENTS.items()
              if (corpus.curation.filters.get(block) or {}).get(argument)}
-    if files:  # only where a filter reads a file, so every other curation key stays as it was
-        config["filter_files"] = files
-    if source_files:  # re-curate when the corpus files change
-        config["source_files"] = source_files
-    return config
+    return CurateRun(corpus=name, corpus_config=corpus, preset=corpus.preset(),
+                     filters=resolved_filter_settings(corpus.preset(), corpus.curation.filters), toy_world=toy_world,
+                     filter_files=files or None,  # only where a filter reads a file
+                     source_files=source_files)  # re-curate when the corpus files change
 
 
-# TrainConfig fields that say which training states and HF exports a run keeps: not what it
-# computes, so not in its key; they reach the stage with its runtime (Plan.retention).
-RETENTION_FIELDS = ("keep_states", "export_every_tokens")
-# TrainConfig fields that do not change what a stage produces: the thread count is the stage's
-# own `threads` (None: the executor's), the memory budget only gates validation.
-RUNTIME_FIELDS = {"threads", "gpu_memory_gb", *RETENTION_FIELDS}
-# The setting retention replaced (an HF export at every training state) stays in the keys as it
-# was, so runs finished before retention existed stay cached: their weights never depended on it.
-RETIRED_TRAIN_FIELDS = {"export_hf_checkpoints": True}
-
-
-def stage_train_config(config: dict, retention: dict, threads: int = 1) -> TrainConfig:
-    """A midtrain stage run's TrainConfig: its keyed settings, the sweep's retention, `threads`."""
-    keyed = {name: value for name, value in config["train"].items() if name not in RETIRED_TRAIN_FIELDS}
-    return TrainConfig(**keyed, **retention, threads=threads)
-
-
-def _phase_config(phase: str, stage: StageMix, midtrain: MidtrainSettings, lr: float | None) -> dict:
+def _phase_config(phase: str, stage: StageMix, midtrain: MidtrainSettings, lr: float | None,
+                  **base_model) -> MidtrainRun:
     """A midtrain stage's config: TrainConfig with every default, this stage's budget and LR,
     and the LR schedule and warmup its phase runs (stable-then-decay as the field runs it;
     midtrain.config). Threads are the stage's own setting (None: the executor's)."""
@@ -218,9 +193,8 @@ def _phase_config(phase: str, stage: StageMix, midtrain: MidtrainSettings, lr: f
         tokens=stage.tokens, lr=lr or midtrain.lr,
         schedule=phase_schedule(phase, stage.schedule, midtrain.schedule),
         warmup_tokens=phase_warmup(phase, midtrain.warmup_tokens))
-    return {"phase": phase, "train": {**train.model_dump(mode="json", exclude=RUNTIME_FIELDS),
-                                      **RETIRED_TRAIN_FIELDS},
-            "threads": stage.threads, "nproc_per_node": midtrain.nproc_per_node, "mix": stage.mix}
+    return MidtrainRun(phase=phase, train=train, threads=stage.threads, nproc_per_node=midtrain.nproc_per_node,
+                       mix=stage.mix, **base_model)
 
 
 def _corpus_paths_resolved(corpus, here: Path):
@@ -246,7 +220,7 @@ def build_plan(sweep: Sweep, source: Path) -> Plan:
 
     here = source.parent
     probe_cfg = sweep.probe
-    toy_world = sweep.toy_world.model_dump()
+    toy_world = sweep.toy_world
     problems = problems_run(toy_world, probe_cfg.train_set, probe_cfg.eval_set, here)
     corpora = {name: _corpus_paths_resolved(corpus, here) for name, corpus in sweep.corpora.items()}
     source_files = {name: source_fingerprint(corpus.source) for name, corpus in corpora.items()}  # once each
@@ -257,11 +231,10 @@ def build_plan(sweep: Sweep, source: Path) -> Plan:
         tokenizer = external(resolve_path(sweep.base.hf_path, here), "tokenizer (base model's)")
     else:
         trained_on = sorted(sweep.tokenizer.train_on)
-        config = {"vocab_size": sweep.tokenizer.vocab_size, "toy_world": toy_world,
-                  "sources": {name: corpora[name].source.model_dump(mode="json") for name in trained_on}}
         files = {name: source_files[name] for name in trained_on if source_files[name]}
-        if files:  # only for file sources, so a toy tokenizer keeps its key
-            config["source_files"] = files
+        config = TokenizerRun(vocab_size=sweep.tokenizer.vocab_size, toy_world=toy_world,
+                              sources={name: corpora[name].source.model_dump(mode="json") for name in trained_on},
+                              source_files=files or None)  # only for file sources
         tokenizer = stage_run("tokenizer", config, label="tokenizer")
 
     benchmarks = [external(resolve_path(b, here), f"benchmark {b}") for b in probe_cfg.benchmarks]
@@ -276,10 +249,11 @@ def build_plan(sweep: Sweep, source: Path) -> Plan:
         base = external(resolve_path(sweep.base.hf_path, here), "base model")
     else:
         pretrain = sweep.base.pretrain
-        base = stage_run("midtrain", {
-            **_phase_config("pretrain", pretrain, sweep.midtrain, pretrain.lr),
-            "model_preset": sweep.base.preset, "model": MODEL_PRESETS[sweep.base.preset].model_dump(mode="json"),
-        }, {"tokenizer": tokenizer, **_blend_inputs(pretrain, curate)}, label=f"pretrain base ({sweep.base.preset})")
+        base = stage_run("midtrain", _phase_config("pretrain", pretrain, sweep.midtrain, pretrain.lr,
+                                                   model_preset=sweep.base.preset,
+                                                   model=MODEL_PRESETS[sweep.base.preset]),
+                         {"tokenizer": tokenizer, **_blend_inputs(pretrain, curate)},
+                         label=f"pretrain base ({sweep.base.preset})")
 
     midtrain: dict[str, dict[int | None, list[StageRun]]] = {}
     for rname, recipe in sweep.recipes.items():
@@ -292,14 +266,13 @@ def build_plan(sweep: Sweep, source: Path) -> Plan:
             stages = [stable]
             if recipe.decay:  # continues at the stable stage's LR (the sweep refuses another)
                 stages.append(stage_run("midtrain", _phase_config("decay", recipe.decay, settings,
-                                                                  stable.config["train"]["lr"]),
+                                                                  stable.config.train.lr),
                                         {"init": stable, "tokenizer": tokenizer,
                                          **_blend_inputs(recipe.decay, curate)},
                                         label=f"midtrain {rname} decay{_replica_label(replica)}"))
             midtrain[rname][replica] = stages
 
-    plan = Plan(sweep.name, sweep.executor, problems, {}, sweep.curation_executor.model_dump(), base, midtrain,
-                retention=sweep.midtrain.model_dump(include=set(RETENTION_FIELDS)))
+    plan = Plan(sweep.name, sweep.executor, problems, {}, sweep.curation_executor.model_dump(), base, midtrain)
     plan.role(problems, kind="problems")
     plan.role(tokenizer, kind="tokenizer")
     for name, run in curate.items():
@@ -308,13 +281,15 @@ def build_plan(sweep: Sweep, source: Path) -> Plan:
     for rname, replicas in midtrain.items():
         for replica, stages in replicas.items():
             for stage in stages:
-                plan.role(stage, kind="midtrain", recipe=rname, phase=stage.config["phase"],
+                plan.role(stage, kind="midtrain", recipe=rname, phase=stage.config.phase,
                           replica=replica)
     spec = probe_spec(sweep, source)
     # probes read the selected problems; curation decontaminates against the whole pool, so
     # how the probe picks its problems never re-keys curation or mid-training
+    measured_with = spec if probe_cfg.difficulty_max_response_length is None else spec.model_copy(
+        update={"max_response_length": probe_cfg.difficulty_max_response_length, "length_schedule": None})
     plan.problems = selection_run(problems, probe_cfg.train_set, probe_cfg.eval_set, probe_cfg.difficulty,
-                                  auto={"spec": spec.model_dump(mode="json"), "k": probe_cfg.difficulty_k,
+                                  auto={"spec": measured_with, "k": probe_cfg.difficulty_k,
                                         "target": list(probe_cfg.difficulty_target), "checkpoint": base})
     plan.role(plan.problems, kind="difficulty" if probe_cfg.difficulty == "auto" else "problems")
     if probe_cfg.include_base:
@@ -327,21 +302,19 @@ def build_plan(sweep: Sweep, source: Path) -> Plan:
     return plan
 
 
-def problems_run(toy_world: dict, train_set: ProblemSet, eval_set: ProblemSet, here: Path) -> StageRun:
+def problems_run(toy_world, train_set: ProblemSet, eval_set: ProblemSet, here: Path) -> StageRun:
     """The pool the probe's train/eval problems are chosen from, and that every corpus is
     decontaminated against: a toy set's n problems at *every* difficulty level of the world,
     or a user file whole (keyed by its content fingerprint). Which levels the probe uses is
     the selection's business (`selection_run`), so it never re-keys curation."""
-    def source(problem_set: ProblemSet) -> dict:
+    def source(problem_set: ProblemSet) -> ProblemSource:
         if problem_set.path:
             path = resolve_path(problem_set.path, here)
-            source = {"path": str(path), "fingerprint": fingerprint(path)}
-            # without a field mapping, the key is what it would be without mappings
-            return source if problem_set.fields is None else {**source, "fields": problem_set.fields.model_dump()}
-        return {"toy_split": problem_set.toy_split, "n": problem_set.n}
+            return ProblemSource(path=str(path), fingerprint=fingerprint(path), fields=problem_set.fields)
+        return ProblemSource(toy_split=problem_set.toy_split, n=problem_set.n)
 
-    return stage_run("problems", {"toy_world": toy_world, "train_set": source(train_set),
-                                  "eval_set": source(eval_set)}, label="probe/eval problem pool")
+    return stage_run("problems", ProblemsRun(toy_world=toy_world, train_set=source(train_set),
+                                             eval_set=source(eval_set)), label="probe/eval problem pool")
 
 
 def selection_run(pool: StageRun, train_set: ProblemSet, eval_set: ProblemSet, difficulty: str,
@@ -350,14 +323,15 @@ def selection_run(pool: StageRun, train_set: ProblemSet, eval_set: ProblemSet, d
     the levels where the base's pass@k lies in the target band (auto: SimpleRL-Zoo's difficulty
     control, among the sets' levels if they name any). A toy set takes n problems in equal
     shares of its levels; a file set every problem at its levels."""
-    def picked(problem_set: ProblemSet) -> dict:
-        return {"levels": problem_set.difficulty, "n": None if problem_set.path else problem_set.n}
+    def picked(problem_set: ProblemSet) -> LevelPick:
+        return LevelPick(levels=problem_set.difficulty, n=None if problem_set.path else problem_set.n)
 
-    config = {"difficulty": difficulty, "train_set": picked(train_set), "eval_set": picked(eval_set)}
     inputs = {"pool": pool}
+    measured = {}
     if difficulty == "auto":
         inputs["checkpoint"] = auto.pop("checkpoint")
-        config.update(auto)
+        measured = auto
+    config = SelectionRun(difficulty=difficulty, train_set=picked(train_set), eval_set=picked(eval_set), **measured)
     return stage_run("select_problems", config, inputs,
                      label="difficulty control" if difficulty == "auto" else "probe/eval problems")
 
@@ -366,7 +340,7 @@ def build_checkpoint_plan(name: str, checkpoints: dict[str, Path], spec, seeds: 
                           train_set: ProblemSet, eval_set: ProblemSet, executor: ExecutorSection,
                           toy_world: dict | None = None, keep_policy: bool = False) -> Plan:
     """A checkpoint sweep job: probe HF checkpoints made anywhere, no sweep file needed."""
-    pool = problems_run(_resolved(toy_world or {}), train_set, eval_set, Path.cwd())
+    pool = problems_run(ToyWorldConfig(**(toy_world or {})), train_set, eval_set, Path.cwd())
     plan = Plan(name, executor, selection_run(pool, train_set, eval_set, "fixed"), {})
     for run in (pool, plan.problems):
         plan.role(run, kind="problems")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -252,14 +253,24 @@ def executor(section: ExecutorSection, **overrides) -> ExecutorSection:
 
 
 def workspace(path: Path) -> Path:
-    """A workspace that exists as a writable directory or can be created as one; nothing is created."""
+    """A workspace that exists as a writable directory or can be created as one; nothing is left
+    behind. Checked by writing: a file is created and removed in the workspace, or in its deepest
+    existing parent when it is new (the run store creates the rest), because permission bits and
+    `os.access` pass for root where writing fails (`/sys`, a read-only mount)."""
     if path.exists() and not path.is_dir():
         raise InputError(f"{path}: the workspace is a file, not a directory")
     existing = path
     while not existing.exists():
         existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(f"{path}: the workspace is not writable ({existing} is not a writable directory)")
+    if not existing.is_dir():
+        raise InputError(f"{path}: the workspace cannot be created ({existing} is a file, not a directory)")
+    try:
+        handle, probe = tempfile.mkstemp(dir=existing, prefix=".midprobe-write-check-")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        what = "written" if existing == path else f"created ({existing} is not writable)"
+        raise InputError(f"{path}: the workspace cannot be {what}: {exc.strerror}") from None
     return path
 
 

@@ -358,11 +358,10 @@ def _cheap_signals(doc: Doc, results: SweepResults, ranking: Ranking) -> None:
         if all(v is not None for v in fewshot):
             signals.setdefault("few-shot acc", {})[recipe] = float(np.mean(fewshot))
         signals.setdefault("step-0 held-out acc", {})[recipe] = float(np.mean([p.accuracy[0] for p in runs]))
-        final = results.final_checkpoint_stage(recipe)
-        if final:
-            val = [v[-1][1] for n, v in final.metrics.items() if n.startswith("val/") and n.endswith("/loss")]
-            if val:
-                signals.setdefault("−val loss", {})[recipe] = -float(np.mean(val))
+    shared_val = results.validation_loss(recipes)
+    if shared_val is not None:
+        corpora, losses = shared_val
+        signals[f"−val loss ({', '.join(corpora)})"] = {r: -float(v) for r, v in zip(recipes, losses)}
     doc.heading("Cheap signals")
     doc.para("Spearman rank correlation between signals measured before RL and the probe outcome "
              f"({ranking.score_name}) across recipes: which cheap signal predicts RL-amenability here.")

@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from pipelines.failures import classify
 from pipelines.ranking import ProbeRun, load_eval_correctness
 from pipelines.store import RunStore
@@ -60,6 +62,23 @@ class SweepResults:
         or the base for a recipe without mid-training."""
         stages = self.midtrain_for(recipe)
         return stages[-1] if stages else self.base
+
+    def validation_loss(self, recipes: list[str]) -> tuple[list[str], np.ndarray] | None:
+        """(corpora, loss per recipe): each recipe's final validation loss averaged over the corpora
+        every recipe's last stage validated on. A recipe's own decay corpora do not compare (a
+        repetitive corpus has a low loss by construction); None without shared corpora."""
+        finals = []
+        for recipe in recipes:
+            final = self.final_checkpoint_stage(recipe)
+            if final is None:
+                return None
+            finals.append({n: v[-1][1] for n, v in final.metrics.items()
+                           if n.startswith("val/") and n.endswith("/loss") and v})
+        shared = sorted(set.intersection(*(set(f) for f in finals))) if finals else []
+        if not shared:
+            return None
+        return [n.removeprefix("val/").removesuffix("/loss") for n in shared], \
+            np.array([np.mean([f[n] for n in shared]) for f in finals])
 
 
 def collect(store: RunStore, sweep: str) -> SweepResults:

@@ -28,26 +28,23 @@ class StageContext:
     on_metrics: Metrics
     threads: int = 1
     curation_executor: dict | None = None
-    retention: dict | None = None  # which training states and HF exports midtrain runs keep
 
 
 def _problems(run: StageRun, inputs: dict[str, Path], out: Path, ctx: StageContext) -> None:
     """The problem pool: a user file whole (GSM8K, MATH, mapped fields ... in midprobe's format),
     or a toy set's n problems at every level."""
-    from data_recipes.problems import ProblemFields, read_problem_set, write_problem_set
-    from data_recipes.toyworld import ToyWorld, ToyWorldConfig, write_problems
+    from data_recipes.problems import read_problem_set, write_problem_set
+    from data_recipes.toyworld import ToyWorld, write_problems
 
-    world = ToyWorld(ToyWorldConfig(**run.config["toy_world"]))
-    for name in ("train", "eval"):
-        cfg = run.config[f"{name}_set"]
-        if "path" in cfg:
-            fields = ProblemFields(**cfg["fields"]) if cfg.get("fields") else None
-            write_problem_set(read_problem_set(cfg["path"], fields), out / f"{name}.jsonl")
+    world = ToyWorld(run.config.toy_world)
+    for name, source in (("train", run.config.train_set), ("eval", run.config.eval_set)):
+        if source.path:
+            write_problem_set(read_problem_set(source.path, source.fields), out / f"{name}.jsonl")
         else:  # n at every level, after the first `offset` of each (a long-run target's own
             # held-out eval set: a smaller n is a prefix of a larger one, so they are disjoint)
-            skip = cfg.get("offset", 0)
+            skip = source.offset or 0
             write_problems([p for level in world.cfg.difficulties
-                            for p in world.problems(cfg["toy_split"], skip + cfg["n"], difficulty=level)[skip:]],
+                            for p in world.problems(source.toy_split, skip + source.n, difficulty=level)[skip:]],
                            out / f"{name}.jsonl")
 
 
@@ -55,13 +52,13 @@ def _tokenizer(run: StageRun, inputs: dict[str, Path], out: Path, ctx: StageCont
     from data_recipes.curate import CorpusConfig, iter_source_texts
     from data_recipes.tokenizer import train_tokenizer
 
-    toy_world = run.config["toy_world"]
+    toy_world = run.config.toy_world.model_dump()
 
     def texts():
-        for source in run.config["sources"].values():
+        for source in run.config.sources.values():
             yield from iter_source_texts(CorpusConfig(source=source), toy_world=toy_world)
 
-    train_tokenizer(texts(), run.config["vocab_size"], out)
+    train_tokenizer(texts(), run.config.vocab_size, out)
 
 
 def _curate(run: StageRun, inputs: dict[str, Path], out: Path, ctx: StageContext) -> None:
@@ -69,8 +66,8 @@ def _curate(run: StageRun, inputs: dict[str, Path], out: Path, ctx: StageContext
 
     benchmarks = [inputs["problems"] / "train.jsonl", inputs["problems"] / "eval.jsonl"]
     benchmarks += [path for role, path in sorted(inputs.items()) if role.startswith("benchmark:")]
-    curate_corpus(CorpusConfig(**run.config["corpus_config"]), name=run.config["corpus"],
-                  toy_world=run.config["toy_world"], tokenizer_dir=inputs["tokenizer"],
+    curate_corpus(run.config.corpus_config, name=run.config.corpus,
+                  toy_world=run.config.toy_world.model_dump(), tokenizer_dir=inputs["tokenizer"],
                   decontaminate_against=benchmarks, out_dir=out,
                   executor=ExecutorConfig(**(ctx.curation_executor or {})))
 
@@ -78,29 +75,26 @@ def _curate(run: StageRun, inputs: dict[str, Path], out: Path, ctx: StageContext
 def _midtrain(run: StageRun, inputs: dict[str, Path], out: Path, ctx: StageContext) -> None:
     from midtrain.spec import ModelSpec
     from midtrain.train import BlendPart, TrainJob, train
-    from pipelines.plan import stage_train_config
 
     cfg = run.config
-    nproc = cfg["nproc_per_node"]
+    nproc = cfg.nproc_per_node
     # the processes share the stage's thread budget
-    train_cfg = stage_train_config(cfg, ctx.retention or {},
-                                   threads=max(1, (cfg["threads"] or ctx.threads) // nproc))
+    train_cfg = cfg.train.model_copy(update={"threads": max(1, (cfg.threads or ctx.threads) // nproc)})
     # decay branches continue a stable stage's final state; any other stage leaves its HF export
-    keep_final_state = cfg["phase"] == "stable"
+    keep_final_state = cfg.phase == "stable"
     blend = []
-    for name, weight in sorted(cfg["mix"].items()):
+    for name, weight in sorted(cfg.mix.items()):
         corpus_dir = inputs[f"corpus:{name}"]
         curation = json.loads((corpus_dir / "curation.json").read_text())
         blend.append(BlendPart(name=name, weight=weight,
                                prefixes=[str(corpus_dir / p) for p in curation["prefixes"]]))
     init = inputs.get("init")
-    if init is not None and cfg["phase"] != "decay":
+    if init is not None and cfg.phase != "decay":
         # a new phase from a base model takes its weights only (like mid-training a released
         # base); a decay branch continues its stable stage, optimizer state included
         init = hf_dir(init)
     if init is None:
-        model = ModelSpec.model_validate(cfg["model"]).model_copy(
-            update={"vocab_size": _vocab_size(inputs["tokenizer"])})
+        model = cfg.model.model_copy(update={"vocab_size": _vocab_size(inputs["tokenizer"])})
     else:
         model = ModelSpec.from_hf_config(hf_dir(init))
     if nproc == 1:
@@ -122,19 +116,18 @@ def _vocab_size(tokenizer_dir: Path) -> int:
 
 def _probe(run: StageRun, inputs: dict[str, Path], out: Path, ctx: StageContext) -> None:
     from rl_probe.embedded import run_probe
-    from rl_probe.spec import ProbeSpec
     from rl_probe.verl_backend import run_probe_verl
 
-    spec = ProbeSpec.model_validate(run.config["spec"])
-    if spec.content_hash() != run.config["spec_hash"]:  # the spec class itself changed meaning
-        raise RuntimeError(f"probe spec '{spec.name}' no longer hashes to {run.config['spec_hash']}")
+    spec = run.config.spec
+    if spec.content_hash() != run.config.spec_hash:  # the spec class itself changed meaning
+        raise RuntimeError(f"probe spec '{spec.name}' no longer hashes to {run.config.spec_hash}")
     # both engines write the same artifacts with verl's metric names (DESIGN: one vocabulary)
     if spec.engine == "verl":
-        engine, options = run_probe_verl, run.config.get("engine_options", {})
+        engine, options = run_probe_verl, run.config.engine_options or {}
     else:
-        engine, options = run_probe, {"keep_policy": run.config.get("keep_policy", False)}
+        engine, options = run_probe, {"keep_policy": run.config.keep_policy}
     engine(hf_dir(inputs["checkpoint"]), spec, inputs["problems"] / "train.jsonl",
-           inputs["problems"] / "eval.jsonl", seed=run.config["seed"], out_dir=out,
+           inputs["problems"] / "eval.jsonl", seed=run.config.seed, out_dir=out,
            on_metrics=ctx.on_metrics, **options)
 
 
@@ -149,29 +142,27 @@ def _pick(pool: list[dict], levels: list[int] | None, n: int | None) -> list[dic
 
 
 def _select_problems(run: StageRun, inputs: dict[str, Path], out: Path, ctx: StageContext) -> None:
-    cfg = run.config
     from rl_probe.prompts import load_problems
 
     cfg = run.config
     pool = {name: load_problems(inputs["pool"] / f"{name}.jsonl") for name in ("train", "eval")}
-    levels = {name: cfg[f"{name}_set"]["levels"] for name in pool}
-    if cfg["difficulty"] == "auto":
+    picks = {"train": cfg.train_set, "eval": cfg.eval_set}
+    levels = {name: picks[name].levels for name in pool}
+    if cfg.difficulty == "auto":
         from rl_probe.difficulty import choose_levels, pass_at_k_by_difficulty
-        from rl_probe.spec import ProbeSpec
 
         if any(p.get("difficulty") is None for p in pool["train"]):  # `validate` refuses such sweeps
             raise ValueError("probe.difficulty: auto needs a difficulty level on every probe problem")
         measured = pass_at_k_by_difficulty(  # at the sets' levels if they name any
-            hf_dir(inputs["checkpoint"]), _pick(pool["train"], levels["train"], None),
-            ProbeSpec.model_validate(cfg["spec"]), k=cfg["k"])
-        chosen = choose_levels(measured, *cfg["target"])
+            hf_dir(inputs["checkpoint"]), _pick(pool["train"], levels["train"], None), cfg.spec, k=cfg.k)
+        chosen = choose_levels(measured, *cfg.target)
         levels = {name: chosen for name in pool}
-        ctx.on_metrics(0, {f"difficulty/pass@{cfg['k']}/level_{level}": value for level, value in measured.items()})
+        ctx.on_metrics(0, {f"difficulty/pass@{cfg.k}/level_{level}": value for level, value in measured.items()})
         (out / "difficulty.json").write_text(json.dumps({
-            "k": cfg["k"], "target": cfg["target"], "pass_at_k_by_level": measured, "chosen_levels": chosen},
+            "k": cfg.k, "target": cfg.target, "pass_at_k_by_level": measured, "chosen_levels": chosen},
             indent=2))
     for name, problems in pool.items():
-        picked = _pick(problems, levels[name], cfg[f"{name}_set"]["n"])
+        picked = _pick(problems, levels[name], picks[name].n)
         (out / f"{name}.jsonl").write_text("".join(json.dumps(p) + "\n" for p in picked))
 
 

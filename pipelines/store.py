@@ -11,6 +11,7 @@ on one workspace never train the same thing twice.
 from __future__ import annotations
 
 import contextlib
+import functools
 import fcntl
 import hashlib
 import json
@@ -24,10 +25,13 @@ import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from pipelines import locks
 from runfiles import METRICS_FILE, append_metrics, atomic_write, fsync_dir, read_metrics
+
+if TYPE_CHECKING:
+    from pipelines.run_configs import RunConfig
 
 MANIFEST = "manifest.json"
 
@@ -69,19 +73,26 @@ def stable_hash(obj: Any, length: int = 16) -> str:
 class StageRun:
     """One node of the stage DAG: what to run, on what, and where it lands.
 
-    ``config`` is the resolved configuration; ``inputs`` maps an input role to
-    the upstream StageRun it consumes. The key hashes both, so a changed
-    input changes exactly its dependants' keys.
+    ``config`` is the resolved configuration: the planner's typed config of the stage
+    (`pipelines.run_configs`), or any JSON-able mapping (the store itself only needs its JSON).
+    ``inputs`` maps an input role to the upstream StageRun it consumes. The key hashes the
+    config's canonical JSON and the inputs' keys, so a changed input changes exactly its
+    dependants' keys.
     """
 
     stage: str
-    config: dict
+    config: "RunConfig | dict"
     inputs: dict[str, "StageRun"] = field(default_factory=dict)
     label: str = ""
 
-    @property
+    @functools.cached_property
+    def canonical_config(self) -> dict:
+        """The config as keys, manifests and the index hold it."""
+        return self.config if isinstance(self.config, dict) else self.config.canonical()
+
+    @functools.cached_property
     def key(self) -> str:
-        return stable_hash({"stage": self.stage, "config": self.config,
+        return stable_hash({"stage": self.stage, "config": self.canonical_config,
                             "inputs": {role: run.key for role, run in sorted(self.inputs.items())}})
 
     @property
@@ -169,7 +180,7 @@ class RunStore:
             for run, run_roles in roles.items():
                 db.execute("INSERT OR IGNORE INTO runs(stage, key, status, label, config, inputs) "
                            "VALUES (?,?,?,?,?,?)",
-                           (run.stage, run.key, "pending", run.label, json.dumps(run.config),
+                           (run.stage, run.key, "pending", run.label, json.dumps(run.canonical_config),
                             json.dumps({r: i.ref for r, i in run.inputs.items()})))
                 db.executemany("INSERT OR IGNORE INTO sweep_members VALUES (?,?,?,?)",
                                [(sweep, run.stage, run.key, json.dumps(role, sort_keys=True))
@@ -201,7 +212,7 @@ class RunStore:
         with self._db() as db:
             db.execute("INSERT OR IGNORE INTO runs(stage, key, status, label, config, inputs) "
                        "VALUES (?,?,?,?,?,?)",
-                       (run.stage, run.key, status, run.label, json.dumps(run.config),
+                       (run.stage, run.key, status, run.label, json.dumps(run.canonical_config),
                         json.dumps({r: i.ref for r, i in run.inputs.items()})))
             db.execute(f"UPDATE runs SET status=?{', ' + cols if cols else ''} WHERE stage=? AND key=?",
                        (status, *fields.values(), run.stage, run.key))
@@ -258,7 +269,7 @@ class RunStore:
                 raise
             cpu_seconds = _cpu_seconds() - cpu0
             manifest = {
-                "stage": run.stage, "key": run.key, "label": run.label, "config": run.config,
+                "stage": run.stage, "key": run.key, "label": run.label, "config": run.canonical_config,
                 "inputs": {role: inp.ref for role, inp in run.inputs.items()},
                 "versions": library_versions(), "seed": seed, "host": socket.gethostname(),
                 "platform": platform.platform(), "started": started, "finished": time.time(),

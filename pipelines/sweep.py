@@ -31,11 +31,11 @@ class _Strict(BaseModel):
 
 
 class StageMix(_Strict):
-    """One mid-training stage of a recipe: a token budget and a corpus mix."""
+    """One mid-training stage of a recipe: a token budget and a corpus mix. A decay branch is
+    exactly this: it continues at its stable stage's LR, so it has no LR of its own."""
 
     tokens: int = Field(gt=0)
     mix: dict[str, float]
-    lr: float | None = Field(default=None, gt=0, description="overrides midtrain.lr for this stage")
     threads: int | None = Field(default=None, gt=0, description=(
         "torch threads for this stage (default: the executor's threads_per_run). Worth setting on "
         "stages nothing else can run beside (the base, a shared stable stage). Part of the stage's "
@@ -44,6 +44,13 @@ class StageMix(_Strict):
         "this stage's LR schedule. Default: midtrain.schedule where training runs start to end "
         "(base pretraining, a recipe without decay); constant for a stable stage with decay "
         "branches; linear-decay for a decay branch (which may choose cosine)"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_lr(cls, data: Any) -> Any:
+        if cls is StageMix and isinstance(data, dict) and "lr" in data:
+            raise ValueError("a decay branch continues at its stable stage's LR: leave lr out")
+        return data
 
     @field_validator("mix")
     @classmethod
@@ -58,9 +65,16 @@ class StageMix(_Strict):
         return {name: w for name, w in mix.items() if w > 0}
 
 
+class LeadStage(StageMix):
+    """A stage where training starts or holds its own LR: the base's pretraining, a stable
+    stage, a recipe without decay."""
+
+    lr: float | None = Field(default=None, gt=0, description="overrides midtrain.lr for this stage")
+
+
 class Recipe(_Strict):
     description: str = ""
-    stable: StageMix
+    stable: LeadStage
     decay: StageMix | None = None
 
 
@@ -69,7 +83,7 @@ class BaseModelSection(_Strict):
 
     preset: str | None = None
     hf_path: str | None = None
-    pretrain: StageMix | None = None
+    pretrain: LeadStage | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> "BaseModelSection":
@@ -126,6 +140,9 @@ class ProbeSection(_Strict):
         "rollout_tp, micro_batch_per_gpu"))
     difficulty_target: tuple[float, float] = (0.2, 0.8)
     difficulty_k: int = Field(default=8, gt=0)
+    difficulty_max_response_length: int | None = Field(default=None, gt=0, description=(
+        "difficulty: auto samples the base's responses up to this many tokens instead of the spec's; "
+        "needed with a verl spec, since the embedded engine (CPU or one GPU) measures it"))
 
     @model_validator(mode="after")
     def _target(self) -> "ProbeSection":
@@ -239,10 +256,6 @@ def _schedule_errors(sweep: Sweep) -> list[str]:
                 phase_schedule(phase, stage.schedule, "constant")
             except ValueError as exc:
                 errors.append(f"recipes.{rname}.{phase}.schedule: {exc}")
-        stable_lr = recipe.stable.lr or sweep.midtrain.lr
-        if recipe.decay.lr is not None and recipe.decay.lr != stable_lr:
-            errors.append(f"recipes.{rname}.decay.lr: a decay branch continues at its stable stage's "
-                          f"LR ({stable_lr:g}); leave it out, not {recipe.decay.lr:g}")
     return errors
 
 
@@ -287,6 +300,13 @@ def cross_check(sweep: Sweep, source: Path) -> list[str]:
     spec = _check_probe_spec(sweep.probe.spec, here, errors)
     if spec is not None and spec.template.chat:
         errors += _chat_template_errors(sweep, spec.template.name, here)
+    if (spec is not None and spec.engine == "verl" and sweep.probe.difficulty == "auto"
+            and sweep.probe.difficulty_max_response_length is None):
+        errors.append(
+            f"probe.difficulty: auto samples the base with the embedded engine (CPU or one GPU), "
+            f"{2 * sweep.probe.difficulty_k} responses per problem of up to {spec.longest_response:,} tokens "
+            f"(verl spec {spec.name!r}); set probe.difficulty_max_response_length to a length it can afford "
+            f"(e.g. 512), or use difficulty: fixed with the sets' difficulty levels")
     for field_name in ("train_set", "eval_set"):  # their contents: preflight, with the problem-set reader
         problem_set = getattr(sweep.probe, field_name)
         if problem_set.path and not resolve_path(problem_set.path, here).is_file():

@@ -347,29 +347,37 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
 
 
+def profile_problems(train: list[dict], spec: ProbeSpec, seed: int) -> list[dict]:
+    """The probe problems the step-0 pass@k profile samples (both engines)."""
+    rng = np.random.default_rng(_stream_seed(seed, 0, "profile"))
+    return [train[i] for i in rng.choice(len(train), min(spec.profile_problems, len(train)), replace=False)]
+
+
+def pass_at_k_profile(correct_per_problem: list[int], n: int, spec: ProbeSpec) -> dict:
+    """profile.json's pass@k part: unbiased pass@k at the spec's ks from n samples per problem."""
+    return {
+        "spec": spec.name,
+        "spec_hash": spec.content_hash(),
+        "pass_at_k": {str(k): float(np.mean([pass_at_k(n, int(c), k) for c in correct_per_problem]))
+                      for k in spec.passk_ks},
+        "pass_at_k_problems": len(correct_per_problem),
+        "pass_at_k_samples": n,
+    }
+
+
 def base_profile(model, prompter: Prompter, train: list[dict], evals: list[dict], spec: ProbeSpec,
                  seed: int) -> dict:
     """Step-0 profile: pass@k on probe (train-split) problems and greedy few-shot accuracy on the eval split
     (none at fewshot_k 0: 0-shot accuracy is the step-0 evaluation's, and repeating it cost SmolLM2's
     probe about 55 s)."""
-    rng = np.random.default_rng(_stream_seed(seed, 0, "profile"))
-    chosen = [train[i] for i in rng.choice(len(train), min(spec.profile_problems, len(train)), replace=False)]
+    chosen = profile_problems(train, spec, seed)
     n = spec.passk_samples
     repeated = [p for p in chosen for _ in range(n)]
     texts, _, _ = generate(model, prompter, [prompter.prompt_ids(p) for p in repeated],
                            max_new_tokens=spec.response_length_at(0), temperature=spec.temperature,
                            generator=_generator(seed, 0, "passk"))
     correct = np.array([score(t, p["answer"], spec.reward_variant).acc for t, p in zip(texts, repeated)])
-    correct_per_problem = correct.reshape(len(chosen), n).sum(axis=1)
-    passk = {str(k): float(np.mean([pass_at_k(n, int(c), k) for c in correct_per_problem]))
-             for k in spec.passk_ks}
-    profile = {
-        "spec": spec.name,
-        "spec_hash": spec.content_hash(),
-        "pass_at_k": passk,
-        "pass_at_k_problems": len(chosen),
-        "pass_at_k_samples": n,
-    }
+    profile = pass_at_k_profile(correct.reshape(len(chosen), n).sum(axis=1).tolist(), n, spec)
     if spec.fewshot_k:
         profile["fewshot"] = fewshot_accuracy(model, prompter, train, evals, spec, seed)
     return profile

@@ -79,11 +79,9 @@ PROMPT_TEMPLATES: dict[str, PromptTemplate] = {
         # ... with SimpleRL-Zoo's / Qwen-Math's boxed-answer instruction after the question
         PromptTemplate(name="chat-boxed", text=f"{{question}}\n{_BOXED_INSTRUCTION}", chat=True),
         # chat-boxed as SmolLM2's chat template renders it (its default system message), after two
-        # solved turns that show the answer format: SmolLM2-135M-Instruct boxes 2 % of its sampled
-        # answers to GSM8K word problems in chat-boxed (none of 8 greedy answers to one calculation
-        # holds a filled box) and 93 % of its answers to calculations after these (README "A real
-        # model"). Literal ChatML,
-        # as simplerl-qwen-boxed; the examples are made up, in no problem set.
+        # solved turns that show the answer format, which SmolLM2-135M-Instruct rarely uses without
+        # them (docs/results/2026-11-27-smollm2.md). Literal ChatML, as simplerl-qwen-boxed; the
+        # examples are made up, in no problem set.
         PromptTemplate(name="smollm2-chatml-boxed-2shot", text=(
             "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
             + "".join(f"<|im_start|>user\n{q}\n{_BOXED_INSTRUCTION}<|im_end|>\n<|im_start|>assistant\n"
@@ -196,164 +194,30 @@ class ProbeSpec(BaseModel):
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-PROBE_SPECS: dict[str, ProbeSpec] = {
-    spec.name: spec
-    for spec in (
-        # The demo probe for ~1M-param toy models on a CPU core: 128 rollouts of
-        # <= 48 tokens per step. lr is far above OctoThinker's 1e-6 because tiny
-        # models need it to move within tens of steps (1e-4 barely moved them).
-        ProbeSpec(
-            name="toy-cpu-v1",
-            engine="embedded",
-            group_size=8,
-            prompts_per_step=16,
-            mini_batch_prompts=8,
-            lr=5e-4,
-            max_prompt_length=96,
-            max_response_length=48,
-            steps=40,
-            eval_every=5,
-            eval_samples=4,
-            eval_temperature=1.0,
-            checkpoint_every=5,
-            profile_problems=32,
-            fewshot_k=4,
-        ),
-        # v2 for toy world v4, whose worked solutions restate each step (~15 tokens a step):
-        # 96 response tokens fit four steps; 16 samples per prompt at the same 128 rollouts
-        # per step leave fewer zero-variance groups than v1's 8.
-        ProbeSpec(
-            name="toy-cpu-v2",
-            engine="embedded",
-            group_size=16,
-            prompts_per_step=8,
-            mini_batch_prompts=4,
-            lr=5e-4,
-            max_prompt_length=96,
-            max_response_length=96,
-            steps=40,
-            eval_every=5,
-            eval_samples=4,
-            eval_temperature=1.0,
-            checkpoint_every=5,
-            profile_problems=32,
-            fewshot_k=4,
-        ),
-        # Seconds on one core: for tests of the machinery, not for results.
-        ProbeSpec(
-            name="toy-smoke-v1",
-            engine="embedded",
-            group_size=4,
-            prompts_per_step=4,
-            mini_batch_prompts=2,
-            lr=1e-3,
-            max_prompt_length=64,
-            max_response_length=12,
-            steps=4,
-            eval_every=2,
-            eval_samples=2,
-            eval_temperature=1.0,
-            checkpoint_every=2,
-            passk_ks=(1, 2, 4, 8),
-            profile_problems=4,
-            fewshot_k=2,
-        ),
-        # OctoThinker's paper probe (GRPO in verl on MATH8K): batch 128 x 16
-        # rollouts, mini-batch 64, temperature 1.0, lr 1e-6, KL 0, 4096 tokens,
-        # validation every 4 steps, greedy.
-        ProbeSpec(
-            name="octothinker-v1",
-            engine="verl",
-            group_size=16,
-            prompts_per_step=128,
-            mini_batch_prompts=64,
-            lr=1e-6,
-            kl_coef=0.0,
-            entropy_coeff=0.0,
-            max_prompt_length=1024,
-            max_response_length=4096,
-            steps=200,
-            eval_every=4,
-            checkpoint_every=40,
-            passk_ks=(1, 2, 4, 8, 16, 32, 64, 128, 256),
-            profile_problems=128,
-            fewshot_k=4,
-            reward_variant="single-box",  # OctoThinker's format rule: a repeated box is a format error
-        ),
-    )
-}
+SPEC_DIR = Path(__file__).with_name("specs")
 
 
-# v3 = v2 with held-out accuracy as mean@2 instead of mean@4: evaluation was half of a
-# probe's cost, and the demo must finish within 15 minutes on 2 cores.
-PROBE_SPECS["toy-cpu-v3"] = PROBE_SPECS["toy-cpu-v2"].model_copy(update={"name": "toy-cpu-v3", "eval_samples": 2})
-# v4 = v3 at a tenth of the learning rate. Toy world v6's chain-of-thought checkpoint is a
-# working policy (training score 0.47 at step 1), and Adam's first, sign-like steps at 5e-4
-# wrecked it in one step (0.00 at step 2); 2e-4 halved it; 1.5e-5 to 1e-4 kept it (held-out
-# accuracy 0.39 -> 0.39-0.45 over 40 steps; one checkpoint, seed 0). Earlier toy checkpoints
-# were near chance, where a large step costs nothing.
-PROBE_SPECS["toy-cpu-v4"] = PROBE_SPECS["toy-cpu-v3"].model_copy(update={"name": "toy-cpu-v4", "lr": 5e-5})
-# v5 = v4 with the old policy's log-probs taken from the rollout (verl's bypass mode): the
-# embedded sampler scores tokens with the training weights, so the recomputing forward pass
-# (a fifth of a step) bought nothing.
-PROBE_SPECS["toy-cpu-v5"] = PROBE_SPECS["toy-cpu-v4"].model_copy(update={"name": "toy-cpu-v5", "bypass_mode": True})
+def _load_catalogue(directory: Path) -> dict[str, ProbeSpec]:
+    specs = {}
+    for path in sorted(directory.glob("*.yaml")):
+        spec = ProbeSpec.model_validate(yaml.safe_load(path.read_text()))
+        if spec.name != path.stem:
+            raise ValueError(f"{path}: name {spec.name!r} must match the file name")
+        specs[spec.name] = spec
+    return specs
 
 
-# A real pretrained model on CPU: SmolLM2-135M-Instruct (30 layers, 49k vocab) in its own chat
-# template with the boxed-answer instruction. 32 rollouts of <= 256 tokens a step (a training step
-# on 32 x ~190 tokens costs ~40 s on 2 cores); lr for a 135M model with small batches (verl's
-# 1e-6 is for batches of 128 x 16 and hundreds of steps); greedy held-out evaluation.
-PROBE_SPECS["smollm2-cpu-v1"] = ProbeSpec(
-    name="smollm2-cpu-v1",
-    engine="embedded",
-    template="chat-boxed",
-    group_size=8,
-    prompts_per_step=4,
-    mini_batch_prompts=4,
-    lr=5e-6,
-    bypass_mode=True,
-    max_prompt_length=256,
-    max_response_length=256,
-    steps=20,
-    eval_every=5,
-    eval_samples=1,
-    eval_temperature=0.0,
-    checkpoint_every=5,
-    passk_ks=(1, 2, 4, 8),
-    profile_problems=16,
-    fewshot_k=2,
-)
-
-# v2: problems the base solves sometimes. SmolLM2-135M-Instruct solved none of v1's two-step
-# GSM8K problems (0 of 128 samples, 2 % boxed), so v2 probes the calculations those problems'
-# solutions make ("What is $48 \\div 2$?", data/gsm8k/*-arith.jsonl) after two solved examples
-# that show the box: sampled at temperature 1, pass@8 0.50 [0.31, 0.69], mean accuracy 0.24,
-# 93 % boxed, 4 % cut off at 48 tokens (README "A real model"). fewshot_k 0: the template's two
-# examples are its shots, so the step-0 profile has no few-shot evaluation of its own.
-# The 184-token prompt is most of a rollout's cost (~0.8 s to sample one, ~95 s a step on one
-# core), so the budget is 8 steps of 4 x 8 rollouts, evaluation every 4, a pass@k profile of
-# 8 x 8: about 17 minutes a probe, for a three-probe sweep within an hour (README).
-# Mini-batches of one group (4 updates a step): a probe process peaked at 7 GB with 8 rollouts
-# (~230 tokens each) in a backward pass, 12 GB with 16 and over 13 GB with 32 (killed), and a
-# sweep runs two probes side by side on a 24 GB machine.
-PROBE_SPECS["smollm2-cpu-v2"] = PROBE_SPECS["smollm2-cpu-v1"].model_copy(update={
-    "name": "smollm2-cpu-v2",
-    "mini_batch_prompts": 1,
-    "template": PROMPT_TEMPLATES["smollm2-chatml-boxed-2shot"],
-    "max_response_length": 48,
-    "fewshot_k": 0,
-    "steps": 8,
-    "eval_every": 4,
-    "checkpoint_every": 4,
-    "profile_problems": 8,
-})
+# The shipped specs, one YAML file each in rl_probe/specs/. Retired ones (rl_probe/specs/retired/)
+# still resolve, so runs made with them keep their hashes, but `midprobe specs` lists the current.
+CURRENT_SPECS: dict[str, ProbeSpec] = _load_catalogue(SPEC_DIR)
+PROBE_SPECS: dict[str, ProbeSpec] = {**_load_catalogue(SPEC_DIR / "retired"), **CURRENT_SPECS}
 
 
 def get_probe_spec(name: str) -> ProbeSpec:
     try:
         return PROBE_SPECS[name]
     except KeyError:
-        raise KeyError(f"unknown probe spec {name!r}; known: {sorted(PROBE_SPECS)}") from None
+        raise KeyError(f"unknown probe spec {name!r}; known: {sorted(CURRENT_SPECS)}") from None
 
 
 class SpecSourceError(ValueError):
@@ -383,7 +247,7 @@ def resolve_probe_spec(value: str | dict, base_dir: Path | None = None,
     if base is None:
         return ProbeSpec.model_validate(fields)
     if base not in PROBE_SPECS:
-        raise SpecSourceError(f"base: unknown probe spec {base!r} (known: {', '.join(sorted(PROBE_SPECS))})")
+        raise SpecSourceError(f"base: unknown probe spec {base!r} (known: {', '.join(sorted(CURRENT_SPECS))})")
     derived = {"name": f"{base}+{','.join(sorted(fields))}", **fields} if fields else {}
     return ProbeSpec.model_validate({**PROBE_SPECS[base].model_dump(), **derived})
 
@@ -393,7 +257,7 @@ def _spec_file(value: str, base_dir: Path | None) -> dict:
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
     if not path.is_file():
-        raise SpecSourceError(f"unknown probe spec {value!r} (known: {', '.join(sorted(PROBE_SPECS))}; "
+        raise SpecSourceError(f"unknown probe spec {value!r} (known: {', '.join(sorted(CURRENT_SPECS))}; "
                               f"or the path of a YAML spec file)")
     try:
         data = yaml.safe_load(path.read_text())

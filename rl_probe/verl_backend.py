@@ -7,6 +7,14 @@ file-logger and rollout dumps into the artifacts the embedded engine
 writes (metrics.jsonl, rollouts/step_<N>.jsonl, summary.json). Only
 `run_probe_verl` needs GPUs (verl's rollout is vLLM / SGLang).
 
+The step-0 pass@k profile is verl's too: a validation-only launch before
+training (`trainer.val_only`) samples spec.passk_samples responses per
+problem for the embedded engine's profile problems, at the rollout's
+temperature and the spec's response length, and writes verl's validation
+dump (verl_profile/0.jsonl), from which profile.json's pass@k is computed as
+the embedded engine computes it. (Few-shot accuracy is the embedded engine's
+only.)
+
 verl's file logger truncates its file when it opens it, so every launch
 attempt logs to its own file under verl_logs/; read-back merges them, a
 later attempt's line for a step replacing an earlier one (verl resumes
@@ -31,7 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import AutoTokenizer
 
 from rl_probe import verl_reward
-from rl_probe.embedded import MetricsCallback, behaviour_metrics
+from rl_probe.embedded import MetricsCallback, behaviour_metrics, pass_at_k_profile, profile_problems
 from rl_probe.prompts import Prompter, problems_within_length
 from rl_probe.reward import RewardResult, score
 from rl_probe.spec import ProbeSpec
@@ -43,6 +51,7 @@ REWARD_MODULE = Path(verl_reward.__file__)
 # rl_probe.prompts rendered it (BOS and any chat markup included), so verl's template passes it
 # through untouched and both engines tokenize the same text.
 PASS_THROUGH_TEMPLATE = '{% for message in messages %}{{ message["content"] }}{% endfor %}'
+PROFILE_DIR = "verl_profile"  # the profile launch's validation dump: <step 0>.jsonl
 
 
 # ---------------------------------------------------------------- data
@@ -85,8 +94,11 @@ def hydra_overrides(
     rollout_engine: str = "vllm",
     rollout_tp: int = 1,
     micro_batch_per_gpu: int = 4,
+    profile: bool = False,
 ) -> list[str]:
-    """Command-line overrides of verl's ppo_trainer config that make it run this probe spec."""
+    """Command-line overrides of verl's ppo_trainer config that make it run this probe spec; with
+    `profile`, its step-0 pass@k profile instead (validation only, `val_file` holding the profile
+    problems, spec.passk_samples responses each at the rollout's sampling settings)."""
     if spec.engine != "verl":
         raise ValueError(f"probe spec {spec.name!r} is for the {spec.engine!r} engine, not 'verl'")
     if spec.length_schedule:
@@ -157,6 +169,17 @@ def hydra_overrides(
         "trainer.n_gpus_per_node": n_gpus_per_node,
         "trainer.nnodes": nnodes,
     }
+    if profile:
+        values.update({
+            f"{rollout}.val_kwargs.n": spec.passk_samples,
+            f"{rollout}.val_kwargs.temperature": spec.temperature,
+            f"{rollout}.val_kwargs.top_p": spec.top_p,
+            f"{rollout}.val_kwargs.do_sample": True,
+            "trainer.val_only": True,
+            "trainer.resume_mode": "disable",  # the base's weights, whatever state/ holds
+            "trainer.validation_data_dir": str(out_dir / PROFILE_DIR),
+            "trainer.experiment_name": f"{spec.name}-{spec.content_hash()}-seed{seed}-profile",
+        })
     return [f"{key}={_hydra_value(value)}" for key, value in values.items()]
 
 
@@ -194,6 +217,18 @@ class VerlLaunch:
     env: dict[str, str]  # additions to the environment
     config: DictConfig
     log_path: Path
+    profile: VerlLaunch | None = None  # the step-0 pass@k profile, launched first
+
+
+def _launch(overrides: list[str], log_path: Path, config_path: Path) -> VerlLaunch:
+    config = compose_config(overrides)
+    OmegaConf.save(config, config_path)
+    return VerlLaunch(
+        command=[sys.executable, "-m", "verl.trainer.main_ppo", *overrides],
+        env={"VERL_FILE_LOGGER_PATH": str(log_path), "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")},
+        config=config,
+        log_path=log_path,
+    )
 
 
 def prepare_verl_probe(checkpoint: Path, spec: ProbeSpec, train_set: Path, eval_set: Path, seed: int,
@@ -210,21 +245,18 @@ def prepare_verl_probe(checkpoint: Path, spec: ProbeSpec, train_set: Path, eval_
     train, evals, prompt_counts = problems_within_length(prompter, train_set, eval_set)
     train_file = write_parquet(train, prompter, out_dir / "data" / "train.parquet", "train")
     val_file = write_parquet(evals, prompter, out_dir / "data" / "val.parquet", "val")
+    profile_file = write_parquet(profile_problems(train, spec, seed), prompter,
+                                 out_dir / "data" / "profile.parquet", "profile")
     (out_dir / "data" / "prompts.json").write_text(json.dumps(prompt_counts, indent=2) + "\n")
     logs = out_dir / "verl_logs"
     logs.mkdir(parents=True, exist_ok=True)
     attempt = len(list(logs.glob("attempt_*.jsonl")))
-    overrides = hydra_overrides(spec, model_path=checkpoint, train_file=train_file, val_file=val_file,
-                                out_dir=out_dir, seed=seed, attempt=attempt, **cluster)
-    config = compose_config(overrides)
-    OmegaConf.save(config, out_dir / "verl_config.yaml")
-    log_path = logs / f"attempt_{attempt:03d}.jsonl"
-    return VerlLaunch(
-        command=[sys.executable, "-m", "verl.trainer.main_ppo", *overrides],
-        env={"VERL_FILE_LOGGER_PATH": str(log_path), "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")},
-        config=config,
-        log_path=log_path,
-    )
+    common = dict(model_path=checkpoint, train_file=train_file, out_dir=out_dir, seed=seed, **cluster)
+    launch = _launch(hydra_overrides(spec, val_file=val_file, attempt=attempt, **common),
+                     logs / f"attempt_{attempt:03d}.jsonl", out_dir / "verl_config.yaml")
+    launch.profile = _launch(hydra_overrides(spec, val_file=profile_file, profile=True, **common),
+                             logs / "profile.jsonl", out_dir / "verl_profile_config.yaml")
+    return launch
 
 
 def run_probe_verl(checkpoint: Path, spec: ProbeSpec, train_set: Path, eval_set: Path, seed: int, out_dir: Path,
@@ -235,6 +267,8 @@ def run_probe_verl(checkpoint: Path, spec: ProbeSpec, train_set: Path, eval_set:
     probe drops them, as the embedded engine does.
     """
     launch = prepare_verl_probe(checkpoint, spec, train_set, eval_set, seed, out_dir, **cluster)
+    if not (Path(out_dir) / PROFILE_DIR / "0.jsonl").is_file():  # a resumed probe has it
+        subprocess.run(launch.profile.command, env={**os.environ, **launch.profile.env}, check=True)
     subprocess.run(launch.command, env={**os.environ, **launch.env}, check=True)
     summary = import_verl_run(out_dir, spec, seed, checkpoint, on_metrics)
     shutil.rmtree(Path(out_dir) / "state", ignore_errors=True)
@@ -279,6 +313,10 @@ def import_verl_run(out_dir: Path, spec: ProbeSpec, seed: int, checkpoint: Path,
     if on_metrics is not None:
         for row in rows:
             on_metrics(row["step"], row["data"])
+    profile_dump = out_dir / PROFILE_DIR / "0.jsonl"
+    profile = validation_pass_at_k(profile_dump, spec) if profile_dump.is_file() else None
+    if profile is not None:
+        atomic_write(out_dir / "profile.json", json.dumps(profile, indent=2) + "\n")
     evals = {r["step"]: {k: v for k, v in r["data"].items() if k.startswith("val-core/")} for r in rows}
     evals = {step: values for step, values in evals.items() if values}
     final_step = max(evals) if evals else None
@@ -296,12 +334,28 @@ def import_verl_run(out_dir: Path, spec: ProbeSpec, seed: int, checkpoint: Path,
         "evals": {str(step): values for step, values in sorted(evals.items())},
         "final_train_score": next((r["data"]["critic/score/mean"] for r in reversed(rows)
                                    if "critic/score/mean" in r["data"]), None),
-        "base_pass_at_k": None,  # the step-0 profile is the embedded engine's (run it on one GPU)
-        "base_fewshot_acc": None,
+        "base_pass_at_k": profile and profile["pass_at_k"],
+        "base_fewshot_acc": None,  # few-shot accuracy: the embedded engine's only
         "prompts": _read_json(out_dir / "data" / "prompts.json"),
     }
     atomic_write(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def validation_pass_at_k(validation_dump: Path, spec: ProbeSpec) -> dict:
+    """The step-0 profile (profile.json) from the profile launch's validation dump: per problem
+    (the reward module's `id`) the responses the reward module judged correct (`acc`)."""
+    correct: dict[str, list[float]] = {}
+    for row in read_jsonl(validation_dump):
+        if not row.get("id") or "acc" not in row:
+            raise ValueError(f"{validation_dump}: a validation response carries no problem id or acc "
+                             "(verl ran without midprobe's reward module, rl_probe/verl_reward.py)")
+        correct.setdefault(row["id"], []).append(float(row["acc"]))
+    n = spec.passk_samples
+    if {len(v) for v in correct.values()} != {n}:
+        raise ValueError(f"{validation_dump}: expected {n} responses per problem (spec {spec.name!r}'s "
+                         f"passk_samples), got {sorted({len(v) for v in correct.values()})}")
+    return pass_at_k_profile([int(sum(v)) for v in correct.values()], n, spec)
 
 
 def _write_rollouts(validation_dump: Path, path: Path, step: int, spec: ProbeSpec) -> None:

@@ -237,8 +237,19 @@ CASES = [
     ("run-seeds-not-integers", _argv("run", "sweep.yaml", "--seeds", "0,x"), r"--seeds: expected comma-separated integers"),
     ("run-workspace-is-a-file", _argv("run", "sweep.yaml", "-w", "{tmp}/web.jsonl"),
      r".*web\.jsonl: the workspace is a file, not a directory"),
-    ("run-workspace-not-writable", _argv("run", "sweep.yaml", "-w", "{tmp}/web.jsonl/ws"),
-     r".*web\.jsonl/ws: the workspace is not writable \(.*web\.jsonl is not a writable directory\)"),
+    ("run-workspace-under-a-file", _argv("run", "sweep.yaml", "-w", "{tmp}/web.jsonl/ws"),
+     r".*web\.jsonl/ws: the workspace cannot be created \(.*web\.jsonl is a file, not a directory\)"),
+    # uncreatable even for root, whom permission bits do not stop
+    *((f"{command}-workspace-uncreatable", _argv(*argv, "-w", "/sys/midprobe-ws"),
+       r"^/sys/midprobe-ws: the workspace cannot be created \(/sys is not writable\): "
+       r"(Permission denied|Operation not permitted|Read-only file system)$")
+      for command, argv in (("validate", ("validate", "sweep.yaml")), ("plan", ("plan", "sweep.yaml")),
+                            ("run", ("run", "sweep.yaml")),
+                            ("probe", ("probe", "{tmp}/ckpt", "--toy", "--spec", "toy-smoke-v1")))),
+    ("validate-sweep-workspace-uncreatable", _set("workspace", "/sys/midprobe-ws"),
+     r"^/sys/midprobe-ws: the workspace cannot be created"),
+    ("run-workspace-unwritable", _argv("run", "sweep.yaml", "-w", "/sys/kernel"),
+     r"^/sys/kernel: the workspace cannot be written: (Permission denied|Operation not permitted|Read-only file system)$"),
     ("run-bad-sweep", _argv("run", "sweep.yaml", edit=lambda t, s: s.update(name="..")),
      r"sweep\.yaml: name: '\.\.' is not a safe name"),
     ("plan-bad-sweep", _argv("plan", "sweep.yaml", edit=lambda t, s: s["recipes"]["control"]["stable"].update(tokens=1)),

@@ -85,3 +85,80 @@ def test_every_planted_item_caught_at_13_grams_with_few_false_removals():
         assert found == planted, (disguise, caught)
     removed, corpus = map(int, result["false_removals"].split("/"))
     assert removed / corpus < 0.02, result["false_removals"]
+
+
+INSTRUCTION = "Solve the following math problem step by step. Put your final answer within \\boxed{}."
+REMINDER = "Remember: the last line of your response must be the boxed answer and nothing else."
+
+
+def _wrapped_benchmark(tmp_path):
+    """An eval file as they come: every item between the same instruction and reminder. Items are
+    *train* problems: short MATH-train ones (3-12 words of their own) and GSM8K-train ones."""
+    from data_recipes.calibration import gsm8k_train, math_train
+
+    words = [len(normalize(r["problem"]).split()) for r in math_train()]
+    short = [r for r, n in zip(math_train(), words) if 3 <= n < 13][:30]
+    long = list(gsm8k_train()[:30])
+    items = ([{"question": r["problem"], "answer": r["solution"]} for r in short]
+             + [{"question": r["question"], "answer": r["answer"]} for r in long])
+    bench = tmp_path / "wrapped.jsonl"
+    bench.write_text("".join(json.dumps({"question": f"{INSTRUCTION}\n\n{i['question']}\n\n{REMINDER}",
+                                         "answer": i["answer"]}) + "\n" for i in items))
+    write_index([bench], 13, tmp_path / "index")
+    # planted: 10 short and 10 long, in four disguises each
+    return BenchmarkDecontFilter(tmp_path / "index"), items[:10] + items[30:40], bench
+
+
+def test_wrapped_benchmark_every_planted_item_caught(tmp_path):
+    import random
+
+    from data_recipes.decont_calibration import disguises
+
+    block, planted, bench = _wrapped_benchmark(tmp_path)
+    rng = random.Random(0)
+    missed, caught = [], 0
+    for item in planted:
+        forms = disguises(item, rng)
+        for kind in ("verbatim", "with_solution", "embedded", "case_punctuation"):
+            if block.filter(Document(text=forms[kind], id="p")) is True:
+                missed.append((kind, item["question"]))
+            else:
+                caught += 1
+    assert not missed and caught == 80, missed
+    wrapped_rows = [json.loads(line)["question"] for line in bench.read_text().splitlines()]
+    assert all(block.filter(Document(text=row, id="w")) is not True for row in wrapped_rows)
+    shared = json.loads((tmp_path / "index" / "shared_text.json").read_text())["wrapped"]
+    assert shared == {normalize(f"{INSTRUCTION} {REMINDER}"): 60} or set(shared) == {
+        normalize(INSTRUCTION), normalize(REMINDER)}, shared
+
+
+def test_wrapped_benchmark_instruction_alone_removes_nothing(tmp_path):
+    from data_recipes.calibration import gsm8k_train
+
+    block, _, _ = _wrapped_benchmark(tmp_path)
+    clean = [f"{INSTRUCTION}\n\n{r['question']}\n\n{REMINDER}" for r in gsm8k_train()[1000:1020]]
+    clean += [f"Our tutoring guide tells students: {INSTRUCTION} {REMINDER} It works for any problem.",
+              INSTRUCTION.upper(), f"{REMINDER} {INSTRUCTION}"]
+    assert [text for text in clean if block.filter(Document(text=text, id="c")) is not True] == []
+
+
+def test_unwrapped_problem_sets_have_no_shared_text():
+    """Templated sets (the toy world's pools, the GSM8K-train probe sets) index as they always
+    did: no 4-gram is in half of their items, so nothing is left out."""
+    from pathlib import Path
+
+    from data_recipes.decont import own_runs
+    from data_recipes.toyworld import ToyWorld, ToyWorldConfig
+    from data_recipes.words import RegexWordTokenizer
+
+    words = RegexWordTokenizer()
+    world = ToyWorld(ToyWorldConfig())
+    sets = {split: [p.question for level in world.cfg.difficulties for p in world.problems(split, 64, level)]
+            for split in ("probe", "eval")}
+    data = Path(__file__).resolve().parent.parent / "data" / "gsm8k"
+    sets |= {p.name: [json.loads(line)["question"] for line in p.read_text().splitlines()]
+             for p in sorted(data.glob("*-*.jsonl"))}
+    for name, questions in sets.items():
+        items_words = [words.word_tokenize(normalize(q)) for q in questions]
+        runs, shared = own_runs(items_words)
+        assert shared == {} and runs == [[w] for w in items_words], (name, shared)

@@ -112,10 +112,10 @@ def test_midtrain_runs_keep_only_the_forked_states_and_the_exports_the_plan_esti
     phases = []
     for run in (r for r in plan.runs() if r.stage == "midtrain"):
         path = workspace / run.ref
-        phases.append(run.config["phase"])
+        phases.append(run.config.phase)
         states = sorted(p.name for p in (path / "state").iterdir())
         assert states == ([f"step_{json.loads((path / 'summary.json').read_text())['steps']:08d}"]
-                          if run.config["phase"] == "stable" else []), (run.label, states)
+                          if run.config.phase == "stable" else []), (run.label, states)
         assert (path / "hf" / "model.safetensors").is_file() and not (path / "hf_checkpoints").exists()
         kept = sum(p.stat().st_size for d in ("state", "hf") for p in (path / d).rglob("*") if p.is_file())
         assert kept == pytest.approx(estimate.midtrain[run].kept, rel=0.1), run.label

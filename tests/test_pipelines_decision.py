@@ -179,8 +179,8 @@ def test_target_evaluates_on_its_own_problems(tmp_path):
     sweep = load_sweep(path)
     probe_plan, target = target_plan(sweep, path, 8, [1000, 1001])
     assert len(target.probes) == 2 * len(probe_plan.midtrain)
-    spec = next(iter(target.probes.values())).config["spec"]
-    assert spec["steps"] == 8 * 40 and spec["eval_every"] == 8 * 5
+    spec = next(iter(target.probes.values())).config.spec
+    assert spec.steps == 8 * 40 and spec.eval_every == 8 * 5
     # the same difficulty control and RL problems; a disjoint eval pool
     assert target.problems.config == probe_plan.problems.config
     assert target.problems.inputs["checkpoint"].key == probe_plan.problems.inputs["checkpoint"].key
@@ -201,14 +201,17 @@ def test_target_evaluates_on_its_own_problems(tmp_path):
 
 def test_a_file_eval_set_needs_a_target_eval_set(tmp_path):
     from pipelines.errors import InputError
+    from data_recipes.toyworld import ToyWorldConfig
+    from pipelines.run_configs import ProblemSource, ProblemsRun
     from pipelines.store import StageRun
 
-    problems = StageRun("problems", {"eval_set": {"toy_split": None, "path": "/x/eval.jsonl", "n": 256}})
+    file_set = ProblemSource(path="/x/eval.jsonl", fingerprint="0")
+    problems = StageRun("problems", ProblemsRun(toy_world=ToyWorldConfig(), train_set=file_set, eval_set=file_set))
     with pytest.raises(InputError, match="--target-eval-set"):
         held_out(problems, None)
     mine = tmp_path / "held_out.jsonl"
     mine.write_text('{"id": "1", "question": "q", "answer": "1"}\n')
-    assert held_out(problems, mine).config["eval_set"]["path"] == str(mine)
+    assert held_out(problems, mine).config.eval_set.path == str(mine)
 
 
 def test_report_section_has_the_table_and_the_plot(tmp_path):

@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from pipelines.plan import build_plan, why_run
+from pipelines.preflight import load_sweep
 from pipelines.store import RunStore
 from pipelines.sweep import bundled_sweep
-from pipelines.preflight import load_sweep
 
 TOY_SMOKE = bundled_sweep("toy-smoke")
 
@@ -93,18 +93,6 @@ def test_a_changed_default_or_code_version_changes_exactly_the_dependent_keys(ca
     assert expected and expected != set(before) or case == "toy_world_default"
 
 
-# The demo's and the smoke sweep's keys, every run's (a stable hash of label -> key): a change to
-# them re-runs every workspace's cached demo, so it is made on purpose, with a code version bump.
-PINNED_KEYS = {"toy": "8c9d0a4bc1898c2b", "toy-smoke": "fc6fe85b3f1f222e"}
-
-
-@pytest.mark.parametrize("name", sorted(PINNED_KEYS))
-def test_the_demo_and_smoke_keys_are_pinned(name):
-    from pipelines.store import stable_hash
-
-    assert stable_hash(_keys(bundled_sweep(name))) == PINNED_KEYS[name]
-
-
 def test_bundled_sweep_keys_do_not_depend_on_where_or_how_the_plan_is_built(tmp_path):
     """No absolute path, process hash seed or working directory leaks into a toy sweep's keys."""
     copy = tmp_path / "elsewhere" / "toy.yaml"
@@ -178,7 +166,7 @@ def test_the_selection_picks_from_the_pool_what_the_world_would_draw(tmp_path):
     def ids(path):
         return [json.loads(line)["id"] for line in path.read_text().splitlines()]
 
-    world = ToyWorld(ToyWorldConfig(**pool_run.config["toy_world"]))
+    world = ToyWorld(pool_run.config.toy_world)
     train = ProblemSet(**data["probe"]["train_set"])  # n 32 at levels [1, 2]
     expected = [p.id for level in train.difficulty for p in world.problems("probe", train.n // 2, difficulty=level)]
     assert ids(tmp_path / "picked" / "train.jsonl") == expected
@@ -209,7 +197,7 @@ def test_a_classifier_model_keys_curation_by_its_content_and_is_read_beside_the_
     store = RunStore(tmp_path / "ws")
     first = build_plan(load_sweep(edited), edited)
     web = next(run for run in first.runs() if run.label == "curate web")
-    assert web.config["corpus_config"]["curation"]["filters"]["fasttext_classifier"]["model_url"] == str(here / "math.bin")
+    assert web.config.corpus_config.curation.filters["fasttext_classifier"]["model_url"] == str(here / "math.bin")
     store.set_members("toy-smoke", {run: [{}] for run in first.runs()})
 
     train_classifier(labelled, here / "math.bin", seed=1)  # a new model in the same file
@@ -239,7 +227,7 @@ def test_corpus_files_key_curation_and_tokenizer_by_content_and_by_which_files_m
     first = _keys(edited)
     assert _keys(edited) == first
     tokenizer = next(r for r in build_plan(load_sweep(edited), edited).runs() if r.label == "tokenizer")
-    assert tokenizer.config["sources"]["web"]["paths"] == [str(tmp_path / "web" / "*.jsonl")]
+    assert tokenizer.config.sources["web"]["paths"] == [str(tmp_path / "web" / "*.jsonl")]
     affected = _downstream_of({"tokenizer"}, edited)  # toy-smoke's tokenizer trains on web
 
     shard.write_text("".join(json.dumps(d) + "\n" for d in docs[:19]))  # a record fewer
@@ -247,3 +235,16 @@ def test_corpus_files_key_curation_and_tokenizer_by_content_and_by_which_files_m
     assert _changed(first, edited_file) == affected
     (tmp_path / "web" / "00001.jsonl").write_text(json.dumps(docs[19]) + "\n")  # a new shard
     assert _changed(edited_file, _keys(edited)) == affected
+
+
+BUNDLED_KEYS = Path(__file__).parent / "fixtures" / "bundled_sweep_keys.json"
+
+
+def test_bundled_sweeps_keep_the_keys_they_had():
+    """Every stage key of the toy sweeps, as recorded: a change that re-keys finished runs (a code
+    version bump, a changed default) must say so by updating the record in the same commit."""
+    recorded = json.loads(BUNDLED_KEYS.read_text())
+    for name, keys in recorded.items():
+        path = bundled_sweep(name)
+        plan = build_plan(load_sweep(path), path)
+        assert {run.label or run.stage: run.ref for run in plan.runs()} == keys, name

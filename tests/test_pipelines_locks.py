@@ -85,3 +85,66 @@ def test_the_heartbeat_refreshes_and_a_waiter_says_what_it_waits_for(tmp_path, m
     thread.join()
     assert len(lines) >= 2 and all(line.startswith("midprobe: waiting for curate web, held by pid") for line in lines)
     assert lines[-1].endswith("s") and "waited" in lines[-1]
+
+
+RACE_ROUNDS = 30
+
+
+def _owner(token: str) -> dict:
+    return {"pid": os.getpid(), "host": socket.gethostname(), "process_start": 0, "taken": time.time(),
+            "heartbeat": time.time(), "token": token}
+
+
+def _beating_owner(path, barrier):
+    """Takes the lock each round and heartbeats it as fast as it can, so that a takeover always
+    lands in the middle of a heartbeat's read-then-write."""
+    locks.HEARTBEAT_SECONDS = 0.0
+    for r in range(RACE_ROUNDS):
+        owner = _owner(f"A{r}")
+        assert locks._write_new(path, owner)
+        beat = locks._Heartbeat(path, owner)
+        beat.start()
+        barrier.wait(30)  # the taker takes over now
+        barrier.wait(30)  # the taker has watched its lock
+        beat.stopped.set()
+        beat.join(30)
+        barrier.wait(30)  # no heartbeat runs any more
+        barrier.wait(30)  # the taker has removed the lock
+
+
+def _taker(path, barrier, lost):
+    """Each round: takes the lock over (as from an owner thought dead), then watches that it stays
+    its own for 50 ms."""
+    for r in range(RACE_ROUNDS):
+        barrier.wait(30)
+        deadline = time.time() + 20
+        while not locks._take_over(path, read_owner(path) or {}):
+            assert time.time() < deadline, "no takeover in 20 s"
+        mine = _owner(f"B{r}")
+        kept = locks._write_new(path, mine)  # False: the old owner's heartbeat re-created its lock
+        watch_until = time.time() + 0.05
+        while kept and time.time() < watch_until:
+            kept = (read_owner(path) or {}).get("token") == mine["token"]
+        lost.value += not kept
+        barrier.wait(30)
+        barrier.wait(30)
+        path.unlink(missing_ok=True)
+        barrier.wait(30)
+
+
+def test_a_heartbeat_never_overwrites_a_lock_taken_over_by_another_process(tmp_path):
+    """Two processes race: one heartbeats in a tight loop, the other takes its lock over; a
+    heartbeat that read its own token just before the takeover must not write it back after."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    path = tmp_path / "probe-race.lock"
+    barrier, lost = ctx.Barrier(2), ctx.Value("i", 0)
+    processes = [ctx.Process(target=_beating_owner, args=(path, barrier)),
+                 ctx.Process(target=_taker, args=(path, barrier, lost))]
+    for p in processes:
+        p.start()
+    for p in processes:
+        p.join(120)
+    assert [p.exitcode for p in processes] == [0, 0]
+    assert lost.value == 0, f"{lost.value} of {RACE_ROUNDS} takeovers overwritten by the old owner's heartbeat"

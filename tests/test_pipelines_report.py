@@ -48,10 +48,34 @@ def test_no_reward_signal_is_said_instead_of_a_ranking():
     assert line.startswith("**No reward signal**") and "ranks first" not in line
 
 
-def _stage(ref_key, recipes, phase, init, val_loss, workspace: Path) -> StageInfo:
+def _stage(ref_key, recipes, phase, init, val_loss, workspace: Path, val_losses=None) -> StageInfo:
     return StageInfo("midtrain", ref_key, {"kind": "midtrain", "recipes": recipes, "phase": phase},
                      workspace / ref_key, {"config": {"phase": phase}, "inputs": {"init": init}},
-                     {"train/loss": [(1, 3.0), (2, val_loss + 0.1)], "val/gsm/loss": [(2, val_loss)]})
+                     {"train/loss": [(1, 3.0), (2, val_loss + 0.1)],
+                      **{f"val/{c}/loss": [(2, v)] for c, v in (val_losses or {"gsm": val_loss}).items()}})
+
+
+def _signal_row(md: str, name: str) -> dict[str, str]:
+    header = next(line for line in md.splitlines() if line.startswith("| signal |"))
+    row = next(line for line in md.splitlines() if line.startswith(f"| {name} |"))
+    return dict(zip([c.strip() for c in header.split("|")[3:-1]], [c.strip() for c in row.split("|")[3:-1]]))
+
+
+def test_val_loss_signal_reads_only_the_corpora_every_recipe_shares(tmp_path):
+    """A recipe whose decay mix has a repetitive corpus has a tiny loss on it; averaged with its
+    other corpora it looked best by construction. On the corpus both validate on, it is worse."""
+    midtrain = [_stage("dr", ["repeat"], "decay", "external/base", 0, tmp_path, {"web": 3.0, "boxed_repeat": 0.2}),
+                _stage("dc", ["cot"], "decay", "external/base", 0, tmp_path, {"web": 2.0, "qa_cot": 1.5})]
+    probes = [_probe("cot", s, [0.2, 0.5, 0.6]) for s in range(2)] + [_probe("repeat", s + 9, [0.2, 0.2, 0.2]) for s in range(2)]
+    info = {p.key: StageInfo("probe", p.key, {"kind": "probe"}, tmp_path, {"config": {"spec": {"name": "x"}}}, {})
+            for p in probes}
+    results = SweepResults("s", probes, info, {}, midtrain, None)
+    corpora, losses = results.validation_loss(["repeat", "cot"])
+    assert corpora == ["web"] and losses.tolist() == [3.0, 2.0]
+    doc, _ = build(results, "t", samples=200, n_rollouts=0)
+    md = to_markdown(doc, "figures")
+    assert _signal_row(md, "−val loss (web)") == {"cot": "-2.000", "repeat": "-3.000"}
+    assert "| −val loss |" not in md
 
 
 def test_cheap_signal_val_loss_is_each_recipes_own_last_stage(tmp_path):
@@ -68,8 +92,5 @@ def test_cheap_signal_val_loss_is_each_recipes_own_last_stage(tmp_path):
 
     doc, ranking = build(results, "t", samples=200, n_rollouts=0)
     md = to_markdown(doc, "figures")
-    header = next(line for line in md.splitlines() if line.startswith("| signal |"))
-    row = next(line for line in md.splitlines() if line.startswith("| −val loss |"))
-    values = dict(zip([c.strip() for c in header.split("|")[3:-1]], [c.strip() for c in row.split("|")[3:-1]]))
-    assert values == {"cot": "-1.250", "short": "-1.750"}
+    assert _signal_row(md, "−val loss (gsm)") == {"cot": "-1.250", "short": "-1.750"}
     assert md.split("\n\n")[1].startswith("**cot** ranks first")  # the verdict is the report's first line

@@ -92,7 +92,7 @@ def test_midtrain_replicas_are_separate_chains_keyed_by_seed_and_the_default_see
     assert plan2.midtrain["qa_cot"][1234][1].key == plan.midtrain["qa_cot"][None][1].key
     assert plan2.probes[("qa_cot", 1234, 0)].key == plan.probes[("qa_cot", None, 0)].key
     other = plan2.midtrain["qa_cot"][7]
-    assert other[0].config["train"]["seed"] == 7 and other[1].inputs["init"] is other[0]
+    assert other[0].config.train.seed == 7 and other[1].inputs["init"] is other[0]
     assert {plan2.midtrain[r][7][0].key for r in plan2.midtrain} == {other[0].key}  # still shared
     assert other[0].key != plan.midtrain["qa_cot"][None][0].key
     assert plan2.base.key == plan.base.key  # the base is not replicated
@@ -140,12 +140,13 @@ def test_bad_input_is_one_line_exit_2_and_nothing_done(tmp_path, case):
 
 def test_verl_engine_options_reach_the_probe_runs(tmp_path):
     path = _write(tmp_path, lambda d: d["probe"].update(
-        spec="octothinker-v1", verl={"n_gpus_per_node": 4, "rollout_engine": "sglang"}))
+        spec="octothinker-v1", difficulty_max_response_length=64,
+        verl={"n_gpus_per_node": 4, "rollout_engine": "sglang"}))
     plan = build_plan(load_sweep(path), path)
     probe = plan.probes[("qa_cot", None, 0)]
-    assert probe.config["spec"]["engine"] == "verl"
-    assert probe.config["engine_options"] == {"n_gpus_per_node": 4, "rollout_engine": "sglang"}
-    assert "engine_options" not in build_plan(load_sweep(TOY_SMOKE), TOY_SMOKE).probes[("qa_cot", None, 0)].config
+    assert probe.config.spec.engine == "verl"
+    assert probe.config.engine_options == {"n_gpus_per_node": 4, "rollout_engine": "sglang"}
+    assert "engine_options" not in build_plan(load_sweep(TOY_SMOKE), TOY_SMOKE).probes[("qa_cot", None, 0)].canonical_config
 
 
 def test_every_ranking_score_can_be_chosen_in_a_sweep():
@@ -161,36 +162,37 @@ def test_decay_branch_continues_at_the_stable_lr_without_warmup():
     from midtrain.schedule import learning_rate
 
     plan = build_plan(load_sweep(TOY_SMOKE), TOY_SMOKE)  # sets midtrain.warmup_tokens 2048
-    stable, decay = (run.config["train"] for run in plan.midtrain["qa_cot"][None])
-    assert (stable["schedule"], stable["warmup_tokens"]) == ("constant", 2048)
-    assert (decay["schedule"], decay["warmup_tokens"], decay["lr"]) == ("linear-decay", 0, stable["lr"])
-    base = plan.base.config["train"]
-    assert (base["schedule"], base["warmup_tokens"]) == ("wsd", 2048)
-    lrs = [learning_rate(step, total_steps=10, warmup_steps=decay["warmup_tokens"], lr=decay["lr"],
-                         min_lr=1e-4, schedule=decay["schedule"], decay_fraction=0.2) for step in range(10)]
-    assert lrs[0] == stable["lr"] and lrs[-1] == pytest.approx(1e-4)
+    stable, decay = (run.config.train for run in plan.midtrain["qa_cot"][None])
+    assert (stable.schedule, stable.warmup_tokens) == ("constant", 2048)
+    assert (decay.schedule, decay.warmup_tokens, decay.lr) == ("linear-decay", 0, stable.lr)
+    base = plan.base.config.train
+    assert (base.schedule, base.warmup_tokens) == ("wsd", 2048)
+    lrs = [learning_rate(step, total_steps=10, warmup_steps=decay.warmup_tokens, lr=decay.lr,
+                         min_lr=1e-4, schedule=decay.schedule, decay_fraction=0.2) for step in range(10)]
+    assert lrs[0] == stable.lr and lrs[-1] == pytest.approx(1e-4)
 
 
 def test_a_schedule_is_honoured_or_refused_in_one_line(tmp_path):
     def mutate(d):
         d["recipes"]["control"]["stable"] = {**d["recipes"]["control"]["stable"], "schedule": "cosine"}
         d["recipes"]["qa_short"]["decay"]["schedule"] = "wsd"
-        d["recipes"]["qa_cot"]["decay"]["lr"] = 0.0005
 
+    # a decay branch has no LR of its own: it continues at its stable stage's
+    no_lr = _write(tmp_path, lambda d: d["recipes"]["qa_cot"]["decay"].update(lr=0.001))
+    assert validate_sweep(no_lr) == [
+        "recipes.qa_cot.decay: a decay branch continues at its stable stage's LR: leave lr out"]
     assert sorted(validate_sweep(_write(tmp_path, mutate))) == [
         "recipes.control.stable.schedule: a stable stage that decay branches fork from holds its LR: "
         "schedule constant, not 'cosine'",
-        "recipes.qa_cot.decay.lr: a decay branch continues at its stable stage's LR (0.001); "
-        "leave it out, not 0.0005",
         "recipes.qa_short.decay.schedule: a decay branch continues at its stable stage's LR and decays "
         "to min_lr: schedule linear-decay or cosine, not 'wsd'",
     ]
     honoured = _write(tmp_path, lambda d: (d["recipes"]["qa_cot"]["decay"].update(schedule="cosine"),
                                            d["midtrain"].update(schedule="cosine")))
     plan = build_plan(load_sweep(honoured), honoured)
-    assert plan.midtrain["qa_cot"][None][1].config["train"]["schedule"] == "cosine"
-    assert plan.midtrain["qa_short"][None][1].config["train"]["schedule"] == "linear-decay"
-    assert plan.base.config["train"]["schedule"] == "cosine"  # midtrain.schedule: stages run start to end
+    assert plan.midtrain["qa_cot"][None][1].config.train.schedule == "cosine"
+    assert plan.midtrain["qa_short"][None][1].config.train.schedule == "linear-decay"
+    assert plan.base.config.train.schedule == "cosine"  # midtrain.schedule: stages run start to end
 
 
 def test_corpus_files_are_relative_to_the_sweep_file(tmp_path):
@@ -202,5 +204,27 @@ def test_corpus_files_are_relative_to_the_sweep_file(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "gsm8k.jsonl").write_text('{"question": "q", "answer": "1 + 1 = 2\\n#### 2"}\n')
     plan = build_plan(load_sweep(path), path)
-    curate = next(run for run in plan.runs() if run.stage == "curate" and run.config["corpus"] == "gsm8k")
-    assert curate.config["corpus_config"]["source"]["paths"] == [str(tmp_path / "data" / "*.jsonl")]
+    curate = next(run for run in plan.runs() if run.stage == "curate" and run.config.corpus == "gsm8k")
+    assert curate.config.corpus_config.source.paths == [str(tmp_path / "data" / "*.jsonl")]
+
+
+def test_difficulty_control_of_a_verl_spec_needs_a_declared_length_cap(tmp_path):
+    """difficulty: auto samples the base with the embedded engine; at a verl spec's 4,096-token
+    responses that is refused in one line saying what to do, and runs at the declared cap."""
+    path = _write(tmp_path, lambda d: d["probe"].update(spec="octothinker-v1"))  # toy-smoke: difficulty auto
+    errors = validate_sweep(path)
+    assert errors == ["probe.difficulty: auto samples the base with the embedded engine (CPU or one GPU), "
+                      "16 responses per problem of up to 4,096 tokens (verl spec 'octothinker-v1'); set "
+                      "probe.difficulty_max_response_length to a length it can afford (e.g. 512), or use "
+                      "difficulty: fixed with the sets' difficulty levels"]
+    result = _cli("plan", str(path), "--workspace", str(tmp_path / "ws"))
+    assert result.returncode == 2 and result.stderr.strip().endswith("difficulty: fixed with the sets' difficulty levels")
+    capped = _write(tmp_path, lambda d: d["probe"].update(spec="octothinker-v1", difficulty_max_response_length=64))
+    assert validate_sweep(capped) == []
+    measured_with = build_plan(load_sweep(capped), capped).problems.config.spec
+    assert measured_with.max_response_length == 64 and measured_with.name == "octothinker-v1"
+    # without a cap the selection measures with the probe's own spec, as before
+    from pipelines.sweep import probe_spec
+
+    smoke = load_sweep(TOY_SMOKE)
+    assert build_plan(smoke, TOY_SMOKE).problems.config.spec == probe_spec(smoke, TOY_SMOKE)

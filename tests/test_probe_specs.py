@@ -9,8 +9,8 @@ from pydantic import ValidationError
 
 from pipelines.errors import InputError
 from pipelines.plan import build_plan
-from pipelines.sweep import bundled_sweep
 from pipelines.preflight import load_sweep, validate_sweep
+from pipelines.sweep import bundled_sweep
 from rl_probe.spec import PROBE_SPECS, PROMPT_TEMPLATES, ProbeSpec, SpecSourceError, resolve_probe_spec
 
 TOY_SMOKE = bundled_sweep("toy-smoke")
@@ -81,7 +81,7 @@ def test_a_sweep_takes_a_derived_spec_and_probes_with_its_hash(tmp_path):
     assert validate_sweep(path) == []
     plan = build_plan(load_sweep(path), path)
     expected = resolve_probe_spec({"base": "toy-smoke-v1", "lr": 5e-4})
-    assert {run.config["spec_hash"] for run in plan.probes.values()} == {expected.content_hash()}
+    assert {run.config.spec_hash for run in plan.probes.values()} == {expected.content_hash()}
     # a spec change re-keys the probes (and difficulty control, which measures with the spec), not
     # the tokenizer, curation or mid-training
     (tmp_path / "plain").mkdir()
@@ -139,3 +139,14 @@ def test_specs_command_shows_every_resolved_field(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "pipelines.cli", "specs", "toy-cpu-v5", "--set", "lr=-1"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip() == "--spec toy-cpu-v5: lr: Input should be greater than 0"
+
+
+def test_shipped_specs_keep_their_hashes_and_retired_ones_still_resolve():
+    """Specs are data (rl_probe/specs/*.yaml): moving or reformatting one must not change what a
+    ranking compares. A deliberate change to a shipped spec is a new name, or updates this record."""
+    from rl_probe.spec import CURRENT_SPECS
+
+    recorded = json.loads((Path(__file__).parent / "fixtures" / "probe_spec_hashes.json").read_text())
+    assert {name: spec.content_hash() for name, spec in PROBE_SPECS.items()} == recorded
+    assert set(CURRENT_SPECS) == {"toy-smoke-v1", "toy-cpu-v5", "smollm2-cpu-v2", "octothinker-v1"}
+    assert resolve_probe_spec("toy-cpu-v2").content_hash() == recorded["toy-cpu-v2"]  # retired, still resolves

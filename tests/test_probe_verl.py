@@ -200,3 +200,53 @@ def test_verl_results_go_through_rank_and_the_report(prepared, monkeypatch, tmp_
     md, _ = write(doc, tmp_path / "report", "verl sweep")
     ranked = md.read_text().split("## Ranking", 1)[1]
     assert ranked.index("qa_cot") < ranked.index("qa_short")
+
+
+def test_profile_launch_composes_a_validation_only_run_of_the_profile_problems(prepared):
+    """verl runs the step-0 pass@k profile itself: validation only, on the embedded engine's profile
+    problems, spec.passk_samples sampled responses each at the spec's length; verl validates it."""
+    from rl_probe.embedded import profile_problems
+    from rl_probe.prompts import load_problems
+
+    root, _, launch = prepared
+    c = launch.profile.config  # compose_config ran verl's validate_config on it
+    rollout = c.actor_rollout_ref.rollout
+    assert c.trainer.val_only is True and c.trainer.val_before_train is True and c.trainer.resume_mode == "disable"
+    assert (rollout.val_kwargs.n, rollout.val_kwargs.do_sample) == (OCTO.passk_samples, True)
+    assert (rollout.val_kwargs.temperature, rollout.val_kwargs.top_p) == (OCTO.temperature, OCTO.top_p)
+    assert c.data.max_response_length == OCTO.max_response_length == 4096
+    assert c.trainer.validation_data_dir == str(root / "out" / "verl_profile")
+    rows = pd.read_parquet(c.data.val_files)
+    expected = profile_problems(load_problems(root / "train.jsonl"), OCTO, 3)
+    assert [r["id"] for r in rows["extra_info"]] == [p["id"] for p in expected]
+    assert launch.profile.log_path.name == "profile.jsonl"  # not an attempt's log: read-back skips it
+    # the training launch validates as before: greedy, one response per eval problem
+    assert (launch.config.actor_rollout_ref.rollout.val_kwargs.n, launch.config.trainer.val_only) == (1, False)
+
+
+def test_pass_at_k_profile_from_verls_validation_dump(prepared, tmp_path):
+    """The profile launch's dump (verl repeats each row n times, interleaved) gives profile.json's
+    pass@k, computed as the embedded engine computes it, and the summary's base_pass_at_k."""
+    from math import comb
+
+    from rl_probe.verl_backend import validation_pass_at_k
+
+    root, checkpoint, launch = prepared
+    spec = OCTO.model_copy(update={"passk_ks": (1, 2, 4)})
+    rows = pd.read_parquet(launch.profile.config.data.val_files).to_dict("records")[:3]
+    right = {0: 0, 1: 1, 2: 3}  # correct responses of 4, per problem
+    repeated = [(i, row) for i, row in enumerate(rows) for _ in range(4)]
+    outputs, seen = [], {}
+    for i, row in repeated:
+        seen[i] = seen.get(i, 0) + 1
+        outputs.append(f"\\boxed{{{row['reward_model']['ground_truth']}}}" if seen[i] <= right[i] else "\\boxed{x}")
+    out = tmp_path / "out"
+    _validation_dump(out / "verl_profile" / "0.jsonl", 0, [row for _, row in repeated], outputs)
+    (out / "verl_logs").mkdir()
+    summary = import_verl_run(out, spec, 3, checkpoint)
+    profile = json.loads((out / "profile.json").read_text())
+    by_hand = {str(k): sum(1 - comb(4 - c, k) / comb(4, k) for c in right.values()) / 3 for k in (1, 2, 4)}
+    assert profile["pass_at_k"] == pytest.approx(by_hand) and profile["pass_at_k_samples"] == 4
+    assert profile["pass_at_k_problems"] == 3 and summary["base_pass_at_k"] == profile["pass_at_k"]
+    with pytest.raises(ValueError, match="expected 256 responses per problem"):
+        validation_pass_at_k(out / "verl_profile" / "0.jsonl", OCTO)
