@@ -21,6 +21,9 @@ from pipelines.sweep import bundled_sweep
 # 4-step probes finish within WORKED_SECONDS on an idle machine.
 SWEEP = yaml.safe_load(bundled_sweep("toy-smoke").read_text())
 SWEEP["probe"]["spec"] = {"base": SWEEP["probe"]["spec"], "steps": 16}
+# and decay branches of 40 steps: their 10, now that a stage exports once, end within it too
+for recipe in SWEEP["recipes"].values():
+    recipe["decay"]["tokens"] *= 4
 # the label of a stage run that is running when the orchestrator is killed
 KILL_POINTS = {"curation": "curate ", "pretraining": "pretrain base", "stable": " stable",
                "decay": " decay", "probe": "probe "}
