@@ -154,7 +154,7 @@ def read_workspace(workspace: Path, sweep: str | None = None) -> list[Curve]:
     from pipelines.store import RunStore
 
     store = RunStore(workspace)
-    names = sorted({row["sweep"] for row in store.query("SELECT DISTINCT sweep FROM members")})
+    names = sorted({row["sweep"] for row in store.query("SELECT DISTINCT sweep FROM sweep_members")})
     if sweep is not None:
         if sweep not in names:
             raise InputError(f"{workspace}: no sweep '{sweep}' (sweeps: {', '.join(names) or 'none'})")
@@ -216,28 +216,25 @@ def _expand(paths: list[Path]) -> list[Path]:
 
 
 def _merge_metric_files(curves: list[Curve]) -> dict[str, list[Curve]]:
-    """W&B exports of the same runs with different metrics are one group: each file holds one
-    metric of a set of runs."""
+    """W&B exports of the same runs with different metrics are one group (each file holds one
+    metric of a set of runs); a file whose runs and metric another file already holds is a group
+    of its own (the same run names in another RL set-up)."""
     by_file: dict[str, list[Curve]] = defaultdict(list)
     for curve in curves:
         by_file[curve.source].append(curve)
     groups: dict[str, dict[str, Curve]] = {}
-    names: dict[frozenset, str] = {}
-    for source, file_curves in by_file.items():
+    for file_curves in by_file.values():
         for group_name in sorted({c.group for c in file_curves}):
             members = [c for c in file_curves if c.group == group_name]
-            runs = frozenset(c.run for c in members)
-            name = names.setdefault(runs, group_name)
-            merged = groups.setdefault(name, {})
+            runs, metrics = {c.run for c in members}, {m for c in members for m in c.metrics}
+            name = next((n for n, merged in groups.items() if set(merged) == runs
+                         and not metrics & {m for c in merged.values() for m in c.metrics}), None)
+            if name is None:
+                name = group_name if group_name not in groups else f"{group_name} ({members[0].source})"
+                groups[name] = {}
             for curve in members:
-                if curve.run in merged:
-                    clash = set(curve.metrics) & set(merged[curve.run].metrics)
-                    if clash:
-                        raise InputError(f"{source}: metric {sorted(clash)[0]!r} of run {curve.run!r} also "
-                                         f"in {merged[curve.run].source}")
-                    merged[curve.run].metrics.update(curve.metrics)
-                else:
-                    merged[curve.run] = Curve(curve.run, name, source, dict(curve.metrics))
+                merged = groups[name].setdefault(curve.run, Curve(curve.run, name, curve.source))
+                merged.metrics.update(curve.metrics)
     return {name: list(runs.values()) for name, runs in groups.items()}
 
 

@@ -66,7 +66,8 @@ def _accuracy_figure(decision: CurveDecision) -> Figure:
     ax.set_ylim(-0.02, 1.02)
     ax.axhline(0.5, color="grey", lw=0.8, ls=":")
     ax.set_ylabel("decision accuracy (separable pairs)", fontsize=8)
-    ax.legend(fontsize=7, frameon=False, ncol=2)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, frameon=False, ncol=2)
     _style(ax, "Decision accuracy against budget (band: bootstrap CI over groups, then pairs)",
            xlabel=f"budget ({decision.unit})")
     return Figure("decision_accuracy", "Decision accuracy of each signal against the probe's budget, with "
