@@ -43,10 +43,11 @@ class Accuracy:
     pairs: int
 
     def to_json(self) -> dict:
-        return {"accuracy": _finite(self.accuracy), "ci": [_finite(c) for c in self.ci], "pairs": self.pairs}
+        return {"accuracy": finite(self.accuracy), "ci": [finite(c) for c in self.ci], "pairs": self.pairs}
 
 
-def _finite(value: float) -> float | None:
+def finite(value: float) -> float | None:
+    """A JSON number: rounded, None for nan."""
     return None if np.isnan(value) else round(float(value), 4)
 
 
