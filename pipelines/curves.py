@@ -155,11 +155,10 @@ def read_workspace(workspace: Path, sweep: str | None = None) -> list[Curve]:
 
     store = RunStore(workspace)
     names = sorted({row["sweep"] for row in store.query("SELECT DISTINCT sweep FROM sweep_members")})
-    if sweep is not None:
-        if sweep not in names:
-            raise InputError(f"{workspace}: no sweep '{sweep}' (sweeps: {', '.join(names) or 'none'})")
-        names = [sweep]
-    chosen = [n + TARGET_SUFFIX if n + TARGET_SUFFIX in names else n for n in names if not n.endswith(TARGET_SUFFIX)]
+    if sweep is not None and sweep not in names:
+        raise InputError(f"{workspace}: no sweep '{sweep}' (sweeps: {', '.join(names) or 'none'})")
+    wanted = [sweep] if sweep is not None else [n for n in names if not n.endswith(TARGET_SUFFIX)]
+    chosen = [n + TARGET_SUFFIX if n + TARGET_SUFFIX in names else n for n in wanted]
     curves = []
     for name in chosen:
         results = collect(store, name)
