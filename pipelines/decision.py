@@ -53,6 +53,10 @@ def target_plan(sweep: Sweep, source: Path, multiplier: int, seeds: list[int],
     next problems of the toy eval split (or `eval_set`, a JSONL file), so that the probe and
     the target do not share the noise of one eval sample.
     """
+    shared = sorted(set(seeds) & set(sweep.probe.seeds))
+    if shared:  # a target on a probe's seed replays the probe's first steps: agreement by construction
+        raise InputError(f"--target-seeds: seed {shared[0]} is also a probe seed of {source}; the target "
+                         "needs seeds of its own")
     plan = build_plan(sweep, source)
     spec = probe_spec(sweep, source)
     # the same number of evaluations as the short probe: a target costs `multiplier` times the
