@@ -49,7 +49,9 @@ def validate(sweep: Path = typer.Argument(..., help="sweep YAML file")) -> None:
 
 
 @app.command()
-def plan(sweep: Path = typer.Argument(..., help="sweep YAML file"), workspace: Optional[Path] = WorkspaceOpt) -> None:
+def plan(sweep: Path = typer.Argument(..., help="sweep YAML file"), workspace: Optional[Path] = WorkspaceOpt,
+         accuracy: float = typer.Option(0.9, help="with probe.calibration: warn when the probe is shorter than "
+                                                  "the cheapest budget that reached this decision accuracy")) -> None:
     """Show the stage DAG and what the run store already has."""
     from pipelines.plan import build_plan, why_run
     from pipelines.store import RunStore
@@ -80,6 +82,29 @@ def plan(sweep: Path = typer.Argument(..., help="sweep YAML file"), workspace: O
         from midtrain.reproducibility import CPU, CUDA
 
         out.print(f"midtrain stages: {CPU}; {CUDA}", soft_wrap=True)
+    if spec.probe.calibration:
+        warning = _calibration_warning(spec, sweep, accuracy)
+        if warning:
+            console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
+
+
+def _calibration_warning(spec, source: Path, accuracy: float) -> str | None:
+    """Whether the calibration says this probe is too short to reach `accuracy`."""
+    from pipelines.calibration import SCORE_SIGNALS, Calibration
+    from pipelines.sweep import probe_spec
+
+    calibration = Calibration.load(Path(spec.probe.calibration))
+    probe = probe_spec(spec, source)
+    budget = calibration.budget(probe.steps, probe.prompts_per_step * probe.group_size)
+    signal = SCORE_SIGNALS[spec.report.score]
+    cheapest = calibration.cheapest(signal, accuracy)
+    where = f"on {calibration.path.name} (signal '{signal}')"
+    if cheapest is None:
+        return f"no budget reached decision accuracy {accuracy:.2f} {where}: a verdict of this probe is weak evidence"
+    if budget < cheapest["budget"]:
+        return (f"the probe ({budget} {calibration.unit}) is shorter than the cheapest budget that reached decision "
+                f"accuracy {accuracy:.2f} {where}: {cheapest['budget']} {calibration.unit}")
+    return None
 
 
 SeedsOpt = typer.Option(None, "--seeds", help="comma-separated probe seeds (default: the sweep's)")
@@ -148,10 +173,10 @@ def _run_sweep(sweep_path: Path, workspace: Optional[Path], executor: Optional[s
 
 def _write_report(spec, store) -> Path:
     return _write_report_named(spec.name, store, spec.report.title or f"midprobe · {spec.name}",
-                               spec.report)
+                               spec.report, spec.probe.calibration)
 
 
-def _write_report_named(name: str, store, title: str, options=None) -> Path:
+def _write_report_named(name: str, store, title: str, options=None, calibration: str | None = None) -> Path:
     from pipelines.decision import TARGET_SUFFIX, measure
     from pipelines.report import build, write
     from pipelines.results import collect
@@ -162,7 +187,8 @@ def _write_report_named(name: str, store, title: str, options=None) -> Path:
     if store.members(name + TARGET_SUFFIX):  # validate-probe has run for this sweep
         decision = measure(store, name, options.score, options.bootstrap_samples, options.confidence)
     doc, _ = build(collect(store, name), title, score=options.score, samples=options.bootstrap_samples,
-                   confidence=options.confidence, n_rollouts=options.sample_rollouts, decision=decision)
+                   confidence=options.confidence, n_rollouts=options.sample_rollouts, decision=decision,
+                   calibration=Path(calibration) if calibration else None)
     _, page = write(doc, store.workspace / "reports" / name, title)
     return page
 

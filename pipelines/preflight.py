@@ -32,6 +32,10 @@ def check_sweep(sweep: Sweep, source: Path) -> list[str]:
     errors += _problem_sets(sweep, source.parent)
     errors += _base(sweep, source.parent)
     errors += _budgets(sweep)
+    if sweep.probe.calibration:
+        from pipelines.calibration import calibration_errors
+
+        errors += calibration_errors(resolve_path(sweep.probe.calibration, source.parent))
     return errors
 
 

@@ -126,6 +126,10 @@ class ProbeSection(_Strict):
         "rollout_tp, micro_batch_per_gpu"))
     difficulty_target: tuple[float, float] = (0.2, 0.8)
     difficulty_k: int = Field(default=8, gt=0)
+    calibration: str | None = Field(default=None, description=(
+        "a decision.json of `validate-probe --curves` (relative to the sweep file): the verdict says "
+        "how often a probe of this length ordered pairs right there, and `plan` warns when it is shorter "
+        "than the cheapest budget that was accurate"))
 
     @model_validator(mode="after")
     def _target(self) -> "ProbeSection":
@@ -341,7 +345,10 @@ def load_sweep(path: str | Path) -> Sweep:
     if errors:
         more = f" (+{len(errors) - 1} more: midprobe validate {path})" if len(errors) > 1 else ""
         raise InputError(f"{path}: {errors[0]}{more}")
-    return _parse(Path(path))[0]
+    sweep = _parse(Path(path))[0]
+    if sweep.probe.calibration:  # from here on, where the file is, whatever the working directory
+        sweep.probe.calibration = str(resolve_path(sweep.probe.calibration, Path(path).parent))
+    return sweep
 
 
 def validate_sweep(path: str | Path) -> list[str]:
