@@ -418,7 +418,9 @@ def _decision_section(doc: Doc, decision) -> None:
              "0.5). Probe budgets reuse the probe's logged evals (its first steps, a subset of its seeds and "
              "eval problems; point estimate averaged over the subsets); CPU-h is the probe CPU time of all "
              "recipes at that budget, from the stage timings. Signal CPU-h: what measuring it costs beyond "
-             f"the checkpoints. {level} CIs: bootstrap over seeds and eval problems, paired with the target's.")
+             f"the checkpoints. {level} CIs: bootstrap of the separated pairs, each draw scoring a replicate of the "
+             "decider (its seeds and eval problems resampled) against the target's order, as `validate-probe "
+             "--curves` does.")
     rows = [[d.name, f"{d.cpu_hours:.3f}", format_accuracy(d.accuracy),
              f"[{format_accuracy(d.ci[0])}, {format_accuracy(d.ci[1])}]"]
             for d in sorted(decision.budgets, key=lambda d: d.cpu_hours) + decision.signals]
