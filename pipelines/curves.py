@@ -386,13 +386,14 @@ class Row:
     exact_ties: int  # pairs with a target gap of 0 at this budget
     target_ties: int  # pairs below the tie threshold at this budget
     forecast_fallbacks: int = 0  # runs × metrics whose forecast fell back to the mean of the last 3
+    forecast_fits: int = 0  # runs × metrics forecast at this budget
 
     def to_json(self) -> dict:
         row = {"signal": self.signal, "steps": self.steps, "budget": self.budget,
                "all": {**self.all.to_json(), "target_ties": self.exact_ties},
                "separable": {**self.separable.to_json(), "target_ties": self.target_ties}}
         if self.signal == "forecast":
-            row["forecast_fallbacks"] = self.forecast_fallbacks
+            row.update(forecast_fallbacks=self.forecast_fallbacks, forecast_fits=self.forecast_fits)
         return row
 
 
@@ -450,7 +451,7 @@ def measure_curves(groups: dict[str, list[Curve]], definitions: Definitions) -> 
     rows = []
     for k in steps_list:
         in_budget = [p for p in pairs if k < horizons[p.group]]
-        values, fallbacks = _signals_at(groups, k, horizons)
+        values, fallbacks, fits = _signals_at(groups, k, horizons)
         decided = [p for p in in_budget if p.gap > 0]
         separable = [p for p in decided if not p.tie]
         boot_all = PairBootstrap([p.group for p in decided], definitions.samples, definitions.confidence,
@@ -461,15 +462,16 @@ def measure_curves(groups: dict[str, list[Curve]], definitions: Definitions) -> 
             rows.append(Row(name, k, k * per_step, boot_all.accuracy(_outcomes(decided, values[name])),
                             boot_sep.accuracy(_outcomes(separable, values[name])),
                             len(in_budget) - len(decided), len(decided) - len(separable),
-                            fallbacks if name == "forecast" else 0))
+                            *((fallbacks, fits) if name == "forecast" else (0, 0))))
     return CurveDecision(definitions, groups, horizons, targets, pairs, rows)
 
 
 def _signals_at(groups: dict[str, list[Curve]], k: int, horizons: dict[str, int]
-                ) -> tuple[dict[str, dict[tuple[str, str], float]], int]:
-    """signal -> (group, run) -> value at budget k (mean over metrics), and the forecast fallbacks."""
+                ) -> tuple[dict[str, dict[tuple[str, str], float]], int, int]:
+    """signal -> (group, run) -> value at budget k (mean over metrics), the forecast's fallbacks
+    and its fits (runs × metrics)."""
     values: dict[str, dict[tuple[str, str], float]] = {name: {} for name in SIGNALS}
-    fallbacks = 0
+    fallbacks = fits = 0
     for g, runs in groups.items():
         if k >= horizons[g]:
             continue
@@ -479,9 +481,10 @@ def _signals_at(groups: dict[str, list[Curve]], k: int, horizons: dict[str, int]
                 read, fitted = signal_values(steps, series, k, horizons[g])
                 per_metric.append(read)
                 fallbacks += not fitted
+                fits += 1
             for name in SIGNALS:
                 values[name][(g, curve.run)] = float(np.mean([m[name] for m in per_metric]))
-    return values, fallbacks
+    return values, fallbacks, fits
 
 
 def _outcomes(pairs: list[Pair], values: dict[tuple[str, str], float]) -> np.ndarray:

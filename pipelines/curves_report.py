@@ -30,7 +30,9 @@ def _columns(decision: CurveDecision) -> list[str]:
 
 
 def _cells(row: Row) -> list[str]:
-    return [row.signal, str(row.budget), _cell(row.all), str(row.all.pairs), str(row.exact_ties),
+    # a forecast that fell back is the mean of the last 3: say how often
+    name = f"{row.signal} ({row.forecast_fallbacks}/{row.forecast_fits} fell back)" if row.forecast_fallbacks else row.signal
+    return [name, str(row.budget), _cell(row.all), str(row.all.pairs), str(row.exact_ties),
             _cell(row.separable), str(row.separable.pairs), str(row.target_ties)]
 
 
@@ -63,6 +65,10 @@ def _accuracy_figure(decision: CurveDecision) -> Figure:
         ax.fill_between(x, [r.separable.ci[0] for r in rows], [r.separable.ci[1] for r in rows],
                         color=colors[name], alpha=0.12, lw=0)
     ax.set_xscale("log", base=2)
+    budgets = sorted({r.budget for r in decision.rows})
+    if budgets:
+        ax.set_xticks(budgets, [str(b) for b in budgets])
+        ax.minorticks_off()
     ax.set_ylim(-0.02, 1.02)
     ax.axhline(0.5, color="grey", lw=0.8, ls=":")
     ax.set_ylabel("decision accuracy (separable pairs)", fontsize=8)
