@@ -121,7 +121,7 @@ def read_long(path: Path) -> list[Curve]:
         for line, text in enumerate(path.read_text().splitlines(), start=1):
             if text.strip():
                 try:
-                    records.append({k: str(v) for k, v in json.loads(text).items()})
+                    records.append({k: "" if v is None else str(v) for k, v in json.loads(text).items()})
                 except (json.JSONDecodeError, AttributeError):
                     raise InputError(f"{path}: line {line} is not a JSON object") from None
     else:
@@ -250,7 +250,7 @@ def _check_group(name: str, group: list[Curve]) -> None:
             raise InputError(f"{curve.source}: run {curve.run!r} and run {group[0].run!r} of group '{name}' "
                              f"differ in metric {other!r}")
     horizon = min(c.last_step for c in group)
-    late = [c for c in group if min(steps[0] for steps, _ in c.metrics.values()) > horizon]
+    late = [c for c in group if max(steps[0] for steps, _ in c.metrics.values()) > horizon]
     if late:
         raise InputError(f"{late[0].source}: no overlapping steps in group '{name}': run {late[0].run!r} "
                          f"starts after the shortest run ends (step {horizon})")
