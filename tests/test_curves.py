@@ -206,7 +206,8 @@ def test_long_tables_with_groups_and_seeds(tmp_path):
     rows = [{"run": r, "step": s, "metric": "acc", "value": v + 0.1 * seed, "group": "g", "seed": seed}
             for r, v0 in (("a", 0.2), ("b", 0.4)) for seed in (0, 1) for s, v in ((0, v0), (10, v0), (20, v0))]
     jsonl = tmp_path / "long.jsonl"
-    jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # a null value is an empty cell: no eval at that step
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows + [{**rows[0], "step": 30, "value": None}]))
     table = tmp_path / "long.csv"
     with table.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
