@@ -187,7 +187,10 @@ def read_curves(paths: list[Path], metric: str | None = None, sweep: str | None 
             curves += read_long(path) if set(LONG_COLUMNS) <= set(header) else read_wandb_csv(path)
     groups = _merge_metric_files(curves)
     if metric is not None:
-        pattern = re.compile(metric)
+        try:
+            pattern = re.compile(metric)
+        except re.error as exc:
+            raise InputError(f"--metric {metric}: not a regular expression ({exc})") from None
         known = sorted({m for group in groups.values() for c in group for m in c.metrics})
         if not any(pattern.search(m) for m in known):
             raise InputError(f"--metric {metric}: matches no metric of {', '.join(map(str, paths))} "
