@@ -216,18 +216,25 @@ def _prompt_lengths(results: SweepResults) -> str:
 
 
 def build(results: SweepResults, title: str, score: str = "auc_acc", samples: int = 2000,
-          confidence: float = 0.95, n_rollouts: int = 3, decision=None) -> tuple[Doc, Ranking]:
+          confidence: float = 0.95, n_rollouts: int = 3, decision=None,
+          calibration: Path | None = None) -> tuple[Doc, Ranking]:
     ranking = rank(results.probes, score=score, samples=samples, confidence=confidence)
     order = [r.recipe for r in ranking.recipes]
     colors = _colors(order)
     doc = Doc()
     doc.heading(title, 1)
     spec_hash = results.probes[0].spec_hash
-    spec_name = results.probe_info[results.probes[0].key].manifest["config"]["spec"]["name"]
     seeds = sorted({r.seed for r in results.probes})
     replicas = sorted({r.replica for r in results.probes if r.replica is not None})
-    doc.para(verdict(ranking, results.probes) + f" (Intervals over {ranking.sources}.)")
-    doc.para(f"Sweep **{results.sweep}** · probe spec **{spec_name}** (hash `{spec_hash}`) · "
+    spec = results.probe_info[results.probes[0].key].manifest["config"]["spec"]
+    calibrated = ""
+    if calibration is not None:  # what a probe this long was worth on long RL curves
+        from pipelines.calibration import Calibration
+
+        known = Calibration.load(calibration)
+        calibrated = " " + known.sentence(score, known.budget(spec["steps"], spec["prompts_per_step"] * spec["group_size"]))
+    doc.para(verdict(ranking, results.probes) + f" (Intervals over {ranking.sources}.)" + calibrated)
+    doc.para(f"Sweep **{results.sweep}** · probe spec **{spec['name']}** (hash `{spec_hash}`) · "
              f"seeds {', '.join(map(str, seeds))}"
              + (f" · mid-training replicas (seeds) {', '.join(map(str, replicas))}" if replicas else "")
              + f" · generated {time.strftime('%Y-%m-%d %H:%M')}")
@@ -410,7 +417,9 @@ def _decision_section(doc: Doc, decision) -> None:
              "0.5). Probe budgets reuse the probe's logged evals (its first steps, a subset of its seeds and "
              "eval problems; point estimate averaged over the subsets); CPU-h is the probe CPU time of all "
              "recipes at that budget, from the stage timings. Signal CPU-h: what measuring it costs beyond "
-             f"the checkpoints. {level} CIs: bootstrap over seeds and eval problems, paired with the target's.")
+             f"the checkpoints. {level} CIs: bootstrap of the separated pairs, each draw scoring a replicate of the "
+             "decider (its seeds and eval problems resampled) against the target's order, as `validate-probe "
+             "--curves` does.")
     rows = [[d.name, f"{d.cpu_hours:.3f}", format_accuracy(d.accuracy),
              f"[{format_accuracy(d.ci[0])}, {format_accuracy(d.ci[1])}]"]
             for d in sorted(decision.budgets, key=lambda d: d.cpu_hours) + decision.signals]

@@ -143,6 +143,10 @@ class ProbeSection(_Strict):
     difficulty_max_response_length: int | None = Field(default=None, gt=0, description=(
         "difficulty: auto samples the base's responses up to this many tokens instead of the spec's; "
         "needed with a verl spec, since the embedded engine (CPU or one GPU) measures it"))
+    calibration: str | None = Field(default=None, description=(
+        "a decision.json of `validate-probe --curves` (relative to the sweep file): the verdict says "
+        "how often a probe of this length ordered pairs right there, and `plan` warns when it is shorter "
+        "than the cheapest budget that was accurate"))
 
     @model_validator(mode="after")
     def _target(self) -> "ProbeSection":

@@ -28,6 +28,27 @@ def test_a_separated_lead_is_named_the_winner():
     assert "cot − short = +0.3" in line
 
 
+def test_one_rl_seed_names_no_winner():
+    runs = [_probe("cot", 0, [0.2, 0.5, 0.6]), _probe("short", 9, [0.2, 0.2, 0.2])]
+    line = _verdict(runs)
+    assert "ranks first" not in line and "conditional on one RL seed" in line
+    assert line.startswith("**cot** leads by auc_acc")
+
+
+def test_a_winner_is_separated_from_every_other_recipe():
+    """b trails a by a constant margin; c scores 0 or 0.95 by seed (mean below b's) and its
+    interval spans a's: a is not separated from c, so no winner."""
+    def exact(recipe, seed, acc):
+        return ProbeRun(recipe, seed, f"{recipe}-{seed}", "h1", [0, 5, 10], np.full((3, 40), acc),
+                        [str(i) for i in range(40)])
+    runs = [exact("a", s, 0.7) for s in range(4)] + [exact("b", s, 0.5) for s in range(4)]
+    runs += [exact("c", s, acc) for s, acc in enumerate((0.0, 0.95, 0.0, 0.95))]
+    ranking = rank(runs, samples=400)
+    assert [r.recipe for r in ranking.recipes] == ["a", "b", "c"] and ranking.difference_ci("a", "b")[1] > 0
+    line = verdict(ranking, runs)
+    assert line.startswith("**Not separated**") and "a − c" in line and "ranks first" not in line
+
+
 def test_a_lead_whose_interval_includes_zero_names_no_winner():
     runs = [_probe(r, s + 10 * i, [0.3, 0.32, 0.33]) for i, r in enumerate(("a", "b", "c")) for s in range(2)]
     line = _verdict(runs)
