@@ -28,7 +28,7 @@ from verl.trainer.ppo.core_algos import agg_loss, get_adv_estimator_fn, get_poli
 from verl.trainer.ppo.metric_utils import compute_data_metrics
 
 from rl_probe.prompts import Prompter, problems_within_length
-from rl_probe.reward import RewardResult, boxed_first, has_reflection, score, warm_up_verifier
+from rl_probe.reward import RewardResult, boxed_first, has_reflection, score, score_held_out, warm_up_verifier
 from rl_probe.sampler import Rollout, sample, teacher_forced
 from rl_probe.spec import ProbeSpec
 from runfiles import METRICS_FILE, append_metrics, atomic_write, keep_metrics_through, read_metrics, replace_durably
@@ -135,15 +135,17 @@ def _generator(seed: int, step: int, purpose: str) -> torch.Generator:
 
 
 def _actor_config(spec: ProbeSpec):
-    # The fields verl's policy loss reads from ActorConfig; global_batch_info
-    # stays empty because one process aggregates over its whole mini-batch.
+    # The fields verl's policy loss reads from ActorConfig. global_batch_info holds no batch
+    # sizes because one process aggregates over its whole mini-batch; its loss_scale_factor is
+    # Dr.GRPO's constant divisor (seq-mean-token-sum-norm), the generation budget, where verl
+    # would otherwise divide by the mini-batch's longest response (actor.loss_scale_factor).
     return OmegaConf.create(
         {
             "clip_ratio": spec.clip_ratio_low,
             "clip_ratio_low": spec.clip_ratio_low,
             "clip_ratio_high": spec.clip_ratio_high,
             "clip_ratio_c": spec.clip_ratio_c,
-            "global_batch_info": {},
+            "global_batch_info": {"loss_scale_factor": spec.loss_scale_factor},
         }
     )
 
@@ -224,11 +226,13 @@ def _update(model, optimizer, spec: ProbeSpec, actor_config, rollout: Rollout, o
                 old_log_prob=old_log_probs[rows], log_prob=log_probs, advantages=advantages[rows],
                 response_mask=mask, loss_agg_mode=spec.loss_agg_mode, config=actor_config,
             )
-            entropy_loss = agg_loss(loss_mat=entropy, loss_mask=mask, loss_agg_mode=spec.loss_agg_mode)
+            entropy_loss = agg_loss(loss_mat=entropy, loss_mask=mask, loss_agg_mode=spec.loss_agg_mode,
+                                    **actor_config.global_batch_info)
             loss = pg_loss - spec.entropy_coeff * entropy_loss
             if ref_log_probs is not None:
                 kld = kl_penalty(logprob=log_probs, ref_logprob=ref_log_probs[rows], kl_penalty=spec.kl_type)
-                kl_loss = agg_loss(loss_mat=kld, loss_mask=mask, loss_agg_mode=spec.loss_agg_mode)
+                kl_loss = agg_loss(loss_mat=kld, loss_mask=mask, loss_agg_mode=spec.loss_agg_mode,
+                                   **actor_config.global_batch_info)
                 loss = loss + spec.kl_coef * kl_loss
                 collected["actor/kl_loss"].append(kl_loss.item())
             optimizer.zero_grad(set_to_none=True)
@@ -323,7 +327,7 @@ def evaluate(model, prompter: Prompter, problems: list[dict], spec: ProbeSpec, s
     by_source = defaultdict(lambda: defaultdict(list))
     rows = []
     for problem, prompt, text, length, done in zip(repeated, prompt_texts, texts, lengths, finished):
-        result = score(text, problem["answer"], spec.reward_variant)
+        result = score_held_out(text, problem["answer"], spec.reward_variant)
         source = problem["data_source"]
         by_source[source]["acc"].append(float(result.acc))
         by_source[source]["reward"].append(result.score)
@@ -359,7 +363,7 @@ def base_profile(model, prompter: Prompter, train: list[dict], evals: list[dict]
     texts, _, _ = generate(model, prompter, [prompter.prompt_ids(p) for p in repeated],
                            max_new_tokens=spec.response_length_at(0), temperature=spec.temperature,
                            generator=_generator(seed, 0, "passk"))
-    correct = np.array([score(t, p["answer"], spec.reward_variant).acc for t, p in zip(texts, repeated)])
+    correct = np.array([score_held_out(t, p["answer"], spec.reward_variant).acc for t, p in zip(texts, repeated)])
     correct_per_problem = correct.reshape(len(chosen), n).sum(axis=1)
     passk = {str(k): float(np.mean([pass_at_k(n, int(c), k) for c in correct_per_problem]))
              for k in spec.passk_ks}
@@ -395,7 +399,7 @@ def fewshot_accuracy(model, prompter: Prompter, train: list[dict], evals: list[d
     by_source = defaultdict(list)
     for problem, text in zip(evals, texts):
         answer = text.split(prompter.fewshot_stop, 1)[0] if prompter.fewshot_stop else text
-        by_source[problem["data_source"]].append(float(score(answer, problem["answer"], spec.reward_variant).acc))
+        by_source[problem["data_source"]].append(float(score_held_out(answer, problem["answer"], spec.reward_variant).acc))
     return {
         "k": spec.fewshot_k,
         "acc": float(np.mean([a for values in by_source.values() for a in values])) if evals else 0.0,

@@ -24,7 +24,9 @@ RewardVariant = Literal["default", "wrong-half", "repetition", "single-box"]
 # Bump when an engine (embedded or verl) runs a spec differently — other rollouts, updates or
 # metrics for the same spec, checkpoint and seed (part of every probe stage key; the spec's
 # content hash covers the spec itself).
-PROBE_CODE_VERSION = 1
+# 2: an empty \boxed{} is no answer; Dr.GRPO divides by the generation budget; evaluation's
+# scoring deadline no longer depends on machine load.
+PROBE_CODE_VERSION = 2
 
 QUESTION = "{question}"  # where a template puts the problem's question
 
@@ -194,6 +196,13 @@ class ProbeSpec(BaseModel):
     @property
     def longest_response(self) -> int:
         return max((self.length_schedule or {}).values(), default=self.max_response_length)
+
+    @property
+    def loss_scale_factor(self) -> int:
+        """Dr.GRPO's constant token-sum divisor under seq-mean-token-sum-norm (verl's
+        actor.loss_scale_factor): the longest response the probe may generate, the same at
+        every step whatever its rollouts' lengths."""
+        return self.longest_response
 
     def content_hash(self) -> str:
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))

@@ -53,6 +53,23 @@ def test_uniform_group_ratio_and_behaviour_metrics():
     assert metrics["behaviour/correct_length_mean"] == 4.0
 
 
+def test_dr_grpo_divides_token_sums_by_the_generation_budget_not_the_longest_response():
+    from verl.trainer.ppo.core_algos import get_policy_loss_fn
+
+    from rl_probe.embedded import _actor_config
+
+    spec = get_probe_spec("toy-smoke-v1").model_copy(update={"loss_agg_mode": "seq-mean-token-sum-norm",
+                                                             "max_response_length": 48})
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]], dtype=torch.float32)  # this step's longest response: 3 tokens
+    log_probs = torch.zeros(mask.shape)
+    advantages = torch.tensor([[1.0] * 3, [-0.5] * 3])
+    loss, _ = get_policy_loss_fn(spec.policy_loss)(
+        old_log_prob=log_probs, log_prob=log_probs, advantages=advantages, response_mask=mask,
+        loss_agg_mode=spec.loss_agg_mode, config=_actor_config(spec))
+    # ratio 1: per-token loss -A; token sums -2 and 1.5, their mean over 2 sequences, / 48 tokens
+    assert loss.item() == pytest.approx((-2.0 + 1.5) / 2 / 48)
+
+
 def test_spec_hash_is_stable_and_sensitive():
     spec = get_probe_spec("toy-cpu-v1")
     assert spec.content_hash() == ProbeSpec.model_validate(spec.model_dump()).content_hash()
