@@ -106,6 +106,8 @@ class Plan:
     # recipe -> mid-training replica (its seed; None: the sweep has no midtrain.seeds) -> [stable, decay?]
     midtrain: dict[str, dict[int | None, list[StageRun]]] = field(default_factory=dict)
     roles: dict[StageRun, list[dict]] = field(default_factory=dict)
+    # the same keys -> the probe's random-reward control (probe.control), never ranked
+    controls: dict[tuple[str, int | None, int], StageRun] = field(default_factory=dict)
 
     def role(self, run: StageRun, **info) -> None:
         self.roles.setdefault(run, []).append(info)
@@ -124,7 +126,7 @@ class Plan:
             ordered.append(run)
 
         visit(self.problems)
-        for run in self.probes.values():
+        for run in [*self.probes.values(), *self.controls.values()]:
             visit(run)
         return ordered
 
@@ -135,17 +137,24 @@ class Plan:
 
     def add_probes(self, recipe: str, checkpoint: StageRun, spec, seeds: list[int],
                    engine_options: dict | None = None, replica: int | None = None,
-                   keep_policy: bool = False) -> None:
+                   keep_policy: bool = False, control: str | None = None) -> None:
+        """Probe runs of one checkpoint, one per seed; with `control`, the same checkpoint and seeds
+        probed with the spec's control (`control` names it in the runs' roles and labels)."""
+        if control:
+            self.add_probes(recipe, checkpoint, spec, seeds, engine_options, replica, keep_policy)
+            spec = spec.with_random_reward()
         for seed in seeds:
             config = {"spec": spec.model_dump(mode="json"), "spec_hash": spec.content_hash(), "seed": seed}
             if spec.engine == "verl":  # GPUs, nodes, rollout engine: how verl lays the run out
                 config["engine_options"] = engine_options or {}
             if keep_policy:  # the run's artifacts include the final policy (absent: the keys of before)
                 config["keep_policy"] = True
+            kind = f"{control} control probe" if control else "probe"
             run = stage_run("probe", config, {"checkpoint": checkpoint, "problems": self.problems},
-                            label=f"probe {recipe}{_replica_label(replica)} seed {seed}")
-            self.probes[(recipe, replica, seed)] = run
-            self.role(run, kind="probe", recipe=recipe, seed=seed, replica=replica)
+                            label=f"{kind} {recipe}{_replica_label(replica)} seed {seed}")
+            (self.controls if control else self.probes)[(recipe, replica, seed)] = run
+            self.role(run, kind="probe", recipe=recipe, seed=seed, replica=replica,
+                      **({"control": control} if control else {}))
 
 
 def _replica_label(replica: int | None) -> str:
@@ -299,11 +308,11 @@ def build_plan(sweep: Sweep, source: Path) -> Plan:
     plan.role(plan.problems, kind="difficulty" if probe_cfg.difficulty == "auto" else "problems")
     if probe_cfg.include_base:
         plan.add_probes(BASE_RECIPE, base, spec, probe_cfg.seeds, probe_cfg.verl,
-                        keep_policy=probe_cfg.keep_policy)
+                        keep_policy=probe_cfg.keep_policy, control=probe_cfg.control)
     for recipe, replicas in midtrain.items():
         for replica, stages in replicas.items():
             plan.add_probes(recipe, stages[-1], spec, probe_cfg.seeds, probe_cfg.verl, replica,
-                            probe_cfg.keep_policy)
+                            probe_cfg.keep_policy, probe_cfg.control)
     return plan
 
 

@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pipelines.failures import FAILURE_MODES  # noqa: E402
-from pipelines.ranking import SCORES, Ranking, rank, spearman, verdict  # noqa: E402
+from pipelines.ranking import SCORES, Ranking, rank, run_scores, spearman, verdict  # noqa: E402
 from pipelines.results import SweepResults, recipe_cost_hours  # noqa: E402
 from rl_probe.difficulty import pooled_pass_at_k  # noqa: E402
 from runfiles import atomic_write  # noqa: E402
@@ -291,6 +291,7 @@ def build(results: SweepResults, title: str, score: str = "auc_acc", samples: in
                  f"level(s) {', '.join(map(str, d['chosen_levels']))} (pooled pass@{d['k']} "
                  f"{pooled_pass_at_k(d['pass_at_k_by_level'], d['chosen_levels']):.2f}).")
     doc.para("Failure modes: " + "; ".join(f"**{k}** — {v}" for k, v in FAILURE_MODES.items()) + ".")
+    _control_section(doc, results, order)
 
     _cheap_signals(doc, results, ranking)
     if decision is not None:
@@ -312,6 +313,8 @@ def build(results: SweepResults, title: str, score: str = "auc_acc", samples: in
     doc.para("Every number above is read from these stage runs (workspace-relative directories).")
     prov = [[p.recipe + ("" if p.replica is None else f" · replica {p.replica}"), str(p.seed),
              f"probe/{p.key}"] for p in results.probes]
+    prov += [[f"{p.recipe} · random-reward control" + ("" if p.replica is None else f" · replica {p.replica}"),
+              str(p.seed), f"probe/{p.key}"] for p in results.controls]
     prov += [[", ".join(m.role["recipes"]) or "base", m.role.get("phase", ""), f"midtrain/{m.key}"]
              for m in results.midtrain]
     if results.base:
@@ -319,6 +322,32 @@ def build(results: SweepResults, title: str, score: str = "auc_acc", samples: in
     prov += [[name, "curation", info.ref] for name, info in results.curation.items()]
     doc.table(["recipe / corpus", "seed / phase", "stage run"], prov)
     return doc, ranking
+
+
+def _control_section(doc: Doc, results: SweepResults, order: list[str]) -> None:
+    """Each checkpoint's RL gain beside its random-reward control's (probe.control)."""
+    if not results.controls:
+        return
+    doc.heading("Random-reward control", 3)
+    doc.para("Every checkpoint probed again with the same seeds and its rewards shuffled within each "
+             "group (the spec's random-reward control, its own hash): the same reward mean and spread, "
+             "no information about which response was right. A gain no larger than the control's comes "
+             "from the update itself (format priors, clipping), not from learning from the reward. "
+             "Gain: held-out accuracy at the last eval minus step 0, mean over seeds; fitted gain: "
+             f"{SCORES['fitted_gain']}.")
+    rows = []
+    for recipe in order:
+        runs = [p for p in results.probes if p.recipe == recipe]
+        controls = [p for p in results.controls if p.recipe == recipe]
+        if not controls:
+            continue
+        gain, control = (np.mean([run_scores(p.correct, "final_gain") for p in group]) for group in (runs, controls))
+        fitted, control_fitted = (np.mean([run_scores(p.correct, "fitted_gain") for p in group])
+                                  for group in (runs, controls))
+        rows.append([recipe, f"{gain:+.3f}", f"{control:+.3f}", f"{gain - control:+.3f}",
+                     f"{fitted:+.3f}", f"{control_fitted:+.3f}", f"{len(runs)} / {len(controls)}"])
+    doc.table(["recipe", "RL gain", "control's gain", "gain − control", "fitted gain", "control's fitted gain",
+               "probe / control runs"], rows)
 
 
 def _replica_section(doc: Doc, ranking: Ranking) -> None:

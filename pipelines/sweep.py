@@ -126,6 +126,9 @@ class ProbeSection(_Strict):
         "rollout_tp, micro_batch_per_gpu"))
     difficulty_target: tuple[float, float] = (0.2, 0.8)
     difficulty_k: int = Field(default=8, gt=0)
+    control: Literal["random_reward"] | None = Field(default=None, description=(
+        "random_reward: probe every checkpoint a second time with the spec's random-reward control "
+        "(its rewards shuffled within each group), and report each gain beside its control's"))
 
     @model_validator(mode="after")
     def _target(self) -> "ProbeSection":
@@ -284,6 +287,9 @@ def cross_check(sweep: Sweep, source: Path) -> list[str]:
     spec = _check_probe_spec(sweep.probe.spec, here, errors)
     if spec is not None and spec.template.chat:
         errors += _chat_template_errors(sweep, spec.template.name, here)
+    if spec is not None and sweep.probe.control and spec.engine != "embedded":
+        errors.append(f"probe.control: the random-reward control runs on the embedded engine, "
+                      f"and spec {spec.name!r} is for {spec.engine!r}")
     for field_name in ("train_set", "eval_set"):  # their contents: preflight, with the problem-set reader
         problem_set = getattr(sweep.probe, field_name)
         if problem_set.path and not resolve_path(problem_set.path, here).is_file():

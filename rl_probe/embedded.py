@@ -171,10 +171,14 @@ def grpo_step(model, reference, optimizer, prompter: Prompter, train: list[dict]
     results = [score(text, p["answer"], spec.reward_variant) for text, p in zip(texts, grouped)]
     t_gen = time.time() - t0
 
+    rewards = np.array([r.score for r in results])
+    if spec.reward_control == "random":
+        rewards = shuffled_within_groups(rewards, spec.group_size,
+                                         np.random.default_rng(_stream_seed(seed, step, "reward-control")))
     mask = rollout.response_mask
     lengths = rollout.response_lengths
     token_scores = torch.zeros(mask.shape)
-    token_scores[torch.arange(len(results)), lengths - 1] = torch.tensor([r.score for r in results])
+    token_scores[torch.arange(len(results)), lengths - 1] = torch.tensor(rewards, dtype=token_scores.dtype)
     uids = np.array([f"{step}/{p['id']}" for p in grouped], dtype=object)
     advantages, returns = get_adv_estimator_fn(spec.adv_estimator)(
         token_level_rewards=token_scores, response_mask=mask, index=uids,
@@ -208,6 +212,11 @@ def grpo_step(model, reference, optimizer, prompter: Prompter, train: list[dict]
         "perf/throughput": n_tokens / (time.time() - t0),
     })
     return metrics
+
+
+def shuffled_within_groups(rewards: np.ndarray, group_size: int, rng: np.random.Generator) -> np.ndarray:
+    """The random-reward control's rewards: each group's rewards (consecutive rows) in a random order."""
+    return rng.permuted(rewards.reshape(-1, group_size), axis=1).reshape(-1)
 
 
 def _update(model, optimizer, spec: ProbeSpec, actor_config, rollout: Rollout, old_log_probs, ref_log_probs,

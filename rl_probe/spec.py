@@ -138,6 +138,12 @@ class ProbeSpec(BaseModel):
     # a name from PROMPT_TEMPLATES, a text with {question}, or a PromptTemplate's fields
     template: PromptTemplate = PROMPT_TEMPLATES["question-answer"]
     reward_variant: RewardVariant = "default"
+    # random: the spurious-reward control. Each group's rewards are shuffled among its rollouts
+    # (a seeded random permutation), so a group keeps its rewards' mean and spread, and GRPO its
+    # advantages' sizes, but which response earns which reward carries no information: whatever
+    # such a probe gains comes from the update itself (format priors, clipping), not from
+    # learning what is right (docs/probe-specs.md "The random-reward control").
+    reward_control: Literal["none", "random"] = "none"
     max_prompt_length: int = Field(ge=1)
     # Problems whose prompt is longer than max_prompt_length are dropped from the train and eval
     # sets alike (counted in the stage log, metrics and report); a probe refuses to start when a
@@ -179,6 +185,8 @@ class ProbeSpec(BaseModel):
             raise ValueError("greedy evaluation (eval_temperature=0) is deterministic: eval_samples must be 1")
         if not self.passk_ks or min(self.passk_ks) < 1:
             raise ValueError("passk_ks must be positive")
+        if self.reward_control != "none" and self.engine != "embedded":
+            raise ValueError("reward_control: the random-reward control runs on the embedded engine only")
         if self.length_schedule is not None and 0 not in self.length_schedule:
             raise ValueError("length_schedule must start at step 0")
         return self
@@ -203,6 +211,11 @@ class ProbeSpec(BaseModel):
         actor.loss_scale_factor): the longest response the probe may generate, the same at
         every step whatever its rollouts' lengths."""
         return self.longest_response
+
+    def with_random_reward(self) -> "ProbeSpec":
+        """This spec as its random-reward control: everything else the same, its own name and hash."""
+        return ProbeSpec.model_validate({**self.model_dump(), "name": f"{self.name}+random-reward",
+                                         "reward_control": "random"})
 
     def content_hash(self) -> str:
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))

@@ -238,3 +238,19 @@ def test_corpus_files_key_curation_and_tokenizer_by_content_and_by_which_files_m
     assert _changed(first, edited_file) == affected
     (tmp_path / "web" / "00001.jsonl").write_text(json.dumps(docs[19]) + "\n")  # a new shard
     assert _changed(edited_file, _keys(edited)) == affected
+
+
+def test_a_random_reward_control_adds_one_control_probe_per_probe_and_rekeys_nothing(tmp_path):
+    data = yaml.safe_load(TOY_SMOKE.read_text())
+    data["probe"]["control"] = "random_reward"
+    edited = tmp_path / "sweep.yaml"
+    edited.write_text(yaml.safe_dump(data))
+    before, after = build_plan(load_sweep(TOY_SMOKE), TOY_SMOKE), build_plan(load_sweep(edited), edited)
+    assert {r.ref for r in before.runs()} < {r.ref for r in after.runs()}
+    assert after.controls.keys() == after.probes.keys() and not before.controls
+    for where, control in after.controls.items():
+        probe = after.probes[where]
+        assert control.inputs == probe.inputs and control.config["seed"] == probe.config["seed"]
+        assert control.config["spec"]["reward_control"] == "random" != probe.config["spec"]["reward_control"]
+        assert control.config["spec_hash"] != probe.config["spec_hash"]
+        assert after.roles[control] == [{**after.roles[probe][0], "control": "random_reward"}]

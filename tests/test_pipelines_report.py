@@ -73,3 +73,19 @@ def test_cheap_signal_val_loss_is_each_recipes_own_last_stage(tmp_path):
     values = dict(zip([c.strip() for c in header.split("|")[3:-1]], [c.strip() for c in row.split("|")[3:-1]]))
     assert values == {"cot": "-1.250", "short": "-1.750"}
     assert md.split("\n\n")[1].startswith("**cot** ranks first")  # the verdict is the report's first line
+
+
+def test_each_gain_is_shown_beside_its_random_reward_controls(tmp_path):
+    probes = [_probe("cot", s, [0.2, 0.5, 0.6]) for s in range(2)] + [_probe("short", s + 9, [0.2, 0.2, 0.25]) for s in range(2)]
+    controls = [_probe("cot", s + 30, [0.2, 0.2, 0.2]) for s in range(2)]
+    info = {p.key: StageInfo("probe", p.key, {"kind": "probe"}, tmp_path, {"config": {"spec": {"name": "x"}}}, {})
+            for p in probes + controls}
+    for control in controls:
+        control.key += "-control"
+    results = SweepResults("s", probes, info, {}, [], None, controls=controls)
+    md = to_markdown(build(results, "t", samples=200, n_rollouts=0)[0], "figures")
+    assert "Random-reward control" in md
+    row = next(line for line in md.splitlines() if line.startswith("| cot |") and "2 / 2" in line)
+    gain, control, difference = (float(c) for c in row.split("|")[2:5])
+    assert gain > 0.3 and abs(control) < 0.1 and difference == pytest.approx(gain - control, abs=2e-3)
+    assert not any(line.startswith("| short |") and "/ " in line for line in md.splitlines())  # no control run

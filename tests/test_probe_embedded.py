@@ -203,6 +203,18 @@ def test_bypass_mode_reuses_the_rollouts_log_probs(inputs, reference_run, tmp_pa
         assert bypassed[name] == pytest.approx(recomputed[name], abs=1e-4), name
 
 
+def test_the_random_reward_control_scores_the_same_rollouts_and_updates_on_shuffled_rewards(inputs, reference_run,
+                                                                                             tmp_path):
+    _run(inputs, tmp_path, spec=SMOKE.with_random_reward().model_copy(update={"steps": 1}))
+    control = read_metrics(tmp_path / "metrics.jsonl")[1]["data"]
+    real = read_metrics(reference_run[0] / "metrics.jsonl")[1]["data"]
+    # the same rollouts, and each group's rewards kept (so the same mean) ...
+    for name in ("critic/score/mean", "behaviour/accuracy", "probe/uniform_group_ratio", "response_length/mean"):
+        assert control[name] == real[name], name
+    # ... but given to other rollouts: another update
+    assert control["actor/pg_loss"] != pytest.approx(real["actor/pg_loss"], abs=1e-6)
+
+
 def test_prompts_over_the_length_limit_are_dropped_from_train_and_eval_and_counted(inputs, tmp_path, capsys):
     checkpoint, _, _ = inputs
     long = "What is 2 plus 3, given that " + "we are counting apples and pears and plums " * 8 + "?"
