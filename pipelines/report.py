@@ -23,7 +23,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pipelines.failures import FAILURE_MODES  # noqa: E402
-from pipelines.ranking import SCORES, Ranking, rank, run_scores, spearman, verdict  # noqa: E402
+from pipelines.ranking import (SCORES, Ranking, load_eval_correctness, rank, run_scores, spearman,  # noqa: E402
+                               verdict)
 from pipelines.results import SweepResults, recipe_cost_hours  # noqa: E402
 from rl_probe.difficulty import pooled_pass_at_k  # noqa: E402
 from runfiles import atomic_write  # noqa: E402
@@ -279,8 +280,16 @@ def build(results: SweepResults, title: str, score: str = "auc_acc", samples: in
                      f"{final.mean():.3f} ± {se:.3f}",
                      f"{learning[recipe].score:+.3f} [{learning[recipe].ci_low:+.3f}, {learning[recipe].ci_high:+.3f}]",
                      str(n_problems)])
-    doc.table(["recipe", "step-0 pass@8 (probe set)", "uniform groups, steps ≤ 10",
-               "final held-out acc ± SE", f"fitted gain, {confidence:.0%} CI", "eval problems"], diag)
+    header = ["recipe", "step-0 pass@8 (probe set)", "uniform groups, steps ≤ 10",
+              "final held-out acc ± SE", f"fitted gain, {confidence:.0%} CI", "eval problems"]
+    spec = results.probe_info[results.probes[0].key].manifest["config"]["spec"]
+    if sampled_k := spec.get("eval_sampled"):
+        header.append(f"avg@{sampled_k} step 0 → last (T={spec['temperature']})")
+        for row, recipe in zip(diag, order):
+            first, last = np.mean([load_eval_correctness(results.probe_info[p.key].path, "eval-sampled")[2]
+                                   .mean(axis=1)[[0, -1]] for p in results.probes if p.recipe == recipe], axis=0)
+            row.append(f"{first:.3f} → {last:.3f}")
+    doc.table(header, diag)
     doc.para(f"Fitted gain: {SCORES['fitted_gain']}; an interval above 0 means the probe's RL really "
              f"improved the checkpoint on held-out problems. Intervals over {ranking.sources}.")
     if results.difficulty:

@@ -325,13 +325,30 @@ def generate(model, prompter: Prompter, prompts: list[list[int]], *, max_new_tok
 
 def evaluate(model, prompter: Prompter, problems: list[dict], spec: ProbeSpec, seed: int, step: int,
              out_dir: Path) -> dict:
-    """val-core/<data_source>/{acc,reward}/mean@N on the eval set; writes rollouts/step_<N>.jsonl."""
-    n = spec.eval_samples
+    """val-core/<data_source>/{acc,reward}/mean@N on the eval set (N = eval_samples at eval_temperature),
+    and with eval_sampled = k, at the first and last eval, mean@k at the probe's temperature;
+    writes rollouts/step_<N>.jsonl (the sampled rows with split "eval-sampled")."""
+    passes = [("eval", spec.eval_samples, spec.eval_temperature)]
+    if spec.eval_sampled and step in (0, spec.steps):
+        passes.append(("eval-sampled", spec.eval_sampled, spec.temperature))
+    rows, metrics = [], {}
+    for split, n, temperature in passes:
+        pass_rows, pass_metrics = _eval_pass(model, prompter, problems, spec, step, n, temperature,
+                                             _generator(seed, step, split))
+        rows += [{**row, "split": split} for row in pass_rows]
+        metrics.update(pass_metrics)
+    _write_jsonl(out_dir / "rollouts" / f"step_{step}.jsonl", rows)
+    return metrics
+
+
+def _eval_pass(model, prompter: Prompter, problems: list[dict], spec: ProbeSpec, step: int, n: int,
+               temperature: float, generator: torch.Generator) -> tuple[list[dict], dict]:
+    """n responses per problem: their rows, and val-core/val-aux metrics per data source as mean@n."""
     repeated = [p for p in problems for _ in range(n)]
     prompt_texts = [prompter.render(p) for p in repeated]
     texts, lengths, finished = generate(
         model, prompter, [prompter.encode(t) for t in prompt_texts], max_new_tokens=spec.response_length_at(step),
-        temperature=spec.eval_temperature, generator=_generator(seed, step, "eval"),
+        temperature=temperature, generator=generator,
     )
     by_source = defaultdict(lambda: defaultdict(list))
     rows = []
@@ -344,13 +361,12 @@ def evaluate(model, prompter: Prompter, problems: list[dict], spec: ProbeSpec, s
         rows.append({"step": step, "id": problem["id"], "data_source": source, "prompt": prompt, "response": text,
                      "reward": result.score, "acc": result.acc, "pred": result.pred, "length": length,
                      "finished": done})
-    _write_jsonl(out_dir / "rollouts" / f"step_{step}.jsonl", rows)
     metrics = {}
     for source, values in sorted(by_source.items()):
         metrics[f"val-core/{source}/acc/mean@{n}"] = float(np.mean(values["acc"]))
         metrics[f"val-core/{source}/reward/mean@{n}"] = float(np.mean(values["reward"]))
         metrics[f"val-aux/{source}/response_length/mean@{n}"] = float(np.mean(values["response_length"]))
-    return metrics
+    return rows, metrics
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

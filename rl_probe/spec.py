@@ -158,6 +158,10 @@ class ProbeSpec(BaseModel):
     eval_every: int = Field(ge=1)
     eval_samples: int = Field(default=1, ge=1)  # N in val-core/<source>/acc/mean@N
     eval_temperature: float = Field(default=0.0, ge=0)  # 0 = greedy (verl's val_kwargs default)
+    # k > 0: beside a greedy evaluation, avg@k at the first and the last eval: k samples per held-out
+    # problem at the probe's temperature and top_p, logged as val-core/<source>/acc/mean@k (rollout
+    # rows with split "eval-sampled"); what users compare models on, and less noisy than greedy pass@1
+    eval_sampled: int = Field(default=0, ge=0)
     checkpoint_every: int = Field(default=10, ge=1)
 
     # step-0 base profile
@@ -185,6 +189,9 @@ class ProbeSpec(BaseModel):
             raise ValueError("greedy evaluation (eval_temperature=0) is deterministic: eval_samples must be 1")
         if not self.passk_ks or min(self.passk_ks) < 1:
             raise ValueError("passk_ks must be positive")
+        if self.eval_sampled and (self.eval_temperature > 0 or self.eval_sampled < 2 or self.engine != "embedded"):
+            raise ValueError("eval_sampled: k >= 2 samples beside a greedy evaluation (eval_temperature 0), "
+                             "embedded engine; a sampled evaluation is already avg@eval_samples")
         if self.reward_control != "none" and self.engine != "embedded":
             raise ValueError("reward_control: the random-reward control runs on the embedded engine only")
         if self.length_schedule is not None and 0 not in self.length_schedule:

@@ -89,3 +89,25 @@ def test_each_gain_is_shown_beside_its_random_reward_controls(tmp_path):
     gain, control, difference = (float(c) for c in row.split("|")[2:5])
     assert gain > 0.3 and abs(control) < 0.1 and difference == pytest.approx(gain - control, abs=2e-3)
     assert not any(line.startswith("| short |") and "/ " in line for line in md.splitlines())  # no control run
+
+
+def test_avg_at_k_is_a_column_beside_greedy_accuracy(tmp_path):
+    import json
+
+    probes = [_probe("cot", s, [0.2, 0.5, 0.6]) for s in range(2)] + [_probe("short", s + 9, [0.2, 0.2, 0.2]) for s in range(2)]
+    info = {}
+    for p in probes:
+        run_dir = tmp_path / p.key
+        (run_dir / "rollouts").mkdir(parents=True)
+        sampled = {0: 0.25, 10: 0.5 if p.recipe == "cot" else 0.25}  # each problem right in this share of 4 samples
+        for step, share in sampled.items():
+            rows = [{"id": str(i), "acc": k < 4 * share, "split": "eval-sampled"} for i in range(8) for k in range(4)]
+            (run_dir / "rollouts" / f"step_{step}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        info[p.key] = StageInfo("probe", p.key, {"kind": "probe"}, run_dir,
+                                {"config": {"spec": {"name": "x", "eval_sampled": 4, "temperature": 1.0}}}, {})
+    md = to_markdown(build(SweepResults("s", probes, info, {}, [], None), "t", samples=200, n_rollouts=0)[0], "f")
+    header = next(line for line in md.splitlines() if line.startswith("| recipe | step-0 pass@8"))
+    assert header.rstrip(" |").endswith("avg@4 step 0 → last (T=1.0)")
+    rows = {line.split("|")[1].strip(): line.split("|")[-2].strip() for line in md.splitlines()
+            if line.startswith(("| cot |", "| short |")) and "→" in line}
+    assert rows == {"cot": "0.250 → 0.500", "short": "0.250 → 0.250"}

@@ -215,6 +215,25 @@ def test_the_random_reward_control_scores_the_same_rollouts_and_updates_on_shuff
     assert control["actor/pg_loss"] != pytest.approx(real["actor/pg_loss"], abs=1e-6)
 
 
+def test_sampled_avg_at_k_beside_greedy_accuracy_at_the_first_and_last_eval(inputs, tmp_path):
+    from pipelines.ranking import load_eval_correctness
+
+    spec = SMOKE.model_copy(update={"eval_samples": 1, "eval_temperature": 0.0, "eval_sampled": 4, "steps": 2,
+                                    "eval_every": 1})
+    _run(inputs, tmp_path, spec=spec)
+    rows = {r["step"]: r["data"] for r in read_metrics(tmp_path / "metrics.jsonl")}
+    for step in (0, 1, 2):
+        assert {"val-core/toy/eval-a/acc/mean@1", "val-core/toy/eval-b/acc/mean@1"} <= rows[step].keys()
+        assert ("val-core/toy/eval-a/acc/mean@4" in rows[step]) == (step != 1)
+    steps, ids, greedy = load_eval_correctness(tmp_path)
+    _, sampled_ids, sampled = load_eval_correctness(tmp_path, "eval-sampled")
+    assert steps == [0, 1, 2] and sampled.shape == (2, 10) and sampled_ids == ids
+    assert set(greedy.flat) <= {0.0, 1.0} and set(sampled.flat) <= {0.0, 0.25, 0.5, 0.75, 1.0}
+    eval_a = [i for i, problem in enumerate(ids) if problem.startswith("toy/eval-a")]
+    for step, row in zip((0, 2), sampled):  # mean@4 is the sampled rows' mean, per data source
+        assert rows[step]["val-core/toy/eval-a/acc/mean@4"] == pytest.approx(row[eval_a].mean())
+
+
 def test_prompts_over_the_length_limit_are_dropped_from_train_and_eval_and_counted(inputs, tmp_path, capsys):
     checkpoint, _, _ = inputs
     long = "What is 2 plus 3, given that " + "we are counting apples and pears and plums " * 8 + "?"
