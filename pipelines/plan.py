@@ -138,11 +138,8 @@ class Plan:
     def add_probes(self, recipe: str, checkpoint: StageRun, spec, seeds: list[int],
                    engine_options: dict | None = None, replica: int | None = None,
                    keep_policy: bool = False, control: str | None = None) -> None:
-        """Probe runs of one checkpoint, one per seed; with `control`, the same checkpoint and seeds
-        probed with the spec's control (`control` names it in the runs' roles and labels)."""
-        if control:
-            self.add_probes(recipe, checkpoint, spec, seeds, engine_options, replica, keep_policy)
-            spec = spec.with_random_reward()
+        """Probe runs of one checkpoint, one per seed; `control` (a probe.control value) marks them as
+        that control's runs (kept apart from the ranked probes, named in their roles and labels)."""
         for seed in seeds:
             config = {"spec": spec.model_dump(mode="json"), "spec_hash": spec.content_hash(), "seed": seed}
             if spec.engine == "verl":  # GPUs, nodes, rollout engine: how verl lays the run out
@@ -306,13 +303,14 @@ def build_plan(sweep: Sweep, source: Path) -> Plan:
                                   auto={"spec": spec.model_dump(mode="json"), "k": probe_cfg.difficulty_k,
                                         "target": list(probe_cfg.difficulty_target), "checkpoint": base})
     plan.role(plan.problems, kind="difficulty" if probe_cfg.difficulty == "auto" else "problems")
-    if probe_cfg.include_base:
-        plan.add_probes(BASE_RECIPE, base, spec, probe_cfg.seeds, probe_cfg.verl,
-                        keep_policy=probe_cfg.keep_policy, control=probe_cfg.control)
-    for recipe, replicas in midtrain.items():
-        for replica, stages in replicas.items():
-            plan.add_probes(recipe, stages[-1], spec, probe_cfg.seeds, probe_cfg.verl, replica,
-                            probe_cfg.keep_policy, probe_cfg.control)
+    probed = [(BASE_RECIPE, None, base)] if probe_cfg.include_base else []
+    probed += [(recipe, replica, stages[-1]) for recipe, replicas in midtrain.items()
+               for replica, stages in replicas.items()]
+    for recipe, replica, checkpoint in probed:
+        plan.add_probes(recipe, checkpoint, spec, probe_cfg.seeds, probe_cfg.verl, replica, probe_cfg.keep_policy)
+        if probe_cfg.control:
+            plan.add_probes(recipe, checkpoint, spec.with_random_reward(), probe_cfg.control_seeds or probe_cfg.seeds,
+                            probe_cfg.verl, replica, probe_cfg.keep_policy, probe_cfg.control)
     return plan
 
 

@@ -129,12 +129,16 @@ class ProbeSection(_Strict):
     control: Literal["random_reward"] | None = Field(default=None, description=(
         "random_reward: probe every checkpoint a second time with the spec's random-reward control "
         "(its rewards shuffled within each group), and report each gain beside its control's"))
+    control_seeds: list[int] | None = Field(default=None, min_length=1, description=(
+        "the probe seeds the control runs with (default: every one of seeds)"))
 
     @model_validator(mode="after")
     def _target(self) -> "ProbeSection":
         low, high = self.difficulty_target
         if not 0 <= low < high <= 1:
             raise ValueError(f"difficulty_target must be 0 <= low < high <= 1, got {list(self.difficulty_target)}")
+        if self.control_seeds and (not self.control or not set(self.control_seeds) <= set(self.seeds)):
+            raise ValueError("control_seeds: needs control, and seeds among the probe's seeds")
         return self
 
 

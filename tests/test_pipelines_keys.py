@@ -254,3 +254,8 @@ def test_a_random_reward_control_adds_one_control_probe_per_probe_and_rekeys_not
         assert control.config["spec"]["reward_control"] == "random" != probe.config["spec"]["reward_control"]
         assert control.config["spec_hash"] != probe.config["spec_hash"]
         assert after.roles[control] == [{**after.roles[probe][0], "control": "random_reward"}]
+
+    data["probe"]["control_seeds"] = [1]
+    edited.write_text(yaml.safe_dump(data))
+    one_seed = build_plan(load_sweep(edited), edited)
+    assert one_seed.controls == {where: run for where, run in after.controls.items() if where[2] == 1}

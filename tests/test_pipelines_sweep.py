@@ -204,3 +204,14 @@ def test_corpus_files_are_relative_to_the_sweep_file(tmp_path):
     plan = build_plan(load_sweep(path), path)
     curate = next(run for run in plan.runs() if run.stage == "curate" and run.config["corpus"] == "gsm8k")
     assert curate.config["corpus_config"]["source"]["paths"] == [str(tmp_path / "data" / "*.jsonl")]
+
+
+def test_a_control_needs_the_embedded_engine_and_its_seeds_among_the_probes(tmp_path):
+    def verl_control(d):
+        d["probe"].update(spec="octothinker-v1", control="random_reward")
+
+    errors = validate_sweep(_write(tmp_path, verl_control))
+    assert ("probe.control: the random-reward control runs on the embedded engine, and spec "
+            "'octothinker-v1' is for 'verl'") in errors
+    errors = validate_sweep(_write(tmp_path, lambda d: d["probe"].update(control="random_reward", control_seeds=[7])))
+    assert any(e.startswith("probe: ") and "control_seeds" in e for e in errors), errors
