@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import math
 import re
 import time
@@ -27,7 +26,7 @@ from pipelines.ranking import (SCORES, Ranking, load_eval_correctness, rank, run
                                verdict)
 from pipelines.results import SweepResults, recipe_cost_hours  # noqa: E402
 from rl_probe.difficulty import pooled_pass_at_k  # noqa: E402
-from runfiles import atomic_write  # noqa: E402
+from runfiles import COMPLETIONS_FILE, atomic_write, read_jsonl  # noqa: E402
 
 PROBE_CURVES = [
     ("critic/score/mean", "training reward"),
@@ -309,14 +308,16 @@ def build(results: SweepResults, title: str, score: str = "auc_acc", samples: in
     _training_section(doc, results)
 
     if n_rollouts:
-        doc.heading("Sample rollouts")
+        doc.heading("What the model writes")
+        doc.para("Per checkpoint (its first probe seed), the first held-out problems' greedy answers at the "
+                 "first and the last eval, with their rewards (the probe's completions.jsonl).")
         for recipe in order:
-            run = min((p for p in results.probes if p.recipe == recipe), key=lambda p: p.seed)
-            info = results.probe_info[run.key]
-            for step in (run.eval_steps[0], run.eval_steps[-1]):
-                path = info.path / "rollouts" / f"step_{step}.jsonl"
-                rows_ = [json.loads(line) for line in path.read_text().splitlines()[:n_rollouts]]
-                doc.samples([{"title": f"{recipe} · seed {run.seed} · step {step}", **row} for row in rows_])
+            run = min((p for p in results.probes if p.recipe == recipe), key=lambda p: (p.replica or 0, p.seed))
+            completions = read_jsonl(results.probe_info[run.key].path / COMPLETIONS_FILE)
+            for step in dict.fromkeys(row["step"] for row in completions):
+                shown = [row for row in completions if row["step"] == step][:n_rollouts]
+                doc.samples([{"title": f"{recipe}{'' if run.replica is None else f' · replica {run.replica}'}"
+                                       f" · seed {run.seed} · step {step}", **row} for row in shown])
 
     doc.heading("Provenance")
     doc.para("Every number above is read from these stage runs (workspace-relative directories).")

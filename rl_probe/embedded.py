@@ -31,9 +31,11 @@ from rl_probe.prompts import Prompter, problems_within_length
 from rl_probe.reward import RewardResult, boxed_first, has_reflection, score, score_held_out, warm_up_verifier
 from rl_probe.sampler import Rollout, sample, teacher_forced
 from rl_probe.spec import ProbeSpec
-from runfiles import METRICS_FILE, append_metrics, atomic_write, keep_metrics_through, read_metrics, replace_durably
+from runfiles import (COMPLETIONS_FILE, METRICS_FILE, append_metrics, atomic_write, keep_metrics_through, read_jsonl, read_metrics,
+                      replace_durably)
 
 GENERATION_BATCH = 128  # sequences per sampler call in evaluation and profiling
+COMPLETIONS_PER_STEP = 4  # held-out answers kept at the first and the last eval, for the report
 
 MetricsCallback = Callable[[int, dict], None]
 
@@ -105,6 +107,7 @@ def run_probe(
     if keep_policy:
         model.save_pretrained(out_dir / "policy")
         tokenizer.save_pretrained(out_dir / "policy")
+    write_completions(out_dir)
     summary = _summary(spec, seed, checkpoint, out_dir, timings, prompt_counts)
     _write_json(out_dir / "summary.json", summary)
     state.drop()
@@ -367,6 +370,19 @@ def _eval_pass(model, prompter: Prompter, problems: list[dict], spec: ProbeSpec,
         metrics[f"val-core/{source}/reward/mean@{n}"] = float(np.mean(values["reward"]))
         metrics[f"val-aux/{source}/response_length/mean@{n}"] = float(np.mean(values["response_length"]))
     return rows, metrics
+
+
+def write_completions(out_dir: Path, per_step: int = COMPLETIONS_PER_STEP) -> None:
+    """completions.jsonl: the first `per_step` greedy held-out answers (the same problems) at the first
+    and the last eval, with their rewards: what the model writes before and after RL, small enough
+    to keep whatever happens to the full rollouts."""
+    steps = sorted(int(path.stem.split("_")[1]) for path in (out_dir / "rollouts").glob("step_*.jsonl"))
+    rows = []
+    for step in dict.fromkeys((steps[0], steps[-1])):
+        answers = [r for r in read_jsonl(out_dir / "rollouts" / f"step_{step}.jsonl") if r.get("split", "eval") == "eval"]
+        rows += [{key: row.get(key) for key in ("step", "id", "prompt", "response", "reward", "acc", "pred")}
+                 for row in answers[:per_step]]
+    _write_jsonl(out_dir / COMPLETIONS_FILE, rows)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import AutoTokenizer
 
 from rl_probe import verl_reward
-from rl_probe.embedded import MetricsCallback, behaviour_metrics
+from rl_probe.embedded import MetricsCallback, behaviour_metrics, write_completions
 from rl_probe.prompts import Prompter, problems_within_length
 from rl_probe.reward import RewardResult, score, score_held_out
 from rl_probe.spec import ProbeSpec
@@ -283,6 +283,8 @@ def import_verl_run(out_dir: Path, spec: ProbeSpec, seed: int, checkpoint: Path,
     evals = {r["step"]: {k: v for k, v in r["data"].items() if k.startswith("val-core/")} for r in rows}
     evals = {step: values for step, values in evals.items() if values}
     final_step = max(evals) if evals else None
+    if any((out_dir / "rollouts").glob("step_*.jsonl")):
+        write_completions(out_dir)
     summary = {
         "spec": spec.name,
         "spec_version": spec.version,

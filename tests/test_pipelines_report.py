@@ -111,3 +111,24 @@ def test_avg_at_k_is_a_column_beside_greedy_accuracy(tmp_path):
     rows = {line.split("|")[1].strip(): line.split("|")[-2].strip() for line in md.splitlines()
             if line.startswith(("| cot |", "| short |")) and "→" in line}
     assert rows == {"cot": "0.250 → 0.500", "short": "0.250 → 0.250"}
+
+
+def test_what_the_model_writes_before_and_after_rl_is_shown_escaped_with_its_reward(tmp_path):
+    import json
+
+    from pipelines.report import to_html
+
+    probes = [_probe("cot", s, [0.2, 0.5, 0.6]) for s in (1, 0)]
+    info = {}
+    for p in probes:
+        (tmp_path / p.key).mkdir()
+        rows = [{"step": step, "id": "7", "prompt": "What is <b>2+2</b>?", "response": f"seed {p.seed}: \\boxed{{{a}}}",
+                 "reward": r, "acc": r == 1.0, "pred": a} for step, a, r in ((0, "5", 0.0), (10, "4", 1.0))]
+        (tmp_path / p.key / "completions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        info[p.key] = StageInfo("probe", p.key, {"kind": "probe"}, tmp_path / p.key, {"config": {"spec": {"name": "x"}}}, {})
+    doc = build(SweepResults("s", probes, info, {}, [], None), "t", samples=200, n_rollouts=2)[0]
+    md = to_markdown(doc, "f")
+    assert "**cot · seed 0 · step 0** — reward 0.0, correct False" in md
+    assert "**cot · seed 0 · step 10** — reward 1.0, correct True" in md and "seed 1:" not in md
+    page = to_html(doc, "t")
+    assert "What is &lt;b&gt;2+2&lt;/b&gt;?" in page and "<b>2+2</b>" not in page

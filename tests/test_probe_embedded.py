@@ -88,6 +88,13 @@ def test_artifacts_and_metric_names(reference_run):
     assert passk == sorted(passk) and 0 <= passk[0] and passk[-1] <= 1
     assert set(profile["fewshot"]["acc_by_source"]) == {"toy/eval-a", "toy/eval-b"}
     assert summary == json.loads((out / "summary.json").read_text())
+    # the report's completions: the first held-out answers at the first and last eval, as written there
+    completions = [json.loads(line) for line in (out / "completions.jsonl").read_text().splitlines()]
+    assert [c["step"] for c in completions] == [0] * 4 + [SMOKE.steps] * 4
+    for step in (0, SMOKE.steps):
+        written = [json.loads(line) for line in (out / "rollouts" / f"step_{step}.jsonl").read_text().splitlines()][:4]
+        assert [c for c in completions if c["step"] == step] == [
+            {k: w[k] for k in ("step", "id", "prompt", "response", "reward", "acc", "pred")} for w in written]
     # a finished probe keeps its final policy (asked for here) and no resume state
     assert not (out / "state").exists() and (out / "policy" / "config.json").is_file()
     assert summary["prompts"] == {"max_prompt_length": SMOKE.max_prompt_length,
