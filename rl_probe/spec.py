@@ -25,7 +25,8 @@ RewardVariant = Literal["default", "wrong-half", "repetition", "single-box"]
 # metrics for the same spec, checkpoint and seed (part of every probe stage key; the spec's
 # content hash covers the spec itself).
 # 2: an empty \boxed{} is no answer; Dr.GRPO divides by the generation budget; evaluation's
-# scoring deadline no longer depends on machine load.
+# scoring deadline no longer depends on machine load; eval rows carry their split, and a probe
+# writes completions.jsonl.
 PROBE_CODE_VERSION = 2
 
 QUESTION = "{question}"  # where a template puts the problem's question
