@@ -309,7 +309,7 @@ def build(results: SweepResults, title: str, score: str = "auc_acc", samples: in
 
     if n_rollouts:
         doc.heading("What the model writes")
-        doc.para("Per checkpoint (its first probe seed), the first held-out problems' greedy answers at the "
+        doc.para("Per checkpoint (its first probe seed), its answers to the first held-out problems at the "
                  "first and the last eval, with their rewards (the probe's completions.jsonl).")
         for recipe in order:
             run = min((p for p in results.probes if p.recipe == recipe), key=lambda p: (p.replica or 0, p.seed))

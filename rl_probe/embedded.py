@@ -31,8 +31,8 @@ from rl_probe.prompts import Prompter, problems_within_length
 from rl_probe.reward import RewardResult, boxed_first, has_reflection, score, score_held_out, warm_up_verifier
 from rl_probe.sampler import Rollout, sample, teacher_forced
 from rl_probe.spec import ProbeSpec
-from runfiles import (COMPLETIONS_FILE, METRICS_FILE, append_metrics, atomic_write, keep_metrics_through, read_jsonl, read_metrics,
-                      replace_durably)
+from runfiles import (COMPLETIONS_FILE, METRICS_FILE, append_metrics, atomic_write, keep_metrics_through,
+                      read_jsonl, read_metrics, replace_durably)
 
 GENERATION_BATCH = 128  # sequences per sampler call in evaluation and profiling
 COMPLETIONS_PER_STEP = 4  # held-out answers kept at the first and the last eval, for the report
@@ -373,13 +373,14 @@ def _eval_pass(model, prompter: Prompter, problems: list[dict], spec: ProbeSpec,
 
 
 def write_completions(out_dir: Path, per_step: int = COMPLETIONS_PER_STEP) -> None:
-    """completions.jsonl: the first `per_step` greedy held-out answers (the same problems) at the first
+    """completions.jsonl: the first `per_step` held-out answers (the same problems) at the first
     and the last eval, with their rewards: what the model writes before and after RL, small enough
     to keep whatever happens to the full rollouts."""
     steps = sorted(int(path.stem.split("_")[1]) for path in (out_dir / "rollouts").glob("step_*.jsonl"))
     rows = []
     for step in dict.fromkeys((steps[0], steps[-1])):
-        answers = [r for r in read_jsonl(out_dir / "rollouts" / f"step_{step}.jsonl") if r.get("split", "eval") == "eval"]
+        rows_at_step = read_jsonl(out_dir / "rollouts" / f"step_{step}.jsonl")
+        answers = [r for r in rows_at_step if r.get("split", "eval") == "eval"]
         rows += [{key: row.get(key) for key in ("step", "id", "prompt", "response", "reward", "acc", "pred")}
                  for row in answers[:per_step]]
     _write_jsonl(out_dir / COMPLETIONS_FILE, rows)
@@ -440,7 +441,8 @@ def fewshot_accuracy(model, prompter: Prompter, train: list[dict], evals: list[d
     by_source = defaultdict(list)
     for problem, text in zip(evals, texts):
         answer = text.split(prompter.fewshot_stop, 1)[0] if prompter.fewshot_stop else text
-        by_source[problem["data_source"]].append(float(score_held_out(answer, problem["answer"], spec.reward_variant).acc))
+        result = score_held_out(answer, problem["answer"], spec.reward_variant)
+        by_source[problem["data_source"]].append(float(result.acc))
     return {
         "k": spec.fewshot_k,
         "acc": float(np.mean([a for values in by_source.values() for a in values])) if evals else 0.0,
