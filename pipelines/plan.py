@@ -146,7 +146,7 @@ class Plan:
                 config["engine_options"] = engine_options or {}
             if keep_policy:  # the run's artifacts include the final policy (absent: the keys of before)
                 config["keep_policy"] = True
-            kind = f"{control} control probe" if control else "probe"
+            kind = f"{control.replace('_', '-')} probe" if control else "probe"  # "random-reward probe"
             run = stage_run("probe", config, {"checkpoint": checkpoint, "problems": self.problems},
                             label=f"{kind} {recipe}{_replica_label(replica)} seed {seed}")
             (self.controls if control else self.probes)[(recipe, replica, seed)] = run
