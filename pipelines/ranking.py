@@ -60,18 +60,19 @@ class ProbeRun:
         return self.correct.mean(axis=1)
 
 
-def load_eval_correctness(run_dir: Path) -> tuple[list[int], list[str], np.ndarray]:
-    """Per-problem correctness at every eval step, from the probe's eval rollouts."""
+def load_eval_correctness(run_dir: Path, split: str = "eval") -> tuple[list[int], list[str], np.ndarray]:
+    """Per-problem correctness at every eval step, from the probe's eval rollouts (`split`
+    "eval-sampled": its avg@k rows, at the first and last eval of a spec with eval_sampled)."""
     per_step: dict[int, dict[str, list[float]]] = {}
     for path in sorted((run_dir / "rollouts").glob("step_*.jsonl")):
         step = int(path.stem.split("_")[1])
         for line in path.read_text().splitlines():
             row = json.loads(line)
-            if row.get("split", "eval") != "eval":
+            if row.get("split", "eval") != split:
                 continue
             per_step.setdefault(step, {}).setdefault(str(row["id"]), []).append(float(row["acc"]))
     if not per_step:
-        raise ValueError(f"{run_dir}: no eval rollouts")
+        raise ValueError(f"{run_dir}: no {split} rollouts")
     steps = sorted(per_step)
     ids = sorted(set.intersection(*(set(v) for v in per_step.values())))
     matrix = np.array([[np.mean(per_step[s][i]) for i in ids] for s in steps])

@@ -18,7 +18,7 @@ from rl_probe.spec import ProbeSpec
 
 # Bump when pass@k measurement or the choice of levels changes for the same spec (part of the
 # difficulty-control stage's key).
-DIFFICULTY_CODE_VERSION = 1
+DIFFICULTY_CODE_VERSION = 2  # 2: the reward counts an empty \boxed{} as no answer
 
 
 def pass_at_k_by_difficulty(checkpoint: Path, problems: list[dict], spec: ProbeSpec, k: int = 8,
