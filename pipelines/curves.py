@@ -39,6 +39,7 @@ STEP_COLUMNS = ("Step", "step", "_step")
 # budget units a curve may carry, as cumulative counts: a long table's column or a metric of this name
 COUNT_UNITS = ("rollouts", "tokens")
 BUDGET_UNITS = ("steps", *COUNT_UNITS)
+UNFINISHED_NAMED = 6  # a workspace mid-sweep: its unfinished runs named in one line, the first few
 IGNORED_SUFFIXES = ("__MIN", "__MAX")
 LONG_COLUMNS = ("run", "step", "metric", "value")
 
@@ -209,8 +210,9 @@ def read_workspace(workspace: Path, sweep: str | None = None, notes: list[str] |
         recipes = sorted({run.recipe for run in results.probes})
         where = f"{workspace}: sweep '{name}'"
         if unfinished and notes is not None:
+            named = "; ".join(unfinished[:UNFINISHED_NAMED]) + ("; …" if len(unfinished) > UNFINISHED_NAMED else "")
             notes.append(f"{where}: {len(unfinished)} probe run(s) not finished and not read "
-                         f"({'; '.join(unfinished)}); read {len(results.probes)} finished")
+                         f"({named}); read {len(results.probes)} finished")
         if len(recipes) < 2:
             message = (f"{where}: {len(recipes)} recipe(s) with a finished probe run; pairs need two"
                        + (f" ({len(unfinished)} probe run(s) not finished)" if unfinished else ""))
@@ -265,8 +267,9 @@ def read_curves(paths: list[Path], metric: str | None = None, sweep: str | None 
         for group in groups.values():
             for curve in group:
                 curve.metrics = {m: v for m, v in curve.metrics.items() if pattern.search(m)}
-    if not groups:
-        raise InputError(f"{', '.join(map(str, paths))}: no group of runs to compare")
+    if not groups:  # every sweep of a workspace left out: the notes say why
+        raise InputError(f"{', '.join(map(str, paths))}: no group of runs to compare"
+                         + "".join(f"; {note}" for note in notes or []))
     for name, group in groups.items():
         _check_group(name, group)
     return groups
