@@ -35,6 +35,7 @@ import numpy as np
 from pipelines.agreement import Accuracy, PairBootstrap, pair_outcomes
 from pipelines.errors import InputError
 
+TARGET_SUFFIX = "--target"  # the sweep `validate-probe SWEEP.yaml` gives a sweep's long target runs
 STEP_COLUMNS = ("Step", "step", "_step")
 # budget units a curve may carry, as cumulative counts: a long table's column or a metric of this name
 COUNT_UNITS = ("rollouts", "tokens")
@@ -193,7 +194,6 @@ def read_workspace(workspace: Path, sweep: str | None = None, notes: list[str] |
     should foretell. Only finished runs are read (a workspace may be mid-sweep): the others are
     named in one line appended to `notes`; a sweep with fewer than two recipes finished is left
     out with a note, or, when it is the sweep asked for, is an error."""
-    from pipelines.decision import TARGET_SUFFIX
     from pipelines.results import collect
     from pipelines.store import RunStore
 
@@ -476,8 +476,9 @@ def target_value(steps: np.ndarray, values: np.ndarray, horizon: float, n: int) 
 
 def with_budget_unit(groups: dict[str, list[Curve]], definitions: Definitions) -> Definitions:
     """The definitions with the budget unit resolved: rollouts with --rollouts-per-step (every
-    curve then counts N a step), else the unit asked for (every curve must carry it), else tokens
-    or rollouts when every curve carries them, else steps."""
+    curve's rollout counts are then set to N a step, replacing any it carried), else the unit
+    asked for (every curve must carry it), else tokens or rollouts when every curve carries them,
+    else steps."""
     definitions.check()
     unit, per_step = definitions.budget_unit, definitions.rollouts_per_step
     curves = [c for runs in groups.values() for c in runs]

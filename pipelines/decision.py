@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.agreement import Accuracy, PairBootstrap, finite, pair_outcomes
-from pipelines.curves import CurveDecision, Definitions, measure_curves, probe_curves
+from pipelines.curves import TARGET_SUFFIX, CurveDecision, Definitions, measure_curves, probe_curves
 from pipelines.errors import InputError
 from pipelines.plan import Plan, build_plan, fingerprint
 from pipelines.run_configs import ProblemSource
@@ -43,7 +43,6 @@ from pipelines.results import SweepResults, collect
 from pipelines.store import RunStore, StageRun
 from pipelines.sweep import Sweep, probe_spec
 
-TARGET_SUFFIX = "--target"
 SLOPE_STEPS = 10  # early reward slope: least-squares slope of the training reward over these steps
 ENTROPY_FIT_STEPS = 20  # entropy-performance fit on the evals of the first steps
 SUBSETS = 20  # random eval-problem subsets averaged for a point estimate below the full set

@@ -306,17 +306,19 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
     return {"nostep": (["nostep.csv"], "no Step column"), "onerun": (["onerun.csv"], "has one run"),
             "apart": (["apart.csv"], "no overlapping steps"), "text": (["text.csv"], "non-numeric cell 'n/a'"),
             "lonely": (["lonely.csv"], "group 'h' has one run"),
-            "metric": ([good.name, "--metric", "loss"], "--metric loss: matches no metric")}
+            "metric": ([good.name, "--metric", "loss"], "--metric loss: matches no metric"),
+            "unit": ([good.name, "--budget-unit", "tokens"], "run 'a' carries no tokens count"),
+            "badunit": ([good.name, "--budget-unit", "epochs"], "--budget-unit epochs: not one of steps")}
 
 
-@pytest.mark.parametrize("case", ["nostep", "onerun", "apart", "text", "lonely", "metric"])
+@pytest.mark.parametrize("case", ["nostep", "onerun", "apart", "text", "lonely", "metric", "unit", "badunit"])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, case):
     args, message = _bad_inputs(tmp_path)[case]
     result = _cli("--curves", *args, "--out", "out", cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
-    assert (args[0] in lines[0]) or case == "metric"
+    assert (args[0] in lines[0]) or case in ("metric", "badunit")
     assert not (tmp_path / "out").exists()
 
 
