@@ -18,7 +18,7 @@ SCORE_SIGNALS = {"auc_acc": "auc", "auc_gain": "auc", "final_acc": "last", "fina
 class Calibration:
     path: Path
     rows: list[dict]  # decision.json rows: signal, steps, budget, separable {accuracy, ci, pairs}
-    rollouts_per_step: int | None  # the calibration's budgets are rollouts when set
+    unit: str  # the calibration's budget unit: steps, rollouts or tokens
 
     @classmethod
     def load(cls, path: Path) -> "Calibration":
@@ -26,15 +26,15 @@ class Calibration:
         if errors:
             raise InputError(errors[0])
         data = json.loads(path.read_text())
-        return cls(path, data["rows"], data["definitions"].get("rollouts_per_step"))
+        definitions = data["definitions"]
+        # written before budget units: rollouts when it counted rollouts per step
+        unit = definitions.get("budget_unit") or ("rollouts" if definitions.get("rollouts_per_step") else "steps")
+        return cls(path, data["rows"], unit)
 
-    @property
-    def unit(self) -> str:
-        return "rollouts" if self.rollouts_per_step else "steps"
-
-    def budget(self, steps: int, rollouts_per_step: int) -> int:
-        """A probe of `steps` steps in the calibration's unit."""
-        return steps * rollouts_per_step if self.rollouts_per_step else steps
+    def budget(self, steps: int, rollouts_per_step: int) -> int | None:
+        """A probe of `steps` steps in the calibration's unit; None in tokens, which a probe's
+        spec does not fix (its responses' lengths do)."""
+        return {"steps": steps, "rollouts": steps * rollouts_per_step}.get(self.unit)
 
     def at(self, signal: str, budget: int) -> dict | None:
         """The longest calibrated budget not longer than `budget`, with separable pairs."""
@@ -46,11 +46,13 @@ class Calibration:
                 and (r["separable"]["accuracy"] or 0) >= accuracy]
         return min(rows, key=lambda r: r["budget"]) if rows else None
 
-    def sentence(self, score: str, budget: int) -> str:
+    def sentence(self, score: str, budget: int | None) -> str:
         """What the calibration says about a probe of `budget` read by `score`, for the verdict."""
         signal = SCORE_SIGNALS[score]
-        row = self.at(signal, budget)
         where = f"On the calibration curves ({self.path.name}, signal '{signal}' for {score})"
+        if budget is None:
+            return f"{where}, budgets are in {self.unit}, which this probe's spec does not fix: not read."
+        row = self.at(signal, budget)
         if row is None:
             shortest = min((r["budget"] for r in self.rows if r["signal"] == signal), default=None)
             return (f"{where}, no budget as short as this probe's {budget} {self.unit} was measured"

@@ -104,6 +104,8 @@ def _calibration_warning(spec, source: Path, accuracy: float) -> str | None:
     where = f"on {calibration.path.name} (signal '{signal}')"
     if cheapest is None:
         return f"no budget reached decision accuracy {accuracy:.2f} {where}: a verdict of this probe is weak evidence"
+    if budget is None:
+        return f"the calibration counts budgets in {calibration.unit}, which the probe's spec does not fix: not compared"
     if budget < cheapest["budget"]:
         return (f"the probe ({budget} {calibration.unit}) is shorter than the cheapest budget that reached decision "
                 f"accuracy {accuracy:.2f} {where}: {cheapest['budget']} {calibration.unit}")
@@ -314,31 +316,36 @@ def validate_probe(args: Optional[list[Path]] = typer.Argument(
                    metric: Optional[str] = typer.Option(None, help="with --curves: read only metrics matching this regex"),
                    workspace_sweep: Optional[str] = typer.Option(
                        None, help="with --curves WORKSPACE: this sweep only (default: every sweep, one group each)"),
-                   target_evals: int = typer.Option(5, help="with --curves: a run's target is the mean of its last "
-                                                             "this many evals at or before the horizon"),
-                   min_gap: float = typer.Option(0.0, help="with --curves: pairs whose target gap is below this "
-                                                          "are target ties"),
+                   target_evals: int = typer.Option(5, help="a run's target is the mean of its last this many "
+                                                             "evals at or before the horizon"),
+                   min_gap: float = typer.Option(0.0, help="pairs whose target gap is below this are target ties"),
                    eval_size: Optional[int] = typer.Option(
-                       None, help="with --curves: problems per eval; target gaps below the binomial standard "
+                       None, help="problems per eval; target gaps below the binomial standard "
                                   "error of the difference are ties too"),
                    rollouts_per_step: Optional[int] = typer.Option(
-                       None, help="with --curves: count budgets in rollouts (this many a step)"),
+                       None, help="count budgets in rollouts (this many a step)"),
+                   budget_unit: Optional[str] = typer.Option(
+                       None, help="steps, rollouts or tokens (default: tokens or rollouts when every curve "
+                                  "carries them, else steps)"),
                    budgets: Optional[str] = typer.Option(
-                       None, help="with --curves: comma-separated budgets (steps, or rollouts with "
-                                  "--rollouts-per-step); default: doubling from the first eval"),
-                   samples: int = typer.Option(2000, help="with --curves: bootstrap draws"),
-                   confidence: float = typer.Option(0.95, help="with --curves: CI level")) -> None:
+                       None, help="comma-separated budgets in the budget unit; default: doubling from the first eval"),
+                   samples: int = typer.Option(2000, help="with --curves: bootstrap draws (a sweep: its report's)"),
+                   confidence: float = typer.Option(0.95, help="with --curves: CI level (a sweep: its report's)")) -> None:
     """Decision accuracy of probe budgets and cheap signals against a long-run target ranking
-    (a sweep), or of signals read early on RL curves against the curves' ends (--curves)."""
+    (a sweep), or of signals read early on RL curves against the curves' ends (--curves); the
+    curve options define both modes' rows of signals by budget."""
+    from dataclasses import replace
+
+    from pipelines.curves import Definitions
     from pipelines.decision import format_accuracy, measure, save, target_plan
     from pipelines.execute import run_plan
     from pipelines.store import RunStore
 
+    definitions = Definitions(target_evals, min_gap, eval_size, rollouts_per_step,
+                              _seed_list(budgets, "--budgets") if budgets else None, samples, confidence,
+                              budget_unit=budget_unit)
+    definitions.check()
     if curves:  # `--curves a.csv b.csv`: the shell's list lands in the arguments after the first
-        from pipelines.curves import Definitions
-
-        definitions = Definitions(target_evals, min_gap, eval_size, rollouts_per_step,
-                                  _seed_list(budgets, "--budgets") if budgets else None, samples, confidence)
         _validate_curves([*curves, *(args or [])], out_dir, definitions, metric, workspace_sweep)
         return
     if not args or len(args) > 1:
@@ -356,7 +363,8 @@ def validate_probe(args: Optional[list[Path]] = typer.Argument(
                                 target_eval_set.resolve() if target_eval_set else None)
     run_plan(short, store, console)
     run_plan(target, store, console)
-    result = measure(store, spec.name, spec.report.score, spec.report.bootstrap_samples, spec.report.confidence)
+    result = measure(store, spec.name, spec.report.score, spec.report.bootstrap_samples, spec.report.confidence,
+                     replace(definitions, samples=spec.report.bootstrap_samples, confidence=spec.report.confidence))
     save(result, store.workspace / "reports" / spec.name / "decision.json")
     full, level = result.full_probe, spec.report.confidence
     typer.echo(f"target order ({result.target_setup['steps']} steps, seeds {result.target_setup['seeds']}): "
@@ -383,9 +391,10 @@ def _validate_curves(paths: list[Path], out_dir: Path, definitions, metric: Opti
     from pipelines import curves_report
     from pipelines.curves import measure_curves, read_curves
 
-    if definitions.target_evals < 1 or definitions.samples < 1 or not 0 < definitions.confidence < 1:
-        raise InputError("--target-evals and --samples must be >= 1, --confidence in (0, 1)")
-    groups = read_curves(paths, metric, sweep)
+    notes: list[str] = []
+    groups = read_curves(paths, metric, sweep, notes)
+    for note in notes:  # runs left unread (a workspace mid-sweep): said, not fatal
+        console.print(f"[yellow]note:[/] {note}", soft_wrap=True)
     decision = measure_curves(groups, definitions)
     sources = [str(p) for p in paths]
     out.print(curves_report.table(decision))

@@ -50,7 +50,7 @@ def table(decision: CurveDecision) -> Table:
 def cheapest(decision: CurveDecision, signal: str, threshold: float) -> Row | None:
     """The smallest budget at which `signal` ordered at least `threshold` of the separable pairs."""
     good = [r for r in decision.rows if r.signal == signal and r.separable.pairs and r.separable.accuracy >= threshold]
-    return min(good, key=lambda r: r.steps) if good else None
+    return min(good, key=lambda r: r.budget) if good else None
 
 
 def _accuracy_figure(decision: CurveDecision) -> Figure:
@@ -104,7 +104,7 @@ def page(decision: CurveDecision, sources: list[str]) -> str:
     doc = Doc()
     d = decision.definitions
     doc.heading("Decision accuracy from RL curves", 1)
-    best = max((r for r in decision.rows if r.separable.pairs), key=lambda r: (r.separable.accuracy, -r.steps),
+    best = max((r for r in decision.rows if r.separable.pairs), key=lambda r: (r.separable.accuracy, -r.budget),
                default=None)
     doc.para(f"{len(decision.groups)} groups, {len(decision.pairs)} pairs of runs, "
              f"{sum(p.tie for p in decision.pairs)} target ties. "

@@ -12,6 +12,10 @@ Every decider is scored on those pairs:
 - a *cheap signal* measured before RL or in its first steps (step-0 pass@k, few-shot accuracy,
   validation loss, step-0 policy entropy, early reward slope, and the entropy-performance fit
   R = -a*exp(H) + b of Cui et al. 2025, "The Entropy Mechanism of RL for Reasoning LMs").
+The target runs' own curves are also read as `validate-probe --curves` reads them (signals at
+each budget against the curves' ends, `pipelines.curves.measure_curves`), so that the sweep's
+decision.json carries the same `definitions` and one row per signal and budget, and can serve as
+a `probe.calibration`.
 Accuracy and CI come from pipelines.agreement, the computation `validate-probe --curves` uses:
 the point is the mean over the separated pairs of the decider's outcome against the target's
 point order; the CI resamples those pairs and scores, in draw b, the decider's bootstrap
@@ -30,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.agreement import Accuracy, PairBootstrap, finite, pair_outcomes
+from pipelines.curves import TARGET_SUFFIX, CurveDecision, Definitions, measure_curves, probe_curves
 from pipelines.errors import InputError
 from pipelines.plan import Plan, build_plan, fingerprint
 from pipelines.run_configs import ProblemSource
@@ -38,7 +43,6 @@ from pipelines.results import SweepResults, collect
 from pipelines.store import RunStore, StageRun
 from pipelines.sweep import Sweep, probe_spec
 
-TARGET_SUFFIX = "--target"
 SLOPE_STEPS = 10  # early reward slope: least-squares slope of the training reward over these steps
 ENTROPY_FIT_STEPS = 20  # entropy-performance fit on the evals of the first steps
 SUBSETS = 20  # random eval-problem subsets averaged for a point estimate below the full set
@@ -123,6 +127,7 @@ class Decision:
     target_setup: dict
     budgets: list[Decider] = field(default_factory=list)
     signals: list[Decider] = field(default_factory=list)
+    curves: CurveDecision | None = None  # the target runs' curves read as `--curves` reads them
 
     @property
     def full_probe(self) -> Decider:
@@ -151,6 +156,7 @@ class Decision:
             "disagreements": [list(p) for p in self.disagreements],
             "budgets": [{k: v for k, v in decider(b).items() if k != "name"} for b in self.budgets],
             "signals": [decider(s) for s in self.signals],
+            **(self.curves.rows_json() if self.curves else {}),
         }
 
 
@@ -272,13 +278,17 @@ class RunCost:
 
 
 def measure(store: RunStore, sweep: str, score: str, samples: int = 2000,
-            confidence: float = 0.95) -> Decision:
+            confidence: float = 0.95, definitions: Definitions | None = None) -> Decision:
     probes, target = collect(store, sweep), collect(store, sweep + TARGET_SUFFIX)
-    return decide(probes, target.probes, score, samples, confidence)
+    return decide(probes, target.probes, score, samples, confidence, definitions=definitions)
 
 
 def decide(probes: SweepResults, target_runs: list[ProbeRun], score: str, samples: int = 2000,
-           confidence: float = 0.95, seed: int = 0) -> Decision:
+           confidence: float = 0.95, seed: int = 0, definitions: Definitions | None = None) -> Decision:
+    """`definitions`: how the target runs' curves are read (default: `samples`, `confidence`)."""
+    group = probes.sweep + TARGET_SUFFIX  # the group `validate-probe --curves WORKSPACE` reads
+    curves = measure_curves({group: probe_curves(target_runs, group, Path(group))},
+                            definitions or Definitions(samples=samples, confidence=confidence, seed=seed))
     target = rank(target_runs, score=score, samples=samples, confidence=confidence, seed=seed + 1)
     recipes = [r.recipe for r in target.recipes]
     separated, ties = split_pairs(target)
@@ -310,7 +320,7 @@ def decide(probes: SweepResults, target_runs: list[ProbeRun], score: str, sample
         target_setup={"steps": max(max(r.eval_steps) for r in target_runs),
                       "seeds": sorted({r.seed for r in target_runs}),
                       "eval_problems": len(set.intersection(*(set(r.problem_ids) for r in target_runs)))},
-        budgets=budgets, signals=signals)
+        budgets=budgets, signals=signals, curves=curves)
 
 
 def _budget(judge: Judge, stack: np.ndarray, eval_steps: list[int], steps: int, k: int, m: int, score: str,

@@ -92,3 +92,14 @@ def test_the_verdict_says_what_the_calibration_implies(tmp_path):
     verdict = next(text for kind, text in doc.blocks if kind == "p")
     assert verdict.startswith("**cot** ranks first")
     assert verdict.endswith("a 80-step probe ordered 1.00 [1.00, 1.00] of 1 separable pairs as their ends did.")
+
+
+def test_a_calibration_in_tokens_is_not_read_at_a_length_in_steps(tmp_path):
+    from test_curves import _long_with_counts
+
+    groups = read_curves([_long_with_counts(tmp_path / "t.jsonl", {"a": 1000.0, "b": 100.0})])
+    json_path, _ = write(measure_curves(groups, Definitions(samples=50)), tmp_path / "calibration", ["t.jsonl"])
+    calibration = Calibration.load(json_path)
+    assert calibration.unit == "tokens" and calibration.budget(40, 64) is None
+    assert calibration.sentence("final_acc", None).endswith(
+        "budgets are in tokens, which this probe's spec does not fix: not read.")

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from pipelines.agreement import PairBootstrap
-from pipelines.curves import Definitions, forecast, measure_curves, read_curves, sigmoid
+from pipelines.curves import (Definitions, forecast, measure_curves, power_forecast, power_law, read_curves,
+                              sigmoid)
 from pipelines.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -202,6 +203,73 @@ def test_forecast_recovers_a_saturating_curve_and_falls_back():
     assert forecast(steps[:3], values[:3], 300.0) == (pytest.approx(values[:3].mean()), False)
 
 
+def test_power_law_recovers_its_asymptote_and_falls_back():
+    steps = np.arange(0, 101, 10, dtype=float)
+    values = np.where(steps > 0, power_law(np.maximum(steps, 1.0), 0.8, 0.6, 0.5), 0.05)  # step 0 is not fitted
+    predicted, fitted = power_forecast(steps, values, 1e12)
+    assert fitted and predicted == pytest.approx(0.8, abs=1e-3)  # the asymptote A
+    at_horizon, _ = power_forecast(steps, values, 300.0)
+    assert at_horizon == pytest.approx(0.8 - 0.6 / 300 ** 0.5, abs=1e-3)
+    # two evaluations after step 0 cannot fix three parameters: the mean of the last 3
+    assert power_forecast(steps[:3], values[:3], 300.0) == (pytest.approx(values[:3].mean()), False)
+
+
+def test_power_law_rows_count_their_fallbacks(tmp_path):
+    groups = read_curves([write_wandb(tmp_path / "cross.csv", "acc", crossing())])
+    rows = rows_by(measure_curves(groups, Definitions(budgets=[20, 40], samples=50)))
+    # at step 20 each of the 2 runs has 2 evaluations after step 0: both fall back
+    assert (rows[("powerlaw", 20)].forecast_fallbacks, rows[("powerlaw", 20)].forecast_fits) == (2, 2)
+    assert rows[("powerlaw", 40)].forecast_fallbacks == 0
+    assert rows[("powerlaw", 40)].to_json()["forecast_fits"] == 2
+
+
+def _long_with_counts(path: Path, tokens_per_step: dict[str, float], column: bool = True) -> Path:
+    """Two runs with crossing curves that spend tokens at different rates: per row a `tokens`
+    column (or `tokens` rows of their own) with the count consumed by that step."""
+    rows = []
+    for run, curve in crossing().items():
+        for step, value in curve.items():
+            count = tokens_per_step[run] * step
+            rows.append({"run": run, "step": step, "metric": "acc", "value": value,
+                         **({"tokens": count} if column else {})})
+            if not column:
+                rows.append({"run": run, "step": step, "metric": "tokens", "value": count})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("column", [True, False])
+def test_budgets_in_tokens_when_the_curves_carry_them(tmp_path, column):
+    # a spends 1000 tokens a step, b 100: a budget of 20000 tokens is step 20 of a and step 200
+    # (past the end) of b
+    groups = read_curves([_long_with_counts(tmp_path / "t.jsonl", {"a": 1000.0, "b": 100.0}, column)])
+    decision = measure_curves(groups, Definitions(budgets=[8000, 20000], samples=50))
+    assert decision.unit == "tokens" and decision.definitions.budget_unit == "tokens"
+    runs = {c.run: c for c in groups["t"]}
+    assert runs["t/a"].step_limit("tokens", 20000) == 20 and runs["t/b"].step_limit("tokens", 20000) == 100
+    rows = {(r.signal, r.budget): r for r in decision.rows}
+    # at 8000 tokens a is at step 0 (its step-10 count is 10000), b at step 80: b leads, as its target does
+    assert rows[("last", 8000)].separable.accuracy == 1.0 and rows[("last", 8000)].separable.pairs == 1
+    # 20000 tokens take b to its horizon: no probe shorter than the target, no pair
+    assert rows[("last", 20000)].separable.pairs == 0
+    # the default budgets double from the smallest count at a first eval (b: 1000 at step 10)
+    # while before the horizon's smallest count (b: 10000 at step 100)
+    assert [r.budget for r in measure_curves(groups, Definitions(samples=50)).rows if r.signal == "last"] == \
+        [1000, 2000, 4000, 8000]
+    # the same curves in steps, asked for
+    in_steps = measure_curves(groups, Definitions(budgets=[80], samples=50, budget_unit="steps"))
+    assert in_steps.unit == "steps" and in_steps.rows[0].steps == 80
+
+
+def test_a_budget_unit_the_curves_do_not_carry_is_bad_input(tmp_path):
+    groups = read_curves([write_wandb(tmp_path / "cross.csv", "acc", crossing())])
+    with pytest.raises(InputError, match="cross.csv: run 'a' carries no tokens count"):
+        measure_curves(groups, Definitions(budget_unit="tokens"))
+    with pytest.raises(InputError, match="--rollouts-per-step counts budgets in rollouts"):
+        measure_curves(groups, Definitions(budget_unit="tokens", rollouts_per_step=8))
+    assert measure_curves(groups, Definitions(samples=20)).unit == "steps"  # nothing carried: steps
+
+
 def test_long_tables_with_groups_and_seeds(tmp_path):
     rows = [{"run": r, "step": s, "metric": "acc", "value": v + 0.1 * seed, "group": "g", "seed": seed}
             for r, v0 in (("a", 0.2), ("b", 0.4)) for seed in (0, 1) for s, v in ((0, v0), (10, v0), (20, v0))]
@@ -238,17 +306,19 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
     return {"nostep": (["nostep.csv"], "no Step column"), "onerun": (["onerun.csv"], "has one run"),
             "apart": (["apart.csv"], "no overlapping steps"), "text": (["text.csv"], "non-numeric cell 'n/a'"),
             "lonely": (["lonely.csv"], "group 'h' has one run"),
-            "metric": ([good.name, "--metric", "loss"], "--metric loss: matches no metric")}
+            "metric": ([good.name, "--metric", "loss"], "--metric loss: matches no metric"),
+            "unit": ([good.name, "--budget-unit", "tokens"], "run 'a' carries no tokens count"),
+            "badunit": ([good.name, "--budget-unit", "epochs"], "--budget-unit epochs: not one of steps")}
 
 
-@pytest.mark.parametrize("case", ["nostep", "onerun", "apart", "text", "lonely", "metric"])
+@pytest.mark.parametrize("case", ["nostep", "onerun", "apart", "text", "lonely", "metric", "unit", "badunit"])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, case):
     args, message = _bad_inputs(tmp_path)[case]
     result = _cli("--curves", *args, "--out", "out", cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
-    assert (args[0] in lines[0]) or case == "metric"
+    assert (args[0] in lines[0]) or case in ("metric", "badunit")
     assert not (tmp_path / "out").exists()
 
 
@@ -263,8 +333,63 @@ def test_the_command_end_to_end_on_generated_exports(tmp_path):
     assert {"pairs", "target_ties", "budgets", "signals", "definitions", "rows"} <= set(saved)
     assert saved["pairs"] + saved["target_ties"] == 18
     assert [b["rollouts"] for b in saved["budgets"]] == [640, 1280, 2560, 5120, 10240]
-    assert {r["signal"] for r in saved["rows"]} == {"last", "mean3", "auc", "gain", "slope", "forecast"}
-    assert len(saved["rows"]) == 6 * 5
+    assert {r["signal"] for r in saved["rows"]} == {"last", "mean3", "auc", "gain", "slope", "forecast", "powerlaw"}
+    assert len(saved["rows"]) == 7 * 5
     assert saved["definitions"]["target_evals"] == 5 and saved["definitions"]["eval_size"] == 500
     page = (tmp_path / "out" / "decision.html").read_text()
     assert page.count("data:image/png;base64,") == 1 + 3  # accuracy against budget, each group's curves
+
+
+# -- a workspace mid-sweep --------------------------------------------------------------------
+
+def _probe_workspace(tmp: Path, finished: dict[tuple[str, int], list[float]], unfinished: dict[tuple[str, int], str]
+                     ) -> Path:
+    """A workspace whose sweep 's' has its probes and a validate-probe target 's--target': the
+    target's `finished` runs have published their eval rollouts (evals every 10 steps), the
+    `unfinished` ones only an index status (running, pending)."""
+    from pipelines.store import RunStore
+
+    store = RunStore(tmp / "ws")
+    runs = [("s", recipe, seed, None) for recipe in ("a", "b") for seed in (0,)] + \
+        [("s--target", recipe, seed, status) for (recipe, seed), status in unfinished.items()] + \
+        [("s--target", recipe, seed, "done") for recipe, seed in finished]
+    with store._db() as db:
+        for sweep, recipe, seed, status in runs:
+            key = f"{sweep}-{recipe}-{seed}"
+            db.execute("INSERT INTO runs(stage, key, status) VALUES ('probe', ?, ?)", (key, status or "done"))
+            db.execute("INSERT INTO sweep_members VALUES (?, 'probe', ?, ?)",
+                       (sweep, key, json.dumps({"kind": "probe", "recipe": recipe, "seed": seed})))
+            accuracy = finished.get((recipe, seed), [0.1, 0.2]) if status in (None, "done") else None
+            if accuracy is None:
+                continue
+            run_dir = tmp / "ws" / "probe" / key
+            (run_dir / "rollouts").mkdir(parents=True)
+            (run_dir / "manifest.json").write_text(json.dumps({"config": {"spec_hash": "h"}}))
+            for i, acc in enumerate(accuracy):
+                (run_dir / "rollouts" / f"step_{10 * i:04d}.jsonl").write_text(
+                    "".join(json.dumps({"id": f"p{p}", "acc": float(p < acc * 10)}) + "\n" for p in range(10)))
+    return tmp / "ws"
+
+
+def test_a_workspace_mid_sweep_reads_its_finished_runs_and_says_which_not(tmp_path):
+    rising = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+    workspace = _probe_workspace(tmp_path, {("a", 1000): rising, ("b", 1000): [0.5] * 8, ("c", 1000): [0.3] * 8},
+                                 {("c", 1001): "running", ("b", 1001): "pending"})
+    result = _cli("--curves", str(workspace), "--workspace-sweep", "s", "--out", "out", "--samples", "50",
+                  cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "sweep 's--target': 2 probe run(s) not finished and not read" in notes[0]
+    assert "b seed 1001 (pending); c seed 1001 (running)" in notes[0] and "read 3 finished" in notes[0]
+    saved = json.loads((tmp_path / "out" / "decision.json").read_text())
+    assert saved["groups"]["s--target"]["runs"] == ["a", "b", "c"]
+    assert saved["groups"]["s--target"]["targets"] == pytest.approx({"a": 0.6, "b": 0.5, "c": 0.3})
+
+
+def test_a_workspace_sweep_with_one_finished_recipe_is_one_line(tmp_path):
+    workspace = _probe_workspace(tmp_path, {("a", 1000): [0.1, 0.2]}, {("b", 1000): "running"})
+    result = _cli("--curves", str(workspace), "--workspace-sweep", "s", "--out", "out", cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "sweep 's--target': 1 recipe(s) with a finished probe run; pairs need two" in lines[0]
+    assert "(1 probe run(s) not finished)" in lines[0] and not (tmp_path / "out").exists()

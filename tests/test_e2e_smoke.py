@@ -151,6 +151,10 @@ def test_validate_probe_measures_decision_accuracy_against_longer_runs(smoke_run
     assert list(groups) == ["toy-smoke--target"] and groups["toy-smoke--target"]["horizon"] == 8
     assert sorted(groups["toy-smoke--target"]["runs"]) == sorted(json.loads(
         (workspace / "reports" / "toy-smoke" / "decision.json").read_text())["recipes"])
+    # the sweep mode's rows of signals by budget are the curves mode's on the same runs (one computation;
+    # the toy-smoke report's bootstrap settings are the curves mode's defaults)
+    curve_rows = json.loads((workspace / "curves" / "decision.json").read_text())
+    assert saved["rows"] == curve_rows["rows"] and saved["definitions"] == curve_rows["definitions"]
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from pipelines.agreement import agreement
+from pipelines.curves import SIGNALS, Definitions, measure_curves, read_curves
 from pipelines.decision import (
     budget_problems, budget_steps, decide, entropy_fit_ceiling, first_replica, held_out, save,
     split_pairs, target_plan)
@@ -80,7 +81,7 @@ TARGET = {"a": 0.8, "b": 0.6, "c": 0.6, "d": 0.2}
 TIMINGS = {"total_s": 100.0, "profile_s": 10.0, "eval_s": 18.0}  # 2 s an eval; 40 steps of 1.8 s
 
 
-def _decision(tmp_path, samples=400):
+def _decision(tmp_path, samples=400, target=None, definitions=None):
     probes, info, midtrain = [], {}, []
     for i, (recipe, curve) in enumerate(PROBE.items()):
         for seed in (0, 1, 2):
@@ -100,9 +101,9 @@ def _decision(tmp_path, samples=400):
         midtrain.append(StageInfo("midtrain", f"m{recipe}", {"recipes": [recipe]}, tmp_path, {},
                                   {"val/mathweb/loss": [(100, 2.0 + target_rank)],
                                    f"val/{recipe}/loss": [(100, 9.0 - target_rank)]}))
-    target = [_run(r, s, [0.1] + [acc] * 8, spec="target") for r, acc in TARGET.items() for s in (1000, 1001)]
+    target = target or [_run(r, s, [0.1] + [acc] * 8, spec="target") for r, acc in TARGET.items() for s in (1000, 1001)]
     results = SweepResults("constructed", probes, info, {}, midtrain, None)
-    return decide(results, target, "auc_acc", samples=samples)
+    return decide(results, target, "auc_acc", samples=samples, definitions=definitions)
 
 
 def test_decision_accuracy_on_constructed_rankings(tmp_path):
@@ -190,6 +191,41 @@ def test_decision_json_has_the_documented_fields(tmp_path):
     budget = saved["budgets"][0]
     assert set(budget) == {"steps", "seeds", "eval_problems", "cpu_hours", "accuracy", "ci"}
     assert {"name", "accuracy", "ci", "cpu_hours"} == set(saved["signals"][0])
+
+
+def test_decision_json_has_the_curves_definitions_and_rows(tmp_path):
+    path = tmp_path / "reports" / "decision.json"
+    save(_decision(tmp_path, samples=200), path)
+    saved = json.loads(path.read_text())
+    # the target runs' curves (evals every 5 steps to 40) read at budgets 5, 10, 20
+    assert saved["definitions"]["target_evals"] == 5 and saved["definitions"]["budget_unit"] == "steps"
+    assert [(r["signal"], r["budget"]) for r in saved["rows"]] == [
+        (name, k) for k in (5, 10, 20) for name in SIGNALS]
+    last = next(r for r in saved["rows"] if (r["signal"], r["budget"]) == ("last", 5))
+    # each target run is flat after step 0: its step-5 value orders the 5 pairs its end orders;
+    # b and c end equal (a target gap of 0)
+    assert last["all"] == {"accuracy": 1.0, "ci": [1.0, 1.0], "pairs": 5, "target_ties": 1}
+    assert "forecast_fallbacks" in next(r for r in saved["rows"] if r["signal"] == "powerlaw")
+    # the sweep's own keys stay as they were
+    assert saved["pairs"] == 5 and {"steps", "seeds", "eval_problems"} <= set(saved["budgets"][0])
+
+
+def test_the_sweep_rows_are_what_curves_mode_reads_from_the_same_curves(tmp_path):
+    definitions = Definitions(budgets=[5, 15], target_evals=3, min_gap=0.1, samples=100)
+    # seeds that differ, and curves that sink or rise after their start: rows that depend on the budget
+    target = [_run(r, s, [0.1] + [acc + (0.03 if r == "d" else -0.02) * i + 0.01 * (s - 1000) for i in range(8)],
+                   spec="target") for r, acc in TARGET.items() for s in (1000, 1001)]
+    swept = _decision(tmp_path, samples=100, target=target, definitions=definitions)
+    table = tmp_path / "target.csv"
+    with table.open("w") as handle:
+        handle.write("run,step,metric,value,group\n")
+        for run in target:
+            for step, acc in zip(run.eval_steps, run.accuracy):
+                handle.write(f"{run.recipe},{step},acc,{acc},g\n")
+    from_curves = measure_curves(read_curves([table]), definitions)
+    assert swept.to_json()["rows"] == [r.to_json() for r in from_curves.rows]
+    assert swept.to_json()["definitions"] == from_curves.definitions.describe()
+    assert [r["budget"] for r in swept.to_json()["rows"] if r["signal"] == "last"] == [5, 15]
 
 
 def test_validation_sweep_reuses_the_demo_stages():
