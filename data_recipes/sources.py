@@ -61,19 +61,24 @@ class QASource(BaseModel):
     """Question-answer files in GSM8K's format (`question`; `answer`: worked steps, then `#### final`)
     as documents: `worked` keeps the steps (calculator annotations `<<48/2=24>>` removed) and ends
     with the final answer in `\\boxed{}`; `short` answers with the box alone. The same problems in
-    both styles make two corpora that differ only in whether the work is shown."""
+    both styles make two corpora that differ only in whether the work is shown. `prose`: the steps
+    and "So the answer is N." with no box, for a template without the Q/A form (math text as the
+    web has it); `boxless`: the worked steps ending "The final answer is N." without the box, a
+    habit that costs every answer its format under a boxed reward."""
 
     model_config = ConfigDict(extra="forbid")
     type: Literal["qa"] = "qa"
     paths: list[str] = Field(min_length=1)
     format: Literal["gsm8k"] = "gsm8k"
-    style: Literal["worked", "short"]
+    style: Literal["worked", "short", "prose", "boxless"]
     template: str = Field(default="Question: {question}\nAnswer: {answer}",
                           description="the document; {question} and {answer} are replaced literally")
 
     def render(self, record: dict) -> str:
         steps, final = gsm8k_solution(record["answer"])
-        answer = f"{steps}\nThe final answer is \\boxed{{{final}}}." if self.style == "worked" else f"\\boxed{{{final}}}"
+        answer = {"worked": f"{steps}\nThe final answer is \\boxed{{{final}}}.", "short": f"\\boxed{{{final}}}",
+                  "prose": f"{' '.join(steps.splitlines())} So the answer is {final}.",
+                  "boxless": f"{steps}\nThe final answer is {final}."}[self.style]
         return self.template.replace("{question}", record["question"].strip()).replace("{answer}", answer)
 
 

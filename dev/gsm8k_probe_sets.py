@@ -35,6 +35,9 @@ ROOT = Path(__file__).resolve().parents[1] / "data" / "gsm8k"
 STEPS = 2
 SIZES = {"probe": 256, "eval": 64}
 SMOKE = {"probe": 16, "eval": 8}
+# The SmolLM2 study's held-out set (pipelines/sweeps/smollm2-study.yaml): the calculations of the
+# 256 word problems after the probe's (the 64 eval ones among them), the first STUDY_EVAL of them.
+STUDY_WORDS, STUDY_EVAL = 256, 256
 # GSM8K's calculator annotation of one binary operation on whole numbers with a whole result
 _CALCULATION = re.compile(r"<<\s*(\d+)\s*([-+*/x])\s*(\d+)\s*=\s*(-?\d+)\s*>>")
 _LATEX_OP = {"+": "+", "-": "-", "*": "\\times", "x": "\\times", "/": "\\div"}
@@ -52,7 +55,8 @@ def _write(split: str, kind: str, problems: list[dict], smoke: int) -> None:
 
 
 def word_problems(rows: list[dict]) -> dict[str, list[dict]]:
-    """{split: two-step word problems with the raw GSM8K answer under `solution`}."""
+    """{split: two-step word problems with the raw GSM8K answer under `solution`}; split "study"
+    starts where "eval" does and runs on for STUDY_WORDS problems."""
     chosen = []
     for line_no, row in enumerate(rows, 1):
         steps, final = gsm8k_solution(row["answer"])
@@ -64,6 +68,7 @@ def word_problems(rows: list[dict]) -> dict[str, list[dict]]:
     for split, size in SIZES.items():
         splits[split] = chosen[start:start + size]
         start += size
+    splits["study"] = chosen[SIZES["probe"]:SIZES["probe"] + STUDY_WORDS]
     return splits
 
 
@@ -82,13 +87,27 @@ def calculations(problems: list[dict], exclude: set[str]) -> list[dict]:
 def main() -> None:
     rows = [json.loads(line) for line in (ROOT / "train.jsonl").read_text().splitlines()]
     words = word_problems(rows)
-    for split, problems in words.items():
-        _write(split, f"{STEPS}step", [{k: v for k, v in p.items() if k != "solution"} for p in problems],
-               SMOKE[split])
+    for split in SIZES:
+        _write(split, f"{STEPS}step", _without_solution(words[split]), SMOKE[split])
     probe = calculations(words["probe"], exclude=set())
     evals = calculations(words["eval"], exclude={p["question"] for p in probe})
     _write("probe", "arith", probe, SMOKE["probe"])
     _write("eval", "arith", evals, SMOKE["eval"])
+    study = calculations(words["study"], exclude={p["question"] for p in probe})
+    if len(study) < STUDY_EVAL:
+        raise SystemExit(f"the study's {STUDY_WORDS} word problems make {len(study)} calculations, not {STUDY_EVAL}")
+    _write_whole("eval-2step-study", _without_solution(words["study"]))
+    _write_whole("eval-arith-study", study[:STUDY_EVAL])
+
+
+def _without_solution(problems: list[dict]) -> list[dict]:
+    return [{k: v for k, v in p.items() if k != "solution"} for p in problems]
+
+
+def _write_whole(name: str, problems: list[dict]) -> None:
+    path = ROOT / f"{name}.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in problems))
+    print(path, len(problems))
 
 
 if __name__ == "__main__":

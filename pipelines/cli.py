@@ -53,7 +53,9 @@ def validate(sweep: Path = typer.Argument(..., help="sweep YAML file"),
 
 
 @app.command()
-def plan(sweep: Path = typer.Argument(..., help="sweep YAML file"), workspace: Optional[Path] = WorkspaceOpt) -> None:
+def plan(sweep: Path = typer.Argument(..., help="sweep YAML file"), workspace: Optional[Path] = WorkspaceOpt,
+         accuracy: float = typer.Option(0.9, help="with probe.calibration: warn when the probe is shorter than "
+                                                  "the cheapest budget that reached this decision accuracy")) -> None:
     """Show the stage DAG and what the run store already has."""
     from pipelines.disk import disk_errors, sweep_disk
     from pipelines.plan import build_plan, why_run
@@ -92,6 +94,31 @@ def plan(sweep: Path = typer.Argument(..., help="sweep YAML file"), workspace: O
         from midtrain.reproducibility import CPU, CUDA
 
         out.print(f"midtrain stages: {CPU}; {CUDA}", soft_wrap=True)
+    if spec.probe.calibration:
+        warning = _calibration_warning(spec, sweep, accuracy)
+        if warning:
+            console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
+
+
+def _calibration_warning(spec, source: Path, accuracy: float) -> str | None:
+    """Whether the calibration says this probe is too short to reach `accuracy`."""
+    from pipelines.calibration import SCORE_SIGNALS, Calibration
+    from pipelines.sweep import probe_spec
+
+    calibration = Calibration.load(Path(spec.probe.calibration))
+    probe = probe_spec(spec, source)
+    budget = calibration.budget(probe.steps, probe.prompts_per_step * probe.group_size)
+    signal = SCORE_SIGNALS[spec.report.score]
+    cheapest = calibration.cheapest(signal, accuracy)
+    where = f"on {calibration.path.name} (signal '{signal}')"
+    if cheapest is None:
+        return f"no budget reached decision accuracy {accuracy:.2f} {where}: a verdict of this probe is weak evidence"
+    if budget is None:
+        return f"the calibration counts budgets in {calibration.unit}, which the probe's spec does not fix: not compared"
+    if budget < cheapest["budget"]:
+        return (f"the probe ({budget} {calibration.unit}) is shorter than the cheapest budget that reached decision "
+                f"accuracy {accuracy:.2f} {where}: {cheapest['budget']} {calibration.unit}")
+    return None
 
 
 SeedsOpt = typer.Option(None, "--seeds", help="comma-separated probe seeds (default: the sweep's)")
@@ -162,10 +189,10 @@ def _run_sweep(sweep_path: Path, workspace: Optional[Path], executor: Optional[s
 
 def _write_report(spec, store) -> Path:
     return _write_report_named(spec.name, store, spec.report.title or f"midprobe · {spec.name}",
-                               spec.report)
+                               spec.report, spec.probe.calibration)
 
 
-def _write_report_named(name: str, store, title: str, options=None) -> Path:
+def _write_report_named(name: str, store, title: str, options=None, calibration: str | None = None) -> Path:
     from pipelines.decision import TARGET_SUFFIX, measure
     from pipelines.report import build, write
     from pipelines.results import collect
@@ -176,7 +203,8 @@ def _write_report_named(name: str, store, title: str, options=None) -> Path:
     if store.members(name + TARGET_SUFFIX):  # validate-probe has run for this sweep
         decision = measure(store, name, options.score, options.bootstrap_samples, options.confidence)
     doc, _ = build(collect(store, name), title, score=options.score, samples=options.bootstrap_samples,
-                   confidence=options.confidence, n_rollouts=options.sample_rollouts, decision=decision)
+                   confidence=options.confidence, n_rollouts=options.sample_rollouts, decision=decision,
+                   calibration=Path(calibration) if calibration else None)
     _, page = write(doc, store.workspace / "reports" / name, title)
     return page
 
@@ -284,18 +312,56 @@ def probe(checkpoints: list[str] = typer.Argument(..., help="HF checkpoint direc
 
 
 @app.command("validate-probe")
-def validate_probe(sweep: Path = typer.Argument(..., help="sweep YAML file"),
+def validate_probe(args: Optional[list[Path]] = typer.Argument(
+                       None, metavar="SWEEP | FILE...", help="sweep YAML file; with --curves, more curve files"),
                    multiplier: int = typer.Option(8, help="target runs are this many times longer"),
                    target_seeds: str = typer.Option("1000,1001", help="seeds of the long-run target probes"),
                    target_eval_set: Optional[Path] = typer.Option(
                        None, help="the target's held-out eval problems (JSONL); needed when the sweep's "
                                   "eval set is a file (toy splits: the split's next problems)"),
-                   workspace: Optional[Path] = WorkspaceOpt, seeds: Optional[str] = SeedsOpt) -> None:
-    """Decision accuracy of probe budgets and cheap signals against a long-run target ranking."""
+                   workspace: Optional[Path] = WorkspaceOpt, seeds: Optional[str] = SeedsOpt,
+                   curves: Optional[list[Path]] = typer.Option(
+                       None, "--curves", help="RL curves instead of a sweep: W&B panel CSV exports, long tables "
+                                              "(run,step,metric,value[,group,seed]; CSV or JSONL) or workspaces"),
+                   out_dir: Path = typer.Option(Path("validate-probe"), "--out", help="with --curves: output folder"),
+                   metric: Optional[str] = typer.Option(None, help="with --curves: read only metrics matching this regex"),
+                   workspace_sweep: Optional[str] = typer.Option(
+                       None, help="with --curves WORKSPACE: this sweep only (default: every sweep, one group each)"),
+                   target_evals: int = typer.Option(5, help="a run's target is the mean of its last this many "
+                                                             "evals at or before the horizon"),
+                   min_gap: float = typer.Option(0.0, help="pairs whose target gap is below this are target ties"),
+                   eval_size: Optional[int] = typer.Option(
+                       None, help="problems per eval; target gaps below the binomial standard "
+                                  "error of the difference are ties too"),
+                   rollouts_per_step: Optional[int] = typer.Option(
+                       None, help="count budgets in rollouts (this many a step)"),
+                   budget_unit: Optional[str] = typer.Option(
+                       None, help="steps, rollouts or tokens (default: tokens or rollouts when every curve "
+                                  "carries them, else steps)"),
+                   budgets: Optional[str] = typer.Option(
+                       None, help="comma-separated budgets in the budget unit; default: doubling from the first eval"),
+                   samples: int = typer.Option(2000, help="with --curves: bootstrap draws (a sweep: its report's)"),
+                   confidence: float = typer.Option(0.95, help="with --curves: CI level (a sweep: its report's)")) -> None:
+    """Decision accuracy of probe budgets and cheap signals against a long-run target ranking
+    (a sweep), or of signals read early on RL curves against the curves' ends (--curves); the
+    curve options define both modes' rows of signals by budget."""
+    from dataclasses import replace
+
+    from pipelines.curves import Definitions
     from pipelines.decision import format_accuracy, measure, save, target_plan
     from pipelines.execute import run_plan
     from pipelines.store import RunStore
 
+    definitions = Definitions(target_evals, min_gap, eval_size, rollouts_per_step,
+                              _seed_list(budgets, "--budgets") if budgets else None, samples, confidence,
+                              budget_unit=budget_unit)
+    definitions.check()
+    if curves:  # `--curves a.csv b.csv`: the shell's list lands in the arguments after the first
+        _validate_curves([*curves, *(args or [])], out_dir, definitions, metric, workspace_sweep)
+        return
+    if not args or len(args) > 1:
+        raise InputError("validate-probe: give one sweep YAML file, or --curves FILE...")
+    sweep = args[0]
     if multiplier < 2:
         raise InputError("--multiplier: the target must be at least 2x the probe's steps")
     if target_eval_set is not None and not target_eval_set.is_file():
@@ -308,7 +374,8 @@ def validate_probe(sweep: Path = typer.Argument(..., help="sweep YAML file"),
                                 target_eval_set.resolve() if target_eval_set else None)
     run_plan(short, store, console)
     run_plan(target, store, console)
-    result = measure(store, spec.name, spec.report.score, spec.report.bootstrap_samples, spec.report.confidence)
+    result = measure(store, spec.name, spec.report.score, spec.report.bootstrap_samples, spec.report.confidence,
+                     replace(definitions, samples=spec.report.bootstrap_samples, confidence=spec.report.confidence))
     save(result, store.workspace / "reports" / spec.name / "decision.json")
     full, level = result.full_probe, spec.report.confidence
     typer.echo(f"target order ({result.target_setup['steps']} steps, seeds {result.target_setup['seeds']}): "
@@ -328,6 +395,22 @@ def validate_probe(sweep: Path = typer.Argument(..., help="sweep YAML file"),
                 else "the target separates no pair")
     typer.echo(f"decision accuracy: {format_accuracy(full.accuracy)} over {len(result.separated)} recipe pairs "
                f"({interval}, score {result.score}, {full.name})")
+
+
+def _validate_curves(paths: list[Path], out_dir: Path, definitions, metric: Optional[str],
+                     sweep: Optional[str]) -> None:
+    from pipelines import curves_report
+    from pipelines.curves import measure_curves, read_curves
+
+    notes: list[str] = []
+    groups = read_curves(paths, metric, sweep, notes)
+    for note in notes:  # runs left unread (a workspace mid-sweep): said, not fatal
+        console.print(f"[yellow]note:[/] {note}", soft_wrap=True)
+    decision = measure_curves(groups, definitions)
+    sources = [str(p) for p in paths]
+    out.print(curves_report.table(decision))
+    json_path, html_path = curves_report.write(decision, out_dir, sources)
+    typer.echo(f"decision.json: {json_path}\npage: {html_path}")
 
 
 @app.command()

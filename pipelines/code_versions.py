@@ -8,7 +8,7 @@ file) with their digest, and the outputs (files in a run directory) later stages
 recorded digest, so a change cannot reach a workspace without a decision:
 
     python -m pipelines.code_versions                  # which stages changed
-    python -m pipelines.code_versions --bump STAGE     # outputs change: new keys
+    python -m pipelines.code_versions --bump STAGE --why "..."   # outputs change: new keys
     python -m pipelines.code_versions --same-outputs STAGE --before WS1 --after WS2
 
 `--same-outputs` (a refactor: keys kept) is recorded only when the stage's runs that two
@@ -116,12 +116,13 @@ def differing_outputs(stage: str, before: Path, after: Path) -> tuple[int, list[
     return len(shared), [key for key in shared if old[key] != new[key]]
 
 
-def _record(stage: str, bump: bool) -> None:
+def _record(stage: str, bump: bool, why: str | None = None) -> None:
     table = json.loads(TABLE.read_text())
     entry = table[stage]
     entry["digest"] = digest(entry["sources"])
     if bump:
         entry["version"] += 1
+        entry.setdefault("changes", {})[str(entry["version"])] = why
     TABLE.write_text(json.dumps(table, indent=2) + "\n")
     recorded.cache_clear()
     kept = "new keys: its runs and everything downstream re-run" if bump else "keys kept"
@@ -145,6 +146,7 @@ def main(bump: Optional[str] = typer.Option(None, "--bump", metavar="STAGE", hel
              "STAGE's outputs change: record its sources and raise its version")),
          same_outputs: Optional[str] = typer.Option(None, "--same-outputs", metavar="STAGE", help=(
              "STAGE's code changed, its outputs did not: record its sources, keep its version")),
+         why: Optional[str] = typer.Option(None, help="with --bump: what the new version changes (kept in the table)"),
          before: Optional[Path] = typer.Option(None, help="workspace of the sweep run before the change"),
          after: Optional[Path] = typer.Option(None, help="workspace of the same sweep run after it")) -> None:
     """Show which stages' code changed since their versions were recorded, or record a decision."""
@@ -153,8 +155,10 @@ def main(bump: Optional[str] = typer.Option(None, "--bump", metavar="STAGE", hel
         raise typer.BadParameter(f"unknown stage '{stage}' (known: {', '.join(sorted(recorded()))})")
     if same_outputs:
         _same_outputs_shown(same_outputs, before, after)
+    if bump and not why:
+        raise typer.BadParameter("--bump needs --why: what the new version changes")
     if stage is not None:
-        _record(stage, bump=bool(bump))
+        _record(stage, bump=bool(bump), why=why)
         return
     stale = changed()
     for stage, entry in sorted(recorded().items()):

@@ -12,8 +12,15 @@ Every decider is scored on those pairs:
 - a *cheap signal* measured before RL or in its first steps (step-0 pass@k, few-shot accuracy,
   validation loss, step-0 policy entropy, early reward slope, and the entropy-performance fit
   R = -a*exp(H) + b of Cui et al. 2025, "The Entropy Mechanism of RL for Reasoning LMs").
-The CI of each accuracy pairs bootstrap replicates of the decider (seeds and eval problems
-resampled) with the target's (seeds and the target's eval problems resampled).
+The target runs' own curves are also read as `validate-probe --curves` reads them (signals at
+each budget against the curves' ends, `pipelines.curves.measure_curves`), so that the sweep's
+decision.json carries the same `definitions` and one row per signal and budget, and can serve as
+a `probe.calibration`.
+Accuracy and CI come from pipelines.agreement, the computation `validate-probe --curves` uses:
+the point is the mean over the separated pairs of the decider's outcome against the target's
+point order; the CI resamples those pairs and scores, in draw b, the decider's bootstrap
+replicate b (seeds and eval problems resampled) against the same point order, so the point
+and the interval are about one quantity.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines.agreement import Accuracy, PairBootstrap, finite, pair_outcomes
+from pipelines.curves import TARGET_SUFFIX, CurveDecision, Definitions, measure_curves, probe_curves
 from pipelines.errors import InputError
 from pipelines.plan import Plan, build_plan, fingerprint
 from pipelines.run_configs import ProblemSource
@@ -34,7 +43,6 @@ from pipelines.results import SweepResults, collect
 from pipelines.store import RunStore, StageRun
 from pipelines.sweep import Sweep, probe_spec
 
-TARGET_SUFFIX = "--target"
 SLOPE_STEPS = 10  # early reward slope: least-squares slope of the training reward over these steps
 ENTROPY_FIT_STEPS = 20  # entropy-performance fit on the evals of the first steps
 SUBSETS = 20  # random eval-problem subsets averaged for a point estimate below the full set
@@ -50,6 +58,10 @@ def target_plan(sweep: Sweep, source: Path, multiplier: int, seeds: list[int],
     next problems of the toy eval split (or `eval_set`, a JSONL file), so that the probe and
     the target do not share the noise of one eval sample.
     """
+    shared = sorted(set(seeds) & set(sweep.probe.seeds))
+    if shared:  # a target on a probe's seed replays the probe's first steps: agreement by construction
+        raise InputError(f"--target-seeds: seed {shared[0]} is also a probe seed of {source}; the target "
+                         "needs seeds of its own")
     plan = build_plan(sweep, source)
     spec = probe_spec(sweep, source)
     # the same number of evaluations as the short probe: a target costs `multiplier` times the
@@ -115,6 +127,7 @@ class Decision:
     target_setup: dict
     budgets: list[Decider] = field(default_factory=list)
     signals: list[Decider] = field(default_factory=list)
+    curves: CurveDecision | None = None  # the target runs' curves read as `--curves` reads them
 
     @property
     def full_probe(self) -> Decider:
@@ -133,7 +146,7 @@ class Decision:
     def to_json(self) -> dict:
         def decider(d: Decider) -> dict:
             row = {k: v for k, v in asdict(d).items() if v is not None}
-            return {**row, "accuracy": _finite(d.accuracy), "ci": [_finite(c) for c in d.ci]}
+            return {**row, "accuracy": finite(d.accuracy), "ci": [finite(c) for c in d.ci]}
 
         return {
             "pairs": len(self.separated), "target_ties": len(self.ties), "score": self.score,
@@ -143,6 +156,7 @@ class Decision:
             "disagreements": [list(p) for p in self.disagreements],
             "budgets": [{k: v for k, v in decider(b).items() if k != "name"} for b in self.budgets],
             "signals": [decider(s) for s in self.signals],
+            **(self.curves.rows_json() if self.curves else {}),
         }
 
 
@@ -156,10 +170,6 @@ def format_accuracy(value: float) -> str:
     return "–" if math.isnan(value) else f"{value:.2f}"  # nan: no separated pair to decide
 
 
-def _finite(value: float) -> float | None:
-    return None if math.isnan(value) else round(float(value), 4)
-
-
 def save(decision: Decision, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -168,16 +178,6 @@ def save(decision: Decision, path: Path) -> None:
 
 
 # -- the measure -------------------------------------------------------------------------------
-
-def agreement(proxy: np.ndarray, target: np.ndarray, pairs: np.ndarray) -> np.ndarray:
-    """Share of `pairs` ([P, 2] recipe indices) that `proxy` orders like `target` (scores over the
-    last axis, any leading axes). A tie on either side counts as a coin flip (0.5)."""
-    if not len(pairs):
-        return np.full(np.broadcast_shapes(proxy.shape[:-1], target.shape[:-1]), np.nan)
-    dp = proxy[..., pairs[:, 0]] - proxy[..., pairs[:, 1]]
-    dt = target[..., pairs[:, 0]] - target[..., pairs[:, 1]]
-    return np.where((dp == 0) | (dt == 0), 0.5, (dp * dt > 0).astype(float)).mean(axis=-1)
-
 
 def split_pairs(target: Ranking) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """The target's (better, worse) pairs whose difference CI excludes 0, and the pairs it ties."""
@@ -192,22 +192,19 @@ def split_pairs(target: Ranking) -> tuple[list[tuple[str, str]], list[tuple[str,
 
 @dataclass
 class Judge:
-    """The target's verdict on the separated pairs: its point scores and bootstrap replicates."""
+    """The target's verdict on the separated pairs: its point order, and the pair bootstrap every
+    decider is scored with (pipelines.agreement: the computation `validate-probe --curves` uses)."""
 
     pairs: np.ndarray  # [P, 2] recipe indices, the target's better one first
     point: np.ndarray  # [recipes]
-    replicates: np.ndarray  # [samples, recipes]
-    confidence: float
+    bootstrap: PairBootstrap
 
-    def accuracy(self, points: list[float], replicates: np.ndarray) -> tuple[float, tuple[float, float]]:
-        """Mean of a decider's point accuracies, and the CI of its replicate scores [samples, recipes]
-        judged against the target's paired replicates."""
-        values = agreement(replicates, self.replicates, self.pairs)
-        values = values[~np.isnan(values)]
-        if not len(values):
-            return float(np.mean(points)), (float("nan"), float("nan"))
-        alpha = (1 - self.confidence) / 2
-        return float(np.mean(points)), (float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha)))
+    def accuracy(self, points: np.ndarray, replicates: np.ndarray) -> Accuracy:
+        """A decider's accuracy from its point scores ([subsets, recipes]: the mean over subsets
+        of each pair's outcome) and its bootstrap replicates [samples, recipes], the replicate of
+        draw b scored on draw b of the pairs; the target's point order throughout."""
+        return self.bootstrap.accuracy(pair_outcomes(points, self.point, self.pairs).mean(axis=0),
+                                       pair_outcomes(replicates, self.point, self.pairs))
 
 
 def first_replica(runs: list[ProbeRun]) -> list[ProbeRun]:
@@ -281,20 +278,24 @@ class RunCost:
 
 
 def measure(store: RunStore, sweep: str, score: str, samples: int = 2000,
-            confidence: float = 0.95) -> Decision:
+            confidence: float = 0.95, definitions: Definitions | None = None) -> Decision:
     probes, target = collect(store, sweep), collect(store, sweep + TARGET_SUFFIX)
-    return decide(probes, target.probes, score, samples, confidence)
+    return decide(probes, target.probes, score, samples, confidence, definitions=definitions)
 
 
 def decide(probes: SweepResults, target_runs: list[ProbeRun], score: str, samples: int = 2000,
-           confidence: float = 0.95, seed: int = 0) -> Decision:
+           confidence: float = 0.95, seed: int = 0, definitions: Definitions | None = None) -> Decision:
+    """`definitions`: how the target runs' curves are read (default: `samples`, `confidence`)."""
+    group = probes.sweep + TARGET_SUFFIX  # the group `validate-probe --curves WORKSPACE` reads
+    curves = measure_curves({group: probe_curves(target_runs, group, Path(group))},
+                            definitions or Definitions(samples=samples, confidence=confidence, seed=seed))
     target = rank(target_runs, score=score, samples=samples, confidence=confidence, seed=seed + 1)
     recipes = [r.recipe for r in target.recipes]
     separated, ties = split_pairs(target)
     index = {r: i for i, r in enumerate(recipes)}
     judge = Judge(np.array([(index[a], index[b]) for a, b in separated], dtype=int).reshape(-1, 2),
                   np.array([r.score for r in target.recipes]),
-                  np.stack([target.replicates[r] for r in recipes], axis=-1), confidence)
+                  PairBootstrap([probes.sweep] * len(separated), samples, confidence, seed + 2))
 
     probes = replace(probes, probes=first_replica(probes.probes))
     stack, seeds, eval_steps = stack_runs(probes.probes, recipes)
@@ -319,7 +320,7 @@ def decide(probes: SweepResults, target_runs: list[ProbeRun], score: str, sample
         target_setup={"steps": max(max(r.eval_steps) for r in target_runs),
                       "seeds": sorted({r.seed for r in target_runs}),
                       "eval_problems": len(set.intersection(*(set(r.problem_ids) for r in target_runs)))},
-        budgets=budgets, signals=signals)
+        budgets=budgets, signals=signals, curves=curves)
 
 
 def _budget(judge: Judge, stack: np.ndarray, eval_steps: list[int], steps: int, k: int, m: int, score: str,
@@ -337,9 +338,8 @@ def _budget(judge: Judge, stack: np.ndarray, eval_steps: list[int], steps: int, 
     points = []
     for problems in subsets:
         per_run = run_scores(truncated[..., problems], score)  # [recipes, seeds]
-        points += [agreement(per_run[:, list(c)].mean(axis=1), judge.point, judge.pairs)
-                   for c in combinations(range(n_seeds), k)]
-    samples = len(judge.replicates)
+        points += [per_run[:, list(c)].mean(axis=1) for c in combinations(range(n_seeds), k)]
+    samples = len(judge.bootstrap.weights)
     weights = np.zeros((samples, n_problems))  # each replicate's problem draw as counts
     np.add.at(weights, (np.repeat(np.arange(samples), m), rng.integers(0, n_problems, samples * m)), 1.0 / m)
     acc = np.einsum("rsep,bp->rsbe", truncated, weights)  # [recipes, seeds, samples, evals]
@@ -347,18 +347,17 @@ def _budget(judge: Judge, stack: np.ndarray, eval_steps: list[int], steps: int, 
     draws = rng.integers(0, n_seeds, size=(samples, k))
     replicates = per_run[:, draws, np.arange(samples)[:, None]].mean(axis=-1).T  # [samples, recipes]
     cost = k / n_seeds * sum(c.cpu_seconds(steps, n_evals, m / n_problems) for c in costs)
-    accuracy, ci = judge.accuracy(points, replicates)
-    return Decider(f"probe: {steps} steps × {k} seed{'s' * (k > 1)} × {m} problems", cost / 3600, accuracy, ci,
-                   steps=steps, seeds=k, eval_problems=m)
+    accuracy = judge.accuracy(np.array(points), replicates)
+    return Decider(f"probe: {steps} steps × {k} seed{'s' * (k > 1)} × {m} problems", cost / 3600,
+                   accuracy.accuracy, accuracy.ci, steps=steps, seeds=k, eval_problems=m)
 
 
 def _signal(judge: Judge, name: str, values: np.ndarray, cpu_seconds: float, rng: np.random.Generator) -> Decider:
     """values: [recipes, seeds] (a signal of the checkpoint alone repeats over seeds); CI: seeds
     drawn with replacement."""
-    draws = rng.integers(0, values.shape[1], size=(len(judge.replicates), values.shape[1]))
-    accuracy, ci = judge.accuracy([agreement(values.mean(axis=1), judge.point, judge.pairs)],
-                                  values[:, draws].mean(axis=-1).T)
-    return Decider(name, cpu_seconds / 3600, accuracy, ci)
+    draws = rng.integers(0, values.shape[1], size=(len(judge.bootstrap.weights), values.shape[1]))
+    accuracy = judge.accuracy(values.mean(axis=1)[None], values[:, draws].mean(axis=-1).T)
+    return Decider(name, cpu_seconds / 3600, accuracy.accuracy, accuracy.ci)
 
 
 # -- cheap signals -----------------------------------------------------------------------------

@@ -114,6 +114,8 @@ class Plan:
     # recipe -> mid-training replica (its seed; None: the sweep has no midtrain.seeds) -> [stable, decay?]
     midtrain: dict[str, dict[int | None, list[StageRun]]] = field(default_factory=dict)
     roles: dict[StageRun, list[dict]] = field(default_factory=dict)
+    # the same keys -> the probe's random-reward control (probe.control), never ranked
+    controls: dict[tuple[str, int | None, int], StageRun] = field(default_factory=dict)
 
     def role(self, run: StageRun, **info) -> None:
         self.roles.setdefault(run, []).append(info)
@@ -132,7 +134,7 @@ class Plan:
             ordered.append(run)
 
         visit(self.problems)
-        for run in self.probes.values():
+        for run in [*self.probes.values(), *self.controls.values()]:
             visit(run)
         return ordered
 
@@ -143,15 +145,19 @@ class Plan:
 
     def add_probes(self, recipe: str, checkpoint: StageRun, spec, seeds: list[int],
                    engine_options: dict | None = None, replica: int | None = None,
-                   keep_policy: bool = False) -> None:
+                   keep_policy: bool = False, control: str | None = None) -> None:
+        """Probe runs of one checkpoint, one per seed; `control` (a probe.control value) marks them as
+        that control's runs (kept apart from the ranked probes, named in their roles and labels)."""
         for seed in seeds:
             config = ProbeRun(spec=spec, spec_hash=spec.content_hash(), seed=seed, keep_policy=keep_policy,
                               # GPUs, nodes, rollout engine: how verl lays the run out
                               engine_options=(engine_options or {}) if spec.engine == "verl" else None)
+            kind = f"{control.replace('_', '-')} probe" if control else "probe"  # "random-reward probe"
             run = stage_run("probe", config, {"checkpoint": checkpoint, "problems": self.problems},
-                            label=f"probe {recipe}{_replica_label(replica)} seed {seed}")
-            self.probes[(recipe, replica, seed)] = run
-            self.role(run, kind="probe", recipe=recipe, seed=seed, replica=replica)
+                            label=f"{kind} {recipe}{_replica_label(replica)} seed {seed}")
+            (self.controls if control else self.probes)[(recipe, replica, seed)] = run
+            self.role(run, kind="probe", recipe=recipe, seed=seed, replica=replica,
+                      **({"control": control} if control else {}))
 
 
 def _replica_label(replica: int | None) -> str:
@@ -292,13 +298,14 @@ def build_plan(sweep: Sweep, source: Path) -> Plan:
                                   auto={"spec": measured_with, "k": probe_cfg.difficulty_k,
                                         "target": list(probe_cfg.difficulty_target), "checkpoint": base})
     plan.role(plan.problems, kind="difficulty" if probe_cfg.difficulty == "auto" else "problems")
-    if probe_cfg.include_base:
-        plan.add_probes(BASE_RECIPE, base, spec, probe_cfg.seeds, probe_cfg.verl,
-                        keep_policy=probe_cfg.keep_policy)
-    for recipe, replicas in midtrain.items():
-        for replica, stages in replicas.items():
-            plan.add_probes(recipe, stages[-1], spec, probe_cfg.seeds, probe_cfg.verl, replica,
-                            probe_cfg.keep_policy)
+    probed = [(BASE_RECIPE, None, base)] if probe_cfg.include_base else []
+    probed += [(recipe, replica, stages[-1]) for recipe, replicas in midtrain.items()
+               for replica, stages in replicas.items()]
+    for recipe, replica, checkpoint in probed:
+        plan.add_probes(recipe, checkpoint, spec, probe_cfg.seeds, probe_cfg.verl, replica, probe_cfg.keep_policy)
+        if probe_cfg.control:
+            plan.add_probes(recipe, checkpoint, spec.with_random_reward(), probe_cfg.control_seeds or probe_cfg.seeds,
+                            probe_cfg.verl, replica, probe_cfg.keep_policy, probe_cfg.control)
     return plan
 
 

@@ -33,6 +33,10 @@ def check_sweep(sweep: Sweep, source: Path) -> list[str]:
     errors += _problem_sets(sweep, source.parent)
     errors += _base(sweep, source.parent)
     errors += _budgets(sweep)
+    if sweep.probe.calibration:
+        from pipelines.calibration import calibration_errors
+
+        errors += calibration_errors(resolve_path(sweep.probe.calibration, source.parent))
     return errors
 
 
@@ -304,7 +308,10 @@ def load_sweep(path: str | Path) -> Sweep:
     if errors:
         more = f" (+{len(errors) - 1} more: midprobe validate {path})" if len(errors) > 1 else ""
         raise InputError(f"{path}: {errors[0]}{more}")
-    return parse_sweep(Path(path))[0]
+    sweep = parse_sweep(Path(path))[0]
+    if sweep.probe.calibration:  # from here on, where the file is, whatever the working directory
+        sweep.probe.calibration = str(resolve_path(sweep.probe.calibration, Path(path).parent))
+    return sweep
 
 
 def validate_sweep(path: str | Path) -> list[str]:

@@ -12,7 +12,11 @@ The bootstrap is hierarchical (`hierarchical_replicates`): mid-training
 replicas of a recipe (the same recipe mid-trained with other data-order seeds,
 `midtrain.seeds`) at the outer level, probe seeds within each drawn replica,
 and eval problems (the same resampled problems for every run, so recipes stay
-paired). With one mid-training run per recipe the interval is conditional on
+paired). Probe seeds are paired too: recipes probed with the same seeds draw the
+same seeds in a replicate (a seed is the same RL prompt stream for every recipe).
+The seed and replica levels undo the percentile bootstrap's (n-1)/n shrinkage
+(`inflate`): with 2 or 3 seeds it would understate the spread by 18-29 %.
+With one mid-training run per recipe the interval is conditional on
 that run: two mid-training runs of one recipe can differ by more than it
 (issue 19), which is why `Ranking.sources` names what an interval includes.
 """
@@ -20,6 +24,7 @@ that run: two mid-training runs of one recipe can differ by more than it
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,18 +60,19 @@ class ProbeRun:
         return self.correct.mean(axis=1)
 
 
-def load_eval_correctness(run_dir: Path) -> tuple[list[int], list[str], np.ndarray]:
-    """Per-problem correctness at every eval step, from the probe's eval rollouts."""
+def load_eval_correctness(run_dir: Path, split: str = "eval") -> tuple[list[int], list[str], np.ndarray]:
+    """Per-problem correctness at every eval step, from the probe's eval rollouts (`split`
+    "eval-sampled": its avg@k rows, at the first and last eval of a spec with eval_sampled)."""
     per_step: dict[int, dict[str, list[float]]] = {}
     for path in sorted((run_dir / "rollouts").glob("step_*.jsonl")):
         step = int(path.stem.split("_")[1])
         for line in path.read_text().splitlines():
             row = json.loads(line)
-            if row.get("split", "eval") != "eval":
+            if row.get("split", "eval") != split:
                 continue
             per_step.setdefault(step, {}).setdefault(str(row["id"]), []).append(float(row["acc"]))
     if not per_step:
-        raise ValueError(f"{run_dir}: no eval rollouts")
+        raise ValueError(f"{run_dir}: no {split} rollouts")
     steps = sorted(per_step)
     ids = sorted(set.intersection(*(set(v) for v in per_step.values())))
     matrix = np.array([[np.mean(per_step[s][i]) for i in ids] for s in steps])
@@ -115,7 +121,7 @@ class Ranking:
     score_name: str
     confidence: float
     recipes: list[RecipeRanking]  # best first
-    beats: dict[tuple[str, str], float]  # P(score_a > score_b) over bootstrap replicates
+    beats: dict[tuple[str, str], float]  # P(score_a > score_b) + P(=)/2 over bootstrap replicates
     replicates: dict[str, np.ndarray]
     sources: str = ""  # which sources of variance the intervals include, for every interval's label
 
@@ -127,34 +133,59 @@ class Ranking:
         return point, float(np.quantile(diff, alpha)), float(np.quantile(diff, 1 - alpha))
 
 
+def inflate(drawn: np.ndarray, center: np.ndarray, n: int) -> np.ndarray:
+    """Undo the percentile bootstrap's shrinkage at a level of n units: the mean of n draws
+    with replacement varies by (n-1)/n of the unbiased variance of a mean, so the draw's
+    distance from the level's own mean is scaled by sqrt(n / (n-1))."""
+    return drawn if n < 2 else center + math.sqrt(n / (n - 1)) * (drawn - center)
+
+
+class SeedDraws:
+    """Probe-seed draws shared by every recipe whose runs have the same seeds: seed s gives
+    every recipe the same RL prompt stream and random draws, so the bootstrap pairs them (as
+    it pairs eval problems and replicas). Keyed by the seeds, the replica and the draw's slot."""
+
+    def __init__(self, samples: int, rng: np.random.Generator):
+        self.samples, self.rng, self.cache = samples, rng, {}
+
+    def __call__(self, seeds: tuple, replica, slot: int) -> np.ndarray:
+        key = (seeds, replica, slot)
+        if key not in self.cache:
+            self.cache[key] = self.rng.integers(0, len(seeds), size=(self.samples, len(seeds)))
+        return self.cache[key]
+
+
 def hierarchical_replicates(replicas: list[np.ndarray], score: str, problem_draws: np.ndarray,
-                            replica_draws: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+                            replica_draws: np.ndarray | None, seed_draws) -> np.ndarray:
     """Bootstrap replicates of one recipe's score, [samples].
 
-    `replicas`: per mid-training replica, its probe runs' correctness [seeds, evals, problems].
-    Each replicate draws replicas with replacement (`replica_draws` [samples, n_replicas]
-    indices; None with one replica), then probe seeds with replacement *within each drawn
-    replica*, fresh for every draw (a replica drawn twice contributes two inner resamples,
-    as a two-stage bootstrap does), on the eval problems of `problem_draws` [samples,
-    problems], which every recipe shares. The score of a replicate is the mean over drawn
-    replicas of the mean over their drawn seeds. With one replica this is the seeds-and-
-    problems bootstrap, draw for draw.
+    `replicas`: per mid-training replica, (its key, its probe seeds, its runs' correctness
+    [seeds, evals, problems]). Each replicate draws replicas with replacement (`replica_draws`
+    [samples, n_replicas] indices; None with one replica), then probe seeds with replacement
+    *within each drawn replica* (`seed_draws(seeds, replica, slot)`, shared with the other
+    recipes; a replica drawn twice contributes two inner resamples, as a two-stage bootstrap
+    does), on the eval problems of `problem_draws` [samples, problems], which every recipe
+    shares. The score of a replicate is the mean over drawn replicas of the mean over their
+    drawn seeds, each level's spread inflated by sqrt(n / (n-1)) (`inflate`).
     """
-    samples = problem_draws.shape[0]
     # per replica: every run's score on every problem resample, [seeds, samples]
     run_replicates = [run_scores(np.moveaxis(stack[:, :, problem_draws], 2, 1), score)
-                      for stack in replicas]
+                      for _, _, stack in replicas]
 
-    def inner(scores: np.ndarray) -> np.ndarray:  # mean over probe seeds drawn with replacement
-        draws = rng.integers(0, len(scores), size=(samples, len(scores)))
-        return np.take_along_axis(scores.T, draws, axis=1).mean(axis=1)
+    def inner(index: int, slot: int) -> np.ndarray:  # mean over probe seeds drawn with replacement
+        key, seeds, _ = replicas[index]
+        scores = run_replicates[index].T  # [samples, seeds]
+        drawn = np.take_along_axis(scores, seed_draws(seeds, key, slot), axis=1).mean(axis=1)
+        return inflate(drawn, scores.mean(axis=1), len(seeds))
 
     if replica_draws is None:
-        return inner(run_replicates[0])
-    slots = [np.stack([inner(scores) for scores in run_replicates], axis=1)  # [samples, replicas]
-             for _ in range(replica_draws.shape[1])]
-    drawn = [np.take_along_axis(slot, replica_draws[:, [k]], axis=1)[:, 0] for k, slot in enumerate(slots)]
-    return np.mean(drawn, axis=0)
+        return inner(0, 0)
+    slots = [np.stack([inner(r, k) for r in range(len(replicas))], axis=1)  # [samples, replicas]
+             for k in range(replica_draws.shape[1])]
+    drawn = np.mean([np.take_along_axis(slot, replica_draws[:, [k]], axis=1)[:, 0]
+                     for k, slot in enumerate(slots)], axis=0)
+    center = np.mean([scores.mean(axis=0) for scores in run_replicates], axis=0)
+    return inflate(drawn, center, len(replicas))
 
 
 def _count(values: set[int]) -> str:
@@ -179,11 +210,13 @@ def rank(runs: list[ProbeRun], score: str = "auc_acc", samples: int = 2000,
     if len(hashes) > 1:
         raise ValueError(f"refusing to rank probe runs made with different probe specs: {sorted(hashes)}")
     common = sorted(set.intersection(*(set(r.problem_ids) for r in runs)))
-    # recipe -> mid-training replica -> its probe runs' correctness on the common problems
+    # recipe -> mid-training replica -> its probe runs' correctness on the common problems, by seed
     by_recipe: dict[str, dict[int | None, list[np.ndarray]]] = {}
-    for run in runs:
+    seeds_of: dict[tuple[str, int | None], list[int]] = {}
+    for run in sorted(runs, key=lambda r: r.seed):
         columns = [run.problem_ids.index(i) for i in common]
         by_recipe.setdefault(run.recipe, {}).setdefault(run.replica, []).append(run.correct[:, columns])
+        seeds_of.setdefault((run.recipe, run.replica), []).append(run.seed)
     n_evals = {m.shape[0] for reps in by_recipe.values() for ms in reps.values() for m in ms}
     if len(n_evals) > 1:
         raise ValueError(f"probe runs have different numbers of eval steps: {sorted(n_evals)}")
@@ -194,6 +227,7 @@ def rank(runs: list[ProbeRun], score: str = "auc_acc", samples: int = 2000,
     # Recipes mid-trained with the same replica seeds are paired like the problems: replica s of
     # each may share stages (a shared stable stage), so their replicas are drawn together.
     replica_draws: dict[tuple, np.ndarray] = {}
+    seed_draws = SeedDraws(samples, rng)
     replicates: dict[str, np.ndarray] = {}
     rankings = []
     alpha = (1 - confidence) / 2
@@ -203,7 +237,9 @@ def rank(runs: list[ProbeRun], score: str = "auc_acc", samples: int = 2000,
         if len(order) > 1 and tuple(order) not in replica_draws:
             replica_draws[tuple(order)] = rng.integers(0, len(order), size=(samples, len(order)))
         draws = replica_draws.get(tuple(order)) if len(order) > 1 else None
-        replicates[recipe] = hierarchical_replicates(stacks, score, problem_draws, draws, rng)
+        replicates[recipe] = hierarchical_replicates(
+            [(r, tuple(seeds_of[(recipe, r)]), stack) for r, stack in zip(order, stacks)],
+            score, problem_draws, draws, seed_draws)
         per_replica = {r: float(run_scores(stack, score).mean()) for r, stack in zip(order, stacks)}
         everything = np.concatenate(stacks)
         acc = everything.mean(axis=2)
@@ -214,16 +250,21 @@ def rank(runs: list[ProbeRun], score: str = "auc_acc", samples: int = 2000,
             seeds=len(everything), step0_acc=float(acc[:, 0].mean()), final_acc=float(acc[:, -1].mean()),
             per_seed=[float(s) for s in run_scores(everything, score)], per_replica=per_replica))
     rankings.sort(key=lambda r: -r.score)
-    beats = {(a.recipe, b.recipe): float((replicates[a.recipe] > replicates[b.recipe]).mean())
+    # a tie in a replicate is half a win each way: two recipes that never score differ by nothing
+    beats = {(a.recipe, b.recipe): float((replicates[a.recipe] > replicates[b.recipe]).mean()
+                                         + 0.5 * (replicates[a.recipe] == replicates[b.recipe]).mean())
              for a in rankings for b in rankings if a.recipe != b.recipe}
     return Ranking(score, confidence, rankings, beats, replicates, _sources(by_recipe, n_problems))
 
 
 def verdict(ranking: Ranking, runs: list[ProbeRun]) -> str:
-    """The report's first line: a winner only where the evidence separates it from the runner-up.
+    """The report's first line: a winner only where the evidence separates it from every other
+    recipe, on intervals that include RL-seed variance.
 
     No held-out problem solved by any checkpoint at any eval means the probe measured nothing;
-    a lead whose interval over the runner-up includes 0 is not a win, whatever the point order."""
+    a lead whose interval over any other recipe includes 0 is not a win, whatever the point
+    order; with one probe run of a recipe its interval covers eval problems only, so the lead is
+    reported conditional on that RL seed and no winner is named."""
     score = ranking.score_name
     if not any(run.correct.any() for run in runs):
         return (f"**No reward signal**: no checkpoint solved any held-out problem at any eval step, so the "
@@ -239,9 +280,21 @@ def verdict(ranking: Ranking, runs: list[ProbeRun]) -> str:
     lead = (f"{best.recipe} − {runner_up.recipe} = {point:+.3f}, {interval} [{lo:+.3f}, {hi:+.3f}]; "
             f"{best.recipe} beats {runner_up.recipe} in {ranking.beats[(best.recipe, runner_up.recipe)]:.0%} "
             "of bootstrap replicates")
-    if lo > 0:
+    unseparated = [r.recipe for r in ranking.recipes[1:] if ranking.difference_ci(best.recipe, r.recipe)[1] <= 0]
+    single = [r.recipe for r in ranking.recipes if r.seeds < 2]
+    if not unseparated and single:
+        return (f"**{best.recipe}** leads by {score} = {best.score:.3f} [{best.ci_low:.3f}, {best.ci_high:.3f}]: "
+                f"{lead}, **conditional on one RL seed** ({', '.join(single)} had one probe run): the interval "
+                "covers eval problems only, not another RL seed's run, so the probe names no winner "
+                "(`probe.seeds` needs at least 2).")
+    if not unseparated:
         return (f"**{best.recipe}** ranks first by {score} = {best.score:.3f} [{best.ci_low:.3f}, "
-                f"{best.ci_high:.3f}]: {lead}.")
+                f"{best.ci_high:.3f}]: {lead}; its difference to every other recipe excludes 0.")
+    if lo > 0:  # ahead of the runner-up, not of a recipe below it with a wider interval
+        _, olo, ohi = ranking.difference_ci(best.recipe, unseparated[0])
+        return (f"**Not separated** by {score}: the probe names no winner. {best.recipe} leads on the point "
+                f"estimate ({best.score:.3f}) and {lead}, but {best.recipe} − {unseparated[0]}: {interval} "
+                f"[{olo:+.3f}, {ohi:+.3f}] includes 0.")
     spread = ""
     if worst.recipe != runner_up.recipe:
         _, wlo, whi = ranking.difference_ci(best.recipe, worst.recipe)

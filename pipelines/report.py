@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import math
 import re
 import time
@@ -23,10 +22,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pipelines.failures import FAILURE_MODES  # noqa: E402
-from pipelines.ranking import SCORES, Ranking, rank, spearman, verdict  # noqa: E402
+from pipelines.ranking import (SCORES, Ranking, load_eval_correctness, rank, run_scores, spearman,  # noqa: E402
+                               verdict)
 from pipelines.results import SweepResults, recipe_cost_hours  # noqa: E402
 from rl_probe.difficulty import pooled_pass_at_k  # noqa: E402
-from runfiles import atomic_write  # noqa: E402
+from runfiles import COMPLETIONS_FILE, atomic_write, read_jsonl  # noqa: E402
 
 PROBE_CURVES = [
     ("critic/score/mean", "training reward"),
@@ -216,18 +216,25 @@ def _prompt_lengths(results: SweepResults) -> str:
 
 
 def build(results: SweepResults, title: str, score: str = "auc_acc", samples: int = 2000,
-          confidence: float = 0.95, n_rollouts: int = 3, decision=None) -> tuple[Doc, Ranking]:
+          confidence: float = 0.95, n_rollouts: int = 3, decision=None,
+          calibration: Path | None = None) -> tuple[Doc, Ranking]:
     ranking = rank(results.probes, score=score, samples=samples, confidence=confidence)
     order = [r.recipe for r in ranking.recipes]
     colors = _colors(order)
     doc = Doc()
     doc.heading(title, 1)
     spec_hash = results.probes[0].spec_hash
-    spec_name = results.probe_info[results.probes[0].key].manifest["config"]["spec"]["name"]
     seeds = sorted({r.seed for r in results.probes})
     replicas = sorted({r.replica for r in results.probes if r.replica is not None})
-    doc.para(verdict(ranking, results.probes) + f" (Intervals over {ranking.sources}.)")
-    doc.para(f"Sweep **{results.sweep}** · probe spec **{spec_name}** (hash `{spec_hash}`) · "
+    spec = results.probe_info[results.probes[0].key].manifest["config"]["spec"]
+    calibrated = ""
+    if calibration is not None:  # what a probe this long was worth on long RL curves
+        from pipelines.calibration import Calibration
+
+        known = Calibration.load(calibration)
+        calibrated = " " + known.sentence(score, known.budget(spec["steps"], spec["prompts_per_step"] * spec["group_size"]))
+    doc.para(verdict(ranking, results.probes) + f" (Intervals over {ranking.sources}.)" + calibrated)
+    doc.para(f"Sweep **{results.sweep}** · probe spec **{spec['name']}** (hash `{spec_hash}`) · "
              f"seeds {', '.join(map(str, seeds))}"
              + (f" · mid-training replicas (seeds) {', '.join(map(str, replicas))}" if replicas else "")
              + f" · generated {time.strftime('%Y-%m-%d %H:%M')}")
@@ -279,8 +286,16 @@ def build(results: SweepResults, title: str, score: str = "auc_acc", samples: in
                      f"{final.mean():.3f} ± {se:.3f}",
                      f"{learning[recipe].score:+.3f} [{learning[recipe].ci_low:+.3f}, {learning[recipe].ci_high:+.3f}]",
                      str(n_problems)])
-    doc.table(["recipe", "step-0 pass@8 (probe set)", "uniform groups, steps ≤ 10",
-               "final held-out acc ± SE", f"fitted gain, {confidence:.0%} CI", "eval problems"], diag)
+    header = ["recipe", "step-0 pass@8 (probe set)", "uniform groups, steps ≤ 10",
+              "final held-out acc ± SE", f"fitted gain, {confidence:.0%} CI", "eval problems"]
+    spec = results.probe_info[results.probes[0].key].manifest["config"]["spec"]
+    if sampled_k := spec.get("eval_sampled"):
+        header.append(f"avg@{sampled_k} step 0 → last (T={spec['temperature']})")
+        for row, recipe in zip(diag, order):
+            first, last = np.mean([load_eval_correctness(results.probe_info[p.key].path, "eval-sampled")[2]
+                                   .mean(axis=1)[[0, -1]] for p in results.probes if p.recipe == recipe], axis=0)
+            row.append(f"{first:.3f} → {last:.3f}")
+    doc.table(header, diag)
     doc.para(f"Fitted gain: {SCORES['fitted_gain']}; an interval above 0 means the probe's RL really "
              f"improved the checkpoint on held-out problems. Intervals over {ranking.sources}.")
     if results.difficulty:
@@ -291,6 +306,7 @@ def build(results: SweepResults, title: str, score: str = "auc_acc", samples: in
                  f"level(s) {', '.join(map(str, d['chosen_levels']))} (pooled pass@{d['k']} "
                  f"{pooled_pass_at_k(d['pass_at_k_by_level'], d['chosen_levels']):.2f}).")
     doc.para("Failure modes: " + "; ".join(f"**{k}** — {v}" for k, v in FAILURE_MODES.items()) + ".")
+    _control_section(doc, results, order)
 
     _cheap_signals(doc, results, ranking)
     if decision is not None:
@@ -299,19 +315,23 @@ def build(results: SweepResults, title: str, score: str = "auc_acc", samples: in
     _training_section(doc, results)
 
     if n_rollouts:
-        doc.heading("Sample rollouts")
+        doc.heading("What the model writes")
+        doc.para("Per checkpoint (its first probe seed), its answers to the first held-out problems at the "
+                 "first and the last eval, with their rewards (the probe's completions.jsonl).")
         for recipe in order:
-            run = min((p for p in results.probes if p.recipe == recipe), key=lambda p: p.seed)
-            info = results.probe_info[run.key]
-            for step in (run.eval_steps[0], run.eval_steps[-1]):
-                path = info.path / "rollouts" / f"step_{step}.jsonl"
-                rows_ = [json.loads(line) for line in path.read_text().splitlines()[:n_rollouts]]
-                doc.samples([{"title": f"{recipe} · seed {run.seed} · step {step}", **row} for row in rows_])
+            run = min((p for p in results.probes if p.recipe == recipe), key=lambda p: (p.replica or 0, p.seed))
+            completions = read_jsonl(results.probe_info[run.key].path / COMPLETIONS_FILE)
+            for step in dict.fromkeys(row["step"] for row in completions):
+                shown = [row for row in completions if row["step"] == step][:n_rollouts]
+                doc.samples([{"title": f"{recipe}{'' if run.replica is None else f' · replica {run.replica}'}"
+                                       f" · seed {run.seed} · step {step}", **row} for row in shown])
 
     doc.heading("Provenance")
     doc.para("Every number above is read from these stage runs (workspace-relative directories).")
     prov = [[p.recipe + ("" if p.replica is None else f" · replica {p.replica}"), str(p.seed),
              f"probe/{p.key}"] for p in results.probes]
+    prov += [[f"{p.recipe} · random-reward control" + ("" if p.replica is None else f" · replica {p.replica}"),
+              str(p.seed), f"probe/{p.key}"] for p in results.controls]
     prov += [[", ".join(m.role["recipes"]) or "base", m.role.get("phase", ""), f"midtrain/{m.key}"]
              for m in results.midtrain]
     if results.base:
@@ -319,6 +339,32 @@ def build(results: SweepResults, title: str, score: str = "auc_acc", samples: in
     prov += [[name, "curation", info.ref] for name, info in results.curation.items()]
     doc.table(["recipe / corpus", "seed / phase", "stage run"], prov)
     return doc, ranking
+
+
+def _control_section(doc: Doc, results: SweepResults, order: list[str]) -> None:
+    """Each checkpoint's RL gain beside its random-reward control's (probe.control)."""
+    if not results.controls:
+        return
+    doc.heading("Random-reward control", 3)
+    doc.para("Every checkpoint probed again with the same seeds and its rewards shuffled within each "
+             "group (the spec's random-reward control, its own hash): the same reward mean and spread, "
+             "no information about which response was right. A gain no larger than the control's comes "
+             "from the update itself (format priors, clipping), not from learning from the reward. "
+             "Gain: held-out accuracy at the last eval minus step 0, mean over seeds; fitted gain: "
+             f"{SCORES['fitted_gain']}.")
+    rows = []
+    for recipe in order:
+        runs = [p for p in results.probes if p.recipe == recipe]
+        controls = [p for p in results.controls if p.recipe == recipe]
+        if not controls:
+            continue
+        gain, control = (np.mean([run_scores(p.correct, "final_gain") for p in group]) for group in (runs, controls))
+        fitted, control_fitted = (np.mean([run_scores(p.correct, "fitted_gain") for p in group])
+                                  for group in (runs, controls))
+        rows.append([recipe, f"{gain:+.3f}", f"{control:+.3f}", f"{gain - control:+.3f}",
+                     f"{fitted:+.3f}", f"{control_fitted:+.3f}", f"{len(runs)} / {len(controls)}"])
+    doc.table(["recipe", "RL gain", "control's gain", "gain − control", "fitted gain", "control's fitted gain",
+               "probe / control runs"], rows)
 
 
 def _replica_section(doc: Doc, ranking: Ranking) -> None:
@@ -410,7 +456,9 @@ def _decision_section(doc: Doc, decision) -> None:
              "0.5). Probe budgets reuse the probe's logged evals (its first steps, a subset of its seeds and "
              "eval problems; point estimate averaged over the subsets); CPU-h is the probe CPU time of all "
              "recipes at that budget, from the stage timings. Signal CPU-h: what measuring it costs beyond "
-             f"the checkpoints. {level} CIs: bootstrap over seeds and eval problems, paired with the target's.")
+             f"the checkpoints. {level} CIs: bootstrap of the separated pairs, each draw scoring a replicate of the "
+             "decider (its seeds and eval problems resampled) against the target's order, as `validate-probe "
+             "--curves` does.")
     rows = [[d.name, f"{d.cpu_hours:.3f}", format_accuracy(d.accuracy),
              f"[{format_accuracy(d.ci[0])}, {format_accuracy(d.ci[1])}]"]
             for d in sorted(decision.budgets, key=lambda d: d.cpu_hours) + decision.signals]

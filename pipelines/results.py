@@ -45,6 +45,7 @@ class SweepResults:
     base: StageInfo | None
     difficulty: StageInfo | None = None
     missing: list[str] = field(default_factory=list)
+    controls: list[ProbeRun] = field(default_factory=list)  # random-reward control probes, never ranked
 
     def midtrain_for(self, recipe: str) -> list[StageInfo]:
         """The recipe's mid-training stages in training order (stable, then decay): each stage's
@@ -102,7 +103,7 @@ def collect(store: RunStore, sweep: str) -> SweepResults:
         if "recipe" in role and role.get("kind") == "midtrain":
             by_ref[ref].role["recipes"].append(role["recipe"])
 
-    probes, probe_info = [], {}
+    probes, controls, probe_info = [], [], {}
     for info in by_ref.values():
         if info.role.get("kind") != "probe":
             continue
@@ -115,15 +116,16 @@ def collect(store: RunStore, sweep: str) -> SweepResults:
                        cpu_seconds=info.manifest.get("cpu_seconds", 0.0),
                        replica=info.role.get("replica"))
         run.failure_modes = classify(info.metrics, run.accuracy)
-        probes.append(run)
+        (controls if info.role.get("control") else probes).append(run)
         probe_info[info.key] = info
     probes.sort(key=lambda r: (r.recipe, r.seed))
+    controls.sort(key=lambda r: (r.recipe, r.seed))
 
     curation = {i.role["corpus"]: i for i in by_ref.values() if i.role.get("kind") == "curate"}
     midtrain = [i for i in by_ref.values() if i.role.get("kind") == "midtrain"]
     base = next((i for i in by_ref.values() if i.role.get("kind") == "base"), None)
     difficulty = next((i for i in by_ref.values() if i.role.get("kind") == "difficulty"), None)
-    return SweepResults(sweep, probes, probe_info, curation, midtrain, base, difficulty, missing)
+    return SweepResults(sweep, probes, probe_info, curation, midtrain, base, difficulty, missing, controls)
 
 
 def recipe_cost_hours(results: SweepResults, recipe: str) -> float:

@@ -44,7 +44,8 @@ class Canonical(BaseModel):
             value = getattr(self, name)
             if name in self.OMIT_AT_DEFAULT and value == field.default:
                 continue
-            out[name] = value.canonical() if isinstance(value, Canonical) else data[name]
+            # nested configs with their own canonical form (ours, ProbeSpec) give it
+            out[name] = value.canonical() if hasattr(value, "canonical") else data[name]
         return out
 
 

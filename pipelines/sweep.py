@@ -143,12 +143,23 @@ class ProbeSection(_Strict):
     difficulty_max_response_length: int | None = Field(default=None, gt=0, description=(
         "difficulty: auto samples the base's responses up to this many tokens instead of the spec's; "
         "needed with a verl spec, since the embedded engine (CPU or one GPU) measures it"))
+    calibration: str | None = Field(default=None, description=(
+        "a decision.json of `validate-probe --curves` (relative to the sweep file): the verdict says "
+        "how often a probe of this length ordered pairs right there, and `plan` warns when it is shorter "
+        "than the cheapest budget that was accurate"))
+    control: Literal["random_reward"] | None = Field(default=None, description=(
+        "random_reward: probe every checkpoint a second time with the spec's random-reward control "
+        "(its rewards shuffled within each group), and report each gain beside its control's"))
+    control_seeds: list[int] | None = Field(default=None, min_length=1, description=(
+        "the probe seeds the control runs with (default: every one of seeds)"))
 
     @model_validator(mode="after")
     def _target(self) -> "ProbeSection":
         low, high = self.difficulty_target
         if not 0 <= low < high <= 1:
             raise ValueError(f"difficulty_target must be 0 <= low < high <= 1, got {list(self.difficulty_target)}")
+        if self.control_seeds and (not self.control or not set(self.control_seeds) <= set(self.seeds)):
+            raise ValueError("control_seeds: needs control, and seeds among the probe's seeds")
         return self
 
 
@@ -307,6 +318,9 @@ def cross_check(sweep: Sweep, source: Path) -> list[str]:
             f"{2 * sweep.probe.difficulty_k} responses per problem of up to {spec.longest_response:,} tokens "
             f"(verl spec {spec.name!r}); set probe.difficulty_max_response_length to a length it can afford "
             f"(e.g. 512), or use difficulty: fixed with the sets' difficulty levels")
+    if spec is not None and sweep.probe.control and spec.engine != "embedded":
+        errors.append(f"probe.control: the random-reward control runs on the embedded engine, "
+                      f"and spec {spec.name!r} is for {spec.engine!r}")
     for field_name in ("train_set", "eval_set"):  # their contents: preflight, with the problem-set reader
         problem_set = getattr(sweep.probe, field_name)
         if problem_set.path and not resolve_path(problem_set.path, here).is_file():

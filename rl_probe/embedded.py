@@ -28,12 +28,14 @@ from verl.trainer.ppo.core_algos import agg_loss, get_adv_estimator_fn, get_poli
 from verl.trainer.ppo.metric_utils import compute_data_metrics
 
 from rl_probe.prompts import Prompter, problems_within_length
-from rl_probe.reward import RewardResult, boxed_first, has_reflection, score, warm_up_verifier
+from rl_probe.reward import RewardResult, boxed_first, has_reflection, score, score_held_out, warm_up_verifier
 from rl_probe.sampler import Rollout, sample, teacher_forced
 from rl_probe.spec import ProbeSpec
-from runfiles import METRICS_FILE, append_metrics, atomic_write, keep_metrics_through, read_metrics, replace_durably
+from runfiles import (COMPLETIONS_FILE, METRICS_FILE, append_metrics, atomic_write, keep_metrics_through,
+                      read_jsonl, read_metrics, replace_durably)
 
 GENERATION_BATCH = 128  # sequences per sampler call in evaluation and profiling
+COMPLETIONS_PER_STEP = 4  # held-out answers kept at the first and the last eval, for the report
 
 MetricsCallback = Callable[[int, dict], None]
 
@@ -105,6 +107,7 @@ def run_probe(
     if keep_policy:
         model.save_pretrained(out_dir / "policy")
         tokenizer.save_pretrained(out_dir / "policy")
+    write_completions(out_dir)
     summary = _summary(spec, seed, checkpoint, out_dir, timings, prompt_counts)
     _write_json(out_dir / "summary.json", summary)
     state.drop()
@@ -135,15 +138,17 @@ def _generator(seed: int, step: int, purpose: str) -> torch.Generator:
 
 
 def _actor_config(spec: ProbeSpec):
-    # The fields verl's policy loss reads from ActorConfig; global_batch_info
-    # stays empty because one process aggregates over its whole mini-batch.
+    # The fields verl's policy loss reads from ActorConfig. global_batch_info holds no batch
+    # sizes because one process aggregates over its whole mini-batch; its loss_scale_factor is
+    # Dr.GRPO's constant divisor (seq-mean-token-sum-norm), the generation budget, where verl
+    # would otherwise divide by the mini-batch's longest response (actor.loss_scale_factor).
     return OmegaConf.create(
         {
             "clip_ratio": spec.clip_ratio_low,
             "clip_ratio_low": spec.clip_ratio_low,
             "clip_ratio_high": spec.clip_ratio_high,
             "clip_ratio_c": spec.clip_ratio_c,
-            "global_batch_info": {},
+            "global_batch_info": {"loss_scale_factor": spec.loss_scale_factor},
         }
     )
 
@@ -169,10 +174,14 @@ def grpo_step(model, reference, optimizer, prompter: Prompter, train: list[dict]
     results = [score(text, p["answer"], spec.reward_variant) for text, p in zip(texts, grouped)]
     t_gen = time.time() - t0
 
+    rewards = np.array([r.score for r in results])
+    if spec.reward_control == "random":
+        rewards = shuffled_within_groups(rewards, spec.group_size,
+                                         np.random.default_rng(_stream_seed(seed, step, "reward-control")))
     mask = rollout.response_mask
     lengths = rollout.response_lengths
     token_scores = torch.zeros(mask.shape)
-    token_scores[torch.arange(len(results)), lengths - 1] = torch.tensor([r.score for r in results])
+    token_scores[torch.arange(len(results)), lengths - 1] = torch.tensor(rewards, dtype=token_scores.dtype)
     uids = np.array([f"{step}/{p['id']}" for p in grouped], dtype=object)
     advantages, returns = get_adv_estimator_fn(spec.adv_estimator)(
         token_level_rewards=token_scores, response_mask=mask, index=uids,
@@ -208,6 +217,11 @@ def grpo_step(model, reference, optimizer, prompter: Prompter, train: list[dict]
     return metrics
 
 
+def shuffled_within_groups(rewards: np.ndarray, group_size: int, rng: np.random.Generator) -> np.ndarray:
+    """The random-reward control's rewards: each group's rewards (consecutive rows) in a random order."""
+    return rng.permuted(rewards.reshape(-1, group_size), axis=1).reshape(-1)
+
+
 def _update(model, optimizer, spec: ProbeSpec, actor_config, rollout: Rollout, old_log_probs, ref_log_probs,
             advantages) -> dict:
     """ppo_epochs passes over mini-batches of whole groups, as verl's actor does (no shuffling)."""
@@ -224,11 +238,13 @@ def _update(model, optimizer, spec: ProbeSpec, actor_config, rollout: Rollout, o
                 old_log_prob=old_log_probs[rows], log_prob=log_probs, advantages=advantages[rows],
                 response_mask=mask, loss_agg_mode=spec.loss_agg_mode, config=actor_config,
             )
-            entropy_loss = agg_loss(loss_mat=entropy, loss_mask=mask, loss_agg_mode=spec.loss_agg_mode)
+            entropy_loss = agg_loss(loss_mat=entropy, loss_mask=mask, loss_agg_mode=spec.loss_agg_mode,
+                                    **actor_config.global_batch_info)
             loss = pg_loss - spec.entropy_coeff * entropy_loss
             if ref_log_probs is not None:
                 kld = kl_penalty(logprob=log_probs, ref_logprob=ref_log_probs[rows], kl_penalty=spec.kl_type)
-                kl_loss = agg_loss(loss_mat=kld, loss_mask=mask, loss_agg_mode=spec.loss_agg_mode)
+                kl_loss = agg_loss(loss_mat=kld, loss_mask=mask, loss_agg_mode=spec.loss_agg_mode,
+                                   **actor_config.global_batch_info)
                 loss = loss + spec.kl_coef * kl_loss
                 collected["actor/kl_loss"].append(kl_loss.item())
             optimizer.zero_grad(set_to_none=True)
@@ -312,18 +328,35 @@ def generate(model, prompter: Prompter, prompts: list[list[int]], *, max_new_tok
 
 def evaluate(model, prompter: Prompter, problems: list[dict], spec: ProbeSpec, seed: int, step: int,
              out_dir: Path) -> dict:
-    """val-core/<data_source>/{acc,reward}/mean@N on the eval set; writes rollouts/step_<N>.jsonl."""
-    n = spec.eval_samples
+    """val-core/<data_source>/{acc,reward}/mean@N on the eval set (N = eval_samples at eval_temperature),
+    and with eval_sampled = k, at the first and last eval, mean@k at the probe's temperature;
+    writes rollouts/step_<N>.jsonl (the sampled rows with split "eval-sampled")."""
+    passes = [("eval", spec.eval_samples, spec.eval_temperature)]
+    if spec.eval_sampled and step in (0, spec.steps):
+        passes.append(("eval-sampled", spec.eval_sampled, spec.temperature))
+    rows, metrics = [], {}
+    for split, n, temperature in passes:
+        pass_rows, pass_metrics = _eval_pass(model, prompter, problems, spec, step, n, temperature,
+                                             _generator(seed, step, split))
+        rows += [{**row, "split": split} for row in pass_rows]
+        metrics.update(pass_metrics)
+    _write_jsonl(out_dir / "rollouts" / f"step_{step}.jsonl", rows)
+    return metrics
+
+
+def _eval_pass(model, prompter: Prompter, problems: list[dict], spec: ProbeSpec, step: int, n: int,
+               temperature: float, generator: torch.Generator) -> tuple[list[dict], dict]:
+    """n responses per problem: their rows, and val-core/val-aux metrics per data source as mean@n."""
     repeated = [p for p in problems for _ in range(n)]
     prompt_texts = [prompter.render(p) for p in repeated]
     texts, lengths, finished = generate(
         model, prompter, [prompter.encode(t) for t in prompt_texts], max_new_tokens=spec.response_length_at(step),
-        temperature=spec.eval_temperature, generator=_generator(seed, step, "eval"),
+        temperature=temperature, generator=generator,
     )
     by_source = defaultdict(lambda: defaultdict(list))
     rows = []
     for problem, prompt, text, length, done in zip(repeated, prompt_texts, texts, lengths, finished):
-        result = score(text, problem["answer"], spec.reward_variant)
+        result = score_held_out(text, problem["answer"], spec.reward_variant)
         source = problem["data_source"]
         by_source[source]["acc"].append(float(result.acc))
         by_source[source]["reward"].append(result.score)
@@ -331,13 +364,26 @@ def evaluate(model, prompter: Prompter, problems: list[dict], spec: ProbeSpec, s
         rows.append({"step": step, "id": problem["id"], "data_source": source, "prompt": prompt, "response": text,
                      "reward": result.score, "acc": result.acc, "pred": result.pred, "length": length,
                      "finished": done})
-    _write_jsonl(out_dir / "rollouts" / f"step_{step}.jsonl", rows)
     metrics = {}
     for source, values in sorted(by_source.items()):
         metrics[f"val-core/{source}/acc/mean@{n}"] = float(np.mean(values["acc"]))
         metrics[f"val-core/{source}/reward/mean@{n}"] = float(np.mean(values["reward"]))
         metrics[f"val-aux/{source}/response_length/mean@{n}"] = float(np.mean(values["response_length"]))
-    return metrics
+    return rows, metrics
+
+
+def write_completions(out_dir: Path, per_step: int = COMPLETIONS_PER_STEP) -> None:
+    """completions.jsonl: the first `per_step` held-out answers (the same problems) at the first
+    and the last eval, with their rewards: what the model writes before and after RL, small enough
+    to keep whatever happens to the full rollouts."""
+    steps = sorted(int(path.stem.split("_")[1]) for path in (out_dir / "rollouts").glob("step_*.jsonl"))
+    rows = []
+    for step in dict.fromkeys((steps[0], steps[-1])):
+        rows_at_step = read_jsonl(out_dir / "rollouts" / f"step_{step}.jsonl")
+        answers = [r for r in rows_at_step if r.get("split", "eval") == "eval"]
+        rows += [{key: row.get(key) for key in ("step", "id", "prompt", "response", "reward", "acc", "pred")}
+                 for row in answers[:per_step]]
+    _write_jsonl(out_dir / COMPLETIONS_FILE, rows)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -376,7 +422,7 @@ def base_profile(model, prompter: Prompter, train: list[dict], evals: list[dict]
     texts, _, _ = generate(model, prompter, [prompter.prompt_ids(p) for p in repeated],
                            max_new_tokens=spec.response_length_at(0), temperature=spec.temperature,
                            generator=_generator(seed, 0, "passk"))
-    correct = np.array([score(t, p["answer"], spec.reward_variant).acc for t, p in zip(texts, repeated)])
+    correct = np.array([score_held_out(t, p["answer"], spec.reward_variant).acc for t, p in zip(texts, repeated)])
     profile = pass_at_k_profile(correct.reshape(len(chosen), n).sum(axis=1).tolist(), n, spec)
     if spec.fewshot_k:
         profile["fewshot"] = fewshot_accuracy(model, prompter, train, evals, spec, seed)
@@ -403,7 +449,8 @@ def fewshot_accuracy(model, prompter: Prompter, train: list[dict], evals: list[d
     by_source = defaultdict(list)
     for problem, text in zip(evals, texts):
         answer = text.split(prompter.fewshot_stop, 1)[0] if prompter.fewshot_stop else text
-        by_source[problem["data_source"]].append(float(score(answer, problem["answer"], spec.reward_variant).acc))
+        result = score_held_out(answer, problem["answer"], spec.reward_variant)
+        by_source[problem["data_source"]].append(float(result.acc))
     return {
         "k": spec.fewshot_k,
         "acc": float(np.mean([a for values in by_source.values() for a in values])) if evals else 0.0,

@@ -40,6 +40,10 @@ MAX_REPETITION_PERIOD = 256  # longest repeated span considered
 # percent, intervals) without math-verify, which keeps that rare. Gold answers of MATH train
 # solutions are all decided within it with two CPU-bound processes competing (README).
 SCORE_WALL_S = 1.0
+# Held-out evaluation's budget per call: a score that only depends on the model, never on how
+# loaded the machine is. Answers are at most MAX_ANSWER_CHARS long before math-verify sees them,
+# so this only waits this long on a stuck verification, never on a well-formed answer.
+EVAL_SCORE_WALL_S = 30.0
 # of the budget, kept for the rest of score() and for being scheduled late on a loaded machine
 _VERIFY_MARGIN_S = 0.3
 WORKER_START_TIMEOUT_S = 60.0
@@ -51,6 +55,9 @@ REWARD_VARIANTS = get_args(RewardVariant)
 REFLECTION_RE = re.compile(r"\b(recheck|rethink|try again|wait|alternatively|retry|however)\b", re.IGNORECASE)
 _GSM8K_RE = re.compile(r"####\s*(-?[0-9][0-9,]*(?:\.[0-9]+)?)")
 _BOXED = "\\boxed"
+# `\boxed{}` with nothing in it states no answer: the boxed templates' own instruction ends in one,
+# so counting it would reward echoing the prompt (as a format, or as a second box under single-box).
+_EMPTY_BOX_RE = re.compile(r"\\boxed\s*\{\s*\}")
 _NUMBER_RE = re.compile(r"-?(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]+)?|-?\.[0-9]+")
 _FRAC_RE = re.compile(r"(-?)\\[dt]?frac\{(-?[0-9]+)\}\{(-?[0-9]+)\}")
 _SLASH_RE = re.compile(r"(-?[0-9]+)/([0-9]+)")
@@ -103,9 +110,9 @@ class RewardResult:
 def score(response: str, ground_truth: str, variant: str = "default", wall_s: float = SCORE_WALL_S) -> RewardResult:
     """Score one response against its reference answer, within `wall_s` of wall time.
 
-    The answer is the last `\\boxed{}` (reference solutions box an intermediate
-    result and then the answer), or with no box a GSM8K-style `#### n`; the
-    format is OK when there is one. `default`: +1 correct, 0 wrong, -1 bad
+    The answer is the last non-empty `\\boxed{}` (reference solutions box an
+    intermediate result and then the answer; an empty box states nothing), or
+    with no such box a GSM8K-style `#### n`; the format is OK when there is one. `default`: +1 correct, 0 wrong, -1 bad
     format. `wrong-half`: wrong is -0.5. `repetition`: like default, and -1 when
     a span of >= 5 chars repeats 5 times. `single-box`: like default, and
     several boxes are a format error (OctoThinker's rule: "answer, then loop"
@@ -116,10 +123,11 @@ def score(response: str, ground_truth: str, variant: str = "default", wall_s: fl
     deadline = time.monotonic() + wall_s - _VERIFY_MARGIN_S
     if variant not in REWARD_VARIANTS:
         raise ValueError(f"unknown reward variant {variant!r}; known: {REWARD_VARIANTS}")
-    n_boxes = response.count(_BOXED)
-    pred = last_boxed(response) if n_boxes else None
+    answered = _EMPTY_BOX_RE.sub("", response)  # only boxes with something in them count
+    n_boxes = answered.count(_BOXED)
+    pred = last_boxed(answered) if n_boxes else None
     if pred is None and n_boxes == 0:
-        gsm = _GSM8K_RE.findall(response[-MAX_BOX_CHARS:])
+        gsm = _GSM8K_RE.findall(answered[-MAX_BOX_CHARS:])
         pred = gsm[-1] if gsm else None
     format_ok = pred is not None and (n_boxes <= 1 or variant != "single-box")
     repeated = has_repetition(response)  # before the deadline-bounded comparison: its time is inside the deadline
@@ -131,6 +139,13 @@ def score(response: str, ground_truth: str, variant: str = "default", wall_s: fl
     else:
         reward = -0.5 if variant == "wrong-half" else 0.0
     return RewardResult(score=reward, acc=acc, format_ok=format_ok, pred=pred, repeated=repeated)
+
+
+def score_held_out(response: str, ground_truth: str, variant: str = "default") -> RewardResult:
+    """score() for evaluation (held-out accuracy, the pass@k profile): within EVAL_SCORE_WALL_S,
+    so that how loaded the machine is never decides whether a well-formed answer is right. The
+    training reward keeps SCORE_WALL_S, which bounds a step's time."""
+    return score(response, ground_truth, variant, wall_s=EVAL_SCORE_WALL_S)
 
 
 def last_boxed(text: str) -> str | None:
@@ -155,8 +170,8 @@ def last_boxed(text: str) -> str | None:
 
 
 def boxed_first(response: str) -> bool:
-    """The response opens with its boxed answer (no reasoning before it)."""
-    return response.lstrip().lstrip("$ ").startswith(_BOXED)
+    """The response opens with its boxed answer (no reasoning before it); an empty box is none."""
+    return _EMPTY_BOX_RE.sub("", response).lstrip().lstrip("$ ").startswith(_BOXED)
 
 
 def has_reflection(response: str) -> bool:

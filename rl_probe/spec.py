@@ -93,6 +93,10 @@ PROMPT_TEMPLATES: dict[str, PromptTemplate] = {
 }
 
 
+# ProbeSpec fields added after its first release (see content_hash).
+ADDED_FIELDS = frozenset({"reward_control", "eval_sampled"})
+
+
 class ProbeSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -130,6 +134,12 @@ class ProbeSpec(BaseModel):
     # a name from PROMPT_TEMPLATES, a text with {question}, or a PromptTemplate's fields
     template: PromptTemplate = PROMPT_TEMPLATES["question-answer"]
     reward_variant: RewardVariant = "default"
+    # random: the spurious-reward control. Each group's rewards are shuffled among its rollouts
+    # (a seeded random permutation), so a group keeps its rewards' mean and spread, and GRPO its
+    # advantages' sizes, but which response earns which reward carries no information: whatever
+    # such a probe gains comes from the update itself (format priors, clipping), not from
+    # learning what is right (docs/probe-specs.md "The random-reward control").
+    reward_control: Literal["none", "random"] = "none"
     max_prompt_length: int = Field(ge=1)
     # Problems whose prompt is longer than max_prompt_length are dropped from the train and eval
     # sets alike (counted in the stage log, metrics and report); a probe refuses to start when a
@@ -144,6 +154,10 @@ class ProbeSpec(BaseModel):
     eval_every: int = Field(ge=1)
     eval_samples: int = Field(default=1, ge=1)  # N in val-core/<source>/acc/mean@N
     eval_temperature: float = Field(default=0.0, ge=0)  # 0 = greedy (verl's val_kwargs default)
+    # k > 0: beside a greedy evaluation, avg@k at the first and the last eval: k samples per held-out
+    # problem at the probe's temperature and top_p, logged as val-core/<source>/acc/mean@k (rollout
+    # rows with split "eval-sampled"); what users compare models on, and less noisy than greedy pass@1
+    eval_sampled: int = Field(default=0, ge=0)
     checkpoint_every: int = Field(default=10, ge=1)
 
     # step-0 base profile
@@ -171,6 +185,11 @@ class ProbeSpec(BaseModel):
             raise ValueError("greedy evaluation (eval_temperature=0) is deterministic: eval_samples must be 1")
         if not self.passk_ks or min(self.passk_ks) < 1:
             raise ValueError("passk_ks must be positive")
+        if self.eval_sampled and (self.eval_temperature > 0 or self.eval_sampled < 2 or self.engine != "embedded"):
+            raise ValueError("eval_sampled: k >= 2 samples beside a greedy evaluation (eval_temperature 0), "
+                             "embedded engine; a sampled evaluation is already avg@eval_samples")
+        if self.reward_control != "none" and self.engine != "embedded":
+            raise ValueError("reward_control: the random-reward control runs on the embedded engine only")
         if self.length_schedule is not None and 0 not in self.length_schedule:
             raise ValueError("length_schedule must start at step 0")
         return self
@@ -189,8 +208,27 @@ class ProbeSpec(BaseModel):
     def longest_response(self) -> int:
         return max((self.length_schedule or {}).values(), default=self.max_response_length)
 
+    @property
+    def loss_scale_factor(self) -> int:
+        """Dr.GRPO's constant token-sum divisor under seq-mean-token-sum-norm (verl's
+        actor.loss_scale_factor): the longest response the probe may generate, the same at
+        every step whatever its rollouts' lengths."""
+        return self.longest_response
+
+    def with_random_reward(self) -> "ProbeSpec":
+        """This spec as its random-reward control: everything else the same, its own name and hash."""
+        return ProbeSpec.model_validate({**self.model_dump(), "name": f"{self.name}+random-reward",
+                                         "reward_control": "random"})
+
+    def canonical(self) -> dict[str, Any]:
+        """Every field as JSON, except that a field added after specs were shipped counts only when
+        it is set away from its default: specs that do not use it keep their hash and the keys of
+        the runs made with them."""
+        return {name: value for name, value in self.model_dump(mode="json").items()
+                if not (name in ADDED_FIELDS and getattr(self, name) == type(self).model_fields[name].default)}
+
     def content_hash(self) -> str:
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        canonical = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 

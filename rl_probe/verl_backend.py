@@ -39,9 +39,9 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import AutoTokenizer
 
 from rl_probe import verl_reward
-from rl_probe.embedded import MetricsCallback, behaviour_metrics, pass_at_k_profile, profile_problems
+from rl_probe.embedded import MetricsCallback, behaviour_metrics, pass_at_k_profile, profile_problems, write_completions
 from rl_probe.prompts import Prompter, problems_within_length
-from rl_probe.reward import RewardResult, score
+from rl_probe.reward import RewardResult, score, score_held_out
 from rl_probe.spec import ProbeSpec
 from runfiles import METRICS_FILE, atomic_write, read_jsonl, read_metrics
 
@@ -136,6 +136,7 @@ def hydra_overrides(
         f"{actor}.kl_loss_type": spec.kl_type,
         f"{actor}.entropy_coeff": spec.entropy_coeff,
         f"{actor}.loss_agg_mode": spec.loss_agg_mode,
+        f"{actor}.loss_scale_factor": spec.loss_scale_factor,
         f"{actor}.policy_loss.loss_mode": spec.policy_loss,
         f"{actor}.clip_ratio_low": spec.clip_ratio_low,
         f"{actor}.clip_ratio_high": spec.clip_ratio_high,
@@ -320,6 +321,8 @@ def import_verl_run(out_dir: Path, spec: ProbeSpec, seed: int, checkpoint: Path,
     evals = {r["step"]: {k: v for k, v in r["data"].items() if k.startswith("val-core/")} for r in rows}
     evals = {step: values for step, values in evals.items() if values}
     final_step = max(evals) if evals else None
+    if any((out_dir / "rollouts").glob("step_*.jsonl")):
+        write_completions(out_dir)
     summary = {
         "spec": spec.name,
         "spec_version": spec.version,
@@ -368,7 +371,7 @@ def _write_rollouts(validation_dump: Path, path: Path, step: int, spec: ProbeSpe
         if not row.get("id"):
             raise ValueError(f"{validation_dump}: a validation response carries no problem id "
                              "(verl ran without midprobe's reward module, rl_probe/verl_reward.py)")
-        result: RewardResult = score(row["output"], str(row["gts"]), spec.reward_variant)
+        result: RewardResult = score_held_out(row["output"], str(row["gts"]), spec.reward_variant)
         rows.append({"step": step, "id": row["id"], "data_source": row.get("data_source"),
                      "prompt": row["input"], "response": row["output"], "reward": row["score"],
                      "acc": result.acc, "pred": result.pred})

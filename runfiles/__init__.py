@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 
 METRICS_FILE = "metrics.jsonl"
+COMPLETIONS_FILE = "completions.jsonl"  # a probe's held-out answers before and after RL, for the report
 
 log = logging.getLogger(__name__)
 

@@ -55,12 +55,15 @@ def test_a_change_to_the_reward_alone_is_caught_until_a_decision_is_recorded(sou
 
     runner = CliRunner()
     check = runner.invoke(_cli(), [])
-    assert check.exit_code == 1 and re.search(r"probe +version 1 +CHANGED", check.output), check.output
+    assert check.exit_code == 1 and re.search(r"probe +version \d+ +CHANGED", check.output), check.output
     refused = runner.invoke(_cli(), ["--same-outputs", "probe"])
     assert refused.exit_code == 2 and "--before and --after" in refused.output
-    bumped = runner.invoke(_cli(), ["--bump", "probe"])
+    assert runner.invoke(_cli(), ["--bump", "probe"]).exit_code == 2  # without saying why
+    version = code_versions.recorded()["probe"]["version"]
+    bumped = runner.invoke(_cli(), ["--bump", "probe", "--why", "also the last number is an answer"])
     assert bumped.exit_code == 0, bumped.output
-    assert code_versions.recorded()["probe"]["version"] == 2
+    assert code_versions.recorded()["probe"]["version"] == version + 1
+    assert code_versions.recorded()["probe"]["changes"][str(version + 1)] == "also the last number is an answer"
     assert set(code_versions.changed()) == {"select_problems"}
 
 
@@ -81,6 +84,7 @@ def test_same_outputs_is_recorded_only_where_the_shared_runs_wrote_equal_outputs
     """Runs of the same key in two workspaces compare by their declared outputs; wall-clock
     metrics and files that are not outputs (logs, manifests) do not count."""
     _edit_the_reward(source_copy)
+    version = code_versions.recorded()["probe"]["version"]
 
     def metrics(score: float, seconds: float) -> str:
         return json.dumps({"step": 1, "data": {"critic/score/mean": score, "timing_s/step": seconds}}) + "\n"
@@ -95,7 +99,7 @@ def test_same_outputs_is_recorded_only_where_the_shared_runs_wrote_equal_outputs
     args = ["--same-outputs", "probe", "--before", str(before), "--after", str(after)]
     recorded = CliRunner().invoke(_cli(), args)
     assert recorded.exit_code == 0, recorded.output
-    assert code_versions.recorded()["probe"]["version"] == 1 and "probe" not in code_versions.changed()
+    assert code_versions.recorded()["probe"]["version"] == version and "probe" not in code_versions.changed()
 
     _edit_the_reward(source_copy)
     _run_dir(after, "probe", "k1", {"metrics.jsonl": metrics(0.75, 9.0)})

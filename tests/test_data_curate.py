@@ -326,6 +326,18 @@ def test_gsm8k_qa_source_renders_worked_and_short_documents():
     assert QASource(paths=[GSM8K], style="short", template="{question} -> {answer}").render(thousands) == "q -> \\boxed{1200}"
 
 
+def test_gsm8k_qa_source_renders_the_same_math_as_prose_and_without_the_box():
+    from data_recipes.sources import QASource
+
+    record = json.loads(open(GSM8K).readline())
+    prose = QASource(paths=[GSM8K], style="prose", template="{question}\n{answer}").render(record)
+    assert prose == (f"{record['question']}\nNatalia sold 48/2 = 24 clips in May. Natalia sold 48+24 = 72 clips "
+                     "altogether in April and May. So the answer is 72.")
+    boxless = QASource(paths=[GSM8K], style="boxless").render(record)
+    assert boxless == QASource(paths=[GSM8K], style="worked").render(record).replace("\\boxed{72}", "72")
+    assert "boxed" not in prose + boxless
+
+
 def test_gsm8k_corpus_is_decontaminated_against_probe_problems_from_the_same_file(env, tmp_path):
     rows = [json.loads(line) for line in open(GSM8K)][:60]
     _write_jsonl(tmp_path / "gsm8k.jsonl", rows + ["{not json"])

@@ -167,6 +167,19 @@ def test_validate_probe_measures_decision_accuracy_against_longer_runs(smoke_run
     assert "## Decision accuracy" in (workspace / "reports" / "toy-smoke" / "report.md").read_text()
     problems = [json.loads(p.read_text())["config"] for p in (workspace / "problems").glob("*/manifest.json")]
     assert any(c["eval_set"].get("offset") for c in problems)  # the target's own held-out problems
+    # the curves mode reads the workspace: the sweep's long target runs, one group
+    curves = subprocess.run([sys.executable, "-m", "pipelines.cli", "validate-probe", "--curves", str(workspace),
+                             "--workspace-sweep", "toy-smoke", "--out", str(workspace / "curves")],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert curves.returncode == 0, curves.stderr[-4000:]
+    groups = json.loads((workspace / "curves" / "decision.json").read_text())["groups"]
+    assert list(groups) == ["toy-smoke--target"] and groups["toy-smoke--target"]["horizon"] == 8
+    assert sorted(groups["toy-smoke--target"]["runs"]) == sorted(json.loads(
+        (workspace / "reports" / "toy-smoke" / "decision.json").read_text())["recipes"])
+    # the sweep mode's rows of signals by budget are the curves mode's on the same runs (one computation;
+    # the toy-smoke report's bootstrap settings are the curves mode's defaults)
+    curve_rows = json.loads((workspace / "curves" / "decision.json").read_text())
+    assert saved["rows"] == curve_rows["rows"] and saved["definitions"] == curve_rows["definitions"]
 
 
 @pytest.mark.slow

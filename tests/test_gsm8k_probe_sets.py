@@ -25,8 +25,9 @@ def test_the_shipped_sets_are_what_the_script_writes(tmp_path, monkeypatch):
     monkeypatch.setattr(script, "ROOT", tmp_path)
     script.main()
     written = sorted(p.name for p in tmp_path.glob("*-*.jsonl"))
-    assert written == sorted(f"{split}-{kind}{smoke}.jsonl" for split in ("probe", "eval")
-                             for kind in ("2step", "arith") for smoke in ("", "-smoke"))
+    assert written == sorted([f"{split}-{kind}{smoke}.jsonl" for split in ("probe", "eval")
+                              for kind in ("2step", "arith") for smoke in ("", "-smoke")]
+                             + ["eval-2step-study.jsonl", "eval-arith-study.jsonl"])
     for name in written:
         assert (tmp_path / name).read_text() == (GSM8K / name).read_text(), name
 
@@ -43,6 +44,17 @@ def test_calculations_come_from_their_splits_word_problems_and_are_right():
             left, op, right = re.fullmatch(r"What is \$(\d+) (\S+) (\d+)\$\?", p["question"]).groups()
             assert ops[op](Fraction(left), Fraction(right)) == Fraction(p["answer"])
         assert _load(f"{split}-arith-smoke") == problems[: len(_load(f"{split}-arith-smoke"))]
+
+
+def test_the_studys_held_out_set_is_256_calculations_the_probe_never_trains_on():
+    study = _load("eval-arith-study")
+    words = {p["id"] for p in _load("eval-2step-study")}
+    probe_words = {p["id"] for p in _load("probe-2step")}
+    assert len(study) == 256 and len({p["question"] for p in study}) == 256
+    assert not {p["question"] for p in study} & {p["question"] for p in _load("probe-arith")}
+    assert {p["id"].rsplit("-calc", 1)[0] for p in study} <= words and not words & probe_words
+    assert {p["id"] for p in _load("eval-2step")} <= words  # the smaller sweep's held-out problems among them
+    assert all(p["id"].startswith("gsm8k-train-") for p in study)  # GSM8K train only
 
 
 def test_the_v2_template_is_smollm2s_chat_template_with_two_solved_turns():

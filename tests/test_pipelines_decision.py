@@ -7,9 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipelines.agreement import agreement
+from pipelines.curves import SIGNALS, Definitions, measure_curves, read_curves
 from pipelines.decision import (
-    agreement, budget_problems, budget_steps, decide, entropy_fit_ceiling, first_replica, held_out, save,
+    budget_problems, budget_steps, decide, entropy_fit_ceiling, first_replica, held_out, save,
     split_pairs, target_plan)
+from pipelines.errors import InputError
 from pipelines.plan import build_plan
 from pipelines.ranking import ProbeRun, rank
 from pipelines.results import StageInfo, SweepResults
@@ -78,7 +81,7 @@ TARGET = {"a": 0.8, "b": 0.6, "c": 0.6, "d": 0.2}
 TIMINGS = {"total_s": 100.0, "profile_s": 10.0, "eval_s": 18.0}  # 2 s an eval; 40 steps of 1.8 s
 
 
-def _decision(tmp_path, samples=400):
+def _decision(tmp_path, samples=400, target=None, definitions=None):
     probes, info, midtrain = [], {}, []
     for i, (recipe, curve) in enumerate(PROBE.items()):
         for seed in (0, 1, 2):
@@ -98,9 +101,9 @@ def _decision(tmp_path, samples=400):
         midtrain.append(StageInfo("midtrain", f"m{recipe}", {"recipes": [recipe]}, tmp_path, {},
                                   {"val/mathweb/loss": [(100, 2.0 + target_rank)],
                                    f"val/{recipe}/loss": [(100, 9.0 - target_rank)]}))
-    target = [_run(r, s, [0.1] + [acc] * 8, spec="target") for r, acc in TARGET.items() for s in (1000, 1001)]
+    target = target or [_run(r, s, [0.1] + [acc] * 8, spec="target") for r, acc in TARGET.items() for s in (1000, 1001)]
     results = SweepResults("constructed", probes, info, {}, midtrain, None)
-    return decide(results, target, "auc_acc", samples=samples)
+    return decide(results, target, "auc_acc", samples=samples, definitions=definitions)
 
 
 def test_decision_accuracy_on_constructed_rankings(tmp_path):
@@ -111,14 +114,19 @@ def test_decision_accuracy_on_constructed_rankings(tmp_path):
     assert sorted({k[2] for k in budgets}) == [8, 16, 32, 64]
     # 5 steps: d (0.9) beats everyone and c's mean (0.53) loses to it: only a > b, a > c hold
     assert budgets[(5, 3, 64)].accuracy == pytest.approx(2 / 5)
-    # (c's seed 2 alone, drawn 3 times in 1 of 27 replicates, also beats a: 1/5)
-    assert budgets[(5, 3, 64)].ci[1] == pytest.approx(0.4) and budgets[(5, 3, 64)].ci[0] in (0.2, 0.4)
+    # the CI resamples the 5 pairs (outcomes 1, 1, 0, 0, 0): P(all five 0) = 0.6^5 = 0.08 > 0.025,
+    # P(five 1s) = 0.4^5 = 0.01 < 0.025 < P(at least four 1s) = 0.09
+    assert budgets[(5, 3, 64)].ci == (0.0, 0.8)
     # 40 steps: d's area is 0.9 / 8, every separated pair is right with all seeds...
     assert budgets[(40, 3, 64)].accuracy == 1.0
     # ...with one seed, the mean over seeds {0}, {1}, {2}: seed 2 gets a > c wrong
     assert budgets[(40, 1, 64)].accuracy == pytest.approx((1 + 1 + 4 / 5) / 3)
-    assert budgets[(40, 1, 64)].ci == pytest.approx((0.8, 1.0))
+    # a draw is wrong on every copy of (a, c) when it draws seed 2 (1/3): P(<= 0.4) = 1/3 *
+    # P(3+ copies of 5) = 0.019 < 0.025 < P(<= 0.6) = 1/3 * P(2+ copies) = 0.088
+    assert budgets[(40, 1, 64)].ci == pytest.approx((0.6, 1.0))
     assert budgets[(40, 2, 64)].accuracy == 1.0
+    for budget in decision.budgets:  # one computation: the interval holds its point
+        assert budget.ci[0] <= budget.accuracy <= budget.ci[1]
     # every problem scores the same, so a subset of them decides the same
     assert budgets[(40, 3, 8)].accuracy == 1.0 and budgets[(5, 3, 16)].accuracy == pytest.approx(2 / 5)
     assert decision.disagreements == [] and decision.full_probe is budgets[(40, 3, 64)]
@@ -148,6 +156,33 @@ def test_cheap_signals_decide_by_hand(tmp_path):
     assert signals["step-0 pass@1"].cpu_hours == pytest.approx(12 * 2 * 10 / 3600)  # the profile
 
 
+def test_accuracy_and_its_ci_judge_against_one_target_order(tmp_path):
+    """A signal that orders the recipes exactly as the target's point scores decides every
+    separated pair right: 1.0 with an interval of [1, 1], however noisy the target's own
+    bootstrap replicates (which decide which pairs count, not how a decider scores)."""
+    rng = np.random.default_rng(0)
+    means = {recipe: 0.9 - 0.08 * i for i, recipe in enumerate("abcdef")}  # some pairs barely separated
+    target = []
+    for recipe, p in means.items():
+        for seed in (1000, 1001):
+            correct = (rng.random((9, N_PROBLEMS)) < np.linspace(0.1, p, 9)[:, None]).astype(float)
+            target.append(ProbeRun(recipe, seed, f"target-{recipe}-{seed}", "target", EVAL_STEPS, correct,
+                                   [f"p{i}" for i in range(N_PROBLEMS)], cpu_seconds=1.0))
+    order = rank(target, samples=400, seed=1)
+    point = {r.recipe: r.score for r in order.recipes}
+    probes, info = [], {}
+    for recipe in means:
+        for seed in (0, 1):
+            run = _run(recipe, seed, PROBE["a"], **{"timing_s/step": [(s, 1.0) for s in range(1, 41)]})
+            run.profile = {"pass_at_k": {"1": point[recipe]}}
+            probes.append(run)
+            info[run.key] = _stage(tmp_path, run.key, {"timings": TIMINGS})
+    decision = decide(SweepResults("noisy", probes, info, {}, [], None), target, "auc_acc", samples=400)
+    assert len(decision.separated) >= 8
+    signal = next(s for s in decision.signals if s.name == "step-0 pass@1")
+    assert (signal.accuracy, signal.ci) == (1.0, (1.0, 1.0))
+
+
 def test_decision_json_has_the_documented_fields(tmp_path):
     path = tmp_path / "reports" / "decision.json"
     save(_decision(tmp_path, samples=200), path)
@@ -156,6 +191,41 @@ def test_decision_json_has_the_documented_fields(tmp_path):
     budget = saved["budgets"][0]
     assert set(budget) == {"steps", "seeds", "eval_problems", "cpu_hours", "accuracy", "ci"}
     assert {"name", "accuracy", "ci", "cpu_hours"} == set(saved["signals"][0])
+
+
+def test_decision_json_has_the_curves_definitions_and_rows(tmp_path):
+    path = tmp_path / "reports" / "decision.json"
+    save(_decision(tmp_path, samples=200), path)
+    saved = json.loads(path.read_text())
+    # the target runs' curves (evals every 5 steps to 40) read at budgets 5, 10, 20
+    assert saved["definitions"]["target_evals"] == 5 and saved["definitions"]["budget_unit"] == "steps"
+    assert [(r["signal"], r["budget"]) for r in saved["rows"]] == [
+        (name, k) for k in (5, 10, 20) for name in SIGNALS]
+    last = next(r for r in saved["rows"] if (r["signal"], r["budget"]) == ("last", 5))
+    # each target run is flat after step 0: its step-5 value orders the 5 pairs its end orders;
+    # b and c end equal (a target gap of 0)
+    assert last["all"] == {"accuracy": 1.0, "ci": [1.0, 1.0], "pairs": 5, "target_ties": 1}
+    assert "forecast_fallbacks" in next(r for r in saved["rows"] if r["signal"] == "powerlaw")
+    # the sweep's own keys stay as they were
+    assert saved["pairs"] == 5 and {"steps", "seeds", "eval_problems"} <= set(saved["budgets"][0])
+
+
+def test_the_sweep_rows_are_what_curves_mode_reads_from_the_same_curves(tmp_path):
+    definitions = Definitions(budgets=[5, 15], target_evals=3, min_gap=0.1, samples=100)
+    # seeds that differ, and curves that sink or rise after their start: rows that depend on the budget
+    target = [_run(r, s, [0.1] + [acc + (0.03 if r == "d" else -0.02) * i + 0.01 * (s - 1000) for i in range(8)],
+                   spec="target") for r, acc in TARGET.items() for s in (1000, 1001)]
+    swept = _decision(tmp_path, samples=100, target=target, definitions=definitions)
+    table = tmp_path / "target.csv"
+    with table.open("w") as handle:
+        handle.write("run,step,metric,value,group\n")
+        for run in target:
+            for step, acc in zip(run.eval_steps, run.accuracy):
+                handle.write(f"{run.recipe},{step},acc,{acc},g\n")
+    from_curves = measure_curves(read_curves([table]), definitions)
+    assert swept.to_json()["rows"] == [r.to_json() for r in from_curves.rows]
+    assert swept.to_json()["definitions"] == from_curves.definitions.describe()
+    assert [r["budget"] for r in swept.to_json()["rows"] if r["signal"] == "last"] == [5, 15]
 
 
 def test_validation_sweep_reuses_the_demo_stages():
@@ -172,6 +242,12 @@ def test_validation_sweep_reuses_the_demo_stages():
     assert {run.key for run in toy.probes.values()} <= {run.key for run in validation.probes.values()}
     decays = {r[None][-1].key for r in validation.midtrain.values()}
     assert len(decays) == len(validation.midtrain)  # every recipe its own branch
+
+
+def test_target_seeds_must_not_be_probe_seeds():
+    path = bundled_sweep("toy-validation")
+    with pytest.raises(InputError, match="--target-seeds: seed 1 is also a probe seed"):
+        target_plan(load_sweep(path), path, 8, [1000, 1])
 
 
 def test_target_evaluates_on_its_own_problems(tmp_path):

@@ -248,3 +248,24 @@ def test_bundled_sweeps_keep_the_keys_they_had():
         path = bundled_sweep(name)
         plan = build_plan(load_sweep(path), path)
         assert {run.label or run.stage: run.ref for run in plan.runs()} == keys, name
+
+
+def test_a_random_reward_control_adds_one_control_probe_per_probe_and_rekeys_nothing(tmp_path):
+    data = yaml.safe_load(TOY_SMOKE.read_text())
+    data["probe"]["control"] = "random_reward"
+    edited = tmp_path / "sweep.yaml"
+    edited.write_text(yaml.safe_dump(data))
+    before, after = build_plan(load_sweep(TOY_SMOKE), TOY_SMOKE), build_plan(load_sweep(edited), edited)
+    assert {r.ref for r in before.runs()} < {r.ref for r in after.runs()}
+    assert after.controls.keys() == after.probes.keys() and not before.controls
+    for where, control in after.controls.items():
+        probe = after.probes[where]
+        assert control.inputs == probe.inputs and control.config.seed == probe.config.seed
+        assert control.config.spec.reward_control == "random" != probe.config.spec.reward_control
+        assert control.config.spec_hash != probe.config.spec_hash
+        assert after.roles[control] == [{**after.roles[probe][0], "control": "random_reward"}]
+
+    data["probe"]["control_seeds"] = [1]
+    edited.write_text(yaml.safe_dump(data))
+    one_seed = build_plan(load_sweep(edited), edited)
+    assert one_seed.controls == {where: run for where, run in after.controls.items() if where[2] == 1}

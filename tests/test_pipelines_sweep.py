@@ -228,3 +228,14 @@ def test_difficulty_control_of_a_verl_spec_needs_a_declared_length_cap(tmp_path)
 
     smoke = load_sweep(TOY_SMOKE)
     assert build_plan(smoke, TOY_SMOKE).problems.config.spec == probe_spec(smoke, TOY_SMOKE)
+
+
+def test_a_control_needs_the_embedded_engine_and_its_seeds_among_the_probes(tmp_path):
+    def verl_control(d):
+        d["probe"].update(spec="octothinker-v1", control="random_reward")
+
+    errors = validate_sweep(_write(tmp_path, verl_control))
+    assert ("probe.control: the random-reward control runs on the embedded engine, and spec "
+            "'octothinker-v1' is for 'verl'") in errors
+    errors = validate_sweep(_write(tmp_path, lambda d: d["probe"].update(control="random_reward", control_seeds=[7])))
+    assert any(e.startswith("probe: ") and "control_seeds" in e for e in errors), errors

@@ -88,6 +88,13 @@ def test_artifacts_and_metric_names(reference_run):
     assert passk == sorted(passk) and 0 <= passk[0] and passk[-1] <= 1
     assert set(profile["fewshot"]["acc_by_source"]) == {"toy/eval-a", "toy/eval-b"}
     assert summary == json.loads((out / "summary.json").read_text())
+    # the report's completions: the first held-out answers at the first and last eval, as written there
+    completions = [json.loads(line) for line in (out / "completions.jsonl").read_text().splitlines()]
+    assert [c["step"] for c in completions] == [0] * 4 + [SMOKE.steps] * 4
+    for step in (0, SMOKE.steps):
+        written = [json.loads(line) for line in (out / "rollouts" / f"step_{step}.jsonl").read_text().splitlines()][:4]
+        assert [c for c in completions if c["step"] == step] == [
+            {k: w[k] for k in ("step", "id", "prompt", "response", "reward", "acc", "pred")} for w in written]
     # a finished probe keeps its final policy (asked for here) and no resume state
     assert not (out / "state").exists() and (out / "policy" / "config.json").is_file()
     assert summary["prompts"] == {"max_prompt_length": SMOKE.max_prompt_length,
@@ -201,6 +208,37 @@ def test_bypass_mode_reuses_the_rollouts_log_probs(inputs, reference_run, tmp_pa
     assert bypassed["critic/score/mean"] == recomputed["critic/score/mean"]
     for name in ("actor/pg_loss", "actor/ppo_kl", "actor/pg_clipfrac", "actor/grad_norm"):
         assert bypassed[name] == pytest.approx(recomputed[name], abs=1e-4), name
+
+
+def test_the_random_reward_control_scores_the_same_rollouts_and_updates_on_shuffled_rewards(inputs, reference_run,
+                                                                                             tmp_path):
+    _run(inputs, tmp_path, spec=SMOKE.with_random_reward().model_copy(update={"steps": 1}))
+    control = read_metrics(tmp_path / "metrics.jsonl")[1]["data"]
+    real = read_metrics(reference_run[0] / "metrics.jsonl")[1]["data"]
+    # the same rollouts, and each group's rewards kept (so the same mean) ...
+    for name in ("critic/score/mean", "behaviour/accuracy", "probe/uniform_group_ratio", "response_length/mean"):
+        assert control[name] == real[name], name
+    # ... but given to other rollouts: another update
+    assert control["actor/pg_loss"] != pytest.approx(real["actor/pg_loss"], abs=1e-6)
+
+
+def test_sampled_avg_at_k_beside_greedy_accuracy_at_the_first_and_last_eval(inputs, tmp_path):
+    from pipelines.ranking import load_eval_correctness
+
+    spec = SMOKE.model_copy(update={"eval_samples": 1, "eval_temperature": 0.0, "eval_sampled": 4, "steps": 2,
+                                    "eval_every": 1})
+    _run(inputs, tmp_path, spec=spec)
+    rows = {r["step"]: r["data"] for r in read_metrics(tmp_path / "metrics.jsonl")}
+    for step in (0, 1, 2):
+        assert {"val-core/toy/eval-a/acc/mean@1", "val-core/toy/eval-b/acc/mean@1"} <= rows[step].keys()
+        assert ("val-core/toy/eval-a/acc/mean@4" in rows[step]) == (step != 1)
+    steps, ids, greedy = load_eval_correctness(tmp_path)
+    _, sampled_ids, sampled = load_eval_correctness(tmp_path, "eval-sampled")
+    assert steps == [0, 1, 2] and sampled.shape == (2, 10) and sampled_ids == ids
+    assert set(greedy.flat) <= {0.0, 1.0} and set(sampled.flat) <= {0.0, 0.25, 0.5, 0.75, 1.0}
+    eval_a = [i for i, problem in enumerate(ids) if problem.startswith("toy/eval-a")]
+    for step, row in zip((0, 2), sampled):  # mean@4 is the sampled rows' mean, per data source
+        assert rows[step]["val-core/toy/eval-a/acc/mean@4"] == pytest.approx(row[eval_a].mean())
 
 
 def test_prompts_over_the_length_limit_are_dropped_from_train_and_eval_and_counted(inputs, tmp_path, capsys):

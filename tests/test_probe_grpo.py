@@ -6,7 +6,7 @@ import pytest
 import torch
 from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
 
-from rl_probe.embedded import behaviour_metrics, pass_at_k
+from rl_probe.embedded import behaviour_metrics, pass_at_k, shuffled_within_groups
 from rl_probe.reward import score
 from rl_probe.spec import PROBE_SPECS, ProbeSpec, get_probe_spec
 
@@ -51,6 +51,46 @@ def test_uniform_group_ratio_and_behaviour_metrics():
     assert metrics["behaviour/boxed_first_ratio"] == 2 / 8
     assert metrics["behaviour/format_error_ratio"] == 5 / 8
     assert metrics["behaviour/correct_length_mean"] == 4.0
+
+
+def test_dr_grpo_divides_token_sums_by_the_generation_budget_not_the_longest_response():
+    from verl.trainer.ppo.core_algos import get_policy_loss_fn
+
+    from rl_probe.embedded import _actor_config
+
+    spec = get_probe_spec("toy-smoke-v1").model_copy(update={"loss_agg_mode": "seq-mean-token-sum-norm",
+                                                             "max_response_length": 48})
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]], dtype=torch.float32)  # this step's longest response: 3 tokens
+    log_probs = torch.zeros(mask.shape)
+    advantages = torch.tensor([[1.0] * 3, [-0.5] * 3])
+    loss, _ = get_policy_loss_fn(spec.policy_loss)(
+        old_log_prob=log_probs, log_prob=log_probs, advantages=advantages, response_mask=mask,
+        loss_agg_mode=spec.loss_agg_mode, config=_actor_config(spec))
+    # ratio 1: per-token loss -A; token sums -2 and 1.5, their mean over 2 sequences, / 48 tokens
+    assert loss.item() == pytest.approx((-2.0 + 1.5) / 2 / 48)
+
+
+def test_random_reward_control_shuffles_rewards_within_each_group_only():
+    rewards = np.array([1.0, 0.0, -1.0, 0.0] * 2 + [1.0, 1.0, -1.0, -1.0] * 62)
+    shuffled = shuffled_within_groups(rewards, 4, np.random.default_rng(7))
+    groups, shuffled_groups = rewards.reshape(-1, 4), shuffled.reshape(-1, 4)
+    # every group keeps its rewards (so its mean, spread and GRPO advantages' sizes), in another order
+    np.testing.assert_array_equal(np.sort(groups, axis=1), np.sort(shuffled_groups, axis=1))
+    assert (groups != shuffled_groups).any(axis=1).mean() > 0.5
+    # which rollout earns which reward no longer tells right from wrong
+    right = (groups == 1.0).reshape(-1)
+    assert abs(shuffled[right].mean() - shuffled[~right].mean()) < 0.3
+    np.testing.assert_array_equal(shuffled, shuffled_within_groups(rewards, 4, np.random.default_rng(7)))
+
+
+def test_the_random_reward_control_is_its_own_spec():
+    spec = get_probe_spec("toy-smoke-v1")
+    control = spec.with_random_reward()
+    assert control.reward_control == "random" and control.name == "toy-smoke-v1+random-reward"
+    assert control.content_hash() != spec.content_hash()
+    assert control.model_copy(update={"name": spec.name, "reward_control": "none"}).content_hash() == spec.content_hash()
+    with pytest.raises(ValueError, match="embedded engine only"):
+        get_probe_spec("octothinker-v1").with_random_reward()
 
 
 def test_spec_hash_is_stable_and_sensitive():

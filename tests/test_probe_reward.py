@@ -67,6 +67,47 @@ def test_variants():
         _score("\\boxed{4}", "4", "nonsense")
 
 
+@pytest.mark.parametrize("variant", ["default", "single-box", "wrong-half", "repetition"])
+def test_an_empty_box_is_no_answer(variant):
+    assert _score("\\boxed{}", "4", variant).score == -1.0
+    assert _score("The answer is \\boxed{ }.", "4", variant).format_ok is False
+    # only non-empty boxes count: the last one is the answer, and one is not several
+    assert _score("\\boxed{4} then \\boxed{}", "4", variant).score == 1.0
+    # a GSM8K-style answer beside an empty box is still an answer
+    assert _score("\\boxed{}\n#### 4", "4", variant).score == 1.0
+
+
+def test_echoing_a_boxed_templates_instruction_earns_nothing():
+    from rl_probe.spec import _BOXED_INSTRUCTION, PROMPT_TEMPLATES
+
+    boxed_templates = [t for t in PROMPT_TEMPLATES.values() if _BOXED_INSTRUCTION in t.text]
+    assert len(boxed_templates) >= 3 and "\\boxed{}" in _BOXED_INSTRUCTION
+    for variant in ("default", "single-box"):
+        echoed = _score(_BOXED_INSTRUCTION, "4", variant)
+        assert (echoed.score, echoed.format_ok) == (-1.0, False)
+        # the echoed instruction beside the right answer: one answer, not two boxes
+        assert _score(f"{_BOXED_INSTRUCTION}\n2 + 2 = 4, so \\boxed{{4}}.", "4", variant).score == 1.0
+
+
+def test_held_out_scoring_gives_math_verify_more_than_the_training_reward_bound(monkeypatch):
+    """A verification that needs more wall time than the training bound (a loaded machine) is
+    wrong in the training reward and right in evaluation, in both engines' evaluation paths."""
+    from rl_probe.reward import EVAL_SCORE_WALL_S, score_held_out
+    from rl_probe.verl_reward import compute_score
+
+    class SlowVerifier:  # decides "equal" only when given over 2 s of wall time
+        def equal(self, pred, gold, deadline):
+            return deadline - time.monotonic() > 2.0
+
+    assert EVAL_SCORE_WALL_S > SCORE_WALL_S + 2.0
+    monkeypatch.setattr(reward, "_verifier", SlowVerifier())
+    symbolic = "\\boxed{x^2+1}"  # not decided by normalisation: math-verify's
+    assert score(symbolic, "1+x^2").acc is False
+    assert score_held_out(symbolic, "1+x^2").acc is True
+    assert compute_score("toy", symbolic, "1+x^2", extra_info={"split": "train"})["acc"] == 0.0
+    assert compute_score("toy", symbolic, "1+x^2", extra_info={"split": "val"})["acc"] == 1.0
+
+
 def test_repetition_matches_octothinker_regex():
     regex = re.compile(r"(.{5,}?)\1{4,}", re.DOTALL)
     rng = random.Random(0)

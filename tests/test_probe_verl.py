@@ -34,6 +34,7 @@ def test_config_composes_from_verls_dir_and_carries_the_spec(prepared):
     assert c.algorithm.rollout_correction.bypass_mode is False  # vLLM's log-probs are not the actor's
     assert c.actor_rollout_ref.actor.use_kl_loss is False and c.actor_rollout_ref.actor.entropy_coeff == 0
     assert c.actor_rollout_ref.rollout.temperature == 1.0 and c.data.max_response_length == 4096
+    assert c.actor_rollout_ref.actor.loss_scale_factor == 4096  # Dr.GRPO's constant divisor
     assert c.trainer.test_freq == 4 and c.trainer.total_training_steps == OCTO.steps
     assert list(c.trainer.logger) == ["console", "file"]
     assert c.reward.custom_reward_function.reward_kwargs.variant == "single-box"  # OctoThinker: one box

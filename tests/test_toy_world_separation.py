@@ -5,7 +5,8 @@ qa_short, probe seeds 0 and 1; the same stage keys as the demo's, so a demo work
 answer too) and checks what the toy world promises: chain-of-thought QA ranks first with a
 bootstrap interval of its lead excluding 0, the probe set is informative for the base (pooled
 pass@8 in 20-80 %) and for GRPO (most groups not uniform early on) -- and that the probe
-really learns on the chain-of-thought checkpoint (held-out accuracy rises, CI above 0).
+really learns on the chain-of-thought checkpoint (held-out accuracy rises, CI above 0), which
+its random-reward control (rewards shuffled within each group) does not.
 """
 
 import os
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pipelines.ranking import rank
+from pipelines.ranking import rank, run_scores
 from pipelines.results import collect
 from pipelines.store import RunStore
 from pipelines.sweep import bundled_sweep
@@ -37,6 +38,7 @@ def results(tmp_path_factory):
     sweep["corpora"] = {c: v for c, v in sweep["corpora"].items()
                         if c in used or c in sweep["tokenizer"]["train_on"]}
     sweep["probe"]["seeds"] = [0, 1]
+    sweep["probe"]["control"] = "random_reward"  # extra probes: the ranked probes keep the demo's keys
     path = tmp / "toy-separation.yaml"
     path.write_text(yaml.safe_dump(sweep, sort_keys=False))
     run = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", str(path), "--workspace", str(tmp / "ws")],
@@ -65,3 +67,12 @@ def test_probe_learns_on_the_chain_of_thought_checkpoint(results):
     learning = next(r for r in rank(results.probes, score="fitted_gain").recipes if r.recipe == "qa_cot")
     assert learning.ci_low > 0, (f"qa_cot fitted gain {learning.score:+.3f}, "
                                  f"CI [{learning.ci_low:+.3f}, {learning.ci_high:+.3f}] includes 0")
+
+
+def test_the_random_reward_control_gains_near_nothing_where_qa_cot_learns(results):
+    def fitted_gain(runs):
+        return float(np.mean([run_scores(r.correct, "fitted_gain") for r in runs if r.recipe == "qa_cot"]))
+
+    learned, control = fitted_gain(results.probes), fitted_gain(results.controls)
+    assert learned > 0.05, f"qa_cot's fitted gain {learned:+.3f}"
+    assert abs(control) < learned / 2, f"control's fitted gain {control:+.3f} vs qa_cot's {learned:+.3f}"
