@@ -47,8 +47,9 @@ def run_probe(
     out_dir: Path,
     on_metrics: MetricsCallback | None = None,
     keep_policy: bool = False,
+    device: str = "cpu",
 ) -> dict:
-    """Run (or resume) the probe of one HF checkpoint; returns the summary written to summary.json.
+    """Run (or resume) the probe of one HF checkpoint on `device`; returns the summary written to summary.json.
 
     While it runs, state/ holds the policy and optimizer a resume needs. A finished probe keeps
     only the final policy, as an HF directory under policy/, when `keep_policy`; the optimizer
@@ -65,9 +66,9 @@ def run_probe(
     (out_dir / "rollouts").mkdir(parents=True, exist_ok=True)
     started = time.time()
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).to(device).eval()
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
-    reference = _frozen_copy(checkpoint) if spec.kl_coef > 0 else None
+    reference = _frozen_copy(checkpoint, device) if spec.kl_coef > 0 else None
     prompter = Prompter(tokenizer, spec, model.generation_config.eos_token_id)
     train, evals, prompt_counts = problems_within_length(prompter, train_set, eval_set)
     if len(train) < spec.prompts_per_step:
@@ -127,8 +128,12 @@ def _stream_seed(seed: int, step: int, purpose: str) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def _generator(seed: int, step: int, purpose: str) -> torch.Generator:
-    return torch.Generator().manual_seed(_stream_seed(seed, step, purpose))
+def _generator(seed: int, step: int, purpose: str, device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(_stream_seed(seed, step, purpose))
+
+
+def _compute_dtype(spec: ProbeSpec) -> torch.dtype:
+    return getattr(torch, spec.dtype)
 
 
 # ---------------------------------------------------------------- GRPO step
@@ -155,6 +160,7 @@ def grpo_step(model, reference, optimizer, prompter: Prompter, train: list[dict]
     problems = [train[i] for i in rng.choice(len(train), spec.prompts_per_step, replace=False)]
     grouped = [p for p in problems for _ in range(spec.group_size)]
     max_new = spec.response_length_at(step)
+    device, dtype = model.device, _compute_dtype(spec)
     rollout = sample(
         model,
         [prompter.prompt_ids(p) for p in grouped],
@@ -163,7 +169,8 @@ def grpo_step(model, reference, optimizer, prompter: Prompter, train: list[dict]
         pad_id=prompter.pad_id,
         temperature=spec.temperature,
         top_p=spec.top_p,
-        generator=_generator(seed, step, "rollout"),
+        generator=_generator(seed, step, "rollout", device),
+        dtype=dtype,
     )
     texts = prompter.decode(rollout)
     results = [score(text, p["answer"], spec.reward_variant) for text, p in zip(texts, grouped)]
@@ -171,8 +178,9 @@ def grpo_step(model, reference, optimizer, prompter: Prompter, train: list[dict]
 
     mask = rollout.response_mask
     lengths = rollout.response_lengths
-    token_scores = torch.zeros(mask.shape)
-    token_scores[torch.arange(len(results)), lengths - 1] = torch.tensor([r.score for r in results])
+    token_scores = torch.zeros(mask.shape, device=device)
+    token_scores[torch.arange(len(results), device=device), lengths - 1] = torch.tensor(
+        [r.score for r in results], device=device)
     uids = np.array([f"{step}/{p['id']}" for p in grouped], dtype=object)
     advantages, returns = get_adv_estimator_fn(spec.adv_estimator)(
         token_level_rewards=token_scores, response_mask=mask, index=uids,
@@ -183,11 +191,11 @@ def grpo_step(model, reference, optimizer, prompter: Prompter, train: list[dict]
             old_log_probs = rollout.log_probs
         else:
             old_log_probs, _ = teacher_forced(model, rollout.prompt_ids, rollout.prompt_mask,
-                                              rollout.response_ids, mask, spec.temperature)
+                                              rollout.response_ids, mask, spec.temperature, dtype=dtype)
         ref_log_probs = None
         if reference is not None:
             ref_log_probs, _ = teacher_forced(reference, rollout.prompt_ids, rollout.prompt_mask,
-                                              rollout.response_ids, mask, spec.temperature)
+                                              rollout.response_ids, mask, spec.temperature, dtype=dtype)
 
     t1 = time.time()
     update = _update(model, optimizer, spec, actor_config, rollout, old_log_probs, ref_log_probs, advantages)
@@ -219,7 +227,8 @@ def _update(model, optimizer, spec: ProbeSpec, actor_config, rollout: Rollout, o
             rows = slice(start, start + rows_per_mini_batch)
             mask = rollout.response_mask[rows]
             log_probs, entropy = teacher_forced(model, rollout.prompt_ids[rows], rollout.prompt_mask[rows],
-                                                rollout.response_ids[rows], mask, spec.temperature)
+                                                rollout.response_ids[rows], mask, spec.temperature,
+                                                dtype=_compute_dtype(spec))
             pg_loss, pg_metrics = policy_loss_fn(
                 old_log_prob=old_log_probs[rows], log_prob=log_probs, advantages=advantages[rows],
                 response_mask=mask, loss_agg_mode=spec.loss_agg_mode, config=actor_config,
@@ -268,7 +277,7 @@ def _as_data_proto(rollout: Rollout, token_scores, advantages, returns, max_new:
 
 
 def behaviour_metrics(texts: list[str], results: list[RewardResult], lengths: torch.Tensor, group_size: int) -> dict:
-    lengths = lengths.float().numpy()
+    lengths = lengths.float().cpu().numpy()
     acc = np.array([r.acc for r in results])
     scores = np.array([r.score for r in results]).reshape(-1, group_size)
     metrics = {
@@ -287,8 +296,8 @@ def behaviour_metrics(texts: list[str], results: list[RewardResult], lengths: to
     return metrics
 
 
-def _frozen_copy(checkpoint: Path):
-    reference = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+def _frozen_copy(checkpoint: Path, device: str):
+    reference = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).to(device).eval()
     reference.requires_grad_(False)
     return reference
 
@@ -303,7 +312,7 @@ def generate(model, prompter: Prompter, prompts: list[list[int]], *, max_new_tok
     for start in range(0, len(prompts), GENERATION_BATCH):
         rollout = sample(model, prompts[start : start + GENERATION_BATCH], max_new_tokens=max_new_tokens,
                          stop_ids=prompter.stop_ids, pad_id=prompter.pad_id, temperature=temperature,
-                         top_p=prompter.spec.top_p, generator=generator)
+                         top_p=prompter.spec.top_p, generator=generator, dtype=_compute_dtype(prompter.spec))
         texts += prompter.decode(rollout)
         lengths += rollout.response_lengths.tolist()
         finished += rollout.finished.tolist()
@@ -318,7 +327,7 @@ def evaluate(model, prompter: Prompter, problems: list[dict], spec: ProbeSpec, s
     prompt_texts = [prompter.render(p) for p in repeated]
     texts, lengths, finished = generate(
         model, prompter, [prompter.encode(t) for t in prompt_texts], max_new_tokens=spec.response_length_at(step),
-        temperature=spec.eval_temperature, generator=_generator(seed, step, "eval"),
+        temperature=spec.eval_temperature, generator=_generator(seed, step, "eval", model.device),
     )
     by_source = defaultdict(lambda: defaultdict(list))
     rows = []
@@ -358,7 +367,7 @@ def base_profile(model, prompter: Prompter, train: list[dict], evals: list[dict]
     repeated = [p for p in chosen for _ in range(n)]
     texts, _, _ = generate(model, prompter, [prompter.prompt_ids(p) for p in repeated],
                            max_new_tokens=spec.response_length_at(0), temperature=spec.temperature,
-                           generator=_generator(seed, 0, "passk"))
+                           generator=_generator(seed, 0, "passk", model.device))
     correct = np.array([score(t, p["answer"], spec.reward_variant).acc for t, p in zip(texts, repeated)])
     correct_per_problem = correct.reshape(len(chosen), n).sum(axis=1)
     passk = {str(k): float(np.mean([pass_at_k(n, int(c), k) for c in correct_per_problem]))
@@ -391,7 +400,7 @@ def fewshot_accuracy(model, prompter: Prompter, train: list[dict], evals: list[d
             shots = shots[:-1]
         prompts.append(ids)
     texts, _, _ = generate(model, prompter, prompts, max_new_tokens=max_new, temperature=0.0,
-                           generator=_generator(seed, 0, "fewshot-decode"))
+                           generator=_generator(seed, 0, "fewshot-decode", model.device))
     by_source = defaultdict(list)
     for problem, text in zip(evals, texts):
         answer = text.split(prompter.fewshot_stop, 1)[0] if prompter.fewshot_stop else text

@@ -24,7 +24,9 @@ RewardVariant = Literal["default", "wrong-half", "repetition", "single-box"]
 # Bump when an engine (embedded or verl) runs a spec differently — other rollouts, updates or
 # metrics for the same spec, checkpoint and seed (part of every probe stage key; the spec's
 # content hash covers the spec itself).
-PROBE_CODE_VERSION = 1
+# 2: a group's prompt is prefilled and run once, its cache shared by the group's rollouts, in
+# sampling and in the update (equal to the separate computation within float32 rounding, not bitwise).
+PROBE_CODE_VERSION = 2
 
 QUESTION = "{question}"  # where a template puts the problem's question
 
@@ -129,6 +131,9 @@ class ProbeSpec(BaseModel):
     # sampler scores tokens with the training weights in fp32 (tests/test_probe_sampler.py);
     # an approximation under vLLM/SGLang, whose kernels and precision differ.
     bypass_mode: bool = False
+    # compute precision of sampling and of the update's forward and backward (autocast); the
+    # weights, the optimizer and every log-prob stay float32 (docs/probe-engine.md)
+    dtype: Literal["float32", "bfloat16"] = "float32"
 
     # rollout
     temperature: float = Field(default=1.0, gt=0)
@@ -196,8 +201,15 @@ class ProbeSpec(BaseModel):
         return max((self.length_schedule or {}).values(), default=self.max_response_length)
 
     def content_hash(self) -> str:
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        fields = {name: value for name, value in self.model_dump(mode="json").items()
+                  if name not in _HASH_NEUTRAL or _HASH_NEUTRAL[name] != value}
+        canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+# Fields added after specs had shipped, with the value that leaves a spec's hash what it was
+# before the field existed (any other value enters the hash).
+_HASH_NEUTRAL = {"dtype": "float32"}
 
 
 PROBE_SPECS: dict[str, ProbeSpec] = {
