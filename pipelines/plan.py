@@ -135,13 +135,15 @@ class Plan:
 
     def add_probes(self, recipe: str, checkpoint: StageRun, spec, seeds: list[int],
                    engine_options: dict | None = None, replica: int | None = None,
-                   keep_policy: bool = False) -> None:
+                   keep_policy: bool = False, device: str = "cpu") -> None:
         for seed in seeds:
             config = {"spec": spec.model_dump(mode="json"), "spec_hash": spec.content_hash(), "seed": seed}
             if spec.engine == "verl":  # GPUs, nodes, rollout engine: how verl lays the run out
                 config["engine_options"] = engine_options or {}
             if keep_policy:  # the run's artifacts include the final policy (absent: the keys of before)
                 config["keep_policy"] = True
+            if device != "cpu" and spec.engine == "embedded":  # another device rounds otherwise (absent: as before)
+                config["device"] = device
             run = stage_run("probe", config, {"checkpoint": checkpoint, "problems": self.problems},
                             label=f"probe {recipe}{_replica_label(replica)} seed {seed}")
             self.probes[(recipe, replica, seed)] = run
@@ -299,11 +301,11 @@ def build_plan(sweep: Sweep, source: Path) -> Plan:
     plan.role(plan.problems, kind="difficulty" if probe_cfg.difficulty == "auto" else "problems")
     if probe_cfg.include_base:
         plan.add_probes(BASE_RECIPE, base, spec, probe_cfg.seeds, probe_cfg.verl,
-                        keep_policy=probe_cfg.keep_policy)
+                        keep_policy=probe_cfg.keep_policy, device=probe_cfg.device)
     for recipe, replicas in midtrain.items():
         for replica, stages in replicas.items():
             plan.add_probes(recipe, stages[-1], spec, probe_cfg.seeds, probe_cfg.verl, replica,
-                            probe_cfg.keep_policy)
+                            probe_cfg.keep_policy, probe_cfg.device)
     return plan
 
 
@@ -344,12 +346,13 @@ def selection_run(pool: StageRun, train_set: ProblemSet, eval_set: ProblemSet, d
 
 def build_checkpoint_plan(name: str, checkpoints: dict[str, Path], spec, seeds: list[int],
                           train_set: ProblemSet, eval_set: ProblemSet, executor: ExecutorSection,
-                          toy_world: dict | None = None, keep_policy: bool = False) -> Plan:
+                          toy_world: dict | None = None, keep_policy: bool = False, device: str = "cpu") -> Plan:
     """A checkpoint sweep job: probe HF checkpoints made anywhere, no sweep file needed."""
     pool = problems_run(_resolved(toy_world or {}), train_set, eval_set, Path.cwd())
     plan = Plan(name, executor, selection_run(pool, train_set, eval_set, "fixed"), {})
     for run in (pool, plan.problems):
         plan.role(run, kind="problems")
     for label, path in checkpoints.items():
-        plan.add_probes(label, external(path, f"checkpoint {label}"), spec, seeds, keep_policy=keep_policy)
+        plan.add_probes(label, external(path, f"checkpoint {label}"), spec, seeds, keep_policy=keep_policy,
+                        device=device)
     return plan

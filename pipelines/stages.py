@@ -118,7 +118,8 @@ def _probe(run: StageRun, inputs: dict[str, Path], out: Path, on_metrics: Metric
     if spec.engine == "verl":
         engine, options = run_probe_verl, run.config.get("engine_options", {})
     else:
-        engine, options = run_probe, {"keep_policy": run.config.get("keep_policy", False)}
+        engine, options = run_probe, {"keep_policy": run.config.get("keep_policy", False),
+                                      "device": run.config.get("device", "cpu")}
     engine(hf_dir(inputs["checkpoint"]), spec, inputs["problems"] / "train.jsonl",
            inputs["problems"] / "eval.jsonl", seed=run.config["seed"], out_dir=out,
            on_metrics=on_metrics, **options)
