@@ -554,9 +554,16 @@ def specs(spec: Optional[str] = typer.Argument(None, help="show this spec's reso
 
 
 @app.command()
-def bench(only: Optional[list[str]] = typer.Option(None, "--only", help="run only these benchmarks")) -> None:
+def bench(only: Optional[list[str]] = typer.Option(None, "--only", help="run only these benchmarks"),
+          model: Optional[Path] = typer.Option(None, "--model", help="SmolLM2-135M-Instruct as an HF directory "
+                                               "(default: $MIDPROBE_SMOLLM2, else models/smollm2-135m-instruct)")
+          ) -> None:
     """Run the benchmark suite; one line per benchmark with the ratio against its peer."""
     from bench.suite import run_suite
+    from rl_probe.bench_smollm2 import MODEL_ENV
+
+    if model is not None:
+        os.environ[MODEL_ENV] = str(model.resolve())  # the spawned benchmark processes read it too
 
     run_suite(only)
 

@@ -234,7 +234,8 @@ def _update(model, optimizer, spec: ProbeSpec, actor_config, rollout: Rollout, o
                 response_mask=mask, loss_agg_mode=spec.loss_agg_mode, config=actor_config,
             )
             entropy_loss = agg_loss(loss_mat=entropy, loss_mask=mask, loss_agg_mode=spec.loss_agg_mode)
-            loss = pg_loss - spec.entropy_coeff * entropy_loss
+            # without an entropy bonus the backward pass skips the entropy's graph (a vocabulary-wide softmax)
+            loss = pg_loss - spec.entropy_coeff * entropy_loss if spec.entropy_coeff else pg_loss
             if ref_log_probs is not None:
                 kld = kl_penalty(logprob=log_probs, ref_logprob=ref_log_probs[rows], kl_penalty=spec.kl_type)
                 kl_loss = agg_loss(loss_mat=kld, loss_mask=mask, loss_agg_mode=spec.loss_agg_mode)

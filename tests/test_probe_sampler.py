@@ -169,3 +169,23 @@ def test_shared_prompt_prefixes_give_the_full_forwards_log_probs_and_gradients(g
     for name, grad in grads_full.items():
         torch.testing.assert_close(grads_shared[name], grad, atol=1e-5, rtol=1e-4, msg=name)
     model.zero_grad(set_to_none=True)
+
+
+# bf16 keeps 8 bits of mantissa: a log-prob of a few nats moves by a few hundredths
+BF16_LOG_PROB_ATOL = 0.1
+
+
+def test_bfloat16_sampling_and_update_log_probs_stay_near_float32(model_and_prompts):
+    model, tokenizer, prompts = model_and_prompts
+    rollout = _sample(model, tokenizer, [prompts[i % 4] for i in range(24)], seed=7, max_new_tokens=12,
+                      dtype=torch.bfloat16)
+    mask = rollout.response_mask
+    with torch.no_grad():
+        fp32, _ = teacher_forced(model, rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids, mask, 1.0)
+        bf16, _ = teacher_forced(model, rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids, mask, 1.0,
+                                 dtype=torch.bfloat16)
+    assert rollout.log_probs.dtype == bf16.dtype == torch.float32
+    assert model.model.embed_tokens.weight.dtype == torch.float32  # the weights stay float32
+    for name, log_probs in (("sampler", rollout.log_probs), ("update", bf16)):
+        gap = ((log_probs - fp32) * mask).abs().max()
+        assert 0 < gap <= BF16_LOG_PROB_ATOL, (name, gap)
