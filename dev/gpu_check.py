@@ -179,7 +179,7 @@ def probe_updates(hf_dir: Path, devices: list[str]) -> dict[str, dict]:
     from verl.trainer.ppo.core_algos import get_adv_estimator_fn
 
     from data_recipes.toyworld import ToyWorld, ToyWorldConfig
-    from rl_probe.embedded import Prompter, _actor_config, _update
+    from rl_probe.embedded import Prompter, _actor_config, _update, make_optimizer
     from rl_probe.reward import score
     from rl_probe.sampler import Rollout, sample, teacher_forced
     from rl_probe.spec import get_probe_spec
@@ -207,8 +207,7 @@ def probe_updates(hf_dir: Path, devices: list[str]) -> dict[str, dict]:
     out = {}
     for device in devices:
         model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).to(device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr,
-                                      weight_decay=spec.weight_decay)
+        optimizer = make_optimizer(model, spec)
         on_device = Rollout(**{k: getattr(rollout, k).to(device)
                                for k in Rollout.__dataclass_fields__})
         losses = []
@@ -230,7 +229,7 @@ def probe_steps(hf_dir: Path, device: str) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from data_recipes.toyworld import ToyWorld, ToyWorldConfig
-    from rl_probe.embedded import Prompter, _actor_config, grpo_step
+    from rl_probe.embedded import Prompter, _actor_config, grpo_step, make_optimizer
     from rl_probe.sampler import sample, teacher_forced
     from rl_probe.spec import get_probe_spec
 
@@ -242,7 +241,7 @@ def probe_steps(hf_dir: Path, device: str) -> dict:
         spec = get_probe_spec("toy-cpu-v5").model_copy(update={"dtype": dtype})
         model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).to(device)
         prompter = Prompter(tokenizer, spec)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+        optimizer = make_optimizer(model, spec)
         metrics = grpo_step(model, None, optimizer, prompter, problems, spec, 0, 1, _actor_config(spec))
         rollout = sample(model, [prompter.prompt_ids(p) for p in problems[:8]], max_new_tokens=24,
                          stop_ids=prompter.stop_ids, pad_id=prompter.pad_id, temperature=1.0,

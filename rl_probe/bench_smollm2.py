@@ -73,10 +73,10 @@ def _peak_rss_gb() -> float:
 
 
 def _ours_step(path: Path, threads: int, dtype: str) -> dict:
-    from rl_probe.embedded import _actor_config, grpo_step
+    from rl_probe.embedded import _actor_config, grpo_step, make_optimizer
 
     spec, _, model, prompter = _load(path, threads, dtype)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    optimizer = make_optimizer(model, spec)
     problems = _step_problems(spec, prompter)
     # grpo_step draws step 1's problems from the list it gets: hand it exactly those
     started, cpu_started = time.perf_counter(), time.process_time()

@@ -67,7 +67,7 @@ def run_probe(
     started = time.time()
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).to(device).eval()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    optimizer = make_optimizer(model, spec)
     reference = _frozen_copy(checkpoint, device) if spec.kl_coef > 0 else None
     prompter = Prompter(tokenizer, spec, model.generation_config.eos_token_id)
     train, evals, prompt_counts = problems_within_length(prompter, train_set, eval_set)
@@ -110,6 +110,11 @@ def run_probe(
     _write_json(out_dir / "summary.json", summary)
     state.drop()
     return summary
+
+
+def make_optimizer(model, spec: ProbeSpec) -> torch.optim.AdamW:
+    # fused: one kernel over all parameters; the per-tensor loop cost a 135M model ~0.6 s a step
+    return torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay, fused=True)
 
 
 # ---------------------------------------------------------------- prompt-length counts as metrics

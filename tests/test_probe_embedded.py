@@ -244,7 +244,7 @@ def test_a_probe_step_creates_every_tensor_on_the_models_device(inputs, tmp_path
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
     reference = embedded._frozen_copy(checkpoint, "cpu")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr)
+    optimizer = embedded.make_optimizer(model, spec)
     prompter = Prompter(tokenizer, spec, model.generation_config.eos_token_id)
     (tmp_path / "rollouts").mkdir()
     torch.set_default_device("meta")
