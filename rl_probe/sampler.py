@@ -34,7 +34,8 @@ class Rollout:
         return self.response_mask.sum(-1)
 
 
-def left_pad(prompts: list[list[int]], pad_id: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(prompts: list[list[int]], pad_id: int,
+             device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(p) for p in prompts)
     ids = [[pad_id] * (width - len(p)) + list(p) for p in prompts]
     mask = [[False] * (width - len(p)) + [True] * len(p) for p in prompts]
@@ -180,7 +181,8 @@ class _Decoder:
         # (B, 1, 1, query, key): causal over real keys; padded queries see every key to stay finite
         causal = torch.ones((width, width), dtype=torch.bool, device=mask.device).tril()
         visible = (causal & mask[:, None, :]) | ~mask[:, :, None]
-        bias = torch.zeros(visible.shape, dtype=self.embed.dtype, device=mask.device).masked_fill_(~visible, float("-inf"))[:, None, None]
+        bias = torch.zeros(visible.shape, dtype=self.embed.dtype, device=mask.device)
+        bias = bias.masked_fill_(~visible, float("-inf"))[:, None, None]
         for layer, keys, values in zip(self.layers, self.keys, self.values):
             hidden = layer.prefill(hidden, cos, sin, keys, values, bias, mask)
         last = mask.sum(-1).cumsum(0) - 1  # each row's last prompt token (left padding: the last column)

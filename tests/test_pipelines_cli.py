@@ -93,7 +93,8 @@ def test_probe_device_is_checked_first_and_keys_only_probes_off_the_cpu(tmp_path
     from rl_probe.spec import get_probe_spec
 
     for device, message in (("tpu", "'tpu' is not a device"), ("cuda:7", "'cuda:7': torch sees")):
-        result = _cli("probe", str(tmp_path / "ckpt"), "--toy", "--spec", "toy-smoke-v1", "--device", device, "-w", str(tmp_path / "ws"))
+        result = _cli("probe", str(tmp_path / "ckpt"), "--toy", "--spec", "toy-smoke-v1", "--device", device,
+                      "-w", str(tmp_path / "ws"))
         assert result.returncode == 2 and f"--device: {message}" in result.stderr, result.stderr
     assert not (tmp_path / "ws").exists()
 
