@@ -33,8 +33,10 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	WANDB_MODE=offline $(VENV)/bin/python -m pytest -q -m slow $(ARGS)
 
+# the SmolLM2 lines need the model (`make smollm2` materialises it) and TRL (the bench extra)
 bench: $(STAMP)
-	$(VENV)/bin/midprobe bench $(ARGS)
+	$(VENV)/bin/python -c "import trl" 2>/dev/null || $(VENV)/bin/pip install -q -e ".[bench]"
+	$(VENV)/bin/midprobe bench --model $(SMOLLM2) $(ARGS)
 
 # The one-GPU check (dev/gpu_check.py): on a box with a CUDA torch, transformers and the
 # wheels in dev/gpu_check_wheels.md; without CUDA it runs the CPU side and skips the rest.

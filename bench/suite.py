@@ -5,7 +5,8 @@ returns a plain dict); this module only runs them and prints one line each:
 
     bench <name>: ours <value> <unit>, <peer> <value> <unit>, ratio <r>x
 
-A missed goal is a printed ratio, never a crash; the suite exits 0.
+A missed goal is a printed ratio, never a crash; the suite exits 0. A benchmark that cannot
+run here (its model is absent) prints `bench <name>: skipped: <why>`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import time
 import traceback
 from pathlib import Path
 
+from rl_probe.bench_smollm2 import Skipped
+
 # name -> (module:function, goal ratio). Each function returns
 # {"ours": float, "peer": float, "unit": str, "peer_name": str, "details": {...}}.
 BENCHMARKS = {
@@ -24,6 +27,10 @@ BENCHMARKS = {
     "midtrain-throughput": ("bench.suite:midtrain_at_vocab_4096", 1.0),
     "midtrain-throughput-vocab512": ("midtrain.bench:bench_training_throughput", 1.0),
     "rollout-throughput": ("rl_probe.bench:bench_rollout_throughput", 3.0),
+    # SmolLM2-135M-Instruct, one thread: a smollm2-cpu-v2 step against TRL's GRPOTrainer, and
+    # its 32 rollouts against HF generate (rl_probe/bench_smollm2.py)
+    "smollm2-probe-step": ("rl_probe.bench_smollm2:bench_probe_step_vs_trl", 3.0),
+    "smollm2-sampling": ("rl_probe.bench_smollm2:bench_sampling_vs_hf_generate", 2.0),
     "curation-throughput": ("data_recipes.bench:bench_curation_throughput", 4.0),
 }
 
@@ -55,6 +62,9 @@ def run_suite(only: list[str] | None = None, out: Path | None = None) -> dict[st
         started = time.time()
         try:
             result = _load(target)()
+        except Skipped as why:
+            print(f"bench {name}: skipped: {why}", flush=True)
+            continue
         except Exception as exc:  # report and go on: one broken benchmark must not hide the others
             print(f"bench {name}: error {type(exc).__name__}: {exc}")
             traceback.print_exc()

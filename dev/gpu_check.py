@@ -13,8 +13,10 @@ one line per check (PASS / FAIL / SKIP); exits 1 if any check fails.
 4. The embedded probe's GRPO update (verl's policy loss, teacher-forced log-probs,
    AdamW) for a few steps on CUDA follows the same updates on CPU. Needs verl, whose
    import pulls in ray (a 79 MB wheel), so it is SKIPPED where verl is not installed.
-   The probe's sampler runs on CPU only (its tensors and generators are CPU ones), so
-   the rollout is sampled on CPU and the updates replay it on each device.
+   The rollout is sampled on CPU and the updates replay it on each device.
+5. A whole probe step (sampling, reward, update) on CUDA, fp32 and bf16: finite, and the
+   sampler's log-probs on CUDA equal the training forward's on CUDA (what bypass mode
+   relies on); greedy sampling on CUDA gives the CPU's tokens and log-probs (needs verl too).
 
 Without CUDA, or with --dry-run, the CPU side runs (plus megatron's distributed
 optimizer on CPU against torch's AdamW) and every CUDA check prints SKIP.
@@ -50,6 +52,8 @@ STEPS = 6
 FP32_LOSS_RTOL = 1e-3
 BF16_LOSS_RTOL = 3e-2
 LOGPROB_ATOL = 1e-3
+# bf16 sampling (its own kernels) against the autocast training forward: ~3 significant digits
+BF16_LOGPROB_ATOL = 0.1
 PROBE_UPDATES = 3
 
 
@@ -174,7 +178,7 @@ def probe_updates(hf_dir: Path, devices: list[str]) -> dict[str, dict]:
     from verl.trainer.ppo.core_algos import get_adv_estimator_fn
 
     from data_recipes.toyworld import ToyWorld, ToyWorldConfig
-    from rl_probe.embedded import Prompter, _actor_config, _update
+    from rl_probe.embedded import Prompter, _actor_config, _update, make_optimizer
     from rl_probe.reward import score
     from rl_probe.sampler import Rollout, sample, teacher_forced
     from rl_probe.spec import get_probe_spec
@@ -202,8 +206,7 @@ def probe_updates(hf_dir: Path, devices: list[str]) -> dict[str, dict]:
     out = {}
     for device in devices:
         model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).to(device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr,
-                                      weight_decay=spec.weight_decay)
+        optimizer = make_optimizer(model, spec)
         on_device = Rollout(**{k: getattr(rollout, k).to(device)
                                for k in Rollout.__dataclass_fields__})
         losses = []
@@ -216,6 +219,43 @@ def probe_updates(hf_dir: Path, devices: list[str]) -> dict[str, dict]:
                                           on_device.response_ids, on_device.response_mask,
                                           spec.temperature)
         out[device] = {"losses": losses, "log_probs": log_probs[on_device.response_mask].cpu()}
+    return out
+
+
+def probe_steps(hf_dir: Path, device: str) -> dict:
+    """One embedded probe step per compute dtype on `device`, and greedy samples there:
+    metrics, the sampler's vs the training forward's log-probs, greedy tokens and log-probs."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from data_recipes.toyworld import ToyWorld, ToyWorldConfig
+    from rl_probe.embedded import Prompter, _actor_config, grpo_step, make_optimizer
+    from rl_probe.sampler import sample, teacher_forced
+    from rl_probe.spec import get_probe_spec
+
+    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+    problems = [{"id": p.id, "question": p.question, "answer": p.answer}
+                for p in ToyWorld(ToyWorldConfig()).problems("train", 16)]
+    out = {}
+    for dtype in ("float32", "bfloat16"):
+        spec = get_probe_spec("toy-cpu-v5").model_copy(update={"dtype": dtype})
+        model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).to(device)
+        prompter = Prompter(tokenizer, spec)
+        optimizer = make_optimizer(model, spec)
+        metrics = grpo_step(model, None, optimizer, prompter, problems, spec, 0, 1, _actor_config(spec))
+        rollout = sample(model, [prompter.prompt_ids(p) for p in problems[:8]], max_new_tokens=24,
+                         stop_ids=prompter.stop_ids, pad_id=prompter.pad_id, temperature=1.0,
+                         generator=torch.Generator(device=device).manual_seed(0), dtype=getattr(torch, dtype))
+        with torch.no_grad():
+            forced, _ = teacher_forced(model, rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids,
+                                       rollout.response_mask, 1.0, dtype=getattr(torch, dtype))
+        gap = ((forced - rollout.log_probs) * rollout.response_mask).abs().max().item()
+        out[dtype] = {"finite": all(np.isfinite(v) for v in metrics.values() if isinstance(v, float)),
+                      "sampler_vs_forward": gap}
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).to(device)
+    greedy = sample(model, [prompter.prompt_ids(p) for p in problems], max_new_tokens=24,
+                    stop_ids=prompter.stop_ids, pad_id=prompter.pad_id, temperature=0.0,
+                    generator=torch.Generator(device=device))
+    out["greedy"] = {"tokens": greedy.response_ids.cpu(), "log_probs": greedy.log_probs.cpu()}
     return out
 
 
@@ -310,6 +350,25 @@ def main(argv: list[str] | None = None) -> int:
             report.line("PASS" if finite else "FAIL", "probe-update-cpu",
                         f"{PROBE_UPDATES} GRPO updates on CPU, finite losses")
             report.line("SKIP", "probe-update-cuda", "needs CUDA")
+        steps = {device: probe_steps(cpu["hf"], device) for device in devices}
+        for device, by_dtype in steps.items():
+            for dtype in ("float32", "bfloat16"):
+                result = by_dtype[dtype]
+                tolerance = LOGPROB_ATOL if dtype == "float32" else BF16_LOGPROB_ATOL
+                ok = result["finite"] and result["sampler_vs_forward"] <= tolerance
+                report.line("PASS" if ok else "FAIL", f"probe-step-{device}-{dtype}",
+                            f"a probe step on {device}: finite metrics; sampler vs training forward "
+                            f"max |log-prob difference| {result['sampler_vs_forward']:.2e} "
+                            f"(tolerance {tolerance:g})")
+        if cuda:
+            on_gpu, on_cpu = steps["cuda"]["greedy"], steps["cpu"]["greedy"]
+            # up to each row's first differing token (a near-tie may flip an argmax)
+            agree = (on_gpu["tokens"] == on_cpu["tokens"]).int().cumprod(-1).bool()
+            worst = ((on_gpu["log_probs"] - on_cpu["log_probs"]) * agree).abs().max().item()
+            share = agree.float().mean().item()
+            report.line("PASS" if worst <= LOGPROB_ATOL and share >= 0.9 else "FAIL", "probe-greedy-cuda",
+                        f"greedy sampling on CUDA vs CPU: {share:.0%} of tokens agree, their max |log-prob "
+                        f"difference| {worst:.2e} (tolerance {LOGPROB_ATOL:g})")
     print(f"gpu-check: {report.failed} failed, {time.perf_counter() - started:.0f} s, "
           f"work directory {root}", flush=True)
     return 1 if report.failed else 0

@@ -6,6 +6,7 @@ stderr naming the file or field and what is wrong (``validate`` lists all).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -278,6 +279,7 @@ def probe(checkpoints: list[str] = typer.Argument(..., help="HF checkpoint direc
           name: Optional[str] = typer.Option(None, help="name of this checkpoint sweep job"),
           parallel: int = typer.Option(2, help="probe runs at once"),
           keep_policy: bool = typer.Option(False, help="keep each probe's final policy (HF dir under policy/)"),
+          device: str = typer.Option("cpu", help="where each probe runs: cpu, cuda or cuda:N"),
           workspace: Path = typer.Option(Path("./midprobe-runs"), "--workspace", "-w")) -> None:
     """Probe HF checkpoints made anywhere (a checkpoint sweep job); no sweep file needed."""
     from pipelines.execute import run_plan
@@ -295,6 +297,7 @@ def probe(checkpoints: list[str] = typer.Argument(..., help="HF checkpoint direc
             _refuse(preflight.problem_file_errors(path), option)
     if name:
         _refuse(preflight.safe_name(name, "--name"))
+    _refuse(preflight.device_errors(device, "--device"))
     probe_executor = preflight.executor(ExecutorSection(), parallel=parallel)
     seed_list = _seed_list(seeds)
     workspace = preflight.workspace(workspace.resolve())
@@ -305,7 +308,7 @@ def probe(checkpoints: list[str] = typer.Argument(..., help="HF checkpoint direc
             if toy else (ProblemSet(path=str(train_set.resolve())), ProblemSet(path=str(eval_set.resolve()))))
     job = name or f"probe-{stable_hash(sorted(str(p) for p in dirs.values()), 8)}"
     the_plan = build_checkpoint_plan(job, dirs, probe_spec, seed_list, *sets,
-                                     executor=probe_executor, keep_policy=keep_policy)
+                                     executor=probe_executor, keep_policy=keep_policy, device=device)
     store = RunStore(workspace)
     run_plan(the_plan, store, console)
     typer.echo(_write_report_named(job, store, f"midprobe · checkpoints · {job}"))
@@ -432,6 +435,7 @@ def status(sweep_file: Optional[Path] = typer.Argument(
                                                     help="workspace directory (default: the sweep's, else ./midprobe-runs)"),
            sweep: Optional[str] = typer.Option(None, help="only the stage runs of the sweep (or probe job) of this name")) -> None:
     """Table of stage runs in a workspace: running, done, failed; and who holds which lock."""
+    from pipelines.execute import run_progress
     from pipelines.locks import describe, lock_states
     from pipelines.store import RunStore
     from pipelines.preflight import load_sweep
@@ -451,14 +455,16 @@ def status(sweep_file: Optional[Path] = typer.Argument(
     rows = store.query(sql + " ORDER BY started IS NULL, started", (sweep,) if sweep else ())
     colors = {"done": "green", "running": "cyan", "failed": "red", "interrupted": "yellow"}
     table = Table(title=f"{store.workspace}", title_justify="left")
-    for col in ("stage", "key", "label", "status", "wall s", "CPU s", "error"):
+    for col in ("stage", "key", "label", "status", "wall s", "CPU s", "progress", "error"):
         table.add_column(col)
     for r in rows:
         wall = f"{r['finished'] - r['started']:.0f}" if r["finished"] and r["started"] else \
             (f"{time.time() - r['started']:.0f}…" if r["status"] == "running" and r["started"] else "")
         table.add_row(r["stage"], r["key"][:10], r["label"] or "",
                       f"[{colors.get(r['status'], 'white')}]{r['status']}[/]", wall,
-                      f"{r['cpu_seconds']:.0f}" if r["cpu_seconds"] else "", (r["error"] or "")[:60])
+                      f"{r['cpu_seconds']:.0f}" if r["cpu_seconds"] else "",
+                      run_progress(store, r["stage"], r["key"], json.loads(r["config"])) if r["status"] == "running"
+                      else "", (r["error"] or "")[:60])
     out.print(table)
     held = lock_states(store.workspace / "locks")
     if held:
@@ -647,9 +653,16 @@ def specs(spec: Optional[str] = typer.Argument(None, help="show this spec's reso
 
 
 @app.command()
-def bench(only: Optional[list[str]] = typer.Option(None, "--only", help="run only these benchmarks")) -> None:
+def bench(only: Optional[list[str]] = typer.Option(None, "--only", help="run only these benchmarks"),
+          model: Optional[Path] = typer.Option(None, "--model", help="SmolLM2-135M-Instruct as an HF directory "
+                                               "(default: $MIDPROBE_SMOLLM2, else models/smollm2-135m-instruct)")
+          ) -> None:
     """Run the benchmark suite; one line per benchmark with the ratio against its peer."""
     from bench.suite import run_suite
+    from rl_probe.bench_smollm2 import MODEL_ENV
+
+    if model is not None:
+        os.environ[MODEL_ENV] = str(model.resolve())  # the spawned benchmark processes read it too
 
     run_suite(only)
 

@@ -319,6 +319,7 @@ def run_plan(plan: Plan, store: RunStore, console: Console, executor: ExecutorSe
     busy_until: dict[str, float] = {}
     waiting_since: dict[str, float] = {}  # runs held by other processes: since when, next report
     next_report: dict[str, float] = {}
+    shown_progress: dict[str, str] = {}  # the progress line last printed for each probe run
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                         TextColumn("[dim]{task.fields[status]}"), console=console, transient=True)
     try:
@@ -346,7 +347,12 @@ def run_plan(plan: Plan, store: RunStore, console: Console, executor: ExecutorSe
                     continue
                 done, _ = cf.wait(list(running), timeout=2, return_when=cf.FIRST_COMPLETED)
                 for run, _, task in running.values():
-                    progress.update(task, status=_latest_metric(store, run))
+                    status = run_progress(store, run.stage, run.key, run.config)
+                    progress.update(task, status=status)
+                    # a probe's steps as lines too: the live view is not drawn where output is not a terminal
+                    if run.stage == "probe" and status and status != shown_progress.get(run.ref):
+                        shown_progress[run.ref] = status
+                        progress.console.print(f"[dim]  {run.label}: {status}[/]")
                 for future in done:
                     run, started, task = running.pop(future)
                     progress.remove_task(task)
@@ -388,19 +394,35 @@ def run_plan(plan: Plan, store: RunStore, console: Console, executor: ExecutorSe
     return outcome
 
 
-def _latest_metric(store: RunStore, run: StageRun) -> str:
+def latest_metrics(store: RunStore, stage: str, key: str) -> tuple[int, dict] | None:
+    """The step and metrics a run logged last: from the index, or (a worker's run) from its directory."""
     rows = store.query("SELECT step, name, value FROM metrics WHERE stage=? AND key=? AND step="
-                       "(SELECT MAX(step) FROM metrics WHERE stage=? AND key=?)",
-                       (run.stage, run.key, run.stage, run.key))
+                       "(SELECT MAX(step) FROM metrics WHERE stage=? AND key=?)", (stage, key, stage, key))
     if rows:
-        step, values = rows[0]["step"], {r["name"]: r["value"] for r in rows}
-    else:  # a worker's run: its latest record in its directory
-        record = last_metrics(store.partial_path(run) / TRACKED_METRICS)
-        if record is None:
-            return ""
-        step, values = record["step"], record["data"]
-    shown = next((f"{name} {values[name]:.3f}" for name in PROGRESS_METRICS if name in values), "")
-    return f"step {step} {shown}"
+        return rows[0]["step"], {r["name"]: r["value"] for r in rows}
+    record = last_metrics(store.partial_dir(stage, key) / TRACKED_METRICS)
+    return None if record is None else (record["step"], record["data"])
+
+
+def progress_text(step: int, values: dict, total_steps: int | None) -> str:
+    """A probe's 'step k/N · reward r · s/step · time left' (the last step's pace); else 'step k <metric>'."""
+    if total_steps is None:
+        shown = next((f"{name} {values[name]:.3f}" for name in PROGRESS_METRICS if name in values), "")
+        return f"step {step} {shown}"
+    if "timing_s/step" not in values:  # step 0: the base's profile and evaluation
+        return f"step {step}/{total_steps}"
+    per_step = values["timing_s/step"]
+    left = (total_steps - step) * per_step  # evaluations not counted
+    return (f"step {step}/{total_steps} · reward {values.get('critic/score/mean', float('nan')):.3f} · "
+            f"{per_step:.1f} s/step · {left / 60:.1f} min left")
+
+
+def run_progress(store: RunStore, stage: str, key: str, config: dict) -> str:
+    latest = latest_metrics(store, stage, key)
+    if latest is None:
+        return ""
+    total = config["spec"]["steps"] if stage == "probe" else None
+    return progress_text(*latest, total)
 
 
 def blocked_refs(failed: dict[str, str], runs: list[StageRun]) -> set[str]:

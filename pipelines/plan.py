@@ -145,13 +145,15 @@ class Plan:
 
     def add_probes(self, recipe: str, checkpoint: StageRun, spec, seeds: list[int],
                    engine_options: dict | None = None, replica: int | None = None,
-                   keep_policy: bool = False, control: str | None = None) -> None:
+                   keep_policy: bool = False, control: str | None = None,
+                   device: str = "cpu") -> None:
         """Probe runs of one checkpoint, one per seed; `control` (a probe.control value) marks them as
         that control's runs (kept apart from the ranked probes, named in their roles and labels)."""
         for seed in seeds:
             config = ProbeRun(spec=spec, spec_hash=spec.content_hash(), seed=seed, keep_policy=keep_policy,
                               # GPUs, nodes, rollout engine: how verl lays the run out
-                              engine_options=(engine_options or {}) if spec.engine == "verl" else None)
+                              engine_options=(engine_options or {}) if spec.engine == "verl" else None,
+                              device=device if spec.engine == "embedded" else "cpu")
             kind = f"{control.replace('_', '-')} probe" if control else "probe"  # "random-reward probe"
             run = stage_run("probe", config, {"checkpoint": checkpoint, "problems": self.problems},
                             label=f"{kind} {recipe}{_replica_label(replica)} seed {seed}")
@@ -302,10 +304,12 @@ def build_plan(sweep: Sweep, source: Path) -> Plan:
     probed += [(recipe, replica, stages[-1]) for recipe, replicas in midtrain.items()
                for replica, stages in replicas.items()]
     for recipe, replica, checkpoint in probed:
-        plan.add_probes(recipe, checkpoint, spec, probe_cfg.seeds, probe_cfg.verl, replica, probe_cfg.keep_policy)
+        plan.add_probes(recipe, checkpoint, spec, probe_cfg.seeds, probe_cfg.verl, replica, probe_cfg.keep_policy,
+                        device=probe_cfg.device)
         if probe_cfg.control:
             plan.add_probes(recipe, checkpoint, spec.with_random_reward(), probe_cfg.control_seeds or probe_cfg.seeds,
-                            probe_cfg.verl, replica, probe_cfg.keep_policy, probe_cfg.control)
+                            probe_cfg.verl, replica, probe_cfg.keep_policy, probe_cfg.control,
+                            probe_cfg.device)
     return plan
 
 
@@ -345,12 +349,13 @@ def selection_run(pool: StageRun, train_set: ProblemSet, eval_set: ProblemSet, d
 
 def build_checkpoint_plan(name: str, checkpoints: dict[str, Path], spec, seeds: list[int],
                           train_set: ProblemSet, eval_set: ProblemSet, executor: ExecutorSection,
-                          toy_world: dict | None = None, keep_policy: bool = False) -> Plan:
+                          toy_world: dict | None = None, keep_policy: bool = False, device: str = "cpu") -> Plan:
     """A checkpoint sweep job: probe HF checkpoints made anywhere, no sweep file needed."""
     pool = problems_run(ToyWorldConfig(**(toy_world or {})), train_set, eval_set, Path.cwd())
     plan = Plan(name, executor, selection_run(pool, train_set, eval_set, "fixed"), {})
     for run in (pool, plan.problems):
         plan.role(run, kind="problems")
     for label, path in checkpoints.items():
-        plan.add_probes(label, external(path, f"checkpoint {label}"), spec, seeds, keep_policy=keep_policy)
+        plan.add_probes(label, external(path, f"checkpoint {label}"), spec, seeds, keep_policy=keep_policy,
+                        device=device)
     return plan

@@ -19,7 +19,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from pipelines.errors import InputError
-from pipelines.sweep import ExecutorSection, Sweep, cross_check, parse_sweep, resolve_path
+from pipelines.sweep import DEVICE_PATTERN, ExecutorSection, Sweep, cross_check, parse_sweep, resolve_path
 
 SAMPLE_LINES = 100  # of each source file: enough to find a wrong text field, cheap on a large corpus
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # a path component, never '.' or '..'
@@ -37,6 +37,7 @@ def check_sweep(sweep: Sweep, source: Path) -> list[str]:
         from pipelines.calibration import calibration_errors
 
         errors += calibration_errors(resolve_path(sweep.probe.calibration, source.parent))
+    errors += device_errors(sweep.probe.device, "probe.device")
     return errors
 
 
@@ -44,6 +45,20 @@ def safe_name(name: str, field: str) -> list[str]:
     if SAFE_NAME.match(name):
         return []
     return [f"{field}: '{name}' is not a safe name (letters, digits, '_', '.', '-'; not starting with '.')"]
+
+
+def device_errors(device: str, field: str) -> list[str]:
+    """A device the embedded engine can run on here: cpu, or cuda[:N] where torch sees that GPU."""
+    if not re.match(DEVICE_PATTERN, device):
+        return [f"{field}: '{device}' is not a device (cpu, cuda or cuda:N)"]
+    if device == "cpu":
+        return []
+    import torch
+
+    index = int(device.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        return [f"{field}: '{device}': torch sees {torch.cuda.device_count()} CUDA device(s) here"]
+    return []
 
 
 def _names(sweep: Sweep) -> list[str]:

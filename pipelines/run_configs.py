@@ -130,12 +130,13 @@ class MidtrainRun(RunConfig):
 
 
 class ProbeRun(RunConfig):
-    OMIT_AT_DEFAULT = RunConfig.OMIT_AT_DEFAULT | {"engine_options", "keep_policy"}
+    OMIT_AT_DEFAULT = RunConfig.OMIT_AT_DEFAULT | {"engine_options", "keep_policy", "device"}
     spec: ProbeSpec
     spec_hash: str
     seed: int
     engine_options: dict[str, Any] | None = None  # verl: GPUs, nodes, rollout engine
     keep_policy: bool = False  # the run's artifacts include the final policy
+    device: str = "cpu"  # the embedded engine's device: another one rounds differently
 
 
 RUN_CONFIGS: dict[str, type[RunConfig]] = {

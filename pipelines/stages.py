@@ -125,7 +125,7 @@ def _probe(run: StageRun, inputs: dict[str, Path], out: Path, ctx: StageContext)
     if spec.engine == "verl":
         engine, options = run_probe_verl, run.config.engine_options or {}
     else:
-        engine, options = run_probe, {"keep_policy": run.config.keep_policy}
+        engine, options = run_probe, {"keep_policy": run.config.keep_policy, "device": run.config.device}
     engine(hf_dir(inputs["checkpoint"]), spec, inputs["problems"] / "train.jsonl",
            inputs["problems"] / "eval.jsonl", seed=run.config.seed, out_dir=out,
            on_metrics=ctx.on_metrics, **options)

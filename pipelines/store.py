@@ -164,7 +164,10 @@ class RunStore:
         return self.workspace / run.stage / run.key
 
     def partial_path(self, run: StageRun) -> Path:
-        return self.workspace / run.stage / f".{run.key}.partial"
+        return self.partial_dir(run.stage, run.key)
+
+    def partial_dir(self, stage: str, key: str) -> Path:
+        return self.workspace / stage / f".{key}.partial"
 
     def is_done(self, run: StageRun) -> bool:
         return (self.path(run) / MANIFEST).is_file()

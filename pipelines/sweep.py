@@ -120,6 +120,9 @@ class ProblemSet(_Strict):
         return self
 
 
+DEVICE_PATTERN = r"^(cpu|cuda(:\d+)?)$"
+
+
 class ProbeSection(_Strict):
     spec: str | dict[str, Any] = Field(description=(
         "a shipped probe spec's name (midprobe specs), a YAML file (relative to the sweep file), "
@@ -132,6 +135,8 @@ class ProbeSection(_Strict):
     include_base: bool = Field(default=True, description="also probe the base without mid-training")
     keep_policy: bool = Field(default=False, description=(
         "keep each probe's final policy (an HF directory under policy/); resume state is dropped either way"))
+    device: str = Field(default="cpu", pattern=DEVICE_PATTERN, description=(
+        "where the embedded engine runs each probe: cpu, cuda, cuda:N (a GPU probes 0.5-1.5B models)"))
     difficulty: Literal["auto", "fixed"] = Field(
         default="fixed", description="auto: keep the difficulty levels at which the base's pass@k "
                                      "lies in difficulty_target (SimpleRL-Zoo's difficulty control)")

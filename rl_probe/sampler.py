@@ -34,14 +34,19 @@ class Rollout:
         return self.response_mask.sum(-1)
 
 
-def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(prompts: list[list[int]], pad_id: int,
+             device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.bool)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-        mask[row, width - len(prompt) :] = True
-    return ids, mask
+    ids = [[pad_id] * (width - len(p)) + list(p) for p in prompts]
+    mask = [[False] * (width - len(p)) + [True] * len(p) for p in prompts]
+    return torch.tensor(ids, dtype=torch.long, device=device), torch.tensor(mask, device=device)
+
+
+def distinct_prompts(prompts: list[list[int]]) -> tuple[list[list[int]], list[int]]:
+    """The distinct prompts in order of first appearance, and the index of each prompt among them."""
+    first: dict[tuple[int, ...], int] = {}
+    index = [first.setdefault(tuple(p), len(first)) for p in prompts]
+    return [list(p) for p in first], index
 
 
 def positions(mask: torch.Tensor) -> torch.Tensor:
@@ -60,29 +65,39 @@ def sample(
     temperature: float = 1.0,
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
+    share_prefixes: bool = True,
+    dtype: torch.dtype | None = None,
 ) -> Rollout:
     """Sample one response per prompt. temperature == 0 decodes greedily (log-probs at temperature 1).
 
     A row ends with the first of `stop_ids` it emits (EOS, an end-of-turn token), which is
-    part of its response. Prefill and decoding run `_Decoder` on the model's weights. Rows that
-    emitted a stop token are dropped from the batch and the KV cache, so a rollout
-    where most answers are short costs about what its tokens cost, not
-    batch x max_new_tokens.
+    part of its response. Prefill and decoding run `_Decoder` on the model's weights, in
+    `dtype` (default: the weights' own; logits and log-probs are float32 either way). With
+    `share_prefixes`, a prompt that several rows share (a GRPO group) is prefilled once and
+    its KV cache copied to those rows. Rows that emitted a stop token are dropped from the
+    batch and the KV cache, so a rollout where most answers are short costs about what its
+    tokens cost, not batch x max_new_tokens. Every tensor, and `generator`, lives on the
+    model's device.
     """
     if model.config.model_type not in DECODABLE:
         raise ValueError(f"the sampler decodes {' and '.join(DECODABLE)} checkpoints, not {model.config.model_type!r}")
     if getattr(model.config, "use_sliding_window", False):
         raise ValueError("sliding-window attention is not implemented in the sampler")
-    stop = torch.tensor(stop_ids, dtype=torch.long)
-    prompt_ids, prompt_mask = left_pad(prompts, pad_id)
+    device = model.device
+    stop = torch.tensor(stop_ids, dtype=torch.long, device=device)
+    distinct, prompt_index = distinct_prompts(prompts) if share_prefixes else (prompts, list(range(len(prompts))))
+    distinct_ids, distinct_mask = left_pad(distinct, pad_id, device)
+    decoder = _Decoder(model, distinct_mask, max_new_tokens, dtype)
+    prompt_index = torch.tensor(prompt_index, device=device)
+    logits = decoder.prefill(distinct_ids)[prompt_index]
+    decoder.repeat_rows(prompt_index)
+    prompt_ids, prompt_mask = distinct_ids[prompt_index], distinct_mask[prompt_index]
     batch, prompt_width = prompt_ids.shape
-    decoder = _Decoder(model, prompt_mask, max_new_tokens)
-    logits = decoder.prefill(prompt_ids)
     next_position = prompt_mask.sum(-1)
     # a row is dropped after its EOS, so its later columns keep pad_id and log-prob 0
-    tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long)
-    log_probs = torch.zeros((batch, max_new_tokens))
-    rows = torch.arange(batch)  # original row of each row still in the decode batch
+    tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    log_probs = torch.zeros((batch, max_new_tokens), device=device)
+    rows = torch.arange(batch, device=device)  # original row of each row still in the decode batch
     steps = max_new_tokens
     for t in range(max_new_tokens):
         token, token_log_prob = _draw(logits, temperature, top_p, generator)
@@ -102,7 +117,7 @@ def sample(
     finished = is_eos.any(-1)
     lengths = torch.where(finished, is_eos.int().argmax(-1) + 1, steps)
     width = int(lengths.max())
-    response_mask = torch.arange(width)[None, :] < lengths[:, None]
+    response_mask = torch.arange(width, device=device)[None, :] < lengths[:, None]
     return Rollout(
         prompt_ids=prompt_ids,
         prompt_mask=prompt_mask,
@@ -127,29 +142,33 @@ class _Decoder:
     batched matmul).
     """
 
-    def __init__(self, model, prompt_mask: torch.Tensor, max_new_tokens: int) -> None:
+    def __init__(self, model, prompt_mask: torch.Tensor, max_new_tokens: int, dtype: torch.dtype | None) -> None:
         base, config = model.model, model.config
         rope_type = base.rotary_emb.rope_type
         if "dynamic" in rope_type or "longrope" in rope_type:
             raise ValueError(f"RoPE type {rope_type!r} changes with sequence length; the sampler's table cannot follow")
-        self.embed = base.embed_tokens.weight
-        self.norm = (base.norm.weight, base.norm.variance_epsilon)
-        self.lm_head = (model.lm_head.weight, model.lm_head.bias)
+        dtype = dtype or base.embed_tokens.weight.dtype
+        device = prompt_mask.device
+        self.embed = base.embed_tokens.weight.to(dtype)
+        self.norm = (base.norm.weight.to(dtype), base.norm.variance_epsilon)
+        self.lm_head = _Linear.of(model.lm_head).to(dtype)
         batch, prompt_width = prompt_mask.shape
         width = prompt_width + max_new_tokens
         # additive attention bias, -inf on left padding: (B, 1, 1, width) broadcasts over kv heads and groups
-        self.bias = torch.zeros((batch, 1, 1, width), dtype=self.embed.dtype)
+        self.bias = torch.zeros((batch, 1, 1, width), dtype=dtype, device=device)
         self.bias[:, 0, 0, :prompt_width].masked_fill_(~prompt_mask, float("-inf"))
-        cos, sin = base.rotary_emb(self.embed, torch.arange(width)[None])
+        cos, sin = base.rotary_emb(self.embed, torch.arange(width, device=device)[None])
         half = cos.shape[-1] // 2
         # rotate_half(x) * sin == x.roll(half) * signed_sin: one roll instead of slices, neg and cat
         signed_sin = torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1)
         self.rope = torch.stack([cos[0], signed_sin], dim=1)  # (position, cos/signed sin, head_dim)
-        self.layers = [_Layer(layer, config) for layer in base.layers[: config.num_hidden_layers]]
+        self.layers = [_Layer(layer, config, dtype) for layer in base.layers[: config.num_hidden_layers]]
         kv_heads, head_dim = config.num_key_value_heads, self.layers[0].head_dim
         # keys (B, kv_heads, head_dim, width), values (B, kv_heads, width, head_dim)
-        self.keys = [torch.zeros((batch, kv_heads, head_dim, width), dtype=self.embed.dtype) for _ in self.layers]
-        self.values = [torch.zeros((batch, kv_heads, width, head_dim), dtype=self.embed.dtype) for _ in self.layers]
+        self.keys = [torch.zeros((batch, kv_heads, head_dim, width), dtype=dtype, device=device)
+                     for _ in self.layers]
+        self.values = [torch.zeros((batch, kv_heads, width, head_dim), dtype=dtype, device=device)
+                       for _ in self.layers]
         self.prompt_mask = prompt_mask
 
     def prefill(self, prompt_ids: torch.Tensor) -> torch.Tensor:
@@ -160,14 +179,21 @@ class _Decoder:
         rope = self.rope[positions(mask)[mask]]
         cos, sin = rope[:, None, 0], rope[:, None, 1]
         # (B, 1, 1, query, key): causal over real keys; padded queries see every key to stay finite
-        causal = torch.ones((width, width), dtype=torch.bool).tril()
+        causal = torch.ones((width, width), dtype=torch.bool, device=mask.device).tril()
         visible = (causal & mask[:, None, :]) | ~mask[:, :, None]
-        bias = torch.zeros(visible.shape, dtype=self.embed.dtype).masked_fill_(~visible, float("-inf"))[:, None, None]
+        bias = torch.zeros(visible.shape, dtype=self.embed.dtype, device=mask.device)
+        bias = bias.masked_fill_(~visible, float("-inf"))[:, None, None]
         for layer, keys, values in zip(self.layers, self.keys, self.values):
             hidden = layer.prefill(hidden, cos, sin, keys, values, bias, mask)
         last = mask.sum(-1).cumsum(0) - 1  # each row's last prompt token (left padding: the last column)
         hidden = F.rms_norm(hidden[last], hidden.shape[-1:], *self.norm)
         return F.linear(hidden, *self.lm_head).float()
+
+    def repeat_rows(self, index: torch.Tensor) -> None:
+        """Row i of the cache becomes the prefilled row index[i]: a shared prompt's cache for each of its rows."""
+        self.bias = self.bias[index]
+        self.keys = [k[index] for k in self.keys]
+        self.values = [v[index] for v in self.values]
 
     def drop_rows(self, dropped: torch.Tensor) -> torch.Tensor:
         """Drop the rows where `dropped` is True; returns the old index of each remaining row.
@@ -185,7 +211,7 @@ class _Decoder:
         self.bias = self.bias[:kept]
         self.keys = [k[:kept] for k in self.keys]
         self.values = [v[:kept] for v in self.values]
-        order = torch.arange(kept)
+        order = torch.arange(kept, device=dropped.device)
         order[holes] = movers
         return order
 
@@ -202,18 +228,19 @@ class _Decoder:
 
 
 class _Layer:
-    def __init__(self, layer, config) -> None:
+    def __init__(self, layer, config, dtype: torch.dtype) -> None:
         attn, mlp = layer.self_attn, layer.mlp
         self.head_dim = attn.head_dim
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
-        self.input_norm = (layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)
-        self.post_norm = (layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon)
+        self.input_norm = (layer.input_layernorm.weight.to(dtype), layer.input_layernorm.variance_epsilon)
+        self.post_norm = (layer.post_attention_layernorm.weight.to(dtype),
+                          layer.post_attention_layernorm.variance_epsilon)
         self.qkv = _Linear.cat([_Linear.of(attn.q_proj).scaled(attn.scaling), _Linear.of(attn.k_proj),
-                                _Linear.of(attn.v_proj)])
-        self.o = (attn.o_proj.weight, attn.o_proj.bias)
-        self.gate_up = _Linear.cat([_Linear.of(mlp.gate_proj), _Linear.of(mlp.up_proj)])
-        self.down = (mlp.down_proj.weight, mlp.down_proj.bias)
+                                _Linear.of(attn.v_proj)]).to(dtype)
+        self.o = _Linear.of(attn.o_proj).to(dtype)
+        self.gate_up = _Linear.cat([_Linear.of(mlp.gate_proj), _Linear.of(mlp.up_proj)]).to(dtype)
+        self.down = _Linear.of(mlp.down_proj).to(dtype)
         self.act = mlp.act_fn
         self.intermediate = mlp.gate_proj.out_features
 
@@ -272,6 +299,9 @@ class _Linear(NamedTuple):
     def of(cls, linear: torch.nn.Linear) -> "_Linear":
         return cls(linear.weight, linear.bias)
 
+    def to(self, dtype: torch.dtype) -> "_Linear":
+        return _Linear(self.weight.to(dtype), None if self.bias is None else self.bias.to(dtype))
+
     def scaled(self, factor: float) -> "_Linear":
         return _Linear(self.weight * factor, None if self.bias is None else self.bias * factor)
 
@@ -306,7 +336,7 @@ def _draw(logits: torch.Tensor, temperature: float, top_p: float,
         total = cdf[:, -1]
         if top_p < 1.0:
             cdf = _nucleus(weights / total[:, None], top_p).cumsum(-1)
-        u = torch.rand((logits.shape[0], 1), generator=generator) * cdf[:, -1:]
+        u = torch.rand((logits.shape[0], 1), generator=generator, device=logits.device) * cdf[:, -1:]
         token = torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=logits.shape[-1] - 1)
     return token, shifted.gather(-1, token[:, None])[:, 0] - total.log()
 
@@ -326,20 +356,61 @@ def teacher_forced(
     response_ids: torch.Tensor,
     response_mask: torch.Tensor,
     temperature: float,
+    *,
+    share_prefixes: bool = True,
+    dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log-probs and entropies of given responses, one full forward (as verl's actor).
+    """Per-token log-probs and entropies of given responses (as verl's actor computes them), with grad.
 
-    Same layout as `sample` returns: left-padded prompts, right-padded responses.
+    Same layout as `sample` returns: left-padded prompts, right-padded responses. With
+    `share_prefixes`, rows with the same prompt (a GRPO group) run it once: its KV cache, with
+    grad, is repeated to those rows and their responses run on top of it, so a group of n
+    rollouts costs one prompt, not n (gradients reach the prompt's activations through the
+    repeated cache). `dtype` bfloat16 runs the forward under autocast; log-probs are float32.
     """
-    input_ids = torch.cat([prompt_ids, response_ids], dim=-1)
-    mask = torch.cat([prompt_mask, response_mask], dim=-1)
-    width = response_ids.shape[1]
-    logits = model(
-        input_ids=input_ids,
-        attention_mask=mask.long(),
-        position_ids=positions(mask),
-        use_cache=False,
-        logits_to_keep=width + 1,
-    ).logits[:, :-1, :].float() / temperature
+    with torch.autocast(prompt_ids.device.type, dtype=dtype or torch.float32, enabled=dtype == torch.bfloat16):
+        if share_prefixes:
+            rows = torch.cat([prompt_ids, prompt_mask.long()], dim=-1)
+            distinct, index = torch.unique(rows, dim=0, return_inverse=True)
+            if len(distinct) < len(rows):
+                logits = _logits_over_shared_prompts(model, distinct, index, response_ids, response_mask)
+                return _token_log_probs(logits, response_ids, temperature)
+        input_ids = torch.cat([prompt_ids, response_ids], dim=-1)
+        mask = torch.cat([prompt_mask, response_mask], dim=-1)
+        logits = model(
+            input_ids=input_ids,
+            attention_mask=mask.long(),
+            position_ids=positions(mask),
+            use_cache=False,
+            logits_to_keep=response_ids.shape[1] + 1,
+        ).logits[:, :-1, :]
+    return _token_log_probs(logits, response_ids, temperature)
+
+
+def _logits_over_shared_prompts(model, distinct: torch.Tensor, index: torch.Tensor, response_ids: torch.Tensor,
+                                response_mask: torch.Tensor) -> torch.Tensor:
+    """Logits before each response token: the distinct prompts' forward once, the responses on its cache.
+
+    `distinct` holds the distinct rows of [prompt ids | prompt mask], `index` each row's among them.
+    """
+    width = distinct.shape[1] // 2
+    prompt_ids, prompt_mask = distinct[:, :width], distinct[:, width:].bool()
+    prompt = model(input_ids=prompt_ids, attention_mask=prompt_mask.long(), position_ids=positions(prompt_mask),
+                   use_cache=True, logits_to_keep=1)
+    first = prompt.logits[index]  # predicts each row's first response token
+    if response_ids.shape[1] == 1:
+        return first
+    cache = prompt.past_key_values
+    cache.reorder_cache(index)
+    mask = torch.cat([prompt_mask[index], response_mask], dim=-1)
+    # the last response token predicts nothing that is scored
+    rest = model(input_ids=response_ids[:, :-1], attention_mask=mask[:, :-1].long(),
+                 position_ids=positions(mask)[:, width:-1], past_key_values=cache, use_cache=True).logits
+    return torch.cat([first, rest], dim=1)
+
+
+def _token_log_probs(logits: torch.Tensor, response_ids: torch.Tensor,
+                     temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = logits.float() / temperature
     token_log_probs = torch.log_softmax(logits, dim=-1).gather(-1, response_ids[..., None])[..., 0]
     return token_log_probs, entropy_from_logits(logits)

@@ -94,7 +94,7 @@ PROMPT_TEMPLATES: dict[str, PromptTemplate] = {
 
 
 # ProbeSpec fields added after its first release (see content_hash).
-ADDED_FIELDS = frozenset({"reward_control", "eval_sampled"})
+ADDED_FIELDS = frozenset({"reward_control", "eval_sampled", "dtype"})
 
 
 class ProbeSpec(BaseModel):
@@ -127,6 +127,9 @@ class ProbeSpec(BaseModel):
     # sampler scores tokens with the training weights in fp32 (tests/test_probe_sampler.py);
     # an approximation under vLLM/SGLang, whose kernels and precision differ.
     bypass_mode: bool = False
+    # compute precision of sampling and of the update's forward and backward (autocast); the
+    # weights, the optimizer and every log-prob stay float32 (docs/probe-engine.md)
+    dtype: Literal["float32", "bfloat16"] = "float32"
 
     # rollout
     temperature: float = Field(default=1.0, gt=0)

@@ -70,3 +70,40 @@ def test_status_finds_the_workspace_a_sweep_sets(tmp_path, monkeypatch):
     assert result.returncode == 0, result.stderr
     assert str(tmp_path / "elsewhere") in result.stdout and run.key[:10] in result.stdout
     assert _cli("status").returncode == 2  # no sweep given: ./midprobe-runs, which is not a workspace
+
+
+def test_status_shows_a_running_probes_step_reward_pace_and_time_left(tmp_path):
+    from pipelines.store import RunStore, StageRun
+
+    store = RunStore(tmp_path / "ws")
+    run = StageRun("probe", {"spec": {"steps": 8}, "seed": 0}, label="probe base seed 0")
+    store.mark_submitted(run)  # running for this (live) process
+    worker = RunStore(tmp_path / "ws", index=False)  # a worker leaves its metrics in the run's directory
+    worker.partial_path(run).mkdir(parents=True)
+    worker.record_metrics(run, 0, {"val-core/x/acc/mean@1": 0.2})
+    worker.record_metrics(run, 3, {"critic/score/mean": 0.25, "timing_s/step": 24.0})
+    result = _cli("status", "-w", str(tmp_path / "ws"))
+    assert result.returncode == 0, result.stderr
+    assert "step 3/8 · reward 0.250 · 24.0 s/step · 2.0 min left" in " ".join(result.stdout.split())
+
+
+def test_probe_device_is_checked_first_and_keys_only_probes_off_the_cpu(tmp_path):
+    from pipelines.plan import build_checkpoint_plan
+    from pipelines.sweep import ExecutorSection, ProblemSet
+    from rl_probe.spec import get_probe_spec
+
+    for device, message in (("tpu", "'tpu' is not a device"), ("cuda:7", "'cuda:7': torch sees")):
+        result = _cli("probe", str(tmp_path / "ckpt"), "--toy", "--spec", "toy-smoke-v1", "--device", device,
+                      "-w", str(tmp_path / "ws"))
+        assert result.returncode == 2 and f"--device: {message}" in result.stderr, result.stderr
+    assert not (tmp_path / "ws").exists()
+
+    def probe_keys(**device):
+        plan = build_checkpoint_plan("job", {"a": tmp_path}, get_probe_spec("toy-smoke-v1"), [0],
+                                     ProblemSet(toy_split="probe", n=8), ProblemSet(toy_split="eval", n=8),
+                                     ExecutorSection(), **device)
+        return {run.label: run.key for run in plan.probes.values()}
+
+    assert probe_keys(device="cpu") == probe_keys()  # the keys of before
+    assert probe_keys(device="cuda").keys() == probe_keys().keys()
+    assert set(probe_keys(device="cuda").values()).isdisjoint(probe_keys().values())

@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -266,3 +267,29 @@ def test_prompts_over_the_length_limit_are_dropped_from_train_and_eval_and_count
                                                 r"max_prompt_length=64 tokens .* allows 5%"):
         run_probe(checkpoint, strict, train_file, eval_file, seed=0, out_dir=tmp_path / "strict")
     assert not (tmp_path / "strict" / "metrics.jsonl").exists()  # refused before any work
+
+
+def test_a_probe_step_creates_every_tensor_on_the_models_device(inputs, tmp_path):
+    """With torch's default device set to 'meta', a tensor made without the model's device is a
+    meta tensor, and the first op that mixes it with the model's tensors fails (or it has no data)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rl_probe import embedded
+    from rl_probe.prompts import Prompter, load_problems
+
+    checkpoint, train, evals = inputs
+    spec = SMOKE.model_copy(update={"kl_coef": 0.1})  # the reference model's forward too
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    reference = embedded._frozen_copy(checkpoint, "cpu")
+    optimizer = embedded.make_optimizer(model, spec)
+    prompter = Prompter(tokenizer, spec, model.generation_config.eos_token_id)
+    (tmp_path / "rollouts").mkdir()
+    torch.set_default_device("meta")
+    try:
+        metrics = embedded.grpo_step(model, reference, optimizer, prompter, load_problems(train), spec, 0, 1,
+                                     embedded._actor_config(spec))
+        metrics.update(embedded.evaluate(model, prompter, load_problems(evals), spec, 0, 1, tmp_path))
+    finally:
+        torch.set_default_device(None)
+    assert np.isfinite(metrics["actor/grad_norm"]) and "val-core/toy/eval-a/acc/mean@2" in metrics

@@ -111,3 +111,16 @@ def test_spec_hash_is_stable_and_sensitive():
     for s in (spec, scheduled):
         assert ProbeSpec.model_validate_json(s.model_dump_json()).content_hash() == s.content_hash()
         assert ProbeSpec.model_validate(s.model_dump(mode="json")).content_hash() == s.content_hash()
+
+
+def test_dtype_field_keeps_the_shipped_hashes_at_float32_and_enters_the_hash_otherwise():
+    # the shipped specs' hashes from before the field existed
+    assert {name: spec.content_hash() for name, spec in PROBE_SPECS.items()
+            if name in ("toy-smoke-v1", "toy-cpu-v5", "smollm2-cpu-v2")} == {
+        "toy-smoke-v1": "307db5e0b28ac11d", "toy-cpu-v5": "2812e76677533a7a", "smollm2-cpu-v2": "e828ce827ba55a62"}
+    spec = get_probe_spec("toy-cpu-v5")
+    bf16 = spec.model_copy(update={"dtype": "bfloat16"})
+    assert bf16.content_hash() != spec.content_hash()
+    assert ProbeSpec.model_validate(bf16.model_dump(mode="json")).content_hash() == bf16.content_hash()
+    with pytest.raises(ValueError):
+        ProbeSpec(**{**spec.model_dump(), "dtype": "float16"})

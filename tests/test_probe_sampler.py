@@ -130,3 +130,62 @@ def test_any_stop_token_ends_a_row(model_and_prompts):
     for row, token in enumerate(first):
         if token in stops:
             assert stopped.finished[row] and stopped.response_lengths[row] == 1
+
+
+@pytest.fixture(scope="module")
+def grouped_rollout(model_and_prompts):
+    """Groups of 6 rollouts of 4 prompts of different lengths, their rows interleaved, EOS ragged."""
+    model, tokenizer, prompts = model_and_prompts
+    grouped = [prompts[i % 4] for i in range(24)]
+    shared = _sample(model, tokenizer, grouped, seed=7, max_new_tokens=12)
+    unshared = _sample(model, tokenizer, grouped, seed=7, max_new_tokens=12, share_prefixes=False)
+    return model, shared, unshared
+
+
+def test_shared_prompt_prefixes_sample_what_separate_prefills_sample(grouped_rollout):
+    model, shared, unshared = grouped_rollout
+    lengths = shared.response_lengths
+    assert shared.finished.any() and (~shared.finished).any() and len(set(lengths.tolist())) > 3  # ragged
+    assert torch.equal(shared.response_ids, unshared.response_ids)
+    assert torch.equal(shared.prompt_ids, unshared.prompt_ids) and torch.equal(shared.prompt_mask, unshared.prompt_mask)
+    torch.testing.assert_close(shared.log_probs, unshared.log_probs, atol=1e-5, rtol=0)
+
+
+def test_shared_prompt_prefixes_give_the_full_forwards_log_probs_and_gradients(grouped_rollout):
+    model, rollout, _ = grouped_rollout
+    results = {}
+    for share in (True, False):
+        model.zero_grad(set_to_none=True)
+        log_probs, entropy = teacher_forced(model, rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids,
+                                            rollout.response_mask, 0.7, share_prefixes=share)
+        # a loss that weighs rows differently, so that each row's gradient through the shared prompt counts
+        weights = torch.linspace(-1, 1, len(log_probs))[:, None]
+        ((log_probs + entropy) * rollout.response_mask * weights).sum().backward()
+        results[share] = (log_probs * rollout.response_mask, entropy * rollout.response_mask,
+                          {name: p.grad.clone() for name, p in model.named_parameters()})
+    (lp_shared, ent_shared, grads_shared), (lp_full, ent_full, grads_full) = results[True], results[False]
+    torch.testing.assert_close(lp_shared, lp_full, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ent_shared, ent_full, atol=1e-5, rtol=0)
+    for name, grad in grads_full.items():
+        torch.testing.assert_close(grads_shared[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+    model.zero_grad(set_to_none=True)
+
+
+# bf16 keeps 8 bits of mantissa: a log-prob of a few nats moves by a few hundredths
+BF16_LOG_PROB_ATOL = 0.1
+
+
+def test_bfloat16_sampling_and_update_log_probs_stay_near_float32(model_and_prompts):
+    model, tokenizer, prompts = model_and_prompts
+    rollout = _sample(model, tokenizer, [prompts[i % 4] for i in range(24)], seed=7, max_new_tokens=12,
+                      dtype=torch.bfloat16)
+    mask = rollout.response_mask
+    with torch.no_grad():
+        fp32, _ = teacher_forced(model, rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids, mask, 1.0)
+        bf16, _ = teacher_forced(model, rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids, mask, 1.0,
+                                 dtype=torch.bfloat16)
+    assert rollout.log_probs.dtype == bf16.dtype == torch.float32
+    assert model.model.embed_tokens.weight.dtype == torch.float32  # the weights stay float32
+    for name, log_probs in (("sampler", rollout.log_probs), ("update", bf16)):
+        gap = ((log_probs - fp32) * mask).abs().max()
+        assert 0 < gap <= BF16_LOG_PROB_ATOL, (name, gap)
