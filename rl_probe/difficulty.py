@@ -45,7 +45,7 @@ def pass_at_k_by_difficulty(checkpoint: Path, problems: list[dict], spec: ProbeS
         repeated = [p for p in chosen for _ in range(n)]
         texts, _, _ = generate(model, prompter, [prompter.prompt_ids(p) for p in repeated],
                                max_new_tokens=spec.response_length_at(0), temperature=spec.temperature,
-                               generator=_generator(seed, level, "difficulty"))
+                               generator=_generator(seed, level, "difficulty", model.device))
         correct = np.array([score(t, p["answer"], spec.reward_variant).acc for t, p in zip(texts, repeated)])
         per_problem = correct.reshape(len(chosen), n).sum(axis=1)
         result[level] = float(np.mean([pass_at_k(n, int(c), k) for c in per_problem]))
