@@ -31,6 +31,7 @@ from rl_probe.prompts import Prompter, problems_within_length
 from rl_probe.reward import RewardResult, boxed_first, has_reflection, score, score_held_out, warm_up_verifier
 from rl_probe.sampler import Rollout, sample, teacher_forced
 from rl_probe.spec import ProbeSpec
+from rl_probe.summary import ProbeSummary
 from runfiles import (COMPLETIONS_FILE, METRICS_FILE, append_metrics, atomic_write, keep_metrics_through,
                       read_jsonl, read_metrics, replace_durably)
 
@@ -109,8 +110,10 @@ def run_probe(
         model.save_pretrained(out_dir / "policy")
         tokenizer.save_pretrained(out_dir / "policy")
     write_completions(out_dir)
-    summary = _summary(spec, seed, checkpoint, out_dir, timings, prompt_counts)
-    _write_json(out_dir / "summary.json", summary)
+    summary = ProbeSummary.from_metrics(
+        read_metrics(out_dir / METRICS_FILE), json.loads((out_dir / "profile.json").read_text()), spec=spec,
+        engine="embedded", seed=seed, checkpoint=checkpoint, prompts=prompt_counts, timings=timings,
+    ).write(out_dir / "summary.json")
     state.drop()
     return summary
 
@@ -473,7 +476,7 @@ def fewshot_accuracy(model, prompter: Prompter, train: list[dict], evals: list[d
     }
 
 
-# ---------------------------------------------------------------- state, logs, summary
+# ---------------------------------------------------------------- state, logs
 
 
 class CheckpointState:
@@ -526,37 +529,6 @@ class MetricsLog:
         append_metrics(self.path, step, data)
         if self.on_metrics is not None:
             self.on_metrics(step, data)
-
-
-def _summary(spec: ProbeSpec, seed: int, checkpoint: Path, out_dir: Path, timings: dict,
-             prompt_counts: dict) -> dict:
-    rows = read_metrics(out_dir / METRICS_FILE)
-    evals = {r["step"]: {k: v for k, v in r["data"].items() if k.startswith("val-core/")} for r in rows}
-    evals = {step: values for step, values in evals.items() if values}
-    final_step = max(evals)
-    train_steps = [r for r in rows if r["step"] > 0]
-    profile = json.loads((out_dir / "profile.json").read_text())
-    return {
-        "spec": spec.name,
-        "spec_version": spec.version,
-        "spec_hash": spec.content_hash(),
-        "engine": "embedded",
-        "seed": seed,
-        "checkpoint": str(checkpoint),
-        "steps": spec.steps,
-        "final_step": final_step,
-        "final": evals[final_step],
-        "initial": evals.get(0, {}),
-        "evals": {str(step): values for step, values in sorted(evals.items())},
-        "final_train_score": train_steps[-1]["data"]["critic/score/mean"] if train_steps else None,
-        "base_pass_at_k": profile["pass_at_k"],
-        "base_fewshot_acc": profile.get("fewshot", {}).get("acc"),
-        "prompts": prompt_counts,
-        "timings": {
-            **{k: round(v, 3) for k, v in timings.items()},
-            "mean_step_s": float(np.mean([r["data"]["timing_s/step"] for r in train_steps])) if train_steps else 0.0,
-        },
-    }
 
 
 def _write_json(path: Path, data: dict) -> None:

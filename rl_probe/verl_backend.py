@@ -43,6 +43,7 @@ from rl_probe.embedded import MetricsCallback, behaviour_metrics, pass_at_k_prof
 from rl_probe.prompts import Prompter, problems_within_length
 from rl_probe.reward import RewardResult, score, score_held_out
 from rl_probe.spec import ProbeSpec
+from rl_probe.summary import ProbeSummary
 from runfiles import METRICS_FILE, atomic_write, read_jsonl, read_metrics
 
 VERL_CONFIG_DIR = Path(verl.__file__).parent / "trainer" / "config"
@@ -318,31 +319,11 @@ def import_verl_run(out_dir: Path, spec: ProbeSpec, seed: int, checkpoint: Path,
     profile = validation_pass_at_k(profile_dump, spec) if profile_dump.is_file() else None
     if profile is not None:
         atomic_write(out_dir / "profile.json", json.dumps(profile, indent=2) + "\n")
-    evals = {r["step"]: {k: v for k, v in r["data"].items() if k.startswith("val-core/")} for r in rows}
-    evals = {step: values for step, values in evals.items() if values}
-    final_step = max(evals) if evals else None
     if any((out_dir / "rollouts").glob("step_*.jsonl")):
         write_completions(out_dir)
-    summary = {
-        "spec": spec.name,
-        "spec_version": spec.version,
-        "spec_hash": spec.content_hash(),
-        "engine": "verl",
-        "seed": seed,
-        "checkpoint": str(checkpoint),
-        "steps": spec.steps,
-        "final_step": final_step,
-        "final": evals.get(final_step, {}),
-        "initial": evals.get(0, {}),
-        "evals": {str(step): values for step, values in sorted(evals.items())},
-        "final_train_score": next((r["data"]["critic/score/mean"] for r in reversed(rows)
-                                   if "critic/score/mean" in r["data"]), None),
-        "base_pass_at_k": profile and profile["pass_at_k"],
-        "base_fewshot_acc": None,  # few-shot accuracy: the embedded engine's only
-        "prompts": _read_json(out_dir / "data" / "prompts.json"),
-    }
-    atomic_write(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    return summary
+    return ProbeSummary.from_metrics(rows, profile, spec=spec, engine="verl", seed=seed, checkpoint=checkpoint,
+                                     prompts=_read_json(out_dir / "data" / "prompts.json")
+                                     ).write(out_dir / "summary.json")
 
 
 def validation_pass_at_k(validation_dump: Path, spec: ProbeSpec) -> dict:
