@@ -11,7 +11,8 @@ from megatron.core import parallel_state
 from midtrain.convert import megatron_to_hf, megatron_weights
 from midtrain.model import build_gpt_model, init_distributed, seed_all
 from midtrain.spec import ModelSpec, preset
-from midtrain.train import TrainConfig, accumulate_gradients, make_optimizer
+from midtrain.config import TrainConfig
+from midtrain.optim import accumulate_gradients, make_optimizer
 
 
 def matmul_peak_flops(threads: int, size: int = 1024, repeats: int = 5) -> float:

@@ -145,3 +145,13 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
     if not cpu_compat.on_cpu():
         tensor_parallel.model_parallel_cuda_manual_seed(seed)
+
+
+def micro_loss(model, tokens, labels, loss_mask) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of masked per-token losses, number of loss tokens) for one micro batch."""
+    # megatron's forward step enters the same autocast region from the same settings.
+    with torch.autocast(tokens.device.type, dtype=model.config.autocast_dtype,
+                        enabled=model.config.enable_autocast):
+        per_token = model(tokens, None, None, labels=labels)  # [b, s]
+    mask = loss_mask.to(per_token.dtype)
+    return (per_token * mask).sum(), mask.sum()
