@@ -65,7 +65,7 @@ class DedupConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     # minhash: near-duplicates (Jaccard of word 5-grams, ~0.75 threshold with 14x8 hashes).
     # exact: identical text up to whitespace only; for short templated corpora (toy QA), where
-    # distinct problems one word apart can reach MinHash's threshold (measured 0.3-0.9% of docs).
+    # distinct problems one word apart can reach MinHash's threshold.
     method: Literal["minhash", "exact", "none"] = "minhash"
     n_grams: int = 5
     num_buckets: int = 14
@@ -75,10 +75,9 @@ class DedupConfig(BaseModel):
 class DecontaminationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     enabled: bool = True
-    # 13 words (GPT-3's choice; the field uses 8-13): a first half of 13 words still matches, and
-    # items shorter than n are matched whole. Measured with held-out GSM8K/MATH train items as the
-    # benchmark (README): every planted item caught at 8, 10 and 13, while other train problems
-    # removed fall from 1,282 (8) and 464 (10) to 195 (13) of 14,374.
+    # 13 words (GPT-3's choice; the field uses 8-13): a first half of 13 words still matches,
+    # items shorter than n are matched whole, and fewer near-duplicate train problems are lost
+    # than at 8 or 10 (docs/results/2026-11-27-decontamination.md).
     n_grams: int = Field(13, ge=3)
 
 

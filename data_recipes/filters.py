@@ -151,10 +151,10 @@ FILTER_FILE_ARGUMENTS = {"fasttext_classifier": "model_url"}
 _REPETITION = {"top_n_grams": ()}
 # In the math/QA presets repetition is counted on regex words: spaCy is most of the cost of
 # the stock chain and splits LaTeX no better. Worked solutions restate the problem, so
-# Gopher's prose limits (15% of characters in duplicated 5-grams) dropped 99.5% of toy
-# worked solutions. Measured on 400 toy docs per kind: at 40% for 5-grams (2 points less
-# per extra word, as Gopher scales) every worked solution and math-web example is kept;
-# at 35% so are they, and no boxed-then-repeat document is (3% slipped through at 40%).
+# Gopher's prose limits (15% of characters in duplicated 5-grams) drop nearly every toy
+# worked solution. 35% for 5-grams (2 points less per extra word, as Gopher scales) is the
+# limit that keeps worked solutions and math-web examples and drops boxed-then-repeat text
+# (data_recipes/calibration.py, tests/test_data_filters.py).
 _FAST_REPETITION = {**_REPETITION, "language": RegexWordTokenizer(),
                     "dup_n_grams": tuple((n, 0.35 - 0.02 * (n - 5)) for n in range(5, 11))}
 

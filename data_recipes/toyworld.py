@@ -262,7 +262,7 @@ class ToyWorld:
         after day k" local too. A tiny model learns all of these cheaply, whereas worked
         solutions that take the i-th number of the question at step i it did not learn
         (toy world v5), nor when to stop without the count (stopping was 81 % of a v6 draft's
-        errors). See README "The toy world".
+        errors). See docs/toy-world.md.
         """
         days = len(steps)
         return " ".join(f"Day {i} of {days}: {a} {op} {b} = {r}." for i, (a, op, b, r) in enumerate(steps, 1))

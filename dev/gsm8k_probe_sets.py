@@ -9,7 +9,7 @@ first 256 are the probe's RL problems, the next 64 its held-out eval set (greedy
 are the first 16 and 8 of those.
 
 Arithmetic (`*-arith*`, smollm2-cpu-v2): SmolLM2-135M-Instruct solves none of those word
-problems (README "A real model"), so v2 probes one step below them: the calculations those same
+problems (docs/smollm2.md), so v2 probes one step below them: the calculations those same
 problems' solutions make, from GSM8K's calculator annotations (`<<48/2=24>>` -> "What is
 $48 \\div 2$?", answer 24; two whole operands, a whole result). The probe set's calculations come
 from the 256 probe word problems, the eval set's from the 64 eval word problems (a calculation

@@ -5,7 +5,7 @@
         [--problems 32] [--samples 8]
 
 What the probe's GRPO needs is problems where the checkpoint sometimes, not always, gets the
-reward (README "A real model"); this measures it before a sweep pays for a probe. The first
+reward (docs/smollm2.md); this measures it before a sweep pays for a probe. The first
 `--problems` problems of the set (problem sets are in hash order), `--samples` samples each (0: none) with
 the spec's template, temperature, top-p, response length and reward: the probe's own Prompter,
 sampler (`rl_probe.embedded.generate`) and `score`, so the numbers are the ones its step-0

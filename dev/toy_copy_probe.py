@@ -1,4 +1,4 @@
-"""Can a toy-world checkpoint copy from its context? The diagnostic behind README "The toy world".
+"""Can a toy-world checkpoint copy from its context? The diagnostic behind docs/toy-world.md.
 
     python dev/toy_copy_probe.py WORKSPACE/midtrain/<key>/hf [more checkpoints ...]
 

@@ -4,7 +4,7 @@
     python dev/web_rejection.py PAGES...     # .html files (text extracted with inscriptis: the
                                              # whole page, menus included) or .jsonl files with "text"
 
-The README's earlier figure on news, blog, shop and forum pages was measured on the 109 pages
+An earlier figure on news, blog, shop and forum pages was measured on the 109 pages
 of trafilatura's test cache (github.com/adbar/trafilatura, tests/cache/*.html at e90b0ef), read
 from a checkout: their licence is unclear, so they are not bundled.
 """

@@ -5,7 +5,7 @@ On CPU in fp32 they should be, at the stage's thread count and process layout
 work by thread index and thread count, not by timing, so a busy machine should
 change how long a stage takes but not its bits. `tests/test_midtrain_reproducible.py`
 checks a 2-thread stage alone against the same stage beside two CPU-bound
-processes. Two differences seen before (README "Reproducibility") remain
+processes. Two differences seen before (docs/results/2026-11-28-toy-demo.md) remain
 unexplained, so each run records the digest of its weights.
 
 On CUDA this has not been verified: cuBLAS, TransformerEngine's attention backward

@@ -71,10 +71,26 @@ def sources(patterns: list[str], root: Path | None = None) -> dict[str, str]:
     return texts
 
 
+def _code(name: str, text: str) -> str:
+    """What of a source can change outputs: Python as its syntax tree without docstrings (a comment
+    or docstring edit needs no decision), any other file as it is."""
+    if not name.split("::")[0].endswith(".py"):
+        return text
+    tree = ast.parse(text)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
 def digest(patterns: list[str], root: Path | None = None) -> str:
     blob = hashlib.sha256()
     for name, text in sorted(sources(patterns, root).items()):
-        blob.update(f"{name}\0{len(text)}\0{text}".encode())
+        code = _code(name, text)
+        blob.update(f"{name}\0{len(code)}\0{code}".encode())
     return blob.hexdigest()
 
 

@@ -269,7 +269,7 @@ def verdict(ranking: Ranking, runs: list[ProbeRun]) -> str:
     if not any(run.correct.any() for run in runs):
         return (f"**No reward signal**: no checkpoint solved any held-out problem at any eval step, so the "
                 f"probe cannot rank these {len(ranking.recipes)} recipes (every {score} is 0). Make the "
-                "probe problems easier or the prompt template clearer (README: difficulty control).")
+                "probe problems easier or the prompt template clearer (docs/toy-world.md: difficulty control).")
     best = ranking.recipes[0]
     interval = f"{ranking.confidence:.0%} CI"
     if len(ranking.recipes) == 1:

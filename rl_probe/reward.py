@@ -38,7 +38,7 @@ MAX_REPETITION_PERIOD = 256  # longest repeated span considered
 # very slow machine can turn an answer that only math-verify can decide into a wrong one;
 # the normalisation below decides the common forms (numbers, fractions, prefixes, units,
 # percent, intervals) without math-verify, which keeps that rare. Gold answers of MATH train
-# solutions are all decided within it with two CPU-bound processes competing (README).
+# solutions are all decided within it under load (docs/results/2026-11-27-reward.md).
 SCORE_WALL_S = 1.0
 # Held-out evaluation's budget per call: a score that only depends on the model, never on how
 # loaded the machine is. Answers are at most MAX_ANSWER_CHARS long before math-verify sees them,

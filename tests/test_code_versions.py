@@ -144,3 +144,15 @@ def test_a_changed_config_and_code_version_are_both_reasons(tmp_path, monkeypatc
     old = table["midtrain"]["version"] - 1
     assert why_run(run, store.previous(run, "toy-smoke")) == \
         f"code changed (version {old} → {old + 1}); config: train.lr 0.001 → 0.002"
+
+
+def test_a_comment_or_docstring_edit_needs_no_decision(source_copy):
+    """Only what can change outputs counts: comments and docstrings are left out of the digest."""
+    reward = source_copy / "rl_probe" / "reward.py"
+    text = reward.read_text()
+    edited = text.replace('"""Rule-based math reward', '"""The rule-based math reward', 1)
+    reward.write_text(edited.replace("\n\n\n", "\n\n\n# a new comment\n", 1))
+    assert reward.read_text() != text
+    assert code_versions.changed() == {}
+    _edit_the_reward(source_copy)
+    assert set(code_versions.changed()) == {"probe", "select_problems"}
