@@ -347,7 +347,7 @@ def run_plan(plan: Plan, store: RunStore, console: Console, executor: ExecutorSe
                     continue
                 done, _ = cf.wait(list(running), timeout=2, return_when=cf.FIRST_COMPLETED)
                 for run, _, task in running.values():
-                    status = run_progress(store, run.stage, run.key, run.config.canonical())
+                    status = run_progress(store, run.stage, run.key, run.canonical_config)
                     progress.update(task, status=status)
                     # a probe's steps as lines too: the live view is not drawn where output is not a terminal
                     if run.stage == "probe" and status and status != shown_progress.get(run.ref):

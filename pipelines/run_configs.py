@@ -138,8 +138,3 @@ class ProbeRun(RunConfig):
     keep_policy: bool = False  # the run's artifacts include the final policy
     device: str = "cpu"  # the embedded engine's device: another one rounds differently
 
-
-RUN_CONFIGS: dict[str, type[RunConfig]] = {
-    "external": ExternalRun, "problems": ProblemsRun, "select_problems": SelectionRun,
-    "tokenizer": TokenizerRun, "curate": CurateRun, "midtrain": MidtrainRun, "probe": ProbeRun,
-}
