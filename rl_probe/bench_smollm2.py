@@ -74,8 +74,9 @@ def _peak_rss_gb() -> float:
 
 
 def _ours_step(path: Path, threads: int, dtype: str) -> dict:
-    from rl_probe.embedded import _actor_config, grpo_step, make_optimizer
+    from rl_probe.embedded import _actor_config, grpo_step, keep_freed_memory, make_optimizer
 
+    keep_freed_memory()  # as run_probe does
     spec, _, model, prompter = _load(path, threads, dtype)
     optimizer = make_optimizer(model, spec)
     problems = _step_problems(spec, prompter)

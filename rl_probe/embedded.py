@@ -11,8 +11,10 @@ the policy, optimizer and step from `state/` to continue bit for bit.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
+import platform
 import shutil
 import time
 from collections import defaultdict
@@ -35,6 +37,7 @@ from rl_probe.summary import ProbeSummary
 from runfiles import (COMPLETIONS_FILE, METRICS_FILE, append_metrics, atomic_write, keep_metrics_through,
                       read_jsonl, read_metrics, replace_durably)
 
+MALLOC_TRIM_THRESHOLD, MALLOC_MMAP_MAX = -1, -4  # mallopt parameters (malloc.h)
 GENERATION_BATCH = 128  # sequences per sampler call in evaluation and profiling
 COMPLETIONS_PER_STEP = 4  # held-out answers kept at the first and the last eval, for the report
 
@@ -68,6 +71,7 @@ def run_probe(
         return summary
     (out_dir / "rollouts").mkdir(parents=True, exist_ok=True)
     started = time.time()
+    keep_freed_memory()
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).to(device).eval()
     optimizer = make_optimizer(model, spec)
@@ -116,6 +120,21 @@ def run_probe(
     ).write(out_dir / "summary.json")
     state.drop()
     return summary
+
+
+def keep_freed_memory() -> None:
+    """Let glibc's malloc keep freed memory for the next allocation instead of returning it to the kernel.
+
+    Above its mmap threshold (32 MiB at most) malloc maps every allocation fresh and unmaps it when
+    freed, so each mini-batch's vocabulary-wide logits, log-softmax and their gradients are
+    page-faulted in again, zero-filled by the kernel, at every step. Served from the heap and not
+    trimmed, the same pages are reused; the process keeps its peak size instead. No-op off glibc.
+    """
+    if platform.libc_ver()[0] != "glibc":
+        return
+    libc = ctypes.CDLL(None)
+    libc.mallopt(MALLOC_MMAP_MAX, 0)
+    libc.mallopt(MALLOC_TRIM_THRESHOLD, 2 ** 31 - 1)
 
 
 def make_optimizer(model, spec: ProbeSpec) -> torch.optim.AdamW:
