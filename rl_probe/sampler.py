@@ -3,7 +3,8 @@
 The decoding loop is ours (not `model.generate`) so that the per-token
 log-probs are exactly the policy's, `log_softmax(logits / temperature)` as
 verl's actor computes them, and stopping is explicit. Prompts are
-left-padded so every row decodes its next token at the same column.
+left-padded (after the first tokens they all share) so every row decodes its next token at
+the same column.
 """
 
 from __future__ import annotations
@@ -34,11 +35,16 @@ class Rollout:
         return self.response_mask.sum(-1)
 
 
-def left_pad(prompts: list[list[int]], pad_id: int,
-             device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+# fewer shared tokens than this are prefilled with each row: the separate pass and cache copy would cost more
+MIN_SHARED_PREFIX = 16
+
+
+def left_pad(prompts: list[list[int]], pad_id: int, device: torch.device | str = "cpu",
+             after: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts padded to the longest with pad_id (mask False there): on the left, or after their first `after` tokens."""
     width = max(len(p) for p in prompts)
-    ids = [[pad_id] * (width - len(p)) + list(p) for p in prompts]
-    mask = [[False] * (width - len(p)) + [True] * len(p) for p in prompts]
+    ids = [list(p[:after]) + [pad_id] * (width - len(p)) + list(p[after:]) for p in prompts]
+    mask = [[True] * after + [False] * (width - len(p)) + [True] * (len(p) - after) for p in prompts]
     return torch.tensor(ids, dtype=torch.long, device=device), torch.tensor(mask, device=device)
 
 
@@ -47,6 +53,21 @@ def distinct_prompts(prompts: list[list[int]]) -> tuple[list[list[int]], list[in
     first: dict[tuple[int, ...], int] = {}
     index = [first.setdefault(tuple(p), len(first)) for p in prompts]
     return [list(p) for p in first], index
+
+
+def shared_prefix_length(prompts: list[list[int]]) -> int:
+    """How many first tokens all prompts share, short of the shortest prompt's last token; 0 when
+    fewer than two prompts or fewer than MIN_SHARED_PREFIX tokens would be shared."""
+    if len(prompts) < 2:
+        return 0
+    shared = 0
+    for column in zip(*prompts):  # zip stops at the shortest prompt
+        if len(set(column)) > 1:
+            break
+        shared += 1
+    # each row keeps at least its last token to itself: that token's logits start the row's decoding
+    shared = min(shared, min(len(p) for p in prompts) - 1)
+    return shared if shared >= MIN_SHARED_PREFIX else 0
 
 
 def positions(mask: torch.Tensor) -> torch.Tensor:
@@ -74,7 +95,8 @@ def sample(
     part of its response. Prefill and decoding run `_Decoder` on the model's weights, in
     `dtype` (default: the weights' own; logits and log-probs are float32 either way). With
     `share_prefixes`, a prompt that several rows share (a GRPO group) is prefilled once and
-    its KV cache copied to those rows. Rows that emitted a stop token are dropped from the
+    its KV cache copied to those rows, and the first tokens that all distinct prompts share (a
+    system turn, few-shot examples) are prefilled once for all of them. Rows that emitted a stop token are dropped from the
     batch and the KV cache, so a rollout where most answers are short costs about what its
     tokens cost, not batch x max_new_tokens. Every tensor, and `generator`, lives on the
     model's device.
@@ -86,11 +108,14 @@ def sample(
     device = model.device
     stop = torch.tensor(stop_ids, dtype=torch.long, device=device)
     distinct, prompt_index = distinct_prompts(prompts) if share_prefixes else (prompts, list(range(len(prompts))))
-    distinct_ids, distinct_mask = left_pad(distinct, pad_id, device)
-    decoder = _Decoder(model, distinct_mask, max_new_tokens, dtype)
+    shared = shared_prefix_length(distinct) if share_prefixes else 0
+    # the decoder's cache layout: the shared prefix in the first columns, each row's padding after it
+    cache_ids, cache_mask = left_pad(distinct, pad_id, device, after=shared)
+    decoder = _Decoder(model, cache_mask, max_new_tokens, dtype)
     prompt_index = torch.tensor(prompt_index, device=device)
-    logits = decoder.prefill(distinct_ids)[prompt_index]
+    logits = decoder.prefill(cache_ids, shared)[prompt_index]
     decoder.repeat_rows(prompt_index)
+    distinct_ids, distinct_mask = left_pad(distinct, pad_id, device) if shared else (cache_ids, cache_mask)
     prompt_ids, prompt_mask = distinct_ids[prompt_index], distinct_mask[prompt_index]
     batch, prompt_width = prompt_ids.shape
     next_position = prompt_mask.sum(-1)
@@ -171,23 +196,43 @@ class _Decoder:
                        for _ in self.layers]
         self.prompt_mask = prompt_mask
 
-    def prefill(self, prompt_ids: torch.Tensor) -> torch.Tensor:
-        """Fill the cache with the prompts; logits (float32) for each row's first response token."""
+    def prefill(self, prompt_ids: torch.Tensor, shared: int = 0) -> torch.Tensor:
+        """Fill the cache with the prompts; logits (float32) for each row's first response token.
+
+        The first `shared` columns hold the same tokens in every row: they run once, as row 0,
+        their cache is copied to the other rows, and each row's remaining columns run on top of it.
+        """
         mask = self.prompt_mask
-        width = mask.shape[1]
-        hidden = F.embedding(prompt_ids[mask], self.embed)  # (real tokens, hidden), row-major
-        rope = self.rope[positions(mask)[mask]]
-        cos, sin = rope[:, None, 0], rope[:, None, 1]
-        # (B, 1, 1, query, key): causal over real keys; padded queries see every key to stay finite
-        causal = torch.ones((width, width), dtype=torch.bool, device=mask.device).tril()
-        visible = (causal & mask[:, None, :]) | ~mask[:, :, None]
-        bias = torch.zeros(visible.shape, dtype=self.embed.dtype, device=mask.device)
-        bias = bias.masked_fill_(~visible, float("-inf"))[:, None, None]
-        for layer, keys, values in zip(self.layers, self.keys, self.values):
-            hidden = layer.prefill(hidden, cos, sin, keys, values, bias, mask)
-        last = mask.sum(-1).cumsum(0) - 1  # each row's last prompt token (left padding: the last column)
+        if shared:
+            self._prefill_columns(prompt_ids[:1, :shared], mask[:1, :shared], 0,
+                                  [k[:1] for k in self.keys], [v[:1] for v in self.values])
+            for keys, values in zip(self.keys, self.values):
+                keys[1:, ..., :shared] = keys[:1, ..., :shared]
+                values[1:, :, :shared] = values[:1, :, :shared]
+        hidden = self._prefill_columns(prompt_ids, mask, shared, self.keys, self.values)
+        last = mask[:, shared:].sum(-1).cumsum(0) - 1  # each row's last prompt token (the last column)
         hidden = F.rms_norm(hidden[last], hidden.shape[-1:], *self.norm)
         return F.linear(hidden, *self.lm_head).float()
+
+    def _prefill_columns(self, prompt_ids, mask, start, keys, values) -> torch.Tensor:
+        """Run the real tokens of columns start.. (queries) against the cache's columns 0.. (keys).
+
+        Columns before `start` must already be in `keys` and `values`; returns the hidden states of
+        the queries, packed row-major.
+        """
+        width = mask.shape[1]
+        queries = mask[:, start:]
+        hidden = F.embedding(prompt_ids[:, start:][queries], self.embed)  # (real tokens, hidden), row-major
+        rope = self.rope[positions(mask)[:, start:][queries]]
+        cos, sin = rope[:, None, 0], rope[:, None, 1]
+        # (B, 1, 1, query, key): causal over real keys; padded queries see every key to stay finite
+        causal = torch.ones((width, width), dtype=torch.bool, device=mask.device).tril()[start:]
+        visible = (causal & mask[:, None, :]) | ~queries[:, :, None]
+        bias = torch.zeros(visible.shape, dtype=self.embed.dtype, device=mask.device)
+        bias = bias.masked_fill_(~visible, float("-inf"))[:, None, None]
+        for layer, layer_keys, layer_values in zip(self.layers, keys, values):
+            hidden = layer.prefill(hidden, cos, sin, layer_keys, layer_values, bias, mask, start)
+        return hidden
 
     def repeat_rows(self, index: torch.Tensor) -> None:
         """Row i of the cache becomes the prefilled row index[i]: a shared prompt's cache for each of its rows."""
@@ -244,26 +289,28 @@ class _Layer:
         self.act = mlp.act_fn
         self.intermediate = mlp.gate_proj.out_features
 
-    def prefill(self, hidden, cos, signed_sin, keys, values, bias, mask):
-        """`hidden` holds the real prompt tokens packed (row-major); attention runs on the padded layout."""
+    def prefill(self, hidden, cos, signed_sin, keys, values, bias, mask, start):
+        """`hidden` holds the real tokens of columns start.. packed (row-major); attention runs on the
+        padded layout, those columns' queries against the keys of every column up to the mask's width."""
         heads, kv_heads, head_dim = self.heads, self.kv_heads, self.head_dim
         batch, width = mask.shape
+        queries, query_width = mask[:, start:], width - start
         qk_width = (heads + kv_heads) * head_dim
         qkv = F.linear(F.rms_norm(hidden, hidden.shape[-1:], *self.input_norm), *self.qkv)
         qk = qkv[:, :qk_width].view(-1, heads + kv_heads, head_dim)
         qk = torch.addcmul(qk * cos, qk.roll(head_dim // 2, -1), signed_sin)
-        keys[..., :width].permute(0, 3, 1, 2)[mask] = qk[:, heads:]
-        values[:, :, :width].transpose(1, 2)[mask] = qkv[:, qk_width:].view(-1, kv_heads, head_dim)
-        q = qk.new_zeros((batch, width, heads, head_dim))
-        q[mask] = qk[:, :heads]
+        keys[..., start:width].permute(0, 3, 1, 2)[queries] = qk[:, heads:]
+        values[:, :, start:width].transpose(1, 2)[queries] = qkv[:, qk_width:].view(-1, kv_heads, head_dim)
+        q = qk.new_zeros((batch, query_width, heads, head_dim))
+        q[queries] = qk[:, :heads]
         group = heads // kv_heads
         # (B, kv, group x query, dim): one matmul per kv head, the cache is not expanded over the group
-        q = q.view(batch, width, kv_heads, group, head_dim).permute(0, 2, 3, 1, 4).reshape(
-            batch, kv_heads, group * width, head_dim)
-        scores = torch.matmul(q, keys[..., :width]).view(batch, kv_heads, group, width, width).add_(bias)
-        out = torch.matmul(torch.softmax(scores, dim=-1).view(batch, kv_heads, group * width, width),
+        q = q.view(batch, query_width, kv_heads, group, head_dim).permute(0, 2, 3, 1, 4).reshape(
+            batch, kv_heads, group * query_width, head_dim)
+        scores = torch.matmul(q, keys[..., :width]).view(batch, kv_heads, group, query_width, width).add_(bias)
+        out = torch.matmul(torch.softmax(scores, dim=-1).view(batch, kv_heads, group * query_width, width),
                            values[:, :, :width])
-        out = out.view(batch, kv_heads, group, width, head_dim).permute(0, 3, 1, 2, 4)[mask]
+        out = out.view(batch, kv_heads, group, query_width, head_dim).permute(0, 3, 1, 2, 4)[queries]
         out = out.reshape(-1, heads * head_dim)
         return self._rest(hidden, out)
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rl_probe.sampler import sample, teacher_forced
+from rl_probe.sampler import MIN_SHARED_PREFIX, distinct_prompts, sample, shared_prefix_length, teacher_forced
 from test_probe_helpers import TEMPLATE, make_problems, tiny_checkpoint
 
 
@@ -189,3 +189,80 @@ def test_bfloat16_sampling_and_update_log_probs_stay_near_float32(model_and_prom
     for name, log_probs in (("sampler", rollout.log_probs), ("update", bf16)):
         gap = ((log_probs - fp32) * mask).abs().max()
         assert 0 < gap <= BF16_LOG_PROB_ATOL, (name, gap)
+
+
+# two solved examples before every question, as a few-shot template puts them
+FEW_SHOT = "".join(TEMPLATE.format(question=f"What is {a} plus {b}?") + f" \\boxed{{{a + b}}}\n"
+                   for a, b in ((3, 4), (5, 2)))
+
+
+def _common_prefix_sets(tokenizer, prompts):
+    """Prompt sets named by what they exercise in the common-prefix sharing."""
+    questions = [TEMPLATE.format(question=p["question"]) for p in make_problems(8, seed=6)]
+    few_shot = [tokenizer.encode(FEW_SHOT + q + " " * (i % 3)) for i, q in enumerate(questions)]
+    shortest = few_shot[0]
+    return {
+        "suffixes of different lengths": few_shot,
+        "one prompt a prefix of the others": [shortest] + [shortest + tokenizer.encode(" " * n) for n in (1, 2, 3)],
+        "groups of few-shot prompts": [few_shot[i % 3] for i in range(9)],
+        "all prompts identical": [few_shot[1]] * 4,
+        "no common prefix": prompts[:8],
+    }
+
+
+@pytest.fixture(scope="module")
+def common_prefix_sets(model_and_prompts):
+    model, tokenizer, prompts = model_and_prompts
+    return _common_prefix_sets(tokenizer, prompts)
+
+
+@pytest.mark.parametrize("name, shares", [
+    ("suffixes of different lengths", True), ("one prompt a prefix of the others", True),
+    ("groups of few-shot prompts", True), ("all prompts identical", False), ("no common prefix", False),
+])
+def test_the_common_prefix_of_different_prompts_is_shared_when_it_pays(common_prefix_sets, name, shares):
+    prompts = common_prefix_sets[name]
+    shared = shared_prefix_length(distinct_prompts(prompts)[0])
+    assert (shared >= MIN_SHARED_PREFIX) == shares and shared < min(len(p) for p in prompts)
+    assert all(p[:shared] == prompts[0][:shared] for p in prompts)
+
+
+@pytest.mark.parametrize("name", ["suffixes of different lengths", "one prompt a prefix of the others",
+                                  "groups of few-shot prompts", "all prompts identical", "no common prefix"])
+@pytest.mark.parametrize("temperature", [1.0, 0.0])
+def test_a_shared_common_prefix_samples_what_separate_prefills_sample(model_and_prompts, common_prefix_sets, name,
+                                                                      temperature):
+    model, tokenizer, _ = model_and_prompts
+    prompts = common_prefix_sets[name]
+    shared, unshared = (_sample(model, tokenizer, prompts, seed=11, temperature=temperature, max_new_tokens=10,
+                                share_prefixes=share) for share in (True, False))
+    assert torch.equal(shared.response_ids, unshared.response_ids)
+    assert torch.equal(shared.prompt_ids, unshared.prompt_ids) and torch.equal(shared.prompt_mask, unshared.prompt_mask)
+    # same sums in another order: float32 rounding of a log-prob of a few nats
+    torch.testing.assert_close(shared.log_probs, unshared.log_probs, atol=1e-5, rtol=0)
+    # and the full forward of each row agrees (the returned prompts are left-padded as without sharing)
+    with torch.no_grad():
+        forced, _ = teacher_forced(model, shared.prompt_ids, shared.prompt_mask, shared.response_ids,
+                                   shared.response_mask, temperature or 1.0, share_prefixes=False)
+    torch.testing.assert_close(forced * shared.response_mask, shared.log_probs, atol=1e-4, rtol=0)
+
+
+def test_common_prefix_sharing_is_deterministic_per_seed(model_and_prompts, common_prefix_sets):
+    model, tokenizer, _ = model_and_prompts
+    prompts = common_prefix_sets["groups of few-shot prompts"]
+    a, b = (_sample(model, tokenizer, prompts, seed=5) for _ in range(2))
+    assert torch.equal(a.response_ids, b.response_ids) and torch.equal(a.log_probs, b.log_probs)
+
+
+def test_common_prefix_sharing_makes_every_tensor_on_the_models_device(model_and_prompts, common_prefix_sets):
+    """A tensor made without the model's device would be a meta tensor under this default and fail."""
+    model, tokenizer, _ = model_and_prompts
+    prompts = common_prefix_sets["suffixes of different lengths"]
+    generator = torch.Generator().manual_seed(0)
+    torch.set_default_device("meta")
+    try:
+        rollout = sample(model, prompts, max_new_tokens=6, stop_ids=[tokenizer.eos_token_id],
+                         pad_id=tokenizer.pad_token_id, generator=generator)
+    finally:
+        torch.set_default_device(None)
+    assert rollout.log_probs.device.type == "cpu" and torch.isfinite(rollout.log_probs).all()
