@@ -19,6 +19,7 @@ from pipelines.run_configs import (CurateRun, ExternalRun, LevelPick, MidtrainRu
                                    ProbeRun, RunConfig, SelectionRun, TokenizerRun)
 from pipelines.store import StageRun
 from pipelines.sweep import ExecutorSection, ProblemSet, StageMix, Sweep, probe_spec, resolve_path
+from rl_probe.verl_config import VerlCluster
 
 BASE_RECIPE = "base"  # the pseudo-recipe "no mid-training" used as the report's reference
 
@@ -144,15 +145,17 @@ class Plan:
                                   for (recipe, replica, _), run in self.probes.items()))
 
     def add_probes(self, recipe: str, checkpoint: StageRun, spec, seeds: list[int],
-                   engine_options: dict | None = None, replica: int | None = None,
+                   engine_options: VerlCluster | None = None, replica: int | None = None,
                    keep_policy: bool = False, control: str | None = None,
                    device: str = "cpu") -> None:
         """Probe runs of one checkpoint, one per seed; `control` (a probe.control value) marks them as
         that control's runs (kept apart from the ranked probes, named in their roles and labels)."""
         for seed in seeds:
             config = ProbeRun(spec=spec, spec_hash=spec.content_hash(), seed=seed, keep_policy=keep_policy,
-                              # GPUs, nodes, rollout engine: how verl lays the run out
-                              engine_options=(engine_options or {}) if spec.engine == "verl" else None,
+                              # how verl lays the run out (GPUs, nodes, rollout engine): the options the
+                              # sweep wrote, defaults not filled in, as keys always held them
+                              engine_options=(engine_options or VerlCluster()).model_dump(exclude_unset=True)
+                              if spec.engine == "verl" else None,
                               device=device if spec.engine == "embedded" else "cpu")
             kind = f"{control.replace('_', '-')} probe" if control else "probe"  # "random-reward probe"
             run = stage_run("probe", config, {"checkpoint": checkpoint, "problems": self.problems},

@@ -22,6 +22,7 @@ from data_recipes.problems import ProblemFields
 from data_recipes.toyworld import ToyWorldConfig
 from midtrain.config import MidtrainSettings, Schedule, is_hf_dir, phase_schedule
 from pipelines.errors import InputError
+from rl_probe.verl_config import VerlCluster
 
 BUNDLED_SWEEPS = Path(__file__).parent / "sweeps"
 
@@ -140,8 +141,8 @@ class ProbeSection(_Strict):
     difficulty: Literal["auto", "fixed"] = Field(
         default="fixed", description="auto: keep the difficulty levels at which the base's pass@k "
                                      "lies in difficulty_target (SimpleRL-Zoo's difficulty control)")
-    verl: dict[str, Any] = Field(default_factory=dict, description=(
-        "cluster options of the verl engine: n_gpus_per_node, nnodes, rollout_engine (vllm|sglang), "
+    verl: VerlCluster = Field(default_factory=VerlCluster, description=(
+        "cluster options of the verl engine: n_gpus_per_node, nnodes, rollout_engine (vllm|sglang|trtllm), "
         "rollout_tp, micro_batch_per_gpu"))
     difficulty_target: tuple[float, float] = (0.2, 0.8)
     difficulty_k: int = Field(default=8, gt=0)
