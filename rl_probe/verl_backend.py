@@ -35,8 +35,12 @@ import numpy as np
 import pandas as pd
 import torch
 import verl
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoTokenizer
+from verl.trainer.ppo.utils import need_critic, need_reference_policy
+from verl.utils.config import validate_config
 
 from rl_probe.embedded import MetricsCallback, behaviour_metrics, pass_at_k_profile, profile_problems, write_completions
 from rl_probe.prompts import Prompter, problems_within_length
@@ -77,11 +81,6 @@ def write_parquet(problems: list[dict], prompter: Prompter, path: Path, split: s
 
 def compose_config(overrides: list[str]) -> DictConfig:
     """verl's ppo_trainer config with the overrides applied, validated by verl's own checks."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from verl.trainer.ppo.utils import need_critic, need_reference_policy
-    from verl.utils.config import validate_config
-
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(VERL_CONFIG_DIR), version_base=None):
         config = compose(config_name="ppo_trainer", overrides=overrides)
