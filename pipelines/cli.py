@@ -30,18 +30,9 @@ from data_recipes.filters import PRESETS
 from midtrain.config import MidtrainSettings, hf_dir, is_hf_dir
 from midtrain.memory import GIB
 from midtrain.pretrained import WHEEL_MODELS, materialize as write_model
-from midtrain.reproducibility import CPU, CUDA
 from pipelines import preflight
 from pipelines.calibration import SCORE_SIGNALS, Calibration
-from pipelines.curves import Definitions, measure_curves, read_curves
-from pipelines.decision import TARGET_SUFFIX, format_accuracy, measure, save, target_plan
-from pipelines.disk import disk_errors, sweep_disk
 from pipelines.errors import InputError, StageFailed
-from pipelines.execute import run_plan, run_progress
-from pipelines.locks import describe, lock_states
-from pipelines.plan import build_checkpoint_plan, build_plan, why_run
-from pipelines.results import collect
-from pipelines.store import RunStore, stable_hash
 from pipelines.sweep import ExecutorSection, ProblemSet, ReportSection, bundled_sweep, midtrain_memory, probe_spec
 from rl_probe.spec import CURRENT_SPECS, SpecSourceError, resolve_probe_spec
 
@@ -62,6 +53,8 @@ def _workspace(sweep_workspace: str | None, override: Optional[Path]) -> Path:
 def validate(sweep: Path = typer.Argument(..., help="sweep YAML file"),
              workspace: Optional[Path] = WorkspaceOpt) -> None:
     """Check a sweep file and its workspace; list every error with its field path."""
+    from pipelines.disk import disk_errors
+
     # the disk estimate needs the plan, which needs a sweep that passed every other check
     errors = preflight.validate_sweep(sweep) or disk_errors(preflight.load_sweep(sweep), sweep)
     if errors:
@@ -77,6 +70,10 @@ def plan(sweep: Path = typer.Argument(..., help="sweep YAML file"), workspace: O
          accuracy: float = typer.Option(0.9, help="with probe.calibration: warn when the probe is shorter than "
                                                   "the cheapest budget that reached this decision accuracy")) -> None:
     """Show the stage DAG and what the run store already has."""
+    from pipelines.disk import disk_errors, sweep_disk
+    from pipelines.plan import build_plan, why_run
+    from pipelines.store import RunStore
+
     spec = preflight.load_sweep(sweep)
     the_plan = build_plan(spec, sweep)
     path = preflight.workspace(_workspace(spec.workspace, workspace))
@@ -104,6 +101,8 @@ def plan(sweep: Path = typer.Argument(..., help="sweep YAML file"), workspace: O
     if disk is not None:
         out.print(f"disk, whole sweep: {disk.describe()}", soft_wrap=True)
     if the_plan.midtrain or the_plan.base and the_plan.base.stage == "midtrain":
+        from midtrain.reproducibility import CPU, CUDA
+
         out.print(f"midtrain stages: {CPU}; {CUDA}", soft_wrap=True)
     if spec.probe.calibration:
         warning = _calibration_warning(spec, sweep, accuracy)
@@ -168,6 +167,11 @@ def _load(sweep_path: Path, seeds: Optional[str], replicas: Optional[int] = None
 def _run_sweep(sweep_path: Path, workspace: Optional[Path], executor: Optional[str],
                parallel: Optional[int], seeds: Optional[str] = None,
                replicas: Optional[int] = None) -> tuple:
+    from pipelines.disk import disk_errors
+    from pipelines.execute import run_plan
+    from pipelines.plan import build_plan
+    from pipelines.store import RunStore
+
     spec = _load(sweep_path, seeds, replicas)
     exec_cfg = preflight.executor(spec.executor, type=executor, parallel=parallel)
     the_plan = build_plan(spec, sweep_path)
@@ -193,7 +197,9 @@ def _write_report(spec, store) -> Path:
 
 
 def _write_report_named(name: str, store, title: str, options=None, calibration: str | None = None) -> Path:
+    from pipelines.decision import TARGET_SUFFIX, measure
     from pipelines.report import build, write
+    from pipelines.results import collect
 
     options = options or ReportSection()
     decision = None
@@ -272,6 +278,10 @@ def probe(checkpoints: list[str] = typer.Argument(..., help="HF checkpoint direc
           device: str = typer.Option("cpu", help="where each probe runs: cpu, cuda or cuda:N"),
           workspace: Path = typer.Option(Path("./midprobe-runs"), "--workspace", "-w")) -> None:
     """Probe HF checkpoints made anywhere (a checkpoint sweep job); no sweep file needed."""
+    from pipelines.execute import run_plan
+    from pipelines.plan import build_checkpoint_plan
+    from pipelines.store import RunStore, stable_hash
+
     resolved_spec = _resolve_spec(spec, set_fields)
     if toy == bool(train_set or eval_set) or (not toy and not (train_set and eval_set)):
         raise InputError("give --train-set and --eval-set (JSONL problem files), or --toy")
@@ -333,6 +343,11 @@ def validate_probe(args: Optional[list[Path]] = typer.Argument(
     """Decision accuracy of probe budgets and cheap signals against a long-run target ranking
     (a sweep), or of signals read early on RL curves against the curves' ends (--curves); the
     curve options define both modes' rows of signals by budget."""
+    from pipelines.curves import Definitions
+    from pipelines.decision import format_accuracy, measure, save, target_plan
+    from pipelines.execute import run_plan
+    from pipelines.store import RunStore
+
     definitions = Definitions(target_evals, min_gap, eval_size, rollouts_per_step,
                               _seed_list(budgets, "--budgets") if budgets else None, samples, confidence,
                               budget_unit=budget_unit)
@@ -381,6 +396,7 @@ def validate_probe(args: Optional[list[Path]] = typer.Argument(
 def _validate_curves(paths: list[Path], out_dir: Path, definitions, metric: Optional[str],
                      sweep: Optional[str]) -> None:
     from pipelines import curves_report
+    from pipelines.curves import measure_curves, read_curves
 
     notes: list[str] = []
     groups = read_curves(paths, metric, sweep, notes)
@@ -396,6 +412,8 @@ def _validate_curves(paths: list[Path], out_dir: Path, definitions, metric: Opti
 @app.command()
 def report(sweep: Path = typer.Argument(..., help="sweep YAML file"), workspace: Optional[Path] = WorkspaceOpt) -> None:
     """(Re)write the comparison report of a sweep from the run store."""
+    from pipelines.store import RunStore
+
     spec = preflight.load_sweep(sweep)
     path = _workspace(spec.workspace, workspace)
     preflight.finished_probe(path, spec.name)
@@ -409,6 +427,10 @@ def status(sweep_file: Optional[Path] = typer.Argument(
                                                     help="workspace directory (default: the sweep's, else ./midprobe-runs)"),
            sweep: Optional[str] = typer.Option(None, help="only the stage runs of the sweep (or probe job) of this name")) -> None:
     """Table of stage runs in a workspace: running, done, failed; and who holds which lock."""
+    from pipelines.execute import run_progress
+    from pipelines.locks import describe, lock_states
+    from pipelines.store import RunStore
+
     sweep_workspace = None
     if sweep_file is not None:
         spec = preflight.load_sweep(sweep_file)

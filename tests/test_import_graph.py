@@ -18,6 +18,12 @@ SHARED = ("runfiles",)  # the one package every other may import (run-file forma
 # function that needs them, so that `midprobe --help` and the light commands start fast; every
 # other import sits at the top of its module.
 HEAVY_LIBRARIES = frozenset({"torch", "transformers", "megatron", "datatrove", "verl", "matplotlib"})
+# Modules held to a stricter rule, with why: a function-level import there is needless only when it
+# would load nothing, project module or heavy library, that the module does not load already.
+ENTRY_POINTS = {
+    "pipelines.cli": "the `midprobe` command: each command imports inside itself what `--help` does not load, "
+                     "so that --help and every command load only what they run",
+}
 # Function-level imports of a project module that imports nothing heavier than its importer
 # does, kept in the function for another reason: (importer, imported) -> the reason.
 _REAPER = "the reaper runs pipelines/processes.py as a script under `python -I`, which has no project module"
@@ -96,35 +102,40 @@ def _statements() -> dict[str, list[tuple[set[str], bool]]]:
             for name, path in _sources().items()}
 
 
-def heavy_libraries(statements: dict[str, list[tuple[set[str], bool]]]) -> dict[str, frozenset[str]]:
-    """module -> the heavy libraries that importing it imports (through top-level imports only)."""
+def loaded_on_import(statements: dict[str, list[tuple[set[str], bool]]]) -> dict[str, frozenset[str]]:
+    """module -> what importing it loads through top-level imports, transitively (package
+    `__init__`s included): project modules by name, libraries by their top-level package."""
     found: dict[str, frozenset[str]] = {}
 
-    def heavy(name: str) -> frozenset[str]:
+    def loaded(name: str) -> frozenset[str]:
         if name not in found:
             found[name] = frozenset()  # ends the recursion on a cycle, which test_no_import_cycles refuses
             named = set().union(*(_with_packages(m) for names, in_function in statements[name]
                                   if not in_function for m in names))
-            found[name] = frozenset({m.split(".")[0] for m in named} & HEAVY_LIBRARIES).union(
-                *(heavy(m) for m in named if m in statements and m != name))
+            project = {m for m in named if m in statements and m != name}
+            libraries = {m.split(".")[0] for m in named if m.split(".")[0] not in PACKAGES}
+            found[name] = frozenset(project | libraries).union(*(loaded(m) for m in project))
         return found[name]
 
-    return {name: heavy(name) for name in statements}
+    return {name: loaded(name) for name in statements}
 
 
 def needless_function_imports(statements: dict[str, list[tuple[set[str], bool]]]) -> list[str]:
     """`importer -> imported` for each import of a project module inside a function that would
-    import no heavy library its importer does not already import at its top."""
-    heavy = heavy_libraries(statements)
+    load no heavy library its importer does not load already (an entry point: no project module
+    or heavy library it does not load already)."""
+    loaded = loaded_on_import(statements)
     found = []
     for importer, module_statements in sorted(statements.items()):
         for names, in_function in module_statements:
             project = {m for name in names for m in _with_packages(name) if m in statements}
-            if not in_function or not names & project:
+            if not in_function or not names & project or importer in ENTRY_POINTS and not project - {importer}:
                 continue
             imported = max(names & project, key=len)
-            if frozenset().union(*(heavy[m] for m in project)) <= heavy[importer] and \
-                    (importer, imported) not in LAZY_IMPORT_REASONS:
+            pulled = project.union(*(loaded[m] for m in project))
+            new = pulled - loaded[importer] - {importer}
+            counted = new & (set(statements) | HEAVY_LIBRARIES) if importer in ENTRY_POINTS else new & HEAVY_LIBRARIES
+            if not counted and (importer, imported) not in LAZY_IMPORT_REASONS:
                 found.append(f"{importer} -> {imported}")
     return found
 
@@ -212,5 +223,19 @@ def test_the_check_sees_a_needless_function_import():
         "a.light": _import_statements(ast.parse("def f():\n    from a import heavy\n"), "a"),
         "a.heavy": _import_statements(ast.parse("import torch\ndef g():\n    import a.light\n"), "a"),
     }
-    assert heavy_libraries(statements) == {"a": frozenset(), "a.light": frozenset(), "a.heavy": {"torch"}}
+    assert loaded_on_import(statements) == {"a": frozenset(), "a.light": frozenset(), "a.heavy": {"torch"}}
     assert needless_function_imports(statements) == ["a.heavy -> a.light"]
+
+
+def test_the_entry_point_defers_what_it_does_not_load(monkeypatch):
+    """In the entry point, importing a light module it does not load is kept in the function, one it
+    loads already is needless."""
+    monkeypatch.setitem(ENTRY_POINTS, "a.cli", "the entry point")
+    statements = {
+        "a": [],
+        "a.loaded": [],
+        "a.other": [],
+        "a.cli": _import_statements(ast.parse("import a.loaded\ndef f():\n    from a import other\n"
+                                              "def g():\n    from a.loaded import x\n"), "a"),
+    }
+    assert needless_function_imports(statements) == ["a.cli -> a.loaded"]
