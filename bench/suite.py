@@ -17,6 +17,7 @@ import time
 import traceback
 from pathlib import Path
 
+from midtrain.spec import preset
 from rl_probe.bench_smollm2 import Skipped
 
 # name -> (module:function, goal ratio). Each function returns
@@ -37,7 +38,6 @@ BENCHMARKS = {
 
 def midtrain_at_vocab_4096() -> dict:
     from midtrain.bench import bench_training_throughput
-    from midtrain.spec import preset
 
     return bench_training_throughput(preset("toy-s", vocab_size=4096), steps=16)
 

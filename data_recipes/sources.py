@@ -22,6 +22,7 @@ import orjson
 from datatrove.pipeline.readers import HuggingFaceDatasetReader, JsonlReader, ParquetReader
 from pydantic import BaseModel, ConfigDict, Field
 
+from data_recipes.problems import split_gsm8k
 from data_recipes.toyworld import CORPUS_KINDS, ToyWorld, ToyWorldConfig
 from runfiles import replace_durably
 
@@ -84,8 +85,6 @@ class QASource(BaseModel):
 
 def gsm8k_solution(answer: str) -> tuple[str, str]:
     """(worked steps without calculator annotations, final answer without thousands separators)."""
-    from data_recipes.problems import split_gsm8k
-
     steps, final = split_gsm8k(answer)
     return re.sub(r"<<[^>]*>>", "", steps).strip(), final
 

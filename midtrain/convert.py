@@ -26,6 +26,8 @@ import torch
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from safetensors.torch import load_file, save_file
 
+from midtrain.checkpoint import load_checkpoint, read_spec, resolve_checkpoint, save_checkpoint
+from midtrain.model import build_gpt_model, init_distributed
 from midtrain.spec import ModelSpec
 
 TOKENIZER_FILES = (
@@ -257,9 +259,6 @@ def hf_to_megatron_checkpoint(hf_dir: str | Path, out_dir: str | Path) -> Path:
     """Convert an HF Llama dir into a weights-only megatron checkpoint at
     `out_dir/state/step_00000000` (laid out like a midtrain run, so
     `train(init=out_dir)` and `megatron_checkpoint_to_hf(out_dir)` accept it)."""
-    from midtrain.checkpoint import save_checkpoint
-    from midtrain.model import build_gpt_model, init_distributed
-
     spec, weights = import_hf(hf_dir)
     init_distributed()
     model = build_gpt_model(spec)
@@ -271,9 +270,6 @@ def hf_to_megatron_checkpoint(hf_dir: str | Path, out_dir: str | Path) -> Path:
 def megatron_checkpoint_to_hf(checkpoint_or_run: str | Path, out_dir: str | Path,
                               tokenizer_dir: str | Path | None) -> Path:
     """Export a midtrain checkpoint (or a run's latest one) as an HF Llama dir."""
-    from midtrain.checkpoint import load_checkpoint, read_spec, resolve_checkpoint
-    from midtrain.model import build_gpt_model, init_distributed
-
     ckpt = resolve_checkpoint(Path(checkpoint_or_run))
     spec = read_spec(ckpt)
     init_distributed()

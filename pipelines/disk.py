@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from midtrain.memory import GIB, StageDisk, stage_disk
-from pipelines.plan import Plan
+from pipelines.plan import Plan, build_plan
 from pipelines.store import StageRun
+from pipelines.sweep import planned_model
 
 
 @dataclass(frozen=True)
@@ -81,9 +82,6 @@ def sweep_disk(sweep, source: Path, plan: Plan | None = None, parallel: int | No
                cuda: bool = True) -> DiskEstimate | None:
     """The disk estimate of a validated sweep (its plan built here unless given) with `parallel`
     stage runs at once (None: its executor's), on GPUs as `plan` prints it (or on CPUs)."""
-    from pipelines.plan import build_plan
-    from pipelines.sweep import planned_model
-
     return estimate_disk(plan or build_plan(sweep, source), planned_model(sweep, source),
                          sweep.midtrain.nproc_per_node, parallel or sweep.executor.parallel, cuda)
 

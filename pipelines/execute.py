@@ -33,6 +33,7 @@ from pipelines.plan import Plan
 from pipelines.processes import Containment, end_tree, init_worker, worker_tag
 from pipelines.stages import STAGES, StageContext
 from pipelines.store import TRACKED_METRICS, RunStore, StageRun
+from pipelines.tracking import StageTracker
 from runfiles import last_metrics
 from pipelines.sweep import ExecutorSection
 
@@ -104,8 +105,6 @@ def execute_stage_run(run: StageRun, runtime: Runtime) -> tuple[str, bool]:
 
     def work(out: Path) -> None:
         import torch
-
-        from pipelines.tracking import StageTracker
 
         torch.set_num_threads(runtime.threads)
         os.environ.setdefault("OMP_NUM_THREADS", str(runtime.threads))

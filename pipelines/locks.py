@@ -34,6 +34,8 @@ import uuid
 from pathlib import Path
 from typing import Callable, Iterator
 
+import psutil
+
 HEARTBEAT_SECONDS = 10.0
 STALE_SECONDS = 60.0
 WAIT_REPORT_SECONDS = 30.0  # a waiting process says what it waits for this often
@@ -46,8 +48,6 @@ class Busy(Exception):
 
 
 def _process_start(pid: int) -> float | None:
-    import psutil
-
     try:
         process = psutil.Process(pid)
         # killed but not yet reaped (an orphan waits for init to reap it): it holds nothing

@@ -13,12 +13,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data_recipes.filters import FILTER_FILE_ARGUMENTS, resolved_filter_settings
+from data_recipes.sources import HFSource, expand_paths
 from data_recipes.toyworld import ToyWorldConfig
 from midtrain.config import MidtrainSettings, phase_schedule, phase_warmup
+from midtrain.spec import MODEL_PRESETS
+from pipelines import preflight
+from pipelines.code_versions import code_versions
 from pipelines.run_configs import (CurateRun, ExternalRun, LevelPick, MidtrainRun, ProblemSource, ProblemsRun,
                                    ProbeRun, RunConfig, SelectionRun, TokenizerRun)
 from pipelines.store import StageRun
 from pipelines.sweep import ExecutorSection, ProblemSet, StageMix, Sweep, probe_spec, resolve_path
+from rl_probe.verl_config import VerlCluster
 
 BASE_RECIPE = "base"  # the pseudo-recipe "no mid-training" used as the report's reference
 
@@ -82,15 +88,12 @@ def source_fingerprint(source) -> str | None:
     reads a corpus, whose thousands of shards may each be small): the files its paths or globs match
     now (a new shard re-keys too), or an HF source's save_to_disk directory and data files. None for
     toy sources and hub datasets, which have no local files to read before they are loaded."""
-    from data_recipes.sources import HFSource, expand_paths
-    from pipelines.preflight import source_files
-
     if patterns := getattr(source, "paths", None):
         files = [Path(f) for f in expand_paths(patterns, "")]  # as curation reads them (preflight: some match)
     elif isinstance(source, HFSource):
         local = Path(source.path).expanduser()
         files = sorted(p for p in local.rglob("*") if p.is_file()) if local.is_dir() else []
-        files += [Path(f) for pattern in source.data_files or [] for f in source_files(pattern)]
+        files += [Path(f) for pattern in source.data_files or [] for f in preflight.source_files(pattern)]
     else:
         return None
     return files_fingerprint([f.resolve() for f in files], Path("/"), read_up_to=0) if files else None
@@ -144,15 +147,17 @@ class Plan:
                                   for (recipe, replica, _), run in self.probes.items()))
 
     def add_probes(self, recipe: str, checkpoint: StageRun, spec, seeds: list[int],
-                   engine_options: dict | None = None, replica: int | None = None,
+                   engine_options: VerlCluster | None = None, replica: int | None = None,
                    keep_policy: bool = False, control: str | None = None,
                    device: str = "cpu") -> None:
         """Probe runs of one checkpoint, one per seed; `control` (a probe.control value) marks them as
         that control's runs (kept apart from the ranked probes, named in their roles and labels)."""
         for seed in seeds:
             config = ProbeRun(spec=spec, spec_hash=spec.content_hash(), seed=seed, keep_policy=keep_policy,
-                              # GPUs, nodes, rollout engine: how verl lays the run out
-                              engine_options=(engine_options or {}) if spec.engine == "verl" else None,
+                              # how verl lays the run out (GPUs, nodes, rollout engine): the options the
+                              # sweep wrote, defaults not filled in, as keys always held them
+                              engine_options=(engine_options or VerlCluster()).model_dump(exclude_unset=True)
+                              if spec.engine == "verl" else None,
                               device=device if spec.engine == "embedded" else "cpu")
             kind = f"{control.replace('_', '-')} probe" if control else "probe"  # "random-reward probe"
             run = stage_run("probe", config, {"checkpoint": checkpoint, "problems": self.problems},
@@ -172,8 +177,6 @@ def _blend_inputs(mix: StageMix, curate: dict[str, StageRun]) -> dict[str, Stage
 
 def stage_run(stage: str, config: RunConfig, inputs: dict[str, StageRun] | None = None, label: str = "") -> StageRun:
     """A stage run whose key covers its stage's code version next to its resolved config."""
-    from pipelines.code_versions import code_versions
-
     return StageRun(stage, config.model_copy(update={"code_version": code_versions()[stage]}), inputs or {},
                     label=label)
 
@@ -181,8 +184,6 @@ def stage_run(stage: str, config: RunConfig, inputs: dict[str, StageRun] | None 
 def _curation_config(name: str, corpus, toy_world, source_files: str | None) -> CurateRun:
     """A curation run's config: the corpus config with every default, the preset it resolves
     to and every argument of that preset's filter blocks (a changed threshold re-curates)."""
-    from data_recipes.filters import FILTER_FILE_ARGUMENTS, resolved_filter_settings
-
     files = {block: fingerprint(Path(corpus.curation.filters[block][argument]))
              for block, argument in FILTER_FILE_ARGUMENTS.items()
              if (corpus.curation.filters.get(block) or {}).get(argument)}
@@ -209,8 +210,6 @@ def _corpus_paths_resolved(corpus, here: Path):
     """A corpus whose source files (`source.paths`) and filter files (a classifier's model) are
     relative to the sweep file, as every other path in a sweep is, rather than to wherever
     midprobe was started."""
-    from data_recipes.filters import FILTER_FILE_ARGUMENTS
-
     update = {}
     if paths := getattr(corpus.source, "paths", None):
         update["source"] = corpus.source.model_copy(update={"paths": [str(resolve_path(p, here)) for p in paths]})
@@ -224,8 +223,6 @@ def _corpus_paths_resolved(corpus, here: Path):
 
 
 def build_plan(sweep: Sweep, source: Path) -> Plan:
-    from midtrain.spec import MODEL_PRESETS
-
     here = source.parent
     probe_cfg = sweep.probe
     toy_world = sweep.toy_world

@@ -10,14 +10,23 @@ Each problem is one line ``<field.path or file>: <what is wrong>``.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
+import sqlite3
 import tempfile
 from pathlib import Path
 
+import fsspec
 from pydantic import ValidationError
+from tokenizers import Tokenizer
 
+from data_recipes.filters import FILTER_BLOCKS, FILTER_FILE_ARGUMENTS
+from data_recipes.problems import ProblemFormatError, has_levels, read_problem_set
+from data_recipes.sources import JsonlSource, ParquetSource, QASource
+from midtrain.spec import ModelSpec
+from pipelines.calibration import calibration_errors
 from pipelines.errors import InputError
 from pipelines.sweep import DEVICE_PATTERN, ExecutorSection, Sweep, cross_check, parse_sweep, resolve_path
 
@@ -34,8 +43,6 @@ def check_sweep(sweep: Sweep, source: Path) -> list[str]:
     errors += _base(sweep, source.parent)
     errors += _budgets(sweep)
     if sweep.probe.calibration:
-        from pipelines.calibration import calibration_errors
-
         errors += calibration_errors(resolve_path(sweep.probe.calibration, source.parent))
     errors += device_errors(sweep.probe.device, "probe.device")
     return errors
@@ -71,8 +78,6 @@ def _names(sweep: Sweep) -> list[str]:
 
 def _sources(sweep: Sweep, here: Path) -> list[str]:
     """Source files exist and parse; paths are relative to the sweep file (as the plan reads them)."""
-    from data_recipes.sources import JsonlSource, ParquetSource, QASource
-
     errors = []
     for name, corpus in sweep.corpora.items():
         source = corpus.source
@@ -93,8 +98,6 @@ def _sources(sweep: Sweep, here: Path) -> list[str]:
 
 def _filter_files(sweep: Sweep, here: Path) -> list[str]:
     """A filter's file (a fastText classifier) exists, loads, and has the labels the filter keeps or removes."""
-    from data_recipes.filters import FILTER_BLOCKS, FILTER_FILE_ARGUMENTS
-
     errors = []
     for name, corpus in sweep.corpora.items():
         for block, argument in FILTER_FILE_ARGUMENTS.items():
@@ -115,16 +118,12 @@ def _filter_files(sweep: Sweep, here: Path) -> list[str]:
 
 def source_files(pattern: str) -> list[str]:
     """The readable files a source path or glob names (as the curation reader expands it)."""
-    import glob
-
     return sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True)
                   if os.path.isfile(p) and os.access(p, os.R_OK))
 
 
 def _jsonl_problem(path: str, text_field: str) -> str | None:
     """Why the first lines of a (possibly compressed) JSONL file give no document, if they do not."""
-    import fsspec
-
     seen = bad = 0
     first_bad = None
     try:
@@ -190,8 +189,6 @@ def problem_file_errors(path: Path, fields=None, need_levels: bool = False) -> l
     """A problem set's file problems (at most one line), as the one problem-set reader sees it
     (`data_recipes.problems`: midprobe's, GSM8K's or MATH's format, or mapped `fields`);
     `need_levels`: difficulty control needs a level on its problems."""
-    from data_recipes.problems import ProblemFormatError, has_levels, read_problem_set
-
     try:
         problems = read_problem_set(path, fields)
     except UnicodeDecodeError:
@@ -208,8 +205,6 @@ def problem_file_errors(path: Path, fields=None, need_levels: bool = False) -> l
 
 def checkpoint_errors(path: Path, field: str) -> list[str]:
     """An HF checkpoint directory midprobe can train or probe: a supported architecture."""
-    from midtrain.spec import ModelSpec
-
     try:
         ModelSpec.from_hf_config(path)
     except (ValueError, KeyError) as exc:
@@ -219,8 +214,6 @@ def checkpoint_errors(path: Path, field: str) -> list[str]:
 
 
 def _vocab_size(tokenizer_dir: Path) -> int:
-    from tokenizers import Tokenizer
-
     return Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).get_vocab_size(with_added_tokens=True)
 
 
@@ -303,8 +296,6 @@ def finished_workspace(path: Path) -> Path:
 def finished_probe(workspace: Path, sweep: str) -> None:
     """A sweep with at least one finished probe in `workspace` (read only: a refused `report`
     writes nothing, not even the index's lock)."""
-    import sqlite3
-
     finished_workspace(workspace)
     # immutable: no -wal/-shm files appear; a check may miss a probe finishing this very moment
     db = sqlite3.connect(f"file:{workspace / 'index.sqlite'}?mode=ro&immutable=1", uri=True)

@@ -152,6 +152,7 @@ def torchrun(job, nproc: int, on_metrics: Metrics) -> None:
     partial directory, where the trainer keeps its checkpoints. The metrics reach
     `on_metrics` from the metrics.jsonl that the trainer's rank 0 writes.
     """
+    # here, not at the top: the reaper runs this file with only the stdlib
     from pipelines.errors import StageFailed
     from runfiles import METRICS_FILE
 

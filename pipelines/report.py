@@ -21,6 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from pipelines.calibration import Calibration  # noqa: E402
 from pipelines.failures import FAILURE_MODES  # noqa: E402
 from pipelines.ranking import (SCORES, Ranking, load_eval_correctness, rank, run_scores, spearman,  # noqa: E402
                                verdict)
@@ -229,8 +230,6 @@ def build(results: SweepResults, title: str, score: str = "auc_acc", samples: in
     spec = results.probe_info[results.probes[0].key].manifest["config"]["spec"]
     calibrated = ""
     if calibration is not None:  # what a probe this long was worth on long RL curves
-        from pipelines.calibration import Calibration
-
         known = Calibration.load(calibration)
         calibrated = " " + known.sentence(score, known.budget(spec["steps"], spec["prompts_per_step"] * spec["group_size"]))
     doc.para(verdict(ranking, results.probes) + f" (Intervals over {ranking.sources}.)" + calibrated)

@@ -4,15 +4,13 @@ receives, and, as canonical JSON, what a run's key hashes and its manifest keeps
 Each model is built from the stage packages' own typed configs (`TrainConfig`, `ProbeSpec`,
 `CorpusConfig`, `ToyWorldConfig`, ...), so a stage function reads attributes of validated
 objects instead of re-validating a dict. Fields listed in `OMIT_AT_DEFAULT` are left out of the
-canonical form while they hold their default: they were added after keys existed, and a run
-that does not use them keeps the key it had before them.
+canonical form while they hold their default (`runfiles.canonical`): they were added after keys
+existed, and a run that does not use them keeps the key it had before them.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
-
-from pydantic import BaseModel, ConfigDict
+from typing import Any, Literal
 
 from data_recipes.curate import CorpusConfig
 from data_recipes.problems import ProblemFields
@@ -20,6 +18,7 @@ from data_recipes.toyworld import ToyWorldConfig
 from midtrain.config import TrainConfig
 from midtrain.spec import ModelSpec
 from rl_probe.spec import ProbeSpec
+from runfiles.canonical import Canonical
 
 # TrainConfig fields that do not change what a stage produces: the thread count is the stage's
 # own `threads` (None: the executor's), the memory budget only gates validation, retention says
@@ -28,25 +27,6 @@ RUNTIME_FIELDS = frozenset({"threads", "gpu_memory_gb", "keep_states", "export_e
 # The setting retention replaced (an HF export at every training state) stays in the keys as it
 # was, so runs finished before retention existed stay cached: their weights never depended on it.
 RETIRED_TRAIN_FIELDS = {"export_hf_checkpoints": True}
-
-
-class Canonical(BaseModel):
-    """A config whose JSON form leaves out the `OMIT_AT_DEFAULT` fields while at their default."""
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
-
-    OMIT_AT_DEFAULT: ClassVar[frozenset[str]] = frozenset()
-
-    def canonical(self) -> dict[str, Any]:
-        """The JSON form that keys, manifests and the index hold."""
-        data = self.model_dump(mode="json")
-        out = {}
-        for name, field in type(self).model_fields.items():
-            value = getattr(self, name)
-            if name in self.OMIT_AT_DEFAULT and value == field.default:
-                continue
-            # nested configs with their own canonical form (ours, ProbeSpec) give it
-            out[name] = value.canonical() if hasattr(value, "canonical") else data[name]
-        return out
 
 
 class RunConfig(Canonical):

@@ -14,9 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from data_recipes.problems import read_problem_set, write_problem_set
+from data_recipes.tokenizer import train_tokenizer
+from data_recipes.toyworld import ToyWorld, write_problems
 from midtrain.config import hf_dir
+from midtrain.spec import ModelSpec
 from pipelines.processes import torchrun
 from pipelines.store import StageRun
+from rl_probe.difficulty import choose_levels, pass_at_k_by_difficulty
+from rl_probe.prompts import load_problems
 
 Metrics = Callable[[int, dict], None]
 
@@ -33,9 +39,6 @@ class StageContext:
 def _problems(run: StageRun, inputs: dict[str, Path], out: Path, ctx: StageContext) -> None:
     """The problem pool: a user file whole (GSM8K, MATH, mapped fields ... in midprobe's format),
     or a toy set's n problems at every level."""
-    from data_recipes.problems import read_problem_set, write_problem_set
-    from data_recipes.toyworld import ToyWorld, write_problems
-
     world = ToyWorld(run.config.toy_world)
     for name, source in (("train", run.config.train_set), ("eval", run.config.eval_set)):
         if source.path:
@@ -50,7 +53,6 @@ def _problems(run: StageRun, inputs: dict[str, Path], out: Path, ctx: StageConte
 
 def _tokenizer(run: StageRun, inputs: dict[str, Path], out: Path, ctx: StageContext) -> None:
     from data_recipes.curate import CorpusConfig, iter_source_texts
-    from data_recipes.tokenizer import train_tokenizer
 
     toy_world = run.config.toy_world.model_dump()
 
@@ -62,7 +64,7 @@ def _tokenizer(run: StageRun, inputs: dict[str, Path], out: Path, ctx: StageCont
 
 
 def _curate(run: StageRun, inputs: dict[str, Path], out: Path, ctx: StageContext) -> None:
-    from data_recipes.curate import CorpusConfig, ExecutorConfig, curate_corpus
+    from data_recipes.curate import ExecutorConfig, curate_corpus
 
     benchmarks = [inputs["problems"] / "train.jsonl", inputs["problems"] / "eval.jsonl"]
     benchmarks += [path for role, path in sorted(inputs.items()) if role.startswith("benchmark:")]
@@ -73,7 +75,6 @@ def _curate(run: StageRun, inputs: dict[str, Path], out: Path, ctx: StageContext
 
 
 def _midtrain(run: StageRun, inputs: dict[str, Path], out: Path, ctx: StageContext) -> None:
-    from midtrain.spec import ModelSpec
     from midtrain.train import BlendPart, TrainJob, train
 
     cfg = run.config
@@ -142,15 +143,11 @@ def _pick(pool: list[dict], levels: list[int] | None, n: int | None) -> list[dic
 
 
 def _select_problems(run: StageRun, inputs: dict[str, Path], out: Path, ctx: StageContext) -> None:
-    from rl_probe.prompts import load_problems
-
     cfg = run.config
     pool = {name: load_problems(inputs["pool"] / f"{name}.jsonl") for name in ("train", "eval")}
     picks = {"train": cfg.train_set, "eval": cfg.eval_set}
     levels = {name: picks[name].levels for name in pool}
     if cfg.difficulty == "auto":
-        from rl_probe.difficulty import choose_levels, pass_at_k_by_difficulty
-
         if any(p.get("difficulty") is None for p in pool["train"]):  # `validate` refuses such sweeps
             raise ValueError("probe.difficulty: auto needs a difficulty level on every probe problem")
         measured = pass_at_k_by_difficulty(  # at the sets' levels if they name any

@@ -21,7 +21,12 @@ from data_recipes.curate import CorpusConfig, ExecutorConfig
 from data_recipes.problems import ProblemFields
 from data_recipes.toyworld import ToyWorldConfig
 from midtrain.config import MidtrainSettings, Schedule, is_hf_dir, phase_schedule
+from midtrain.memory import GIB, estimate_memory
+from midtrain.pretrained import WHEEL_MODELS
+from midtrain.spec import MODEL_PRESETS, ModelSpec
 from pipelines.errors import InputError
+from rl_probe.spec import SpecSourceError, resolve_probe_spec
+from rl_probe.verl_config import VerlCluster
 
 BUNDLED_SWEEPS = Path(__file__).parent / "sweeps"
 
@@ -140,8 +145,8 @@ class ProbeSection(_Strict):
     difficulty: Literal["auto", "fixed"] = Field(
         default="fixed", description="auto: keep the difficulty levels at which the base's pass@k "
                                      "lies in difficulty_target (SimpleRL-Zoo's difficulty control)")
-    verl: dict[str, Any] = Field(default_factory=dict, description=(
-        "cluster options of the verl engine: n_gpus_per_node, nnodes, rollout_engine (vllm|sglang), "
+    verl: VerlCluster = Field(default_factory=VerlCluster, description=(
+        "cluster options of the verl engine: n_gpus_per_node, nnodes, rollout_engine (vllm|sglang|trtllm), "
         "rollout_tp, micro_batch_per_gpu"))
     difficulty_target: tuple[float, float] = (0.2, 0.8)
     difficulty_k: int = Field(default=8, gt=0)
@@ -222,8 +227,6 @@ def planned_model(sweep: Sweep, source: Path):
     """The ModelSpec the midtrain stages train, as far as it is known before anything
     runs: an HF base's config.json, or a preset at the sweep's tokenizer vocabulary
     (a tokenizer given by path keeps the preset's vocabulary). None if neither exists."""
-    from midtrain.spec import MODEL_PRESETS, ModelSpec
-
     if sweep.base.hf_path:
         config = resolve_path(sweep.base.hf_path, source.parent) / "config.json"
         return ModelSpec.from_hf_config(config) if config.is_file() else None
@@ -236,8 +239,6 @@ def planned_model(sweep: Sweep, source: Path):
 def midtrain_memory(sweep: Sweep, source: Path):
     """Estimated peak bytes per GPU of the sweep's midtrain stages (one settings block,
     one model: the same for every stage), or None without a known model."""
-    from midtrain.memory import estimate_memory
-
     model = planned_model(sweep, source)
     if model is None:
         return None
@@ -246,8 +247,6 @@ def midtrain_memory(sweep: Sweep, source: Path):
 
 
 def _memory_errors(sweep: Sweep, source: Path) -> list[str]:
-    from midtrain.memory import GIB
-
     budget = sweep.midtrain.gpu_memory_gb
     if budget is None:
         return []
@@ -277,8 +276,6 @@ def _schedule_errors(sweep: Sweep) -> list[str]:
 
 def cross_check(sweep: Sweep, source: Path) -> list[str]:
     """Checks that need more than one section, or a stage package's config model."""
-    from midtrain.spec import MODEL_PRESETS
-
     errors: list[str] = []
     here = source.parent
 
@@ -303,8 +300,6 @@ def cross_check(sweep: Sweep, source: Path) -> list[str]:
     if sweep.base.hf_path:
         path = resolve_path(sweep.base.hf_path, here)
         if not is_hf_dir(path):
-            from midtrain.pretrained import WHEEL_MODELS
-
             bundled = next((m.name for m in WHEEL_MODELS.values() if m.directory == path.name), None)
             hint = f"; create it with: midprobe materialize {bundled} --out {path}" if bundled else ""
             errors.append(f"base.hf_path: no HF model directory at {path} (config.json missing{hint})")
@@ -339,8 +334,6 @@ def cross_check(sweep: Sweep, source: Path) -> list[str]:
 
 
 def _check_probe_spec(value: str | dict, here: Path, errors: list[str]):
-    from rl_probe.spec import SpecSourceError, resolve_probe_spec
-
     # field errors of a spec file name the file: probe.spec (my-spec.yaml).lr: ...
     where = ("probe", f"spec ({value})") if isinstance(value, str) else ("probe", "spec")
     try:
@@ -367,8 +360,6 @@ def _chat_template_errors(sweep: Sweep, template: str, here: Path) -> list[str]:
 
 def probe_spec(sweep: Sweep, source: Path):
     """The sweep's probe spec, resolved (a validated sweep's spec always resolves)."""
-    from rl_probe.spec import resolve_probe_spec
-
     return resolve_probe_spec(sweep.probe.spec, source.parent)
 
 

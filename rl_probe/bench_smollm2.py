@@ -21,11 +21,16 @@ import multiprocessing
 import os
 import resource
 import statistics
+import tempfile
 import time
+from importlib.metadata import version
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from rl_probe.prompts import Prompter, problems_within_length
+from rl_probe.reward import score
 from rl_probe.spec import get_probe_spec
 
 MODEL_ENV = "MIDPROBE_SMOLLM2"
@@ -47,10 +52,7 @@ def model_dir() -> Path:
 
 def _step_problems(spec, prompter, seed: int = 0, step: int = 1) -> list[dict]:
     """The problems a probe's step `step` draws (the same rule as `grpo_step`)."""
-    import numpy as np
-
     from rl_probe.embedded import _stream_seed
-    from rl_probe.prompts import problems_within_length
 
     train, _, _ = problems_within_length(prompter, PROBLEMS, PROBLEMS)
     rng = np.random.default_rng(_stream_seed(seed, step, "prompts"))
@@ -59,8 +61,6 @@ def _step_problems(spec, prompter, seed: int = 0, step: int = 1) -> list[dict]:
 
 def _load(path: Path, threads: int, dtype: str = "float32"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from rl_probe.prompts import Prompter
 
     torch.set_num_threads(threads)
     spec = get_probe_spec(SPEC).model_copy(update={"dtype": dtype})
@@ -90,13 +90,9 @@ def _ours_step(path: Path, threads: int, dtype: str) -> dict:
 
 
 def _trl_step(path: Path, threads: int) -> dict:
-    import tempfile
-
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
-
-    from rl_probe.reward import score
 
     spec, tokenizer, model, prompter = _load(path, threads)
     problems = _step_problems(spec, prompter)
@@ -148,7 +144,7 @@ def bench_probe_step_vs_trl(threads: int = 1) -> dict:
         "peer_name": "trl-grpo",
         "details": {
             "workload": f"{SPEC}: 4 prompts x 8 rollouts, <= 48 new tokens, one GRPO step; TRL GRPOTrainer "
-                        f"{_version('trl')}, same prompts, fp32, beta 0, one optimizer step",
+                        f"{version('trl')}, same prompts, fp32, beta 0, one optimizer step",
             **{f"{name}_{key}": round(value, 2) for name, result in (("ours", ours), ("ours_bfloat16", ours_bf16),
                                                                    ("trl", peer)) for key, value in result.items()},
             "cpu_ratio_fp32": round(peer["cpu_s"] / ours["cpu_s"], 2),
@@ -211,8 +207,3 @@ def bench_sampling_vs_hf_generate(threads: int = 1, repeats: int = 3) -> dict:
         },
     }
 
-
-def _version(package: str) -> str:
-    from importlib.metadata import version
-
-    return version(package)

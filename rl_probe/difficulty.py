@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rl_probe.prompts import Prompter
+from rl_probe.reward import score
 from rl_probe.spec import ProbeSpec
 
 
@@ -29,8 +31,6 @@ def pass_at_k_by_difficulty(checkpoint: Path, problems: list[dict], spec: ProbeS
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rl_probe.embedded import _generator, generate, pass_at_k
-    from rl_probe.prompts import Prompter
-    from rl_probe.reward import score
 
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()

@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from runfiles.canonical import Canonical
+
 LossAggMode = Literal[
     "token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"
 ]
@@ -93,12 +95,10 @@ PROMPT_TEMPLATES: dict[str, PromptTemplate] = {
 }
 
 
-# ProbeSpec fields added after its first release (see content_hash).
-ADDED_FIELDS = frozenset({"reward_control", "eval_sampled", "dtype"})
-
-
-class ProbeSpec(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class ProbeSpec(Canonical):
+    # fields added after the first specs were shipped: they count in the hash only when set away
+    # from their default, so specs that do not use them keep their hash and their runs' keys
+    OMIT_AT_DEFAULT = frozenset({"reward_control", "eval_sampled", "dtype"})
 
     name: str
     version: int = 1
@@ -222,13 +222,6 @@ class ProbeSpec(BaseModel):
         """This spec as its random-reward control: everything else the same, its own name and hash."""
         return ProbeSpec.model_validate({**self.model_dump(), "name": f"{self.name}+random-reward",
                                          "reward_control": "random"})
-
-    def canonical(self) -> dict[str, Any]:
-        """Every field as JSON, except that a field added after specs were shipped counts only when
-        it is set away from its default: specs that do not use it keep their hash and the keys of
-        the runs made with them."""
-        return {name: value for name, value in self.model_dump(mode="json").items()
-                if not (name in ADDED_FIELDS and getattr(self, name) == type(self).model_fields[name].default)}
 
     def content_hash(self) -> str:
         canonical = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))

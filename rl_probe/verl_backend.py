@@ -28,31 +28,29 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 import verl
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoTokenizer
+from verl.trainer.ppo.utils import need_critic, need_reference_policy
+from verl.utils.config import validate_config
 
-from rl_probe import verl_reward
 from rl_probe.embedded import MetricsCallback, behaviour_metrics, pass_at_k_profile, profile_problems, write_completions
 from rl_probe.prompts import Prompter, problems_within_length
 from rl_probe.reward import RewardResult, score, score_held_out
 from rl_probe.spec import ProbeSpec
 from rl_probe.summary import ProbeSummary
+from rl_probe.verl_config import PROFILE_DIR, VerlCluster, VerlLaunchSettings, hydra_overrides
 from runfiles import METRICS_FILE, atomic_write, read_jsonl, read_metrics
 
 VERL_CONFIG_DIR = Path(verl.__file__).parent / "trainer" / "config"
-REWARD_MODULE = Path(verl_reward.__file__)
-# verl renders prompts with a chat template. The parquet's single user message is the prompt as
-# rl_probe.prompts rendered it (BOS and any chat markup included), so verl's template passes it
-# through untouched and both engines tokenize the same text.
-PASS_THROUGH_TEMPLATE = '{% for message in messages %}{{ message["content"] }}{% endfor %}'
-PROFILE_DIR = "verl_profile"  # the profile launch's validation dump: <step 0>.jsonl
 
 
 # ---------------------------------------------------------------- data
@@ -81,128 +79,8 @@ def write_parquet(problems: list[dict], prompter: Prompter, path: Path, split: s
 # ---------------------------------------------------------------- config
 
 
-def hydra_overrides(
-    spec: ProbeSpec,
-    *,
-    model_path: Path,
-    train_file: Path,
-    val_file: Path,
-    out_dir: Path,
-    seed: int,
-    attempt: int = 0,
-    n_gpus_per_node: int = 8,
-    nnodes: int = 1,
-    rollout_engine: str = "vllm",
-    rollout_tp: int = 1,
-    micro_batch_per_gpu: int = 4,
-    profile: bool = False,
-) -> list[str]:
-    """Command-line overrides of verl's ppo_trainer config that make it run this probe spec; with
-    `profile`, its step-0 pass@k profile instead (validation only, `val_file` holding the profile
-    problems, spec.passk_samples responses each at the rollout's sampling settings)."""
-    if spec.engine != "verl":
-        raise ValueError(f"probe spec {spec.name!r} is for the {spec.engine!r} engine, not 'verl'")
-    if spec.length_schedule:
-        raise ValueError("verl 0.9.1 has no response-length schedule; use a spec without length_schedule")
-    actor = "actor_rollout_ref.actor"
-    rollout = "actor_rollout_ref.rollout"
-    values = {
-        "algorithm.adv_estimator": spec.adv_estimator,
-        "algorithm.norm_adv_by_std_in_grpo": spec.norm_adv_by_std,
-        "algorithm.use_kl_in_reward": False,
-        "algorithm.rollout_correction.bypass_mode": spec.bypass_mode,
-        "critic.enable": False,
-        "data.train_files": str(train_file),
-        "data.val_files": str(val_file),
-        "data.train_batch_size": spec.prompts_per_step,
-        "data.max_prompt_length": spec.max_prompt_length,
-        "data.max_response_length": spec.max_response_length,
-        # Overlong prompts were dropped when the parquet was written, with the
-        # same tokenization; verl's own filter would run before the custom
-        # chat template is set on its tokenizer and drop every row.
-        "data.filter_overlong_prompts": False,
-        "data.truncation": "error",
-        "data.seed": seed,
-        "actor_rollout_ref.model.path": str(model_path),
-        "actor_rollout_ref.model.custom_chat_template": PASS_THROUGH_TEMPLATE,
-        f"{actor}.strategy": "fsdp",
-        f"{actor}.optim.lr": spec.lr,
-        f"{actor}.optim.weight_decay": spec.weight_decay,
-        f"{actor}.grad_clip": spec.grad_clip,
-        f"{actor}.ppo_mini_batch_size": spec.mini_batch_prompts,
-        f"{actor}.ppo_micro_batch_size_per_gpu": micro_batch_per_gpu,
-        f"{actor}.ppo_epochs": spec.ppo_epochs,
-        f"{actor}.use_kl_loss": spec.kl_coef > 0,
-        f"{actor}.kl_loss_coef": spec.kl_coef,
-        f"{actor}.kl_loss_type": spec.kl_type,
-        f"{actor}.entropy_coeff": spec.entropy_coeff,
-        f"{actor}.loss_agg_mode": spec.loss_agg_mode,
-        f"{actor}.loss_scale_factor": spec.loss_scale_factor,
-        f"{actor}.policy_loss.loss_mode": spec.policy_loss,
-        f"{actor}.clip_ratio_low": spec.clip_ratio_low,
-        f"{actor}.clip_ratio_high": spec.clip_ratio_high,
-        f"{actor}.clip_ratio_c": spec.clip_ratio_c,
-        f"{actor}.data_loader_seed": seed,
-        f"{rollout}.name": rollout_engine,
-        f"{rollout}.tensor_model_parallel_size": rollout_tp,
-        f"{rollout}.n": spec.group_size,
-        f"{rollout}.temperature": spec.temperature,
-        f"{rollout}.top_p": spec.top_p,
-        f"{rollout}.seed": seed,
-        f"{rollout}.log_prob_micro_batch_size_per_gpu": micro_batch_per_gpu,
-        f"{rollout}.val_kwargs.n": spec.eval_samples,
-        f"{rollout}.val_kwargs.temperature": spec.eval_temperature,
-        f"{rollout}.val_kwargs.do_sample": spec.eval_temperature > 0,
-        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu": micro_batch_per_gpu,
-        "reward.custom_reward_function.path": str(REWARD_MODULE),
-        "reward.custom_reward_function.name": "compute_score",
-        "+reward.custom_reward_function.reward_kwargs.variant": spec.reward_variant,
-        "trainer.total_training_steps": spec.steps,
-        "trainer.test_freq": spec.eval_every,
-        "trainer.save_freq": spec.checkpoint_every,
-        "trainer.val_before_train": True,
-        "trainer.resume_mode": "auto",
-        "trainer.default_local_dir": str(out_dir / "state"),
-        "trainer.rollout_data_dir": str(out_dir / "verl_rollouts"),
-        "trainer.validation_data_dir": str(out_dir / "verl_validation"),
-        "trainer.logger": ["console", "file"],
-        "trainer.project_name": "midprobe",
-        "trainer.experiment_name": f"{spec.name}-{spec.content_hash()}-seed{seed}-attempt{attempt}",
-        "trainer.n_gpus_per_node": n_gpus_per_node,
-        "trainer.nnodes": nnodes,
-    }
-    if profile:
-        values.update({
-            f"{rollout}.val_kwargs.n": spec.passk_samples,
-            f"{rollout}.val_kwargs.temperature": spec.temperature,
-            f"{rollout}.val_kwargs.top_p": spec.top_p,
-            f"{rollout}.val_kwargs.do_sample": True,
-            "trainer.val_only": True,
-            "trainer.resume_mode": "disable",  # the base's weights, whatever state/ holds
-            "trainer.validation_data_dir": str(out_dir / PROFILE_DIR),
-            "trainer.experiment_name": f"{spec.name}-{spec.content_hash()}-seed{seed}-profile",
-        })
-    return [f"{key}={_hydra_value(value)}" for key, value in values.items()]
-
-
-def _hydra_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, list):
-        return "[" + ",".join(_hydra_value(v) for v in value) + "]"
-    # quoted so that Hydra's override grammar takes braces, quotes and '%' literally
-    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def compose_config(overrides: list[str]) -> DictConfig:
     """verl's ppo_trainer config with the overrides applied, validated by verl's own checks."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from verl.trainer.ppo.utils import need_critic, need_reference_policy
-    from verl.utils.config import validate_config
-
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(VERL_CONFIG_DIR), version_base=None):
         config = compose(config_name="ppo_trainer", overrides=overrides)
@@ -237,7 +115,7 @@ def prepare_verl_probe(checkpoint: Path, spec: ProbeSpec, train_set: Path, eval_
                        out_dir: Path, **cluster) -> VerlLaunch:
     """Write the parquet data and the composed config under out_dir; return the command that runs it.
 
-    `cluster` takes hydra_overrides' keyword options (n_gpus_per_node, nnodes, rollout_engine, ...).
+    `cluster`: `VerlCluster`'s options (n_gpus_per_node, nnodes, rollout_engine, ...).
     """
     out_dir = Path(out_dir)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
@@ -253,10 +131,11 @@ def prepare_verl_probe(checkpoint: Path, spec: ProbeSpec, train_set: Path, eval_
     logs = out_dir / "verl_logs"
     logs.mkdir(parents=True, exist_ok=True)
     attempt = len(list(logs.glob("attempt_*.jsonl")))
-    common = dict(model_path=checkpoint, train_file=train_file, out_dir=out_dir, seed=seed, **cluster)
-    launch = _launch(hydra_overrides(spec, val_file=val_file, attempt=attempt, **common),
-                     logs / f"attempt_{attempt:03d}.jsonl", out_dir / "verl_config.yaml")
-    launch.profile = _launch(hydra_overrides(spec, val_file=profile_file, profile=True, **common),
+    train_launch = VerlLaunchSettings(model_path=checkpoint, train_file=train_file, val_file=val_file,
+                                      out_dir=out_dir, seed=seed, attempt=attempt, cluster=VerlCluster(**cluster))
+    launch = _launch(hydra_overrides(spec, train_launch), logs / f"attempt_{attempt:03d}.jsonl",
+                     out_dir / "verl_config.yaml")
+    launch.profile = _launch(hydra_overrides(spec, replace(train_launch, val_file=profile_file), profile=True),
                              logs / "profile.jsonl", out_dir / "verl_profile_config.yaml")
     return launch
 

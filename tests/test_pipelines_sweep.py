@@ -149,6 +149,15 @@ def test_verl_engine_options_reach_the_probe_runs(tmp_path):
     assert "engine_options" not in build_plan(load_sweep(TOY_SMOKE), TOY_SMOKE).probes[("qa_cot", None, 0)].canonical_config
 
 
+def test_unknown_verl_options_are_refused_by_validate(tmp_path):
+    path = _write(tmp_path, lambda d: d["probe"].update(
+        spec="octothinker-v1", difficulty_max_response_length=64,
+        verl={"n_gpu_per_node": 4, "rollout_engine": "hf"}))
+    errors = validate_sweep(path)
+    assert "probe.verl.n_gpu_per_node: unknown key" in errors
+    assert any(line.startswith("probe.verl.rollout_engine: ") for line in errors), errors
+
+
 def test_every_ranking_score_can_be_chosen_in_a_sweep():
     from typing import get_args
 

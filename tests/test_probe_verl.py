@@ -8,7 +8,7 @@ from transformers import AutoTokenizer
 from rl_probe.embedded import read_metrics
 from rl_probe.prompts import Prompter
 from rl_probe.spec import get_probe_spec
-from rl_probe.verl_backend import hydra_overrides, import_verl_run, prepare_verl_probe
+from rl_probe.verl_backend import import_verl_run, prepare_verl_probe
 from test_probe_helpers import make_problems, tiny_checkpoint, write_jsonl
 
 OCTO = get_probe_spec("octothinker-v1")
@@ -52,13 +52,6 @@ def test_bypass_mode_composes_and_validates(prepared):
     spec = OCTO.model_copy(update={"bypass_mode": True})
     launch = prepare_verl_probe(checkpoint, spec, train, evals, seed=3, out_dir=root / "bypass", n_gpus_per_node=1)
     assert launch.config.algorithm.rollout_correction.bypass_mode is True
-
-
-def test_rejects_embedded_specs(prepared):
-    root, checkpoint, _ = prepared
-    with pytest.raises(ValueError, match="engine"):
-        hydra_overrides(get_probe_spec("toy-cpu-v1"), model_path=checkpoint, train_file=root, val_file=root,
-                        out_dir=root, seed=0)
 
 
 def test_parquet_loads_in_rlhf_dataset_and_renders_the_exact_template(prepared):
