@@ -35,13 +35,14 @@ class Rollout:
         return self.response_mask.sum(-1)
 
 
-# fewer shared tokens than this are prefilled with each row: the separate pass and cache copy would cost more
+# sharing costs one more forward pass and a cache copy per layer; shorter common prefixes run with each row
 MIN_SHARED_PREFIX = 16
 
 
 def left_pad(prompts: list[list[int]], pad_id: int, device: torch.device | str = "cpu",
              after: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompts padded to the longest with pad_id (mask False there): on the left, or after their first `after` tokens."""
+    """Prompts padded to the longest with pad_id (mask False there): on the left, or after their
+    first `after` tokens."""
     width = max(len(p) for p in prompts)
     ids = [list(p[:after]) + [pad_id] * (width - len(p)) + list(p[after:]) for p in prompts]
     mask = [[True] * after + [False] * (width - len(p)) + [True] * (len(p) - after) for p in prompts]
@@ -96,9 +97,9 @@ def sample(
     `dtype` (default: the weights' own; logits and log-probs are float32 either way). With
     `share_prefixes`, a prompt that several rows share (a GRPO group) is prefilled once and
     its KV cache copied to those rows, and the first tokens that all distinct prompts share (a
-    system turn, few-shot examples) are prefilled once for all of them. Rows that emitted a stop token are dropped from the
-    batch and the KV cache, so a rollout where most answers are short costs about what its
-    tokens cost, not batch x max_new_tokens. Every tensor, and `generator`, lives on the
+    system turn, few-shot examples) are prefilled once for all of them. Rows that emitted a
+    stop token are dropped from the batch and the KV cache, so a rollout where most answers
+    are short costs about what its tokens cost, not batch x max_new_tokens. Every tensor, and `generator`, lives on the
     model's device.
     """
     if model.config.model_type not in DECODABLE:

@@ -12,7 +12,7 @@ import torch
 
 from rl_probe.embedded import read_metrics, run_probe
 from rl_probe.spec import get_probe_spec
-from test_probe_helpers import make_problems, tiny_checkpoint, write_jsonl
+from test_probe_helpers import FEW_SHOT, TEMPLATE, make_problems, tiny_checkpoint, write_jsonl
 
 SMOKE = get_probe_spec("toy-smoke-v1")
 VOLATILE = ("timing_s/", "perf/throughput")  # wall-clock, differs between identical runs
@@ -269,21 +269,27 @@ def test_prompts_over_the_length_limit_are_dropped_from_train_and_eval_and_count
     assert not (tmp_path / "strict" / "metrics.jsonl").exists()  # refused before any work
 
 
-def test_a_probe_step_creates_every_tensor_on_the_models_device(inputs, tmp_path):
+@pytest.mark.parametrize("few_shot", [False, True])
+def test_a_probe_step_creates_every_tensor_on_the_models_device(inputs, tmp_path, few_shot):
     """With torch's default device set to 'meta', a tensor made without the model's device is a
-    meta tensor, and the first op that mixes it with the model's tensors fails (or it has no data)."""
+    meta tensor, and the first op that mixes it with the model's tensors fails (or it has no data).
+    A few-shot template makes the sampler share the prompts' common prefix too."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rl_probe import embedded
     from rl_probe.prompts import Prompter, load_problems
+    from rl_probe.sampler import shared_prefix_length
+    from rl_probe.spec import PromptTemplate
 
     checkpoint, train, evals = inputs
-    spec = SMOKE.model_copy(update={"kl_coef": 0.1})  # the reference model's forward too
+    template = PromptTemplate(name="two-shot", text=FEW_SHOT + TEMPLATE) if few_shot else SMOKE.template
+    spec = SMOKE.model_copy(update={"kl_coef": 0.1, "template": template})  # the reference model's forward too
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
     reference = embedded._frozen_copy(checkpoint, "cpu")
     optimizer = embedded.make_optimizer(model, spec)
     prompter = Prompter(tokenizer, spec, model.generation_config.eos_token_id)
+    assert (shared_prefix_length([prompter.prompt_ids(p) for p in load_problems(evals)]) > 0) == few_shot
     (tmp_path / "rollouts").mkdir()
     torch.set_default_device("meta")
     try:

@@ -17,6 +17,9 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 EOS = "<|endoftext|>"
 TEMPLATE = "Question: {question}\nAnswer:"
+# two solved examples before the question, as a few-shot template puts them
+FEW_SHOT = "".join(TEMPLATE.format(question=f"What is {a} plus {b}?") + f" \\boxed{{{a + b}}}\n"
+                   for a, b in ((3, 4), (5, 2)))
 
 
 def make_problems(n: int, seed: int, data_source: str = "toy/add") -> list[dict]:

@@ -3,7 +3,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rl_probe.sampler import MIN_SHARED_PREFIX, distinct_prompts, sample, shared_prefix_length, teacher_forced
-from test_probe_helpers import TEMPLATE, make_problems, tiny_checkpoint
+from test_probe_helpers import FEW_SHOT, TEMPLATE, make_problems, tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -190,10 +190,6 @@ def test_bfloat16_sampling_and_update_log_probs_stay_near_float32(model_and_prom
         gap = ((log_probs - fp32) * mask).abs().max()
         assert 0 < gap <= BF16_LOG_PROB_ATOL, (name, gap)
 
-
-# two solved examples before every question, as a few-shot template puts them
-FEW_SHOT = "".join(TEMPLATE.format(question=f"What is {a} plus {b}?") + f" \\boxed{{{a + b}}}\n"
-                   for a, b in ((3, 4), (5, 2)))
 
 
 def _common_prefix_sets(tokenizer, prompts):
