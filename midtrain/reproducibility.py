@@ -3,7 +3,10 @@
 On CPU in fp32 they should be, at the stage's thread count and process layout
 (both in its key): torch's CPU kernels, MKL's GEMMs and `midtrain.kernels` split
 work by thread index and thread count, not by timing, so a busy machine should
-change how long a stage takes but not its bits. `tests/test_midtrain_reproducible.py`
+change how long a stage takes but not its bits. They are a function of the key *on one kind
+of CPU*: torch and MKL pick kernels by instruction set (AVX2, AVX512), and those round float32
+differently, so another CPU can draw other weights from the same key (each stage manifest
+records `cpu_capability`; docs/results/2026-12-05-toy-base-draw.md). `tests/test_midtrain_reproducible.py`
 checks a 2-thread stage alone against the same stage beside two CPU-bound
 processes. Two differences seen before (docs/results/2026-11-28-toy-demo.md) remain
 unexplained, so each run records the digest of its weights.

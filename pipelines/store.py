@@ -114,6 +114,14 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def cpu_capability() -> str | None:
+    """The instruction set torch chose its CPU kernels for (AVX2, AVX512, ...), in a process that
+    did float work with torch; None in one that never imported it. Two machines that choose
+    different kernels round float32 differently, so one stage key can give other weights there."""
+    torch = sys.modules.get("torch")
+    return torch.backends.cpu.get_cpu_capability() if torch is not None else None
+
+
 class RunStore:
     """A workspace. With `index=False` (a stage worker: another process, maybe on another
     host, over a shared filesystem where SQLite's locking does not hold) it never opens
@@ -275,7 +283,8 @@ class RunStore:
                 "stage": run.stage, "key": run.key, "label": run.label, "config": run.canonical_config,
                 "inputs": {role: inp.ref for role, inp in run.inputs.items()},
                 "versions": library_versions(), "seed": seed, "host": socket.gethostname(),
-                "platform": platform.platform(), "started": started, "finished": time.time(),
+                "platform": platform.platform(),
+                "cpu_capability": cpu_capability(), "started": started, "finished": time.time(),
                 "wall_seconds": time.time() - started, "cpu_seconds": cpu_seconds,
             }
             atomic_write(partial / MANIFEST, json.dumps(manifest, indent=2, default=str))

@@ -4,6 +4,8 @@ import json
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -57,6 +59,17 @@ def test_execute_publishes_with_manifest_and_reuses(tmp_path):
 
     path2, reused2 = store.execute(run, work)
     assert reused2 and path2 == path and len(calls) == 1
+
+
+def test_manifest_records_the_cpu_kernels_torch_chose(tmp_path):
+    """One stage key on CPUs whose kernels round differently gives other weights, so a run says
+    which kernels its process used (here forced to torch's portable ones)."""
+    work = ("import sys, torch; from pathlib import Path; from pipelines.store import RunStore, StageRun; "
+            "RunStore(Path(sys.argv[1])).execute(StageRun('tokenizer', {'vocab_size': 7}), lambda out: None)")
+    subprocess.run([sys.executable, "-c", work, str(tmp_path)], check=True,
+                   env={**os.environ, "ATEN_CPU_CAPABILITY": "default"})
+    manifest = json.loads(next(tmp_path.glob("tokenizer/*/manifest.json")).read_text())
+    assert manifest["cpu_capability"] == "DEFAULT"
 
 
 def test_failure_leaves_nothing_finished_looking(tmp_path):

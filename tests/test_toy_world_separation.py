@@ -69,10 +69,14 @@ def test_probe_learns_on_the_chain_of_thought_checkpoint(results):
                                  f"CI [{learning.ci_low:+.3f}, {learning.ci_high:+.3f}] includes 0")
 
 
-def test_the_random_reward_control_gains_near_nothing_where_qa_cot_learns(results):
+def test_the_random_reward_control_does_not_produce_qa_cots_gain(results):
+    """The control's gain is not bounded near 0 from below: shuffled rewards are zero-mean in
+    expectation, but their updates move a checkpoint that already answers well away from its answers
+    (on the toy world, toward short ones: docs/results/2026-12-05-toy-base-draw.md). What the control
+    must show is that the reward, not the update alone, makes the probe's gain."""
     def fitted_gain(runs):
         return float(np.mean([run_scores(r.correct, "fitted_gain") for r in runs if r.recipe == "qa_cot"]))
 
     learned, control = fitted_gain(results.probes), fitted_gain(results.controls)
     assert learned > 0.05, f"qa_cot's fitted gain {learned:+.3f}"
-    assert abs(control) < learned / 2, f"control's fitted gain {control:+.3f} vs qa_cot's {learned:+.3f}"
+    assert control < learned / 2, f"control's fitted gain {control:+.3f} vs qa_cot's {learned:+.3f}"
