@@ -27,6 +27,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 
@@ -255,6 +256,99 @@ def rank(runs: list[ProbeRun], score: str = "auc_acc", samples: int = 2000,
                                          + 0.5 * (replicates[a.recipe] == replicates[b.recipe]).mean())
              for a in rankings for b in rankings if a.recipe != b.recipe}
     return Ranking(score, confidence, rankings, beats, replicates, _sources(by_recipe, n_problems))
+
+
+@dataclass
+class SeparationBudget:
+    """How many probe seeds or eval problems would separate a pair that the interval does not.
+
+    The pair's per-unit, per-problem scores (units: probe seeds, or mid-training replicas where
+    the sweep has them) split into a unit part, a problem part and their interaction (two-way
+    ANOVA). The paired bootstrap above resamples units and problems at once, which counts the
+    interaction three times (Owen 2007, the pigeonhole bootstrap), so its variance at u units and
+    p problems is about unit_var / u + problem_var / p + 3 interaction_var / (u p). A budget is
+    the least count at which that interval would exclude 0 with probability `power` if the true
+    difference were the measured one; the other count stays as it is."""
+    a: str
+    b: str
+    difference: float
+    unit: str  # "probe seeds" or "mid-training replicas"
+    n_units: int
+    n_problems: int
+    unit_var: float | None  # None with fewer than 2 units on either side: the parts cannot be told apart
+    problem_var: float | None
+    interaction_var: float | None
+    units_needed: int | None  # at n_problems; None: no count suffices, or the parts are unknown
+    problems_needed: int | None  # at n_units; None likewise
+
+    def variance(self, units: float, problems: float) -> float | None:
+        if self.unit_var is None:
+            return None
+        return self.unit_var / units + self.problem_var / problems + 3 * self.interaction_var / (units * problems)
+
+    @property
+    def standard_error(self) -> float | None:
+        variance = self.variance(self.n_units, self.n_problems)
+        return None if variance is None else math.sqrt(variance)
+
+
+def _two_way(table: np.ndarray) -> tuple[float, float, float]:
+    """Unit, problem and interaction variances of a [units, problems] table (random effects,
+    moment estimates clipped at 0)."""
+    units, problems = table.shape
+    rows, cols = table.mean(axis=1), table.mean(axis=0)
+    residual = table - rows[:, None] - cols[None, :] + table.mean()
+    interaction = float((residual ** 2).sum() / ((units - 1) * (problems - 1)))
+    return (max(float(np.var(rows, ddof=1)) - interaction / problems, 0.0),
+            max(float(np.var(cols, ddof=1)) - interaction / units, 0.0), interaction)
+
+
+def separation_budget(runs: list[ProbeRun], a: str, b: str, score: str = "auc_acc",
+                      confidence: float = 0.95, power: float = 0.8) -> SeparationBudget:
+    common = sorted(set.intersection(*(set(r.problem_ids) for r in runs)))
+    by_replica = len({r.replica for r in runs}) > 1
+    unit = "mid-training replicas" if by_replica else "probe seeds"
+
+    def table(recipe: str) -> tuple[list, np.ndarray]:  # its units, and their per-problem scores
+        grouped: dict = {}
+        for run in (r for r in runs if r.recipe == recipe):
+            columns = [run.problem_ids.index(i) for i in common]
+            # every score is linear in per-problem correctness: a problem's own score averages to the run's
+            per_problem = run_scores(np.moveaxis(run.correct[:, columns], 1, 0)[:, :, None], score)
+            grouped.setdefault(run.replica if by_replica else run.seed, []).append(per_problem)
+        keys = sorted(grouped, key=str)
+        return keys, np.array([np.mean(grouped[k], axis=0) for k in keys])
+
+    (keys_a, table_a), (keys_b, table_b) = table(a), table(b)
+    difference = float(table_a.mean() - table_b.mean())
+    n_units, n_problems = min(len(keys_a), len(keys_b)), len(common)
+    parts = None
+    if n_units > 1 and keys_a == keys_b:  # paired: the same seeds (replicas) on both sides
+        parts = _two_way(table_a - table_b)
+    elif n_units > 1:  # unpaired: each side's unit and interaction parts add, as if both had n_units
+        (unit_a, _, int_a), (unit_b, _, int_b) = _two_way(table_a), _two_way(table_b)
+        columns = table_a.mean(axis=0) - table_b.mean(axis=0)
+        problem = max(float(np.var(columns, ddof=1)) - int_a / len(keys_a) - int_b / len(keys_b), 0.0)
+        parts = (unit_a + unit_b, problem, int_a + int_b)
+    normal = NormalDist()
+    target = (difference / (normal.inv_cdf(1 - (1 - confidence) / 2) + normal.inv_cdf(power))) ** 2
+
+    def least(count_variance) -> int | None:  # the least count whose variance reaches the target
+        if parts is None or count_variance(1e12) >= target:
+            return None
+        low, high = 2, 2
+        while count_variance(high) > target:
+            low, high = high, high * 2
+        while low < high:
+            middle = (low + high) // 2
+            low, high = (middle + 1, high) if count_variance(middle) > target else (low, middle)
+        return low
+
+    budget = SeparationBudget(a, b, difference, unit, n_units, n_problems,
+                              *(parts if parts else (None, None, None)), None, None)
+    budget.units_needed = least(lambda u: budget.variance(u, n_problems))
+    budget.problems_needed = least(lambda p: budget.variance(n_units, p))
+    return budget
 
 
 def verdict(ranking: Ranking, runs: list[ProbeRun]) -> str:

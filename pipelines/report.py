@@ -23,8 +23,8 @@ import numpy as np  # noqa: E402
 
 from pipelines.calibration import Calibration  # noqa: E402
 from pipelines.failures import FAILURE_MODES  # noqa: E402
-from pipelines.ranking import (SCORES, Ranking, load_eval_correctness, rank, run_scores, spearman,  # noqa: E402
-                               verdict)
+from pipelines.ranking import (SCORES, Ranking, load_eval_correctness, rank, run_scores, separation_budget,  # noqa: E402
+                               spearman, verdict)
 from pipelines.results import SweepResults, recipe_cost_hours  # noqa: E402
 from rl_probe.difficulty import pooled_pass_at_k  # noqa: E402
 from runfiles import COMPLETIONS_FILE, atomic_write, read_jsonl  # noqa: E402
@@ -258,6 +258,7 @@ def build(results: SweepResults, title: str, score: str = "auc_acc", samples: in
     doc.table(["#", "recipe", score, f"{confidence:.0%} CI", "step-0 acc", "final acc", "gain",
                "P(beats next)", "failure modes", "CPU-h", "probe runs"], rows)
     _replica_section(doc, ranking)
+    _separation_section(doc, results, ranking)
 
     doc.heading("Probe")
     doc.para(_prompt_lengths(results))
@@ -364,6 +365,40 @@ def _control_section(doc: Doc, results: SweepResults, order: list[str]) -> None:
                      f"{fitted:+.3f}", f"{control_fitted:+.3f}", f"{len(runs)} / {len(controls)}"])
     doc.table(["recipe", "RL gain", "control's gain", "gain − control", "fitted gain", "control's fitted gain",
                "probe / control runs"], rows)
+
+
+def _separation_section(doc: Doc, results: SweepResults, ranking: Ranking, power: float = 0.8) -> None:
+    """For each pair whose interval includes 0: the seeds or problems that would separate it."""
+    order = [r.recipe for r in ranking.recipes]
+    pairs = [(a, b) for i, a in enumerate(order) for b in order[i + 1:] if ranking.difference_ci(a, b)[1] <= 0]
+    if not pairs:
+        return
+    budgets = [separation_budget(results.probes, a, b, ranking.score_name, ranking.confidence, power)
+               for a, b in pairs]
+    unit, n_units, n_problems = budgets[0].unit, budgets[0].n_units, budgets[0].n_problems
+    doc.heading("What would separate them", 3)
+    if budgets[0].unit_var is None:
+        doc.para(f"{len(pairs)} pair(s) are not separated; how many {unit} would separate them needs the "
+                 f"spread between {unit}, so at least 2 of them (`probe.seeds`).")
+        return
+    seed_hours = sum(np.mean([p.cpu_seconds for p in results.probes if p.recipe == r]) for r in order) / 3600
+    doc.para(f"Each pair whose {ranking.confidence:.0%} interval includes 0, and how many {unit} (at "
+             f"{n_problems} eval problems) or eval problems (at {n_units} {unit}) would give an interval "
+             f"excluding 0 with probability {power:.0%} if the true difference were the one measured (a "
+             f"normal approximation of the interval from the difference's parts: between {unit}, between "
+             "problems, and their interaction). \"–\": no count suffices while the other stays as it "
+             "is, or the difference is nil. Probe steps are the other dial (`validate-probe`)."
+             + (f" One more probe seed for every recipe costs {seed_hours:.2f} CPU-h here."
+                if unit == "probe seeds" and seed_hours else ""))
+    doc.table(["pair", "difference", f"{ranking.confidence:.0%} CI", f"SD between {unit}", "SD between problems",
+               f"{unit} needed", "problems needed"],
+              [[f"{s.a} − {s.b}", f"{s.difference:+.3f}",
+                "[{1:+.3f}, {2:+.3f}]".format(*ranking.difference_ci(s.a, s.b)), f"{math.sqrt(s.unit_var):.3f}",
+                f"{math.sqrt(s.problem_var):.3f}", _count(s.units_needed), _count(s.problems_needed)] for s in budgets])
+
+
+def _count(value: int | None) -> str:
+    return "–" if value is None else f"{value:,}"
 
 
 def _replica_section(doc: Doc, ranking: Ranking) -> None:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pipelines.failures import classify
-from pipelines.ranking import ProbeRun, rank, run_scores, spearman
+from pipelines.ranking import ProbeRun, rank, run_scores, separation_budget, spearman
 
 
 def _run(recipe, seed, acc_by_step, n=200, spec="h1", rng=None):
@@ -194,3 +194,72 @@ def test_ties_in_a_replicate_count_half_each_way():
     runs = [_exact(r, s, 0.0) for r in "ab" for s in range(2)]
     ranking = rank(runs, samples=200)
     assert ranking.beats[("a", "b")] == ranking.beats[("b", "a")] == 0.5
+
+
+def _pair(rng, seeds, n=200, difference=0.04, seed_sd=0.03):
+    """Recipes a and b on shared problems (difficulty varies by problem) and shared seeds (a seed
+    moves both alike, plus each run's own offset): a's true lead is `difference`."""
+    difficulty = rng.uniform(0.2, 0.8, size=n)
+    runs = []
+    for s in range(seeds):
+        shared = rng.normal(0, 0.05)
+        for recipe, lead in (("a", difference), ("b", 0.0)):
+            p = np.clip(difficulty + shared + lead + rng.normal(0, seed_sd), 0, 1)
+            correct = (rng.random((3, n)) < p).astype(float)
+            runs.append(ProbeRun(recipe, s, f"{recipe}{s}", "h1", [0, 5, 10], correct, [str(i) for i in range(n)]))
+    return runs
+
+
+def test_separation_budget_matches_the_bootstrap_spread():
+    runs = _pair(np.random.default_rng(0), seeds=12)
+    ranking = rank(runs, samples=4000)
+    point, lo, hi = ranking.difference_ci("a", "b")
+    budget = separation_budget(runs, "a", "b")
+    assert budget.difference == pytest.approx(point)
+    assert (budget.unit, budget.n_units, budget.n_problems) == ("probe seeds", 12, 200)
+    assert budget.standard_error == pytest.approx((hi - lo) / (2 * 1.96), rel=0.05)
+
+
+def test_separation_budget_separates_as_often_as_it_promises():
+    """Seeds counted on a 12-seed pilot, then fresh studies with that many seeds and the pilot's
+    measured lead as the true one: about 80 % of their intervals exclude 0 (the budget's power);
+    with 3 seeds most do not."""
+    rng = np.random.default_rng(1)
+    budget = separation_budget(_pair(rng, seeds=12), "a", "b")
+    assert budget.units_needed is not None and 6 <= budget.units_needed <= 40
+
+    def separated(seeds: int) -> float:
+        return np.mean([rank(_pair(rng, seeds, difference=budget.difference), samples=300)
+                        .difference_ci("a", "b")[1] > 0 for _ in range(40)])
+
+    assert 0.65 <= separated(budget.units_needed) <= 0.97
+    assert separated(3) < 0.5
+
+
+def test_separation_budget_says_when_it_cannot_tell():
+    one_seed = [_run("a", 0, [0.3, 0.4]), _run("b", 0, [0.3, 0.35])]
+    budget = separation_budget(one_seed, "a", "b")
+    assert budget.unit_var is None and budget.units_needed is None and budget.problems_needed is None
+    nil = [_exact(r, s, acc) for r in "ab" for s, acc in enumerate((0.2, 0.5, 0.8))]
+    assert separation_budget(nil, "a", "b").units_needed is None  # no difference: no count separates it
+
+
+def test_report_says_what_would_separate_a_tied_pair():
+    from pipelines.report import Doc, _separation_section
+    from pipelines.results import SweepResults
+
+    runs = _pair(np.random.default_rng(1), seeds=3)
+    ranking = rank(runs, samples=500)
+    assert ranking.difference_ci("a", "b")[1] <= 0  # not separated at 3 seeds
+    doc = Doc()
+    _separation_section(doc, SweepResults("s", runs, {}, {}, [], None), ranking)
+    (_, (header, rows)), = [b for b in doc.blocks if b[0] == "table"]
+    assert header[-2:] == ["probe seeds needed", "problems needed"]
+    budget = separation_budget(runs, "a", "b")
+    assert rows == [["a − b", f"{budget.difference:+.3f}", rows[0][2], rows[0][3], rows[0][4],
+                     f"{budget.units_needed:,}" if budget.units_needed else "–",
+                     f"{budget.problems_needed:,}" if budget.problems_needed else "–"]]
+    one_seed = Doc()
+    single = [_run("a", 0, [0.3, 0.4]), _run("b", 0, [0.3, 0.39], rng=np.random.default_rng(7))]
+    _separation_section(one_seed, SweepResults("s", single, {}, {}, [], None), rank(single, samples=200))
+    assert "at least 2 of them" in one_seed.blocks[-1][1]
