@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 from midtrain.data import BlendPart  # noqa: E402
 from midtrain.spec import preset  # noqa: E402
 from midtrain.train import TrainConfig, TrainJob  # noqa: E402
+from pipelines.store import accelerator  # noqa: E402
 
 STEPS = 6
 # fp32 GEMMs and reductions differ between CPU and GPU in the last bits; six steps of
@@ -369,6 +370,9 @@ def main(argv: list[str] | None = None) -> int:
             report.line("PASS" if worst <= LOGPROB_ATOL and share >= 0.9 else "FAIL", "probe-greedy-cuda",
                         f"greedy sampling on CUDA vs CPU: {share:.0%} of tokens agree, their max |log-prob "
                         f"difference| {worst:.2e} (tolerance {LOGPROB_ATOL:g})")
+            recorded = accelerator()
+            report.line("PASS" if recorded and recorded["name"] == torch.cuda.get_device_name() else "FAIL",
+                        "manifest-accelerator", f"a stage manifest would record {recorded}")
     print(f"gpu-check: {report.failed} failed, {time.perf_counter() - started:.0f} s, "
           f"work directory {root}", flush=True)
     return 1 if report.failed else 0

@@ -122,6 +122,17 @@ def cpu_capability() -> str | None:
     return torch.backends.cpu.get_cpu_capability() if torch is not None else None
 
 
+def accelerator() -> dict | None:
+    """The CUDA device a stage's process used (name, compute capability, CUDA and cuDNN versions):
+    cpu_capability says nothing of GPU kernels. None in a process that never initialised CUDA."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_initialized():
+        return None
+    major, minor = torch.cuda.get_device_capability()
+    return {"name": torch.cuda.get_device_name(), "capability": f"{major}.{minor}",
+            "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()}
+
+
 class RunStore:
     """A workspace. With `index=False` (a stage worker: another process, maybe on another
     host, over a shared filesystem where SQLite's locking does not hold) it never opens
@@ -284,7 +295,7 @@ class RunStore:
                 "inputs": {role: inp.ref for role, inp in run.inputs.items()},
                 "versions": library_versions(), "seed": seed, "host": socket.gethostname(),
                 "platform": platform.platform(),
-                "cpu_capability": cpu_capability(), "started": started, "finished": time.time(),
+                "cpu_capability": cpu_capability(), "accelerator": accelerator(), "started": started, "finished": time.time(),
                 "wall_seconds": time.time() - started, "cpu_seconds": cpu_seconds,
             }
             atomic_write(partial / MANIFEST, json.dumps(manifest, indent=2, default=str))

@@ -70,6 +70,7 @@ def test_manifest_records_the_cpu_kernels_torch_chose(tmp_path):
                    env={**os.environ, "ATEN_CPU_CAPABILITY": "default"})
     manifest = json.loads(next(tmp_path.glob("tokenizer/*/manifest.json")).read_text())
     assert manifest["cpu_capability"] == "DEFAULT"
+    assert manifest["accelerator"] is None  # this process never initialised CUDA
 
 
 def test_failure_leaves_nothing_finished_looking(tmp_path):
