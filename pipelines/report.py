@@ -375,26 +375,32 @@ def _separation_section(doc: Doc, results: SweepResults, ranking: Ranking, power
         return
     budgets = [separation_budget(results.probes, a, b, ranking.score_name, ranking.confidence, power)
                for a, b in pairs]
-    unit, n_units, n_problems = budgets[0].unit, budgets[0].n_units, budgets[0].n_problems
+    unit, n_problems = budgets[0].unit, budgets[0].n_problems
     doc.heading("What would separate them", 3)
-    if budgets[0].unit_var is None:
+    if all(b.unit_var is None for b in budgets):
         doc.para(f"{len(pairs)} pair(s) are not separated; how many {unit} would separate them needs the "
                  f"spread between {unit}, so at least 2 of them (`probe.seeds`).")
         return
     seed_hours = sum(np.mean([p.cpu_seconds for p in results.probes if p.recipe == r]) for r in order) / 3600
     doc.para(f"Each pair whose {ranking.confidence:.0%} interval includes 0, and how many {unit} (at "
-             f"{n_problems} eval problems) or eval problems (at {n_units} {unit}) would give an interval "
+             f"{n_problems} eval problems) or eval problems (at the {unit} it has) would give an interval "
              f"excluding 0 with probability {power:.0%} if the true difference were the one measured (a "
              f"normal approximation of the interval from the difference's parts: between {unit}, between "
              "problems, and their interaction). \"–\": no count suffices while the other stays as it "
-             "is, or the difference is nil. Probe steps are the other dial (`validate-probe`)."
+             f"is, the difference is nil, or the pair has fewer than 2 {unit}. Probe steps are the other "
+             "dial (`validate-probe`)."
              + (f" One more probe seed for every recipe costs {seed_hours:.2f} CPU-h here."
                 if unit == "probe seeds" and seed_hours else ""))
-    doc.table(["pair", "difference", f"{ranking.confidence:.0%} CI", f"SD between {unit}", "SD between problems",
-               f"{unit} needed", "problems needed"],
+
+    def sd(variance: float | None) -> str:
+        return "–" if variance is None else f"{math.sqrt(variance):.3f}"
+
+    doc.table(["pair", "difference", f"{ranking.confidence:.0%} CI", unit, f"SD between {unit}",
+               "SD between problems", f"{unit} needed", "problems needed"],
               [[f"{s.a} − {s.b}", f"{s.difference:+.3f}",
-                "[{1:+.3f}, {2:+.3f}]".format(*ranking.difference_ci(s.a, s.b)), f"{math.sqrt(s.unit_var):.3f}",
-                f"{math.sqrt(s.problem_var):.3f}", _count(s.units_needed), _count(s.problems_needed)] for s in budgets])
+                "[{1:+.3f}, {2:+.3f}]".format(*ranking.difference_ci(s.a, s.b)), str(s.n_units),
+                sd(s.unit_var), sd(s.problem_var), _count(s.units_needed), _count(s.problems_needed)]
+               for s in budgets])
 
 
 def _count(value: int | None) -> str:

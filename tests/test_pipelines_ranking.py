@@ -256,7 +256,7 @@ def test_report_says_what_would_separate_a_tied_pair():
     (_, (header, rows)), = [b for b in doc.blocks if b[0] == "table"]
     assert header[-2:] == ["probe seeds needed", "problems needed"]
     budget = separation_budget(runs, "a", "b")
-    assert rows == [["a − b", f"{budget.difference:+.3f}", rows[0][2], rows[0][3], rows[0][4],
+    assert rows == [["a − b", f"{budget.difference:+.3f}", rows[0][2], "3", rows[0][4], rows[0][5],
                      f"{budget.units_needed:,}" if budget.units_needed else "–",
                      f"{budget.problems_needed:,}" if budget.problems_needed else "–"]]
     one_seed = Doc()
