@@ -411,18 +411,18 @@ def teacher_forced(
     """Per-token log-probs and entropies of given responses (as verl's actor computes them), with grad.
 
     Same layout as `sample` returns: left-padded prompts, right-padded responses. With
-    `share_prefixes`, rows with the same prompt (a GRPO group) run it once: its KV cache, with
-    grad, is repeated to those rows and their responses run on top of it, so a group of n
-    rollouts costs one prompt, not n (gradients reach the prompt's activations through the
-    repeated cache). `dtype` bfloat16 runs the forward under autocast; log-probs are float32.
+    `share_prefixes`, rows with the same prompt (a GRPO group) run it once, packed with their
+    responses into one sequence under a block mask, so a group of n rollouts costs one prompt,
+    not n, and its responses' real tokens only (gradients reach the prompt's activations from
+    every row). `dtype` bfloat16 runs the forward under autocast; log-probs are float32.
     """
     with torch.autocast(prompt_ids.device.type, dtype=dtype or torch.float32, enabled=dtype == torch.bfloat16):
         if share_prefixes:
             rows = torch.cat([prompt_ids, prompt_mask.long()], dim=-1)
             distinct, index = torch.unique(rows, dim=0, return_inverse=True)
             if len(distinct) < len(rows):
-                logits = _logits_over_shared_prompts(model, distinct, index, response_ids, response_mask)
-                return _token_log_probs(logits, response_ids, temperature)
+                return _log_probs_over_shared_prompts(model, distinct, index, response_ids, response_mask,
+                                                      temperature)
         input_ids = torch.cat([prompt_ids, response_ids], dim=-1)
         mask = torch.cat([prompt_mask, response_mask], dim=-1)
         logits = model(
@@ -435,26 +435,57 @@ def teacher_forced(
     return _token_log_probs(logits, response_ids, temperature)
 
 
-def _logits_over_shared_prompts(model, distinct: torch.Tensor, index: torch.Tensor, response_ids: torch.Tensor,
-                                response_mask: torch.Tensor) -> torch.Tensor:
-    """Logits before each response token: the distinct prompts' forward once, the responses on its cache.
+def _log_probs_over_shared_prompts(model, distinct: torch.Tensor, index: torch.Tensor, response_ids: torch.Tensor,
+                                   response_mask: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs and entropies of the responses, each distinct prompt's rows packed into one sequence.
 
-    `distinct` holds the distinct rows of [prompt ids | prompt mask], `index` each row's among them.
+    `distinct` holds the distinct rows of [prompt ids | prompt mask], `index` each row's among
+    them. A sequence is its prompt's real tokens, then each row's response but its last token
+    (which predicts nothing scored), back to back; a block mask lets a response token see the
+    prompt and its own row's earlier tokens only, and each row's positions continue from the
+    prompt. So a prompt runs once, with grad, and neither left padding nor the right padding of
+    ragged responses reaches a matmul or the vocabulary-wide softmax.
     """
     width = distinct.shape[1] // 2
     prompt_ids, prompt_mask = distinct[:, :width], distinct[:, width:].bool()
-    prompt = model(input_ids=prompt_ids, attention_mask=prompt_mask.long(), position_ids=positions(prompt_mask),
-                   use_cache=True, logits_to_keep=1)
-    first = prompt.logits[index]  # predicts each row's first response token
-    if response_ids.shape[1] == 1:
-        return first
-    cache = prompt.past_key_values
-    cache.reorder_cache(index)
-    mask = torch.cat([prompt_mask[index], response_mask], dim=-1)
-    # the last response token predicts nothing that is scored
-    rest = model(input_ids=response_ids[:, :-1], attention_mask=mask[:, :-1].long(),
-                 position_ids=positions(mask)[:, width:-1], past_key_values=cache, use_cache=True).logits
-    return torch.cat([first, rest], dim=1)
+    device, lengths = response_ids.device, response_mask.sum(-1).tolist()
+    tokens, places, blocks, reads = [], [], [], []  # reads: per row, its sequence and the positions it reads
+    for group in range(len(distinct)):
+        prompt = prompt_ids[group][prompt_mask[group]]
+        parts, place, block = [prompt], [torch.arange(len(prompt), device=device)], [torch.zeros_like(prompt)]
+        offset = len(prompt)
+        for row in (index == group).nonzero()[:, 0].tolist():
+            span = max(lengths[row] - 1, 0)
+            parts.append(response_ids[row, :span])
+            place.append(torch.arange(len(prompt), len(prompt) + span, device=device))
+            block.append(torch.full((span,), row + 1, device=device))
+            # the prompt's last token predicts the first response token, each response token the next
+            reads.append((row, group, [len(prompt) - 1, *range(offset, offset + span)][:lengths[row]]))
+            offset += span
+        tokens.append(torch.cat(parts))
+        places.append(torch.cat(place))
+        blocks.append(torch.cat(block))
+    length = max(len(t) for t in tokens)
+
+    def padded(parts: list[torch.Tensor], value: int) -> torch.Tensor:
+        return torch.stack([F.pad(t, (0, length - len(t)), value=value) for t in parts])
+
+    block = padded(blocks, -1)
+    causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+    seen = causal & ((block[:, None, :] == 0) | (block[:, None, :] == block[:, :, None]))
+    seen |= torch.eye(length, dtype=torch.bool, device=device)  # a padding query sees itself: no empty softmax
+    seen = seen[:, None]  # (sequences, 1, query, key), as HF takes a prepared mask
+    if model.config._attn_implementation != "sdpa":  # eager attention adds its mask
+        seen = torch.zeros(seen.shape, dtype=model.dtype, device=device).masked_fill_(~seen, torch.finfo(model.dtype).min)
+    hidden = model.get_decoder()(input_ids=padded(tokens, 0), attention_mask=seen, position_ids=padded(places, 0),
+                                 use_cache=False).last_hidden_state
+    rows = torch.tensor([row for row, _, at in reads for _ in at], device=device)
+    columns = torch.tensor([column for _, _, at in reads for column in range(len(at))], device=device)
+    flat = torch.tensor([group * length + position for _, group, at in reads for position in at], device=device)
+    logits = model.get_output_embeddings()(hidden.reshape(-1, hidden.shape[-1])[flat])
+    token_log_probs, entropy = _token_log_probs(logits, response_ids[rows, columns], temperature)
+    out = torch.zeros(response_ids.shape, dtype=token_log_probs.dtype, device=device)
+    return out.index_put((rows, columns), token_log_probs), out.index_put((rows, columns), entropy)
 
 
 def _token_log_probs(logits: torch.Tensor, response_ids: torch.Tensor,

@@ -171,6 +171,19 @@ def test_shared_prompt_prefixes_give_the_full_forwards_log_probs_and_gradients(g
     model.zero_grad(set_to_none=True)
 
 
+def test_packed_groups_under_eager_attention_give_what_sdpa_gives(grouped_rollout):
+    """The packed update hands HF a prepared block mask: boolean for SDPA, additive for eager."""
+    model, rollout, _ = grouped_rollout
+    eager = type(model)(model.config.__class__.from_dict({**model.config.to_dict(), "_attn_implementation": "eager"}))
+    eager.load_state_dict(model.state_dict())
+    eager.config._attn_implementation = "eager"
+    with torch.no_grad():
+        got = [teacher_forced(m, rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids,
+                              rollout.response_mask, 1.0) for m in (model, eager.eval())]
+    assert eager.config._attn_implementation == "eager" != model.config._attn_implementation
+    torch.testing.assert_close(got[0][0] * rollout.response_mask, got[1][0] * rollout.response_mask, atol=1e-5, rtol=0)
+
+
 # bf16 keeps 8 bits of mantissa: a log-prob of a few nats moves by a few hundredths
 BF16_LOG_PROB_ATOL = 0.1
 
