@@ -264,6 +264,9 @@ def test_toy_corpus_split_over_tasks_matches_one_task(env, tmp_path):
 
 
 def _curate_in_child(tokenizer, benchmarks, out):
+    import os
+
+    os.setpgrp()  # its own process group, so that the kill takes datatrove's workers with it
     corpus = CorpusConfig(source={"type": "toy", "kind": "web", "docs": 6000})
     curate_corpus(corpus, tokenizer, benchmarks, out, toy_world=WORLD)
 
@@ -284,7 +287,7 @@ def test_kill_9_mid_curation_then_rerun_matches_an_uninterrupted_run(env, tmp_pa
     deadline = time.time() + 120  # kill once the filter stage has finished and dedup is under way
     while time.time() < deadline and not (out / "logs" / "minhash_signatures").exists():
         time.sleep(0.05)
-    os.kill(child.pid, signal.SIGKILL)
+    os.killpg(child.pid, signal.SIGKILL)  # the crash of a whole stage process tree
     child.join()
     assert not (out / "curation.json").exists()  # nothing published by the killed run
 
