@@ -89,7 +89,12 @@ def test_estimate_matches_measured_cpu_peak(name, micro_batch, seq, grad_accum, 
     estimate = estimate_memory(preset(name), cfg, nproc=1, cuda=False)
     peak = measure_in_a_fresh_process(name, cfg)["peak"]
     assert estimate.optimizer == optimizer and estimate.runtime_reserve == 0
-    assert abs(estimate.total / peak - 1) < MARGIN, (estimate, peak)
+    # The distributed optimizer's reduce-scatter clones the grads, and the profiler sees that
+    # clone freed outside any op, when the collective's work is released: on a loaded machine the
+    # free came after the next temporary's allocation, and the peak held one step temporary more
+    # (toy-s 1x16x2: 20.74 MB once under load, 17.33 MB in every quiet run).
+    late_free = estimate.total + (estimate.step_temporaries if optimizer == "megatron-distributed" else 0)
+    assert abs(estimate.total / peak - 1) < MARGIN or abs(late_free / peak - 1) < MARGIN, (estimate, peak)
 
 
 @pytest.mark.slow
