@@ -333,21 +333,17 @@ def separation_budget(runs: list[ProbeRun], a: str, b: str, score: str = "auc_ac
     normal = NormalDist()
     target = (difference / (normal.inv_cdf(1 - (1 - confidence) / 2) + normal.inv_cdf(power))) ** 2
 
-    def least(count_variance) -> int | None:  # the least count whose variance reaches the target
-        if parts is None or count_variance(1e12) >= target:
-            return None
-        low, high = 2, 2
-        while count_variance(high) > target:
-            low, high = high, high * 2
-        while low < high:
-            middle = (low + high) // 2
-            low, high = (middle + 1, high) if count_variance(middle) > target else (low, middle)
-        return low
+    def least(fixed: float, per_count: float) -> int | None:
+        """The least count n with fixed + per_count / n <= target: the variance at one count
+        (seeds or problems) with the other held, as `SeparationBudget.variance` splits it."""
+        return None if fixed >= target else max(2, math.ceil(per_count / (target - fixed)))
 
-    budget = SeparationBudget(a, b, difference, unit, n_units, n_problems,
-                              *(parts if parts else (None, None, None)), None, None)
-    budget.units_needed = least(lambda u: budget.variance(u, n_problems))
-    budget.problems_needed = least(lambda p: budget.variance(n_units, p))
+    unit_var, problem_var, interaction_var = parts if parts else (None, None, None)
+    budget = SeparationBudget(a, b, difference, unit, n_units, n_problems, unit_var, problem_var,
+                              interaction_var, None, None)
+    if parts:
+        budget.units_needed = least(problem_var / n_problems, unit_var + 3 * interaction_var / n_problems)
+        budget.problems_needed = least(unit_var / n_units, problem_var + 3 * interaction_var / n_units)
     return budget
 
 
