@@ -8,8 +8,10 @@ of CPU*: torch and MKL pick kernels by instruction set (AVX2, AVX512), and those
 differently, so another CPU can draw other weights from the same key (each stage manifest
 records `cpu_capability`; docs/results/2026-12-05-toy-base-draw.md). `tests/test_midtrain_reproducible.py`
 checks a 2-thread stage alone against the same stage beside two CPU-bound
-processes. Two differences seen before (docs/results/2026-11-28-toy-demo.md) remain
-unexplained, so each run records the digest of its weights.
+processes. Three runs of 2-thread stages drew other weights under the same key on the same CPU
+(docs/results/2026-11-28-toy-demo.md, docs/results/2026-12-05-fresh-demo.md: from the first
+step's forward pass, and 20 reruns under other kernel settings, thread counts and process
+histories did not reproduce it); the cause is open, so each run records the digest of its weights.
 
 On CUDA this has not been verified: cuBLAS, TransformerEngine's attention backward
 and the embedding backward may accumulate in a run-dependent order unless torch's
