@@ -93,6 +93,16 @@ def test_the_random_reward_control_is_its_own_spec():
         get_probe_spec("octothinker-v1").with_random_reward()
 
 
+def test_the_random_reward_control_evaluates_greedily_only():
+    """The control is read on greedy accuracy alone, so it skips the sampled avg@k evaluation
+    and differs from its probe's spec in nothing else."""
+    spec = get_probe_spec("toy-smoke-v1").model_copy(update={"eval_sampled": 4})
+    control = spec.with_random_reward()
+    assert control.eval_sampled == 0 and spec.eval_sampled == 4
+    restored = control.model_copy(update={"name": spec.name, "reward_control": "none", "eval_sampled": 4})
+    assert restored.content_hash() == spec.content_hash()
+
+
 def test_spec_hash_is_stable_and_sensitive():
     spec = get_probe_spec("toy-cpu-v1")
     assert spec.content_hash() == ProbeSpec.model_validate(spec.model_dump()).content_hash()
