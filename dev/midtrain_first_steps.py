@@ -1,6 +1,6 @@
 """Rerun the first steps of a finished midtrain stage from its manifest, to compare runs of one key.
 
-Reads WORKSPACE/midtrain/KEY/manifest.json, trains the same model on the same inputs for STEPS
+Reads WORKSPACE/midtrain/KEY/manifest.json, runs the stage's own code on the same inputs for STEPS
 steps (the stage's own token budget cut to STEPS; a constant schedule past warmup gives the same
 first steps) and prints each step's loss and gradient norm beside the stage's recorded ones.
 Kernel settings come from the environment (MKL_CBWR, ATEN_CPU_CAPABILITY, ...):
@@ -15,12 +15,16 @@ import argparse
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
-from midtrain.config import TrainConfig
-from midtrain.data import BlendPart
-from midtrain.spec import ModelSpec
-from midtrain.train import train
+from pipelines.run_configs import RETIRED_TRAIN_FIELDS, MidtrainRun
+from pipelines.stages import STAGES, StageContext
 from runfiles import METRICS_FILE
+
+
+def artifact(run_dir: Path) -> Path:
+    source = run_dir / "source.json"
+    return Path(json.loads(source.read_text())["path"]) if source.is_file() else run_dir
 
 
 def main() -> None:
@@ -34,26 +38,20 @@ def main() -> None:
 
     stage_dir = args.workspace / "midtrain" / args.key
     manifest = json.loads((stage_dir / "manifest.json").read_text())
-    config, inputs = manifest["config"], manifest["inputs"]
+    config = manifest["config"]
     if config["phase"] == "decay":
         raise SystemExit(f"{stage_dir}: a decay branch continues its stable stage's state; "
                          "rerun the stable stage instead")
-    train_fields = set(TrainConfig.model_fields)
-    seq = config["train"]["seq_length"] * config["train"]["micro_batch_size"] * config["train"]["grad_accum"]
-    train_cfg = TrainConfig(**{**{k: v for k, v in config["train"].items() if k in train_fields},
-                               "tokens": seq * args.steps, "threads": args.threads or config["threads"]})
-    blend = []
-    for name, weight in sorted(config["mix"].items()):
-        corpus = args.workspace / inputs[f"corpus:{name}"]
-        prefixes = json.loads((corpus / "curation.json").read_text())["prefixes"]
-        blend.append(BlendPart(name=name, weight=weight, prefixes=[str(corpus / p) for p in prefixes]))
-    init = args.workspace / inputs["init"] / "hf" if "init" in inputs else None
-    if init is None:
-        raise SystemExit(f"{stage_dir}: a stage from random init needs its model spec; not supported")
+    train = {k: v for k, v in config["train"].items() if k not in RETIRED_TRAIN_FIELDS}
+    tokens_per_step = train["seq_length"] * train["micro_batch_size"] * train["grad_accum"]
+    run_config = MidtrainRun.model_validate({**config, "threads": args.threads or config["threads"],
+                                             "train": {**train, "tokens": tokens_per_step * args.steps}})
     shutil.rmtree(args.out, ignore_errors=True)
     args.out.mkdir(parents=True)
-    train(ModelSpec.from_hf_config(init), train_cfg, blend, out_dir=args.out, init=init,
-          tokenizer_dir=args.workspace / inputs["tokenizer"], keep_final_state=False)
+    # the stage's own code, on the artifacts of its inputs (an external one: the path it names)
+    inputs = {role: artifact(args.workspace / ref) for role, ref in manifest["inputs"].items()}
+    STAGES["midtrain"](SimpleNamespace(config=run_config), inputs, args.out,
+                       StageContext(on_metrics=lambda step, data: None, threads=run_config.threads or 1))
 
     def steps(path: Path) -> list[dict]:
         return [json.loads(line)["data"] for line in path.read_text().splitlines()[:args.steps]]
