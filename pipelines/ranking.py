@@ -333,17 +333,18 @@ def separation_budget(runs: list[ProbeRun], a: str, b: str, score: str = "auc_ac
     normal = NormalDist()
     target = (difference / (normal.inv_cdf(1 - (1 - confidence) / 2) + normal.inv_cdf(power))) ** 2
 
-    def least(fixed: float, per_count: float) -> int | None:
-        """The least count n with fixed + per_count / n <= target: the variance at one count
-        (seeds or problems) with the other held, as `SeparationBudget.variance` splits it."""
+    def least(variance_at) -> int | None:
+        """The least count n whose variance reaches the target, the other count held: in one
+        count the variance is fixed + per_count / n, both read off `SeparationBudget.variance`."""
+        fixed = variance_at(math.inf)
+        per_count = variance_at(1) - fixed
         return None if fixed >= target else max(2, math.ceil(per_count / (target - fixed)))
 
-    unit_var, problem_var, interaction_var = parts if parts else (None, None, None)
-    budget = SeparationBudget(a, b, difference, unit, n_units, n_problems, unit_var, problem_var,
-                              interaction_var, None, None)
+    budget = SeparationBudget(a, b, difference, unit, n_units, n_problems,
+                              *(parts if parts else (None, None, None)), None, None)
     if parts:
-        budget.units_needed = least(problem_var / n_problems, unit_var + 3 * interaction_var / n_problems)
-        budget.problems_needed = least(unit_var / n_units, problem_var + 3 * interaction_var / n_units)
+        budget.units_needed = least(lambda units: budget.variance(units, n_problems))
+        budget.problems_needed = least(lambda problems: budget.variance(n_units, problems))
     return budget
 
 

@@ -223,7 +223,7 @@ class ProbeSpec(Canonical):
 
         The control is read on greedy held-out accuracy alone (the report's gain beside the
         probe's), so it leaves out the sampled avg@k evaluation, most of a probe's evaluation
-        cost (73 % of the SmolLM2 study's evaluation tokens); everything else is the same."""
+        cost (docs/results/2026-12-05-smollm2-study-time.md); everything else is the same."""
         return ProbeSpec.model_validate({**self.model_dump(), "name": f"{self.name}+random-reward",
                                          "reward_control": "random", "eval_sampled": 0})
 
