@@ -1,8 +1,9 @@
 """Rerun the first steps of a finished midtrain stage from its manifest, to compare runs of one key.
 
 Reads WORKSPACE/midtrain/KEY/manifest.json, runs the stage's own code on the same inputs for STEPS
-steps (the stage's own token budget cut to STEPS; a constant schedule past warmup gives the same
-first steps) and prints each step's loss and gradient norm beside the stage's recorded ones.
+steps (the stage's own token budget cut to STEPS: a constant schedule past warmup gives the same
+first steps, one that depends on the total may not) and prints each step's loss and gradient norm
+beside the stage's recorded ones.
 Kernel settings come from the environment (MKL_CBWR, ATEN_CPU_CAPABILITY, ...):
 docs/results/2026-12-05-fresh-demo.md.
 
